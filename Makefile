@@ -1,0 +1,45 @@
+# Every target CI runs lives here; .ci/run calls these.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= config/sidecar.yaml
+
+.PHONY: install test lint format demo run check schema bench clean
+
+$(BIN)/sidecar: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(BIN)/sidecar
+
+install: $(BIN)/sidecar
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+demo: install
+	$(BIN)/python -m examples.users.demo
+
+run: install
+	$(BIN)/sidecar run -c $(CONFIG)
+
+check: install
+	@for f in config/*.yaml examples/*/*.yaml; do echo "== $$f"; $(BIN)/sidecar check -c $$f || exit 1; done
+
+schema: install
+	$(BIN)/sidecar schema > config/sidecar.schema.json
+
+bench: install
+	$(BIN)/python -m tests.bench.run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

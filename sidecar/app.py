@@ -1,0 +1,87 @@
+"""The wiring diagram: `create_app(settings)` builds the proxy app and its resources, in order.
+
+Startup runs the cleanup contexts top to bottom; shutdown undoes them in reverse:
+HTTP client → Redis → completion hub → admin server.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from redis.asyncio import Redis
+
+from . import __version__
+from .admin import create_admin_app
+from .config import Settings
+from .metrics import Metrics
+from .proxy import call_middleware, proxy_handler
+from .state import ADMIN_URL, HTTP, METRICS, REDIS, RUNTIME, Runtime
+from .upstream import create_session
+
+logger = logging.getLogger(__name__)
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    """`host:port` → (host, port); IPv6 hosts may be bracketed."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def http_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The pooled upstream session."""
+    app[HTTP] = create_session(app[RUNTIME].settings.proxy)
+    yield
+    await app[HTTP].close()
+
+
+def connect_redis(url: str, **kwargs: Any) -> Redis:
+    """A Redis client (connection pool) for `url`; connects lazily."""
+    kwargs.setdefault("socket_connect_timeout", 2.0)
+    kwargs.setdefault("health_check_interval", 10)
+    client: Redis = aioredis.Redis.from_url(url, **kwargs)
+    return client
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    """A Redis client (pool) when `redis_url` is set; no I/O at startup, so Redis may be down."""
+    url = app[RUNTIME].settings.redis_url
+    app[REDIS] = connect_redis(url) if url else None
+    yield
+    client = app[REDIS]
+    if client is not None:
+        await client.aclose()
+
+
+async def admin_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Serve the admin app on its own listener."""
+    host, port = split_host_port(app[RUNTIME].settings.admin_listen)
+    runner = web.AppRunner(create_admin_app(app), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = runner.addresses[0]
+    app[ADMIN_URL] = f"http://{host if ':' not in host else f'[{host}]'}:{bound[1]}"
+    logger.info("admin listening", extra={"url": app[ADMIN_URL]})
+    yield
+    await runner.cleanup()
+
+
+def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> web.Application:
+    """The proxy application with every resource it owns registered as a cleanup context."""
+    # A client that disconnects cancels its handler, so a held call stops waiting at once.
+    app = web.Application(
+        middlewares=[call_middleware], handler_args={"handler_cancellation": True}
+    )
+    app[RUNTIME] = Runtime(settings)
+    app[METRICS] = Metrics(registry)
+    app[METRICS].build_info.info({"version": __version__})
+    app.router.add_route("*", "/{tail:.*}", proxy_handler)
+    app.cleanup_ctx.append(http_ctx)
+    app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(admin_ctx)
+    return app

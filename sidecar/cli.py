@@ -1,0 +1,112 @@
+"""Command line: `sidecar run | check | schema`, `--version`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .config import DEFAULT_CONFIG_PATH, ConfigError, Settings, json_schema, load_settings
+from .logs import setup_logging
+
+
+def _config_path(value: str | None) -> Path:
+    return Path(value or os.environ.get("SIDECAR_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def _load_or_exit(path: Path) -> Settings:
+    try:
+        return load_settings(path)
+    except ConfigError as error:
+        print(
+            f"{error.source}: invalid configuration ({len(error.problems)} problem(s)):",
+            file=sys.stderr,
+        )
+        for problem in error.problems:
+            print(f"  - {problem}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def routes_table(settings: Settings) -> str:
+    """A plain-text table of the routes, as `sidecar check` prints it."""
+    rows = [("ROUTE", "METHOD", "PATH", "WAIT", "BUDGET", "CORRELATION")]
+    for r in settings.routes:
+        wait = "pass-through"
+        if r.wait:
+            wait = "+".join(
+                part
+                for part, on in (
+                    (f"stream:{r.wait.stream.key}" if r.wait.stream else "", r.wait.stream),
+                    ("poll", r.wait.poll),
+                )
+                if on
+            )
+        rows.append((r.name, r.method, r.path, wait, f"{r.budget:g}s", r.correlation.source))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Serve until stopped."""
+    from .server import serve  # keeps `check` and `schema` light
+
+    path = _config_path(args.config)
+    settings = _load_or_exit(path)
+    setup_logging(settings.log.level, settings.log.format)
+    asyncio.run(serve(settings, path))
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the config and print the routes."""
+    path = _config_path(args.config)
+    settings = _load_or_exit(path)
+    print(f"{path}: OK, {len(settings.routes)} route(s); upstream {settings.upstream}")
+    if settings.routes:
+        print(routes_table(settings))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    """Print the config's JSON Schema."""
+    print(json.dumps(json_schema(), indent=2, sort_keys=False))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="sidecar", description="A synchronising sidecar for asynchronous REST APIs."
+    )
+    parser.add_argument("--version", action="version", version=f"sidecar {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, func, help_text in (
+        ("run", cmd_run, "serve the proxy and admin listeners"),
+        ("check", cmd_check, "validate a config file and print its routes"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument(
+            "-c",
+            "--config",
+            help=f"config file (default $SIDECAR_CONFIG, else {DEFAULT_CONFIG_PATH})",
+        )
+        p.set_defaults(func=func)
+    p = sub.add_parser("schema", help="print the config's JSON Schema")
+    p.set_defaults(func=cmd_schema)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `sidecar` command."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,661 @@
+"""The operators' contract: process settings and routes, loaded from YAML and `SIDECAR_*` env vars.
+
+One entry point, `load_settings(path)`, reads the YAML file, interpolates `${VAR}` /
+`${VAR:-default}`, lets `SIDECAR_*` environment variables override it (env wins; nested keys with
+`__`, e.g. `SIDECAR_WEBHOOKS__TIMEOUT=5s`), and validates everything at once. A bad file raises
+`ConfigError` whose `problems` name every key path and rule, e.g.
+
+    routes[1].wait.poll.interval: invalid duration 'soon' (use 250ms, 10s, 2m or seconds)
+
+Every model forbids unknown keys (typos are errors) and is frozen. Durations are floats in seconds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_CONFIG_PATH = "config/sidecar.yaml"
+
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT", "*"}
+)
+
+# --------------------------------------------------------------------------------------------
+# Scalar types
+# --------------------------------------------------------------------------------------------
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from `250ms`, `10s`, `2m`, `1h` or a plain number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError(f"invalid duration {value!r} (use 250ms, 10s, 2m or seconds)")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"invalid duration {value!r} (must not be negative)")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match:
+            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    raise ValueError(f"invalid duration {value!r} (use 250ms, 10s, 2m or seconds)")
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "minimum": 0},
+                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h)?\s*$"},
+            ],
+            "description": "Duration: 250ms, 10s, 2m, 1h or seconds.",
+        }
+    ),
+]
+
+
+def _check_pointer(value: str) -> str:
+    if value != "" and not value.startswith("/"):
+        raise ValueError(f"invalid JSON pointer {value!r} (must be empty or start with '/')")
+    if re.search(r"~(?![01])", value):
+        raise ValueError(f"invalid JSON pointer {value!r} ('~' must be followed by 0 or 1)")
+    return value
+
+
+JsonPointer = Annotated[str, AfterValidator(_check_pointer)]
+
+
+def _check_status(value: int) -> int:
+    if not 100 <= value <= 599:
+        raise ValueError(f"invalid HTTP status {value} (must be 100-599)")
+    return value
+
+
+StatusCode = Annotated[int, AfterValidator(_check_status)]
+
+
+def _check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"invalid address {value!r} (use host:port, e.g. 0.0.0.0:8080)")
+    return value
+
+
+ListenAddress = Annotated[str, AfterValidator(_check_listen)]
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"invalid URL {value!r} (use http://host:port or https://host)")
+    return value.rstrip("/")
+
+
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+
+
+def _check_redis_url(value: str) -> str:
+    if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(f"invalid Redis URL {value!r} (use redis://host:port/db)")
+    return value
+
+
+def _check_header_name(value: str) -> str:
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", value):
+        raise ValueError(f"invalid header name {value!r}")
+    return value
+
+
+HeaderName = Annotated[str, AfterValidator(_check_header_name)]
+
+
+def _check_cidr(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"invalid network {value!r} (use CIDR, e.g. 10.0.0.0/8)") from None
+    return value
+
+
+class Model(BaseModel):
+    """Base of every config block: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Path templates
+# --------------------------------------------------------------------------------------------
+
+_TEMPLATE_VAR = re.compile(r"\{([^{}]*)\}")
+
+
+def compile_path_template(template: str) -> re.Pattern[str]:
+    """Regex for `/api/users/{id}/activate`: each `{name}` matches one path segment."""
+    if not template.startswith("/"):
+        raise ValueError(f"invalid path {template!r} (must start with '/')")
+    pattern, last, names = "", 0, set()
+    for match in _TEMPLATE_VAR.finditer(template):
+        name = match.group(1)
+        if not name.isidentifier():
+            raise ValueError(f"invalid path {template!r} (placeholder {{{name}}} is not a name)")
+        if name in names:
+            raise ValueError(f"invalid path {template!r} (placeholder {{{name}}} twice)")
+        names.add(name)
+        pattern += re.escape(template[last : match.start()]) + f"(?P<{name}>[^/]+)"
+        last = match.end()
+    rest = template[last:]
+    if "{" in rest or "}" in rest or "{" in pattern.replace("(?P<", ""):
+        raise ValueError(f"invalid path {template!r} (unbalanced braces)")
+    return re.compile("^" + pattern + re.escape(rest) + "$")
+
+
+# --------------------------------------------------------------------------------------------
+# Routes
+# --------------------------------------------------------------------------------------------
+
+
+class Correlation(Model):
+    """Where the id to wait on comes from."""
+
+    source: Literal["request", "location", "body"] = Field(
+        "request",
+        description="request: the correlation header sent upstream; location: a regex on the "
+        "202's Location; body: a JSON pointer into the 202's JSON body. Default: request.",
+    )
+    pattern: str = Field(
+        r"/(?P<id>[^/?#]+)/?(?:[?#].*)?$",
+        description="For source: location. A regex with an `id` group, searched in the "
+        "Location. Default: the last path segment.",
+    )
+    pointer: JsonPointer = Field(
+        "/id", description="For source: body. JSON pointer to the id. Default: /id."
+    )
+
+    @field_validator("pattern")
+    @classmethod
+    def _pattern_has_id(cls, value: str) -> str:
+        try:
+            compiled = re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"invalid regex {value!r} ({exc})") from None
+        if "id" not in compiled.groupindex:
+            raise ValueError(f"regex {value!r} has no (?P<id>...) group")
+        return value
+
+
+class StreamWait(Model):
+    """Wait for a completion event on a Redis stream."""
+
+    key: str = Field(..., min_length=1, description="Stream key (not prefixed). Required.")
+    id_field: str = Field("correlation_id", description="Event field holding the id.")
+    type_field: str = Field("type", description="Event field holding the event type.")
+    success: list[str] = Field(..., min_length=1, description="Types that mean success.")
+    failure: list[str] = Field(default_factory=list, description="Types that mean failure.")
+    data_field: str = Field(
+        "payload", description="Event field holding the result (JSON text, else returned as text)."
+    )
+
+    @model_validator(mode="after")
+    def _types_disjoint(self) -> StreamWait:
+        both = sorted(set(self.success) & set(self.failure))
+        if both:
+            raise ValueError(f"event types {both} are listed in both success and failure")
+        return self
+
+
+class PollWait(Model):
+    """Poll the upstream's Location until it says done or failed."""
+
+    interval: Duration = Field(0.25, gt=0, description="First poll delay, seconds. Default 250ms.")
+    max_interval: Duration = Field(
+        2.0, gt=0, description="The delay grows (with jitter) up to this. Default 2s."
+    )
+    done_status: list[StatusCode] = Field(
+        default_factory=lambda: [200],
+        description="Statuses meaning done (others pending; a 303 is followed). Default [200].",
+    )
+    failed_status: list[StatusCode] = Field(
+        default_factory=list, description="Statuses meaning failed. Default []."
+    )
+    field: JsonPointer | None = Field(
+        None, description="JSON pointer into the poll body deciding done/failed by value."
+    )
+    success: list[Any] = Field(default_factory=list, description="`field` values meaning done.")
+    failure: list[Any] = Field(default_factory=list, description="`field` values meaning failed.")
+    forward_headers: list[HeaderName] = Field(
+        default_factory=lambda: ["Authorization", "Cookie"],
+        description="Client request headers carried on polls (plus the tenancy credential "
+        "header). Default [Authorization, Cookie].",
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> PollWait:
+        if self.max_interval < self.interval:
+            raise ValueError("max_interval must not be shorter than interval")
+        if self.field is not None and not self.success:
+            raise ValueError("field needs at least one success value")
+        if self.field is None and (self.success or self.failure):
+            raise ValueError("success/failure values need a field (JSON pointer)")
+        return self
+
+
+class Wait(Model):
+    """How a synchronised route learns the completion: stream, poll, or both."""
+
+    stream: StreamWait | None = None
+    poll: PollWait | None = None
+
+    @model_validator(mode="after")
+    def _one_at_least(self) -> Wait:
+        if self.stream is None and self.poll is None:
+            raise ValueError("a sync route needs wait.stream and/or wait.poll")
+        return self
+
+
+class Respond(Model):
+    """What the client gets once the completion is known."""
+
+    success_status: StatusCode = Field(200, description="Status on success. Default 200.")
+    failure_status: StatusCode = Field(500, description="Status on failure. Default 500.")
+    body: Literal["event", "location"] = Field(
+        "event",
+        description="event: the completion's data; location: a GET of the Location. Default event.",
+    )
+    retry_after: Duration = Field(2.0, description="Retry-After on the fallback 202. Default 2s.")
+
+
+class WebhookEvents(Model):
+    """Webhook event types a route's completions are published as."""
+
+    success: str | None = Field(None, description="Type on success. Default <route>.succeeded.")
+    failure: str | None = Field(None, description="Type on failure. Default <route>.failed.")
+
+
+class Route(Model):
+    """One synchronised (or merely named) route: a match plus how to wait and answer."""
+
+    name: str = Field(
+        ...,
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Used in metrics, logs and webhooks. Unique.",
+    )
+    method: str = Field("*", description="HTTP method, or * for any. Default *.")
+    path: str = Field(..., description="Path template, e.g. /api/users/{id}/activate.")
+    upstream: HttpUrl | None = Field(None, description="Overrides the top-level upstream.")
+    budget: Duration = Field(10.0, gt=0, description="Longest time a client is held. Default 10s.")
+    max_waiting: int = Field(
+        10000, ge=0, description="Past this many held calls, answer 202 at once. Default 10000."
+    )
+    correlation: Correlation = Field(default_factory=Correlation)
+    wait: Wait | None = Field(
+        None, description="How to wait. Without it the route is a named pass-through."
+    )
+    respond: Respond = Field(default_factory=Respond)
+    webhook_events: WebhookEvents = Field(default_factory=WebhookEvents)
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        if value.upper() not in HTTP_METHODS:
+            raise ValueError(f"unknown HTTP method {value!r}")
+        return value.upper()
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        compile_path_template(value)
+        return value
+
+    @property
+    def is_sync(self) -> bool:
+        """True when the route waits for completions (not a mere named pass-through)."""
+        return self.wait is not None
+
+    @property
+    def success_event(self) -> str:
+        """Webhook type for a success."""
+        return self.webhook_events.success or f"{self.name}.succeeded"
+
+    @property
+    def failure_event(self) -> str:
+        """Webhook type for a failure."""
+        return self.webhook_events.failure or f"{self.name}.failed"
+
+
+# --------------------------------------------------------------------------------------------
+# Process-level blocks
+# --------------------------------------------------------------------------------------------
+
+
+class Tenancy(Model):
+    """How a client is identified for webhook ownership."""
+
+    credential_header: HeaderName = Field(
+        "Authorization", description="Request header naming the client. Default Authorization."
+    )
+    hash_key: SecretStr | None = Field(
+        None,
+        description="Key of the keyed hash (HMAC-SHA256) credentials are stored as. "
+        "Default: derived from admin_token; set it explicitly in production.",
+    )
+
+
+class DeclaredSubscription(Model):
+    """An operator-owned webhook subscription declared in YAML."""
+
+    id: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Stable id.")
+    url: HttpUrl
+    events: list[str] = Field(default_factory=lambda: ["*"], description="Types or *.")
+    description: str = ""
+    enabled: bool = True
+    secret: SecretStr = Field(..., description="whsec_<base64>.")
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith("whsec_"):
+            raise ValueError("secret must start with whsec_")
+        return value
+
+
+class Webhooks(Model):
+    """Webhook delivery settings."""
+
+    allow_private_targets: bool = Field(
+        False, description="Allow loopback/private targets. Metadata is always refused."
+    )
+    allowed_networks: list[Annotated[str, AfterValidator(_check_cidr)]] = Field(
+        default_factory=list, description="CIDRs allowed even when private."
+    )
+    schedule: list[Duration] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        min_length=1,
+        description="Delays before each retry (±20% jitter). Default 5s,5m,30m,2h,5h,10h,10h.",
+    )
+    timeout: Duration = Field(15.0, gt=0, description="Per-attempt timeout. Default 15s.")
+    concurrency: int = Field(32, ge=1, description="Deliveries in flight per process.")
+    per_subscription: int = Field(4, ge=1, description="Deliveries in flight per subscription.")
+    outbox_maxlen: int = Field(100_000, ge=100, description="Approximate outbox stream bound.")
+    subscriptions: list[DeclaredSubscription] = Field(
+        default_factory=list, description="Operator-owned subscriptions."
+    )
+
+
+class Log(Model):
+    """Logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class Proxy(Model):
+    """Upstream connection behaviour."""
+
+    connect_timeout: Duration = Field(5.0, gt=0, description="Upstream connect timeout.")
+    read_timeout: Duration = Field(
+        60.0, gt=0, description="Longest silence while reading the upstream's answer."
+    )
+    max_connections: int = Field(1000, ge=1, description="Pooled upstream connections.")
+    trust_forwarded_headers: bool = Field(
+        False, description="Keep clients' X-Forwarded-* (behind a trusted load balancer)."
+    )
+    public_url: HttpUrl | None = Field(
+        None,
+        description="Client-facing origin for rewritten Locations. Default: the request's own "
+        "scheme and Host.",
+    )
+
+
+class StreamReader(Model):
+    """The completion hub's XREAD loop."""
+
+    block: Duration = Field(1.0, gt=0, description="XREAD BLOCK time. Default 1s.")
+    count: int = Field(500, ge=1, description="Events per XREAD.")
+    recent_size: int = Field(10_000, ge=0, description="Completions cached for late waiters.")
+    recent_ttl: Duration = Field(60.0, gt=0, description="How long a completion stays cached.")
+
+
+class Settings(BaseSettings):
+    """The whole process configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SIDECAR_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    listen: ListenAddress = Field("0.0.0.0:8080", description="Proxy listener host:port.")
+    admin_listen: ListenAddress = Field("127.0.0.1:9000", description="Admin listener.")
+    upstream: HttpUrl = Field("http://127.0.0.1:8000", description="Default upstream origin.")
+    redis_url: Annotated[str, AfterValidator(_check_redis_url)] | None = Field(
+        None, description="Needed for stream waits and webhooks."
+    )
+    key_prefix: str = Field(
+        "sidecar", pattern=r"^[A-Za-z0-9_.:-]+$", description="Prefix of every owned Redis key."
+    )
+    admin_token: SecretStr | None = Field(None, description="Operator bearer token.")
+    tenancy: Tenancy = Field(default_factory=Tenancy)
+    correlation_header: HeaderName = Field("X-Correlation-ID", description="Correlation header.")
+    shutdown_grace: Duration = Field(30.0, ge=0, description="Drain time on SIGTERM.")
+    tracking_ttl: Duration = Field(
+        86400.0, gt=0, description="How long a 202'd call is remembered in Redis. Default 24h."
+    )
+    proxy: Proxy = Field(default_factory=Proxy)
+    stream_reader: StreamReader = Field(default_factory=StreamReader)
+    log: Log = Field(default_factory=Log)
+    routes: list[Route] = Field(default_factory=list, description="Ordered; first match wins.")
+    webhooks: Webhooks = Field(default_factory=Webhooks)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file arrives as init kwargs; env vars win over it.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        problems = cross_check(self.model_dump(mode="python"))
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    @property
+    def stream_keys(self) -> list[str]:
+        """Every stream key a route waits on, in route order, without repeats."""
+        keys = [r.wait.stream.key for r in self.routes if r.wait and r.wait.stream]
+        return list(dict.fromkeys(keys))
+
+    @property
+    def needs_redis(self) -> bool:
+        """True when some feature cannot work without Redis."""
+        return bool(self.stream_keys) or self.webhooks_enabled
+
+    @property
+    def webhooks_enabled(self) -> bool:
+        """Webhooks run whenever Redis is configured."""
+        return self.redis_url is not None
+
+
+def cross_check(raw: Mapping[str, Any]) -> list[str]:
+    """Rules spanning several keys, checked on raw (possibly invalid) data so they add to
+    field errors instead of hiding behind them."""
+    problems: list[str] = []
+    routes = raw.get("routes")
+    if not isinstance(routes, Sequence) or isinstance(routes, str):
+        return problems
+    seen: dict[str, int] = {}
+    has_redis = bool(raw.get("redis_url"))
+    for index, route in enumerate(routes):
+        if not isinstance(route, Mapping):
+            continue
+        name = route.get("name")
+        if isinstance(name, str):
+            if name in seen:
+                problems.append(
+                    f"routes[{index}].name: duplicate route name {name!r} "
+                    f"(first used by routes[{seen[name]}])"
+                )
+            else:
+                seen[name] = index
+        wait = route.get("wait")
+        if not has_redis and isinstance(wait, Mapping) and wait.get("stream"):
+            problems.append(f"routes[{index}].wait.stream: a stream wait needs redis_url")
+    webhooks = raw.get("webhooks")
+    if not has_redis and isinstance(webhooks, Mapping) and webhooks.get("subscriptions"):
+        problems.append("webhooks.subscriptions: webhooks need redis_url")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; `problems` lists every one, each with its key path."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: {len(problems)} problem(s)\n" + "\n".join(problems))
+
+
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(node: Any, path: str, env: Mapping[str, str], problems: list[str]) -> Any:
+    if isinstance(node, str):
+
+        def replace(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(
+                f"{path or '<root>'}: environment variable {name} is not set "
+                f"(use ${{{name}:-default}} for a default)"
+            )
+            return ""
+
+        return _INTERPOLATION.sub(replace, node)
+    if isinstance(node, dict):
+        return {
+            k: _interpolate(v, f"{path}.{k}" if path else str(k), env, problems)
+            for k, v in node.items()
+        }
+    if isinstance(node, list):
+        return [_interpolate(v, f"{path}[{i}]", env, problems) for i, v in enumerate(node)]
+    return node
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+_MESSAGES = {
+    "extra_forbidden": "unknown key (check the spelling against config/sidecar.yaml)",
+    "missing": "required key is missing",
+}
+
+
+def format_validation_error(error: ValidationError) -> list[str]:
+    """One `key.path: reason` line per problem, in the order pydantic found them."""
+    problems = []
+    for item in error.errors(include_url=False):
+        loc = tuple(
+            p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-"))
+        )
+        message = _MESSAGES.get(item["type"]) or item["msg"]
+        message = message.removeprefix("Value error, ")
+        if item["type"] == "literal_error" or item["type"].endswith("_type"):
+            message = f"{message} (got {item['input']!r})"
+        path = _key_path(loc)
+        for line in message.split("\n"):
+            problems.append(line if not path or line.startswith(path + ":") else f"{path}: {line}")
+    return problems
+
+
+def parse_settings(
+    raw: Mapping[str, Any] | None, source: str = "<config>", env: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate a parsed YAML mapping (after `${VAR}` interpolation) plus env overrides."""
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(source, ["<root>: the file must be a mapping of keys to values"])
+    data = _interpolate(dict(raw), "", env, problems)
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        found = format_validation_error(exc)
+        problems += found + [p for p in cross_check(data) if p not in found]
+    if problems:
+        raise ConfigError(source, problems)
+    return settings
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    """Read, interpolate and validate the YAML file at `path` (default `$SIDECAR_CONFIG`)."""
+    path = Path(path or os.environ.get("SIDECAR_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        reason = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(str(path), [f"{where}invalid YAML ({reason})"]) from None
+    return parse_settings(raw, str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the config file, for editors (`sidecar schema`)."""
+    schema = Settings.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Synchronising sidecar configuration"
+    return schema

@@ -1,0 +1,123 @@
+"""Header rules of a reverse proxy: hop-by-hop filtering, X-Forwarded-*, Location rewriting,
+correlation ids."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+# RFC 9110 §7.6.1 plus the legacy ones every proxy drops.
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+    )
+)
+
+_CORRELATION_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def correlation_id(supplied: str | None) -> str:
+    """The client's id when it is 1-128 chars of `[A-Za-z0-9._:-]`, else a new UUID."""
+    if supplied and _CORRELATION_RE.match(supplied):
+        return supplied
+    return str(uuid.uuid4())
+
+
+def end_to_end(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """A copy without hop-by-hop headers, nor those the `Connection` header names."""
+    named = {
+        token.strip().lower()
+        for value in (
+            headers.getall("Connection", [])
+            if isinstance(headers, CIMultiDictProxy | CIMultiDict)
+            else [headers.get("Connection", "")]
+        )
+        for token in value.split(",")
+        if token.strip()
+    }
+    drop = HOP_BY_HOP | named
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+def upstream_request_headers(
+    client_headers: CIMultiDictProxy[str],
+    *,
+    remote: str | None,
+    scheme: str,
+    host: str | None,
+    trust_forwarded: bool,
+    correlation_header: str,
+    correlation: str,
+) -> CIMultiDict[str]:
+    """Headers to send upstream: end-to-end ones, X-Forwarded-*, the correlation id."""
+    headers = end_to_end(client_headers)
+    headers.popall("Host", None)
+    if not trust_forwarded:
+        for name in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded"):
+            headers.popall(name, None)
+    prior = headers.get("X-Forwarded-For")
+    if remote:
+        headers["X-Forwarded-For"] = f"{prior}, {remote}" if prior else remote
+    headers.setdefault("X-Forwarded-Proto", scheme)
+    if host:
+        headers.setdefault("X-Forwarded-Host", host)
+    headers[correlation_header] = correlation
+    return headers
+
+
+def client_origin(
+    *, public_url: str | None, scheme: str, host: str | None, forwarded: Mapping[str, str] | None
+) -> str:
+    """The origin clients use to reach us: configured, else (trusted) forwarded, else Host."""
+    if public_url:
+        return public_url.rstrip("/")
+    if forwarded is not None:
+        scheme = forwarded.get("X-Forwarded-Proto", scheme).split(",")[0].strip() or scheme
+        host = forwarded.get("X-Forwarded-Host", host or "").split(",")[0].strip() or host
+    return f"{scheme}://{host or 'localhost'}"
+
+
+def rewrite_location(value: str, upstream: URL, origin: str) -> str:
+    """Turn the upstream's absolute URL (its own host) into the client-facing one.
+
+    Relative references and URLs of other hosts are left alone.
+    """
+    try:
+        url = URL(value)
+    except ValueError:
+        return value
+    if not url.is_absolute() or url.origin() != upstream.origin():
+        return value
+    return origin + (url.raw_path_qs or "/") + (f"#{url.raw_fragment}" if url.raw_fragment else "")
+
+
+def upstream_location(value: str, upstream: URL) -> URL:
+    """The absolute upstream URL of a Location (relative to the upstream's origin)."""
+    url = URL(value, encoded=True)
+    return url if url.is_absolute() else upstream.join(url)
+
+
+def response_headers(
+    upstream_headers: CIMultiDictProxy[str], *, upstream: URL, origin: str, skip: Iterable[str] = ()
+) -> CIMultiDict[str]:
+    """Headers to relay to the client: end-to-end ones with Location/Content-Location rewritten."""
+    headers = end_to_end(upstream_headers)
+    for name in skip:
+        headers.popall(name, None)
+    for name in ("Location", "Content-Location"):
+        if name in headers:
+            headers[name] = rewrite_location(headers[name], upstream, origin)
+    return headers

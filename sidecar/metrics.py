@@ -1,0 +1,110 @@
+"""Prometheus metrics. One `Metrics` per app, on its own registry (a fresh one per app in tests).
+
+Labels are bounded: route names (from config), outcomes, reasons, status classes; never ids or URLs.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+# Buckets in seconds: sub-millisecond proxying up to the longest sensible budget.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+OUTCOMES = (
+    "sync_success",
+    "sync_failure",
+    "fallback_async",
+    "passthrough",
+    "upstream_error",
+    "client_gone",
+)
+
+
+def status_class(status: int) -> str:
+    """`2xx`, `4xx`, … a bounded label for a status code."""
+    return f"{status // 100}xx"
+
+
+class Metrics:
+    """Every metric the sidecar exports, registered on `registry`."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.build_info = Info("sidecar_build", "Sidecar version.", registry=r)
+        self.requests = Counter(
+            "sidecar_requests",
+            "Proxied requests by route and outcome.",
+            ["route", "outcome", "status_class"],
+            registry=r,
+        )
+        self.request_duration = Histogram(
+            "sidecar_request_duration_seconds",
+            "Time from request to answer headers, by route and outcome.",
+            ["route", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "sidecar_requests_in_flight", "Requests being handled now.", registry=r
+        )
+        self.upstream_errors = Counter(
+            "sidecar_upstream_errors",
+            "Upstream calls that failed, by route and kind (connect, timeout, protocol).",
+            ["route", "kind"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "sidecar_fallbacks",
+            "Synchronised calls answered 202, by route and reason (budget, prefer, shed, redis).",
+            ["route", "reason"],
+            registry=r,
+        )
+        self.wait_duration = Histogram(
+            "sidecar_wait_duration_seconds",
+            "Time a synchronised call waited for its completion, by route and outcome.",
+            ["route", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.waiting = Gauge(
+            "sidecar_waiting_requests",
+            "Requests held waiting now, by route.",
+            ["route"],
+            registry=r,
+        )
+        self.stream_events = Counter(
+            "sidecar_stream_events",
+            "Completion events read, by stream and result (matched, unmatched, ignored, "
+            "malformed).",
+            ["stream", "result"],
+            registry=r,
+        )
+        self.redis_up = Gauge(
+            "sidecar_redis_up", "1 when the completion reader is connected to Redis.", registry=r
+        )
+        self.config_reloads = Counter(
+            "sidecar_config_reloads",
+            "Config reloads by result (ok, failed).",
+            ["result"],
+            registry=r,
+        )
+        self.polls = Counter(
+            "sidecar_polls",
+            "Location polls by route and result (pending, done, failed, error).",
+            ["route", "result"],
+            registry=r,
+        )
+        self.poll_completions = Counter(
+            "sidecar_poll_completions",
+            "Completions detected by polling, by route and status (succeeded, failed).",
+            ["route", "status"],
+            registry=r,
+        )
+        self.poll_detect_duration = Histogram(
+            "sidecar_poll_detect_seconds",
+            "Time from the 202 to a poll detecting the completion, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )

@@ -1,0 +1,71 @@
+"""Running the sidecar as a process: listen, drain on SIGTERM/SIGINT, reload routes on SIGHUP."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from .app import create_app, split_host_port
+from .config import ConfigError, Settings, load_settings
+from .state import METRICS, RUNTIME
+
+logger = logging.getLogger(__name__)
+
+# Settings a reload cannot change without a restart (listeners, connections).
+RESTART_ONLY = ("listen", "admin_listen", "redis_url", "key_prefix", "proxy", "stream_reader")
+
+
+def reload_config(app: web.Application, path: Path) -> bool:
+    """Load `path`; on success swap the live routes, on failure keep the running config."""
+    runtime, metrics = app[RUNTIME], app[METRICS]
+    try:
+        settings = load_settings(path)
+    except ConfigError as error:
+        metrics.config_reloads.labels("failed").inc()
+        logger.error(
+            "config reload refused; keeping the running config",
+            extra={"config": str(path), "problems": error.problems},
+        )
+        return False
+    ignored = [k for k in RESTART_ONLY if getattr(settings, k) != getattr(runtime.settings, k)]
+    if ignored:
+        logger.warning("these keys change only on restart", extra={"keys": ignored})
+    runtime.reload(settings)
+    metrics.config_reloads.labels("ok").inc()
+    logger.info("config reloaded", extra={"config": str(path), "routes": len(settings.routes)})
+    return True
+
+
+async def serve(settings: Settings, config_path: Path) -> None:
+    """Serve until SIGTERM/SIGINT, then drain in-flight calls within `shutdown_grace`."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace, access_log=None)
+    await runner.setup()
+    host, port = split_host_port(settings.listen)
+    site = web.TCPSite(runner, host, port, backlog=4096)
+    await site.start()
+    logger.info(
+        "sidecar listening",
+        extra={
+            "listen": settings.listen,
+            "upstream": settings.upstream,
+            "routes": [r.name for r in settings.routes],
+        },
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_config, app, config_path)
+    try:
+        await stop.wait()
+        logger.info("draining", extra={"grace_s": settings.shutdown_grace})
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+        logger.info("stopped")

@@ -1,0 +1,110 @@
+"""Shared fixtures: a real Redis (the one at $REDIS_URL, else a throwaway server), per-test key
+isolation, fake upstreams as real aiohttp servers, and the sidecar under test with its cleanup
+contexts running."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import CollectorRegistry
+
+from sidecar.app import create_app
+from sidecar.config import Settings, parse_settings
+from sidecar.dev.redis_server import RedisServer, RedisUnavailable, answers
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """$REDIS_URL (default 127.0.0.1:6379) if it answers, else a throwaway redis-server."""
+    url = os.environ.get("REDIS_URL", DEFAULT_REDIS_URL)
+    if answers(url):
+        yield url
+        return
+    try:
+        server = RedisServer().start()
+    except RedisUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield server.url
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A unique prefix for every Redis key this test creates."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def redis(redis_url: str, key_prefix: str) -> AsyncIterator[aioredis.Redis]:
+    """A client on the shared Redis; deletes every key under this test's prefix afterwards."""
+    client: aioredis.Redis = aioredis.Redis.from_url(redis_url)
+    yield client
+    keys = [k async for k in client.scan_iter(match=f"{key_prefix}*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own, for restarts and kills."""
+    try:
+        server = RedisServer().start()
+    except RedisUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.close()
+
+
+Upstream = Callable[[web.Application], Awaitable[TestServer]]
+
+
+@pytest.fixture
+async def start_upstream(aiohttp_server: Any) -> Upstream:
+    """Start an aiohttp app as a fake upstream; returns its TestServer."""
+
+    async def start(app: web.Application) -> TestServer:
+        server: TestServer = await aiohttp_server(app)
+        return server
+
+    return start
+
+
+def make_settings(upstream: str, **overrides: Any) -> Settings:
+    """Settings for a test sidecar on ephemeral ports, validated like a real file."""
+    raw: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "admin_listen": "127.0.0.1:0",
+        "upstream": upstream,
+        "log": {"level": "debug", "format": "text"},
+    }
+    raw.update(overrides)
+    return parse_settings(raw, "<test>", env={})
+
+
+SidecarFactory = Callable[..., Awaitable[TestClient]]
+
+
+@pytest.fixture
+async def start_sidecar(aiohttp_client: Any) -> SidecarFactory:
+    """Start the real sidecar app (cleanup contexts and all) in front of `upstream`."""
+
+    async def start(upstream: str | TestServer, **overrides: Any) -> TestClient:
+        if isinstance(upstream, TestServer):
+            upstream = str(upstream.make_url("")).rstrip("/")
+        settings = make_settings(upstream, **overrides)
+        client: TestClient = await aiohttp_client(create_app(settings, CollectorRegistry()))
+        return client
+
+    return start
