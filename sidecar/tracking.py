@@ -1,0 +1,91 @@
+"""What the sidecar remembers about a 202'd call, in Redis with a TTL, so any replica (webhook
+fan-out, long-poll) can learn its route, owner and Location."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+from redis.asyncio import Redis
+from yarl import URL
+
+from .keys import call_key, location_key
+
+State = Literal["pending", "succeeded", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class TrackedCall:
+    """One call the upstream answered 202."""
+
+    correlation_id: str
+    route: str
+    tenant: str | None  # keyed hash of the caller's credential, None when it sent none
+    location: str | None  # client-facing Location
+    upstream_location: str | None  # absolute upstream URL of the Location
+    state: State = "pending"
+    created_at: float = 0.0
+
+
+def location_lookup_path(url: str | URL) -> str:
+    """The part of a Location used to find its call: raw path and query."""
+    return URL(url, encoded=True).raw_path_qs if isinstance(url, str) else url.raw_path_qs
+
+
+class CallTracker:
+    """Reads and writes tracked calls under `{prefix}:call:*` and `{prefix}:loc:*`."""
+
+    def __init__(self, redis: Redis, prefix: str, ttl_s: float) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.ttl_ms = int(ttl_s * 1000)
+
+    async def record(self, call: TrackedCall) -> None:
+        """Remember a call (one round trip)."""
+        key = call_key(self.prefix, call.correlation_id)
+        mapping = {
+            "route": call.route,
+            "tenant": call.tenant or "",
+            "location": call.location or "",
+            "upstream_location": call.upstream_location or "",
+            "state": call.state,
+            "created_at": repr(call.created_at or time.time()),
+        }
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(key, mapping=mapping)
+            pipe.pexpire(key, self.ttl_ms)
+            if call.upstream_location:
+                lookup = location_key(self.prefix, location_lookup_path(call.upstream_location))
+                pipe.set(lookup, call.correlation_id, px=self.ttl_ms)
+            await pipe.execute()
+
+    async def get(self, correlation_id: str) -> TrackedCall | None:
+        """The tracked call, or None when unknown or expired."""
+        raw = await self.redis.hgetall(call_key(self.prefix, correlation_id))
+        if not raw:
+            return None
+        f = {k.decode(): v.decode() for k, v in raw.items()}
+        state = f.get("state", "pending")
+        return TrackedCall(
+            correlation_id=correlation_id,
+            route=f.get("route", ""),
+            tenant=f.get("tenant") or None,
+            location=f.get("location") or None,
+            upstream_location=f.get("upstream_location") or None,
+            state=state if state in ("succeeded", "failed") else "pending",  # type: ignore[arg-type]
+            created_at=float(f.get("created_at") or 0),
+        )
+
+    async def by_location(self, url: str | URL) -> TrackedCall | None:
+        """The call whose upstream Location has this path and query, if tracked."""
+        cid = await self.redis.get(location_key(self.prefix, location_lookup_path(url)))
+        return await self.get(cid.decode()) if cid else None
+
+    async def finish(self, correlation_id: str, state: State) -> bool:
+        """Mark a tracked call done; True only for the first caller (deduplicates completions)."""
+        key = call_key(self.prefix, correlation_id)
+        first = await self.redis.hsetnx(key, "finished", state)
+        if first:
+            await self.redis.hset(key, "state", state)
+        return bool(first)
