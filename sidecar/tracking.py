@@ -62,7 +62,7 @@ class CallTracker:
 
     async def get(self, correlation_id: str) -> TrackedCall | None:
         """The tracked call, or None when unknown or expired."""
-        raw = await self.redis.hgetall(call_key(self.prefix, correlation_id))
+        raw = await self.redis.hgetall(call_key(self.prefix, correlation_id))  # type: ignore[misc]
         if not raw:
             return None
         f = {k.decode(): v.decode() for k, v in raw.items()}
@@ -73,7 +73,11 @@ class CallTracker:
             tenant=f.get("tenant") or None,
             location=f.get("location") or None,
             upstream_location=f.get("upstream_location") or None,
-            state=state if state in ("succeeded", "failed") else "pending",  # type: ignore[arg-type]
+            state="succeeded"
+            if state == "succeeded"
+            else "failed"
+            if state == "failed"
+            else "pending",
             created_at=float(f.get("created_at") or 0),
         )
 
@@ -85,7 +89,7 @@ class CallTracker:
     async def finish(self, correlation_id: str, state: State) -> bool:
         """Mark a tracked call done; True only for the first caller (deduplicates completions)."""
         key = call_key(self.prefix, correlation_id)
-        first = await self.redis.hsetnx(key, "finished", state)
+        first = await self.redis.hsetnx(key, "finished", state)  # type: ignore[misc]
         if first:
-            await self.redis.hset(key, "state", state)
+            await self.redis.hset(key, "state", state)  # type: ignore[misc]
         return bool(first)
