@@ -1,7 +1,7 @@
 """The wiring diagram: `create_app(settings)` builds the proxy app and its resources, in order.
 
 Startup runs the cleanup contexts top to bottom; shutdown undoes them in reverse:
-HTTP client → Redis → completion hub → admin server.
+HTTP client → Redis → call tracking → completion hub → pollers → admin server.
 """
 
 from __future__ import annotations
@@ -18,9 +18,26 @@ from redis.asyncio import Redis
 from . import __version__
 from .admin import create_admin_app
 from .config import Settings
+from .handler import proxy_handler
+from .hub import CompletionHub
 from .metrics import Metrics
-from .proxy import call_middleware, proxy_handler
-from .state import ADMIN_URL, HTTP, METRICS, REDIS, RUNTIME, Runtime
+from .proxy import call_middleware
+from .state import (
+    ADMIN_URL,
+    HASHER,
+    HTTP,
+    HUB,
+    METRICS,
+    POLLERS,
+    REDIS,
+    RUNTIME,
+    TRACKER,
+    WAITING,
+    Runtime,
+)
+from .tasks import TaskSet
+from .tenancy import TenantHasher
+from .tracking import CallTracker
 from .upstream import create_session
 
 logger = logging.getLogger(__name__)
@@ -57,6 +74,41 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         await client.aclose()
 
 
+async def tracking_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Call tracking and the tenant hasher (both need Redis; absent without it)."""
+    settings, client = app[RUNTIME].settings, app[REDIS]
+    app[TRACKER] = (
+        CallTracker(client, settings.key_prefix, settings.tracking_ttl) if client else None
+    )
+    app[HASHER] = TenantHasher(settings, client)
+    yield
+
+
+async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The completion hub's reader loop, when Redis is configured."""
+    runtime = app[RUNTIME]
+    url = runtime.settings.redis_url
+    if url is None:
+        app[HUB] = None
+        yield
+        return
+    hub = CompletionHub(url, runtime.settings, app[METRICS])
+    app[HUB] = hub
+    runtime.on_reload.append(hub.update)
+    tasks = TaskSet("completion-hub")
+    tasks.spawn(hub.run())
+    yield
+    runtime.on_reload.remove(hub.update)
+    await tasks.close()
+
+
+async def pollers_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Owner of the Location pollers, which may outlive the calls that started them."""
+    app[POLLERS] = TaskSet("pollers")
+    yield
+    await app[POLLERS].close()
+
+
 async def admin_ctx(app: web.Application) -> AsyncIterator[None]:
     """Serve the admin app on its own listener."""
     host, port = split_host_port(app[RUNTIME].settings.admin_listen)
@@ -81,7 +133,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app[METRICS] = Metrics(registry)
     app[METRICS].build_info.info({"version": __version__})
     app.router.add_route("*", "/{tail:.*}", proxy_handler)
+    app[WAITING] = {}
     app.cleanup_ctx.append(http_ctx)
     app.cleanup_ctx.append(redis_ctx)
+    app.cleanup_ctx.append(tracking_ctx)
+    app.cleanup_ctx.append(hub_ctx)
+    app.cleanup_ctx.append(pollers_ctx)
     app.cleanup_ctx.append(admin_ctx)
     return app

@@ -106,7 +106,12 @@ def _check_listen(value: str) -> str:
     return value
 
 
-ListenAddress = Annotated[str, AfterValidator(_check_listen)]
+def _number_as_text(value: object) -> object:
+    # `listen: 8080` is read by YAML as a number: report it as an address, not a type error.
+    return str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+ListenAddress = Annotated[str, BeforeValidator(_number_as_text), AfterValidator(_check_listen)]
 
 
 def _check_http_url(value: str) -> str:
@@ -140,6 +145,12 @@ def _check_cidr(value: str) -> str:
     except ValueError:
         raise ValueError(f"invalid network {value!r} (use CIDR, e.g. 10.0.0.0/8)") from None
     return value
+
+
+def _blank_is_none(value: object) -> object:
+    # `admin_token: ${SIDECAR_ADMIN_TOKEN:-}` with the variable unset means "no token", never
+    # an empty token that an empty `Bearer` would match.
+    return None if isinstance(value, str) and not value.strip() else value
 
 
 class Model(BaseModel):
@@ -248,6 +259,12 @@ class PollWait(Model):
     )
     success: list[Any] = Field(default_factory=list, description="`field` values meaning done.")
     failure: list[Any] = Field(default_factory=list, description="`field` values meaning failed.")
+    track_for: Duration = Field(
+        600.0,
+        ge=0,
+        description="How long polling goes on after the client got its 202, so the completion "
+        "still reaches webhooks (only when webhooks run, i.e. redis_url is set). Default 10m.",
+    )
     forward_headers: list[HeaderName] = Field(
         default_factory=lambda: ["Authorization", "Cookie"],
         description="Client request headers carried on polls (plus the tenancy credential "
@@ -359,7 +376,7 @@ class Tenancy(Model):
     credential_header: HeaderName = Field(
         "Authorization", description="Request header naming the client. Default Authorization."
     )
-    hash_key: SecretStr | None = Field(
+    hash_key: Annotated[SecretStr | None, BeforeValidator(_blank_is_none)] = Field(
         None,
         description="Key of the keyed hash (HMAC-SHA256) credentials are stored as. "
         "Default: derived from admin_token; set it explicitly in production.",
@@ -425,7 +442,7 @@ class Proxy(Model):
     trust_forwarded_headers: bool = Field(
         False, description="Keep clients' X-Forwarded-* (behind a trusted load balancer)."
     )
-    public_url: HttpUrl | None = Field(
+    public_url: Annotated[HttpUrl | None, BeforeValidator(_blank_is_none)] = Field(
         None,
         description="Client-facing origin for rewritten Locations. Default: the request's own "
         "scheme and Host.",
@@ -454,13 +471,15 @@ class Settings(BaseSettings):
     listen: ListenAddress = Field("0.0.0.0:8080", description="Proxy listener host:port.")
     admin_listen: ListenAddress = Field("127.0.0.1:9000", description="Admin listener.")
     upstream: HttpUrl = Field("http://127.0.0.1:8000", description="Default upstream origin.")
-    redis_url: Annotated[str, AfterValidator(_check_redis_url)] | None = Field(
-        None, description="Needed for stream waits and webhooks."
-    )
+    redis_url: Annotated[
+        Annotated[str, AfterValidator(_check_redis_url)] | None, BeforeValidator(_blank_is_none)
+    ] = Field(None, description="Needed for stream waits and webhooks.")
     key_prefix: str = Field(
         "sidecar", pattern=r"^[A-Za-z0-9_.:-]+$", description="Prefix of every owned Redis key."
     )
-    admin_token: SecretStr | None = Field(None, description="Operator bearer token.")
+    admin_token: Annotated[SecretStr | None, BeforeValidator(_blank_is_none)] = Field(
+        None, description="Operator bearer token."
+    )
     tenancy: Tenancy = Field(default_factory=Tenancy)
     correlation_header: HeaderName = Field("X-Correlation-ID", description="Correlation header.")
     shutdown_grace: Duration = Field(30.0, ge=0, description="Drain time on SIGTERM.")
@@ -629,8 +648,13 @@ def parse_settings(
     try:
         settings = Settings(**data)
     except ValidationError as exc:
-        found = format_validation_error(exc)
-        problems += found + [p for p in cross_check(data) if p not in found]
+        unset = {problem.partition(": ")[0] for problem in problems}
+        found = [p for p in format_validation_error(exc) if p.partition(": ")[0] not in unset]
+        env_redis = next(
+            (v for k, v in os.environ.items() if k.upper() == "SIDECAR_REDIS_URL" and v), None
+        )
+        checked = {**data, "redis_url": env_redis} if env_redis else data
+        problems += found + [p for p in cross_check(checked) if p not in found]
     if problems:
         raise ConfigError(source, problems)
     return settings

@@ -6,6 +6,7 @@ turns our own errors into problem documents, and records metrics and the log lin
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -83,11 +84,16 @@ async def open_upstream(request: web.Request, call: CallContext) -> aiohttp.Clie
 
 
 async def relay(
-    request: web.Request, call: CallContext, upstream: aiohttp.ClientResponse
+    request: web.Request,
+    call: CallContext,
+    upstream: aiohttp.ClientResponse,
+    extra_headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
     """Relay an upstream answer unchanged (status, headers, body), streamed."""
     headers = response_headers(upstream.headers, upstream=call.upstream, origin=call.origin)
     headers[request.app[RUNTIME].settings.correlation_header] = call.correlation_id
+    if extra_headers:
+        headers.update(extra_headers)
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     call.status = upstream.status
     await response.prepare(request)
@@ -96,16 +102,12 @@ async def relay(
     return response
 
 
-async def pass_through(request: web.Request, call: CallContext) -> web.StreamResponse:
+async def pass_through(
+    request: web.Request, call: CallContext, extra_headers: dict[str, str] | None = None
+) -> web.StreamResponse:
     """Forward the call and relay whatever the upstream answers."""
     async with await open_upstream(request, call) as upstream:
-        return await relay(request, call, upstream)
-
-
-async def proxy_handler(request: web.Request) -> web.StreamResponse:
-    """Every path of the proxy listener."""
-    call: CallContext = request[CALL]  # type: ignore[assignment]
-    return await pass_through(request, call)
+        return await relay(request, call, upstream, extra_headers)
 
 
 @web.middleware
@@ -142,7 +144,9 @@ async def call_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 correlation_id=call.correlation_id,
                 headers={settings.correlation_header: call.correlation_id},
             )
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        except (ConnectionResetError, aiohttp.ClientConnectionResetError, asyncio.CancelledError):
+            # The client went away: aiohttp cancels the handler (handler_cancellation) or the
+            # write fails. Nothing is answered; the call is counted as such.
             call.outcome = "client_gone"
             raise
     finally:

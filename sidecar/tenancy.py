@@ -48,3 +48,25 @@ async def load_hash_key(settings: Settings, redis: Redis | None) -> bytes:
     await redis.set(key, secrets.token_hex(32), nx=True)
     value = await redis.get(key)
     return bytes(value) if value else secrets.token_bytes(32)
+
+
+class TenantHasher:
+    """Hashes credentials with the installation's key, loading it lazily (Redis may be down at
+    startup; the first call after it is back gets the shared key)."""
+
+    def __init__(self, settings: Settings, redis: Redis | None) -> None:
+        self.settings = settings
+        self.redis = redis
+        self._key = configured_hash_key(settings)
+
+    async def key(self) -> bytes:
+        """The hash key (may raise a Redis error while it cannot be loaded)."""
+        if self._key is None:
+            self._key = await load_hash_key(self.settings, self.redis)
+        return self._key
+
+    async def tenant(self, credential: str | None) -> str | None:
+        """The tenant of a credential, or None when there is none."""
+        if not credential:
+            return None
+        return tenant_of(credential, await self.key())

@@ -1,0 +1,244 @@
+"""The completion hub: one `XREAD BLOCK` loop per process over every configured stream, waking the
+in-memory waiters of each correlation id.
+
+- One dedicated Redis connection (socket timeout above the block time), never one per waiter.
+- A waiter is a future in a dict keyed by (stream, correlation id); several waiters on one id all
+  wake. A waiter resolves only on an event its route calls success or failure; other types for the
+  same id (progress, unknown) leave it waiting.
+- A bounded, time-limited cache of recent events closes the race where the event lands before the
+  waiter exists: `subscribe()` looks there first.
+- On a Redis error the loop backs off, reconnects and resumes from the last id it saw per
+  stream, so nothing the stream still holds is missed.
+- Malformed entries are counted and logged, never fatal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from .completion import Completion, MalformedEvent, StreamEvent, classify, decode_for, to_completion
+from .config import Settings, StreamWait
+from .metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+EVENTS_PER_ID = 4  # cached events per correlation id (progress events may precede the final one)
+BACKOFF_INITIAL_S = 0.05
+BACKOFF_MAX_S = 2.0
+
+
+class Waiter:
+    """One waiting call: resolved with the first event its route's spec classifies."""
+
+    __slots__ = ("future", "spec")
+
+    def __init__(self, spec: StreamWait) -> None:
+        self.spec = spec
+        self.future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
+
+    def offer(self, event: StreamEvent) -> bool:
+        """Resolve with `event` if it means success or failure for this route."""
+        if self.future.done():
+            return False
+        status = classify(event, self.spec)
+        if status is None:
+            return False
+        self.future.set_result(to_completion(event, status))
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Decoder:
+    """How one stream's entries are decoded (routes on a stream may differ in field names)."""
+
+    spec: StreamWait
+    known_types: frozenset[str]
+
+
+def decoders_for(settings: Settings) -> dict[str, list[_Decoder]]:
+    """Per stream key, one decoder per distinct (id, type, data) field triple."""
+    out: dict[str, dict[tuple[str, str, str], tuple[StreamWait, set[str]]]] = {}
+    for route in settings.routes:
+        if route.wait is None or route.wait.stream is None:
+            continue
+        spec = route.wait.stream
+        triple = (spec.id_field, spec.type_field, spec.data_field)
+        entry = out.setdefault(spec.key, {}).setdefault(triple, (spec, set()))
+        entry[1].update(spec.success, spec.failure)
+    return {
+        key: [_Decoder(spec, frozenset(types)) for spec, types in triples.values()]
+        for key, triples in out.items()
+    }
+
+
+class CompletionHub:
+    """Reads completion streams and wakes waiters. Run `run()` as a background task."""
+
+    def __init__(self, redis_url: str, settings: Settings, metrics: Metrics) -> None:
+        self.redis_url = redis_url
+        self.metrics = metrics
+        self.block_ms = int(settings.stream_reader.block * 1000)
+        self.count = settings.stream_reader.count
+        self.recent_size = settings.stream_reader.recent_size
+        self.recent_ttl_s = settings.stream_reader.recent_ttl
+        self._decoders = decoders_for(settings)
+        self._last_ids: dict[str, str] = {}
+        self._waiters: dict[tuple[str, str], list[Waiter]] = {}
+        self._recent: OrderedDict[tuple[str, str], tuple[float, list[StreamEvent]]] = OrderedDict()
+        self.connected = asyncio.Event()
+        self._changed = asyncio.Event()
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def update(self, settings: Settings) -> None:
+        """Follow a config reload: new streams are read from their current end."""
+        self._decoders = decoders_for(settings)
+        self._changed.set()
+
+    @property
+    def streams(self) -> list[str]:
+        """Stream keys being read."""
+        return list(self._decoders)
+
+    # -- waiters ---------------------------------------------------------------------------
+
+    @contextmanager
+    def subscribe(self, spec: StreamWait, correlation_id: str) -> Iterator[Waiter]:
+        """Register a waiter (resolved at once if a matching event is cached); always removed
+        on exit."""
+        waiter = Waiter(spec)
+        key = (spec.key, correlation_id)
+        cached = self._recent.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            for event in cached[1]:
+                if waiter.offer(event):
+                    break
+        self._waiters.setdefault(key, []).append(waiter)
+        try:
+            yield waiter
+        finally:
+            waiters = self._waiters.get(key)
+            if waiters is not None:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._waiters[key]
+
+    @property
+    def waiting(self) -> int:
+        """Number of registered waiters."""
+        return sum(len(w) for w in self._waiters.values())
+
+    # -- events ----------------------------------------------------------------------------
+
+    def dispatch(self, stream: str, entry_id: str, fields: Mapping[Any, Any]) -> str:
+        """Handle one entry; returns its result label (matched, unmatched, ignored, malformed)."""
+        decoders = self._decoders.get(stream, [])
+        result = "ignored"
+        for decoder in decoders:
+            try:
+                event = decode_for(stream, entry_id, fields, decoder.spec)
+            except MalformedEvent as exc:
+                logger.warning(
+                    "malformed completion event",
+                    extra={"stream": stream, "entry_id": entry_id, "reason": str(exc)},
+                )
+                return "malformed"
+            if event.event_type not in decoder.known_types:
+                continue
+            self._remember(event)
+            woke = False
+            for waiter in self._waiters.get((stream, event.correlation_id), ()):
+                woke = waiter.offer(event) or woke
+            result = "matched" if woke else ("unmatched" if result != "matched" else result)
+        return result
+
+    def _remember(self, event: StreamEvent) -> None:
+        if self.recent_size <= 0:
+            return
+        key = (event.stream, event.correlation_id)
+        now = time.monotonic()
+        entry = self._recent.pop(key, None)
+        events = [*(entry[1] if entry else [])[-(EVENTS_PER_ID - 1) :], event]
+        self._recent[key] = (now + self.recent_ttl_s, events)
+        while len(self._recent) > self.recent_size:
+            self._recent.popitem(last=False)
+        # Expired entries sit at the front (insertion order == expiry order).
+        while self._recent:
+            first = next(iter(self._recent.values()))
+            if first[0] > now:
+                break
+            self._recent.popitem(last=False)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def _connect(self) -> aioredis.Redis:
+        client: aioredis.Redis = aioredis.Redis.from_url(
+            self.redis_url,
+            single_connection_client=True,
+            socket_connect_timeout=2.0,
+            socket_timeout=self.block_ms / 1000 + 5.0,
+            retry_on_timeout=False,
+        )
+        return client
+
+    async def _resolve_start_ids(self, client: aioredis.Redis, streams: Sequence[str]) -> None:
+        """New streams start at their current last entry (or the beginning when empty)."""
+        for stream in streams:
+            if stream in self._last_ids:
+                continue
+            last = await client.xrevrange(stream, count=1)
+            self._last_ids[stream] = last[0][0].decode() if last else "0-0"
+
+    async def run(self) -> None:
+        """Read forever; reconnect with backoff on any Redis error. Cancel to stop."""
+        backoff = BACKOFF_INITIAL_S
+        while True:
+            client = self._connect()
+            try:
+                while True:
+                    streams = self.streams
+                    if not streams:
+                        self.connected.set()
+                        self.metrics.redis_up.set(1)
+                        self._changed.clear()
+                        await self._changed.wait()
+                        continue
+                    await self._resolve_start_ids(client, streams)
+                    if not self.connected.is_set():
+                        logger.info("completion reader connected", extra={"streams": streams})
+                    self.connected.set()
+                    self.metrics.redis_up.set(1)
+                    backoff = BACKOFF_INITIAL_S
+                    reply = await client.xread(
+                        {s: self._last_ids[s] for s in streams},
+                        count=self.count,
+                        block=self.block_ms,
+                    )
+                    for raw_stream, entries in reply or ():
+                        stream = raw_stream.decode()
+                        for raw_id, fields in entries:
+                            entry_id = raw_id.decode()
+                            self._last_ids[stream] = entry_id
+                            result = self.dispatch(stream, entry_id, fields)
+                            self.metrics.stream_events.labels(stream, result).inc()
+            except (RedisError, OSError) as exc:
+                self.connected.clear()
+                self.metrics.redis_up.set(0)
+                logger.warning(
+                    "completion reader lost Redis; reconnecting",
+                    extra={"error": f"{exc.__class__.__name__}: {exc}", "retry_in_s": backoff},
+                )
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, BACKOFF_MAX_S)
+            finally:
+                await client.aclose()

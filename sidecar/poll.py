@@ -1,0 +1,189 @@
+"""Polling the upstream's Location until it says done or failed.
+
+`poll_location` GETs the status URL with the client's allowed headers, first after
+`interval`, then at a delay growing (with jitter) up to `max_interval`, honouring `Retry-After`,
+never past its deadline. Done/failed is decided per route by status code or by a JSON field.
+A `303 See Other` (or another redirect) is followed to the resource, whose answer is the result.
+Poll errors (connection refused, timeouts, 5xx) are counted and retried; they never end the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from .completion import Completion, Status
+from .config import PollWait
+from .metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+GROWTH = 1.5  # each pending poll waits this much longer, up to max_interval
+JITTER = 0.1  # ±10 % on every delay, so synchronised clients don't poll in lockstep
+MAX_REDIRECTS = 5
+MAX_BODY = 4 * 1024 * 1024  # a status document larger than this is not read whole
+REDIRECTS = (301, 302, 303, 307, 308)
+
+
+class TooManyRedirects(ValueError):
+    """The status URL redirected in a loop."""
+
+
+@dataclass(frozen=True, slots=True)
+class PollAnswer:
+    """The upstream's answer to one poll (after following redirects)."""
+
+    status: int
+    body: bytes
+    content_type: str | None
+    retry_after_s: float | None
+
+
+def json_pointer(document: Any, pointer: str) -> Any:
+    """Resolve an RFC 6901 pointer; raise LookupError when it leads nowhere."""
+    if pointer == "":
+        return document
+    node = document
+    for raw in pointer[1:].split("/"):
+        token = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, list):
+            if not token.isdigit() or int(token) >= len(node):
+                raise LookupError(pointer)
+            node = node[int(token)]
+        elif isinstance(node, dict) and token in node:
+            node = node[token]
+        else:
+            raise LookupError(pointer)
+    return node
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a `Retry-After` of delta-seconds or an HTTP-date; None when absent/invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def decode_body(body: bytes, content_type: str | None) -> tuple[Any, bool]:
+    """(value, is_json) of a poll body: JSON when it parses, else text."""
+    if not body:
+        return None, False
+    try:
+        return orjson.loads(body), True
+    except orjson.JSONDecodeError:
+        return body.decode("utf-8", "replace"), False
+
+
+def judge(spec: PollWait, answer: PollAnswer) -> Status | None:
+    """succeeded / failed / None (still pending) for one poll answer, per the route's rules."""
+    if answer.status in spec.failed_status:
+        return "failed"
+    if spec.field is not None:
+        if not 200 <= answer.status < 300:
+            return None
+        try:
+            value = json_pointer(orjson.loads(answer.body), spec.field)
+        except (orjson.JSONDecodeError, LookupError):
+            return None
+        if value in spec.success:
+            return "succeeded"
+        if value in spec.failure:
+            return "failed"
+        return None
+    return "succeeded" if answer.status in spec.done_status else None
+
+
+async def fetch(
+    session: aiohttp.ClientSession,
+    url: URL,
+    headers: Mapping[str, str],
+    timeout_s: float,
+) -> PollAnswer:
+    """GET `url`, following redirects (a 303 leads to the resource) up to MAX_REDIRECTS."""
+    for _ in range(MAX_REDIRECTS + 1):
+        async with session.get(
+            url,
+            headers=headers,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=max(timeout_s, 0.001)),
+        ) as response:
+            location = response.headers.get("Location")
+            if response.status in REDIRECTS and location:
+                url = url.join(URL(location, encoded=True))
+                continue
+            body = await response.content.read(MAX_BODY)
+            return PollAnswer(
+                response.status,
+                body,
+                response.headers.get("Content-Type"),
+                parse_retry_after(response.headers.get("Retry-After")),
+            )
+    raise TooManyRedirects(f"more than {MAX_REDIRECTS} redirects from the Location")
+
+
+async def poll_location(
+    session: aiohttp.ClientSession,
+    url: URL,
+    headers: Mapping[str, str],
+    spec: PollWait,
+    *,
+    correlation_id: str,
+    deadline: float,
+    metrics: Metrics,
+    route: str,
+) -> tuple[Completion, PollAnswer] | None:
+    """Poll until done/failed (the completion and the final answer) or `deadline` (None)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    delay = spec.interval
+    while True:
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return None
+        await asyncio.sleep(min(delay * random.uniform(1 - JITTER, 1 + JITTER), remaining))
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return None
+        retry_after_s: float | None = None
+        try:
+            answer = await fetch(session, url, headers, remaining)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            metrics.polls.labels(route, "error").inc()
+            logger.info(
+                "poll failed; retrying",
+                extra={
+                    "route": route,
+                    "correlation_id": correlation_id,
+                    "error": f"{exc.__class__.__name__}: {exc}",
+                },
+            )
+        else:
+            status = judge(spec, answer)
+            if status is not None:
+                metrics.polls.labels(route, "done" if status == "succeeded" else "failed").inc()
+                metrics.poll_completions.labels(route, status).inc()
+                metrics.poll_detect_duration.labels(route).observe(loop.time() - started)
+                data, is_json = decode_body(answer.body, answer.content_type)
+                return Completion(correlation_id, status, data, is_json, source="poll"), answer
+            metrics.polls.labels(route, "error" if answer.status >= 500 else "pending").inc()
+            retry_after_s = answer.retry_after_s
+        delay = min(delay * GROWTH, spec.max_interval)
+        if retry_after_s is not None:
+            delay = max(delay, retry_after_s)  # the sleep is still cut at the deadline
