@@ -56,11 +56,21 @@ async def http_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[HTTP].close()
 
 
+REDIS_POOL_SIZE = 64  # connections shared by every request; a burst waits for one (bounded)
+REDIS_POOL_WAIT_S = 1.0  # longest a command waits for a free pooled connection
+
+
 def connect_redis(url: str, **kwargs: Any) -> Redis:
-    """A Redis client (connection pool) for `url`; connects lazily."""
+    """A Redis client on a bounded, blocking pool for `url`; connects lazily.
+
+    Bounded so that a burst of 10,000 calls never opens 10,000 Redis connections.
+    """
     kwargs.setdefault("socket_connect_timeout", 2.0)
     kwargs.setdefault("health_check_interval", 10)
-    client: Redis = aioredis.Redis.from_url(url, **kwargs)
+    kwargs.setdefault("max_connections", REDIS_POOL_SIZE)
+    kwargs.setdefault("timeout", REDIS_POOL_WAIT_S)
+    pool = aioredis.BlockingConnectionPool.from_url(url, **kwargs)
+    client: Redis = Redis.from_pool(pool)
     return client
 
 

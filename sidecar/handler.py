@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import ExitStack
 
 from aiohttp import web
 from redis.exceptions import RedisError
@@ -61,11 +60,11 @@ async def long_poll(request: web.Request, call: CallContext) -> dict[str, str] |
     loop = asyncio.get_running_loop()
     budget = min(prefs.wait_s, route.budget)
     hub = request.app[HUB]
-    with ExitStack() as stack:
-        waiter: Waiter | None = None
-        if hub is not None and wait.stream is not None:
-            waiter = stack.enter_context(hub.subscribe(wait.stream, tracked.correlation_id))
-        poll = None
+    waiter: Waiter | None = None
+    if hub is not None and wait.stream is not None:
+        waiter = hub.add(wait.stream, tracked.correlation_id)
+    poll = None
+    try:
         if wait.poll is not None:
             poll = asyncio.ensure_future(
                 poll_location(
@@ -80,11 +79,12 @@ async def long_poll(request: web.Request, call: CallContext) -> dict[str, str] |
                 )
             )
         started = loop.time()
-        try:
-            result = await Wait(waiter, poll).first(budget)
-        finally:
-            if poll is not None:
-                poll.cancel()
+        result = await Wait(waiter, poll).first(budget)
         call.wait_s = loop.time() - started
         call.reason = "long_poll_" + ("released" if result else "timeout")
+    finally:
+        if poll is not None:
+            poll.cancel()
+        if waiter is not None and hub is not None:
+            hub.discard(waiter)
     return headers

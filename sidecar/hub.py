@@ -6,7 +6,7 @@ in-memory waiters of each correlation id.
   wake. A waiter resolves only on an event its route calls success or failure; other types for the
   same id (progress, unknown) leave it waiting.
 - A bounded, time-limited cache of recent events closes the race where the event lands before the
-  waiter exists: `subscribe()` looks there first.
+  waiter exists: `add()` looks there first.
 - On a Redis error the loop backs off, reconnects and resumes from the last id it saw per
   stream, so nothing the stream still holds is missed.
 - Malformed entries are counted and logged, never fatal.
@@ -18,8 +18,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,12 +37,16 @@ BACKOFF_MAX_S = 2.0
 
 
 class Waiter:
-    """One waiting call: resolved with the first event its route's spec classifies."""
+    """One waiting call: resolved with the first event its route's spec classifies.
 
-    __slots__ = ("future", "spec")
+    Kept small on purpose (slots, no per-waiter task): a process holds tens of thousands.
+    """
 
-    def __init__(self, spec: StreamWait) -> None:
+    __slots__ = ("future", "key", "spec")
+
+    def __init__(self, spec: StreamWait, correlation_id: str) -> None:
         self.spec = spec
+        self.key = (spec.key, correlation_id)
         self.future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
 
     def offer(self, event: StreamEvent) -> bool:
@@ -112,26 +115,29 @@ class CompletionHub:
 
     # -- waiters ---------------------------------------------------------------------------
 
-    @contextmanager
-    def subscribe(self, spec: StreamWait, correlation_id: str) -> Iterator[Waiter]:
-        """Register a waiter (resolved at once if a matching event is cached); always removed
-        on exit."""
-        waiter = Waiter(spec)
-        key = (spec.key, correlation_id)
-        cached = self._recent.get(key)
+    def add(self, spec: StreamWait, correlation_id: str) -> Waiter:
+        """Register a waiter, resolved at once if a matching event is cached. The caller must
+        `discard()` it (in a `finally`)."""
+        waiter = Waiter(spec, correlation_id)
+        cached = self._recent.get(waiter.key)
         if cached is not None and cached[0] > time.monotonic():
             for event in cached[1]:
                 if waiter.offer(event):
                     break
-        self._waiters.setdefault(key, []).append(waiter)
-        try:
-            yield waiter
-        finally:
-            waiters = self._waiters.get(key)
-            if waiters is not None:
-                waiters.remove(waiter)
-                if not waiters:
-                    del self._waiters[key]
+        waiters = self._waiters.get(waiter.key)
+        if waiters is None:
+            self._waiters[waiter.key] = [waiter]
+        else:
+            waiters.append(waiter)
+        return waiter
+
+    def discard(self, waiter: Waiter) -> None:
+        """Unregister a waiter (idempotent)."""
+        waiters = self._waiters.get(waiter.key)
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
+            if not waiters:
+                del self._waiters[waiter.key]
 
     @property
     def waiting(self) -> int:

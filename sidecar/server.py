@@ -43,7 +43,9 @@ def reload_config(app: web.Application, path: Path) -> bool:
 async def serve(settings: Settings, config_path: Path) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight calls within `shutdown_grace`."""
     app = create_app(settings)
-    runner = web.AppRunner(app, shutdown_timeout=settings.shutdown_grace, access_log=None)
+    # aiohttp reads a shutdown_timeout of 0 as "no limit"; a grace of 0 means "don't wait".
+    grace_s = max(settings.shutdown_grace, 0.001)
+    runner = web.AppRunner(app, shutdown_timeout=grace_s, access_log=None)
     await runner.setup()
     host, port = split_host_port(settings.listen)
     site = web.TCPSite(runner, host, port, backlog=4096)

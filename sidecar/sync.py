@@ -19,7 +19,7 @@ import math
 import re
 import time
 from collections.abc import Awaitable, Callable
-from contextlib import ExitStack, suppress
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -267,6 +267,13 @@ class Wait:
 
     async def first(self, timeout_s: float) -> tuple[Completion, PollAnswer | None] | None:
         """The first definitive completion within `timeout_s`, else None."""
+        if self.poll is None and self.waiter is not None:
+            # The common case, kept lean: no extra task or set per waiting call.
+            try:
+                async with asyncio.timeout(timeout_s):
+                    return await self.waiter.future, None
+            except TimeoutError:
+                return None
         pending: set[asyncio.Future[Any]] = set()
         if self.waiter is not None:
             pending.add(self.waiter.future)
@@ -353,12 +360,33 @@ def _preferences(route: Route, prefs: Preferences) -> tuple[float, list[str]]:
     return route.budget, []
 
 
+async def forward_command(request: web.Request, call: CallContext) -> Accepted | web.StreamResponse:
+    """Forward the call; a non-202 answer is relayed (and returned), a 202 is held as `Accepted`.
+
+    The upstream response object is released here, so a waiting call keeps only what it needs.
+    """
+    async with await open_upstream(request, call) as upstream:
+        if upstream.status != 202:
+            return await relay(request, call, upstream)
+        body, whole = await read_accepted(upstream, call)
+        if not whole:  # pragma: no cover - a 202 body over 1 MiB is not something to hold
+            logger.warning("202 body too large to hold; relayed", extra={"route": call.route_name})
+            return await relay(request, call, upstream)
+        location = upstream.headers.get("Location")
+        headers = end_to_end(upstream.headers)
+        reason = upstream.reason
+    upstream_loc = upstream_location(location, call.upstream) if location else None
+    client_loc = rewrite_location(location, call.upstream, call.origin) if location else None
+    if client_loc is not None:
+        headers["Location"] = client_loc
+    return Accepted(202, reason, headers, body, upstream_loc, client_loc)
+
+
 async def synchronise(request: web.Request, call: CallContext) -> web.StreamResponse:
     """Handle a call on a sync route."""
     assert call.route is not None and call.route.route.wait is not None
     app, route = request.app, call.route.route
-    wait_spec = route.wait
-    assert wait_spec is not None
+    wait_spec = call.route.route.wait
     loop = asyncio.get_running_loop()
     prefs = parse_prefer(request.headers.getall("Prefer", ()))
     budget, applied = _preferences(route, prefs)
@@ -367,32 +395,20 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
     waiting = app[WAITING]
     shed = waiting.get(route.name, 0) >= route.max_waiting
     holding = not prefs.respond_async and not shed
-
-    with ExitStack() as stack:
-        waiter = None
+    waiter: Waiter | None = None
+    poll_task: asyncio.Task[PollResult] | None = None
+    try:
         if (
             holding
             and hub is not None
             and wait_spec.stream
             and route.correlation.source == "request"
         ):
-            waiter = stack.enter_context(hub.subscribe(wait_spec.stream, call.correlation_id))
-
-        async with await open_upstream(request, call) as upstream:
-            if upstream.status != 202:
-                return await relay(request, call, upstream)
-            body, whole = await read_accepted(upstream, call)
-            location = upstream.headers.get("Location")
-            headers = end_to_end(upstream.headers)
-            if not whole:
-                logger.warning("202 body too large to hold; relayed", extra={"route": route.name})
-                return await relay(request, call, upstream)  # pragma: no cover - rare
-        upstream_loc = upstream_location(location, call.upstream) if location else None
-        client_loc = rewrite_location(location, call.upstream, call.origin) if location else None
-        if client_loc is not None:
-            headers["Location"] = client_loc
-        accepted = Accepted(202, upstream.reason, headers, body, upstream_loc, client_loc)
-
+            # Registered before forwarding: a fast backend's event cannot slip past us.
+            waiter = hub.add(wait_spec.stream, call.correlation_id)
+        accepted = await forward_command(request, call)
+        if not isinstance(accepted, Accepted):
+            return accepted
         cid = _completion_id(route, call, accepted)
         if cid is None:
             logger.warning(
@@ -402,39 +418,49 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
             return fallback(request, call, accepted, applied, "no_id")
         await _track(request, route, cid, accepted)
         if not holding:
-            poll_task = _start_poll(request, route, cid, accepted, deadline)
-            if poll_task is not None and app[TRACKER] is None:
-                poll_task.cancel()
-            return fallback(request, call, accepted, applied, "prefer" if not shed else "shed")
+            if poll_task_outlives(app, route):
+                _start_poll(request, route, cid, accepted, deadline)
+            return fallback(request, call, accepted, applied, "shed" if shed else "prefer")
         if waiter is None and hub is not None and wait_spec.stream is not None:
-            waiter = stack.enter_context(hub.subscribe(wait_spec.stream, cid))
+            waiter = hub.add(wait_spec.stream, cid)
         poll_task = _start_poll(request, route, cid, accepted, deadline)
         if waiter is None and poll_task is None:
             return fallback(request, call, accepted, applied, "redis")
-
-        waiting[route.name] = waiting.get(route.name, 0) + 1
-        gauge = app[METRICS].waiting.labels(route.name)
-        gauge.inc()
-        started = loop.time()
-        outcome = "client_gone"
-        try:
-            result = await Wait(waiter, poll_task).first(deadline - loop.time())
-            outcome = "completed" if result else "budget"
-        finally:
-            waiting[route.name] -= 1
-            gauge.dec()
-            call.wait_s = loop.time() - started
-            app[METRICS].wait_duration.labels(route.name, outcome).observe(call.wait_s)
-            if poll_task is not None and not poll_task.done():
-                keep = outcome != "completed" and poll_task_outlives(app, route)
-                if not keep:
-                    poll_task.cancel()
-
+        result = await _hold(app, route, call, Wait(waiter, poll_task), deadline)
+    finally:
+        if waiter is not None and hub is not None:
+            hub.discard(waiter)
+        if poll_task is not None and not poll_task_outlives(app, route):
+            poll_task.cancel()  # nobody needs its verdict any more
     if result is None:
         reason = "redis" if hub is not None and not hub.connected.is_set() else "budget"
         return fallback(request, call, accepted, applied, reason)
     completion, poll_answer = result
+    if poll_task is not None and not poll_task.done():
+        poll_task.cancel()  # the stream answered first
     return await answer(request, call, route, accepted, completion, poll_answer, applied)
+
+
+async def _hold(
+    app: web.Application, route: Route, call: CallContext, wait: Wait, deadline: float
+) -> tuple[Completion, PollAnswer | None] | None:
+    """Wait within the budget, counting the call as waiting meanwhile."""
+    loop = asyncio.get_running_loop()
+    waiting = app[WAITING]
+    waiting[route.name] = waiting.get(route.name, 0) + 1
+    gauge = app[METRICS].waiting.labels(route.name)
+    gauge.inc()
+    started = loop.time()
+    outcome = "client_gone"
+    try:
+        result = await wait.first(deadline - started)
+        outcome = "completed" if result else "budget"
+        return result
+    finally:
+        waiting[route.name] -= 1
+        gauge.dec()
+        call.wait_s = loop.time() - started
+        app[METRICS].wait_duration.labels(route.name, outcome).observe(call.wait_s)
 
 
 def poll_task_outlives(app: web.Application, route: Route) -> bool:
