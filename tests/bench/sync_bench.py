@@ -5,7 +5,7 @@ Starts Redis (the one at $REDIS_URL if it answers, else a throwaway one), a mini
 127.0.0.1, then measures, in one run so the figures compare side by side:
 
 1. event → answer latency: N calls are held, then their completions are XADDed at a fixed rate
-   (100/s and 1,000/s); latency = time the client has its answer − time just before the XADD.
+   (100/s and 1,000/s); latency = time the client has its answer minus time just before the XADD.
 2. capacity: W calls held at once; the sidecar's RSS growth per waiting request.
 3. CPU per call: sidecar CPU time (user+sys) per synchronised call vs per pass-through call.
 4. poll mode: extra latency over the true completion time at the default poll interval, and
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def raise_open_files_limit() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else 1 << 20
     resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return target
@@ -49,6 +49,11 @@ def raise_open_files_limit() -> int:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def spawn(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+    """Start a child process (Popen returns at once; nothing here waits on it)."""
+    return subprocess.Popen(args, **kwargs)
 
 
 @contextlib.contextmanager
@@ -322,7 +327,7 @@ async def run(args: argparse.Namespace) -> None:
     try:
         with processes() as procs:
             procs.append(
-                subprocess.Popen(
+                spawn(
                     [
                         sys.executable,
                         "-m",
@@ -337,7 +342,7 @@ async def run(args: argparse.Namespace) -> None:
             )
             log = (tmp / "sidecar.log").open("wb")
             procs.append(
-                subprocess.Popen(
+                spawn(
                     [sys.executable, "-m", "sidecar.cli", "run", "-c", str(config)],
                     cwd=ROOT,
                     stderr=log,
