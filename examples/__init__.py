@@ -1,0 +1,1 @@
+"""Runnable examples of the sidecar in front of asynchronous APIs."""
