@@ -1,0 +1,408 @@
+"""`make demo`: the users example behind the sidecar, and what a client sees.
+
+Starts (on free ports) Redis if none answers, the legacy users API (examples/users/api.py) and the
+sidecar (examples/users/sidecar.yaml, ports and URLs overridden with `SIDECAR_*` variables), waits
+until both are ready, then makes a few calls and prints the answers:
+
+    (a) a normal create through the sidecar        → 200 with the user (synchronous)
+    (b) a refused create through the sidecar       → 500 problem+json with the reason
+    (c) a slow create (4 s, budget 2 s)            → 202 + Location, then polled until 200
+    (d) a normal create straight to the API        → 202 + Location (what clients had before)
+    (e) `Prefer: respond-async` through the sidecar → 202 at once
+
+and a few lines of the sidecar's metrics. Whatever the answers are, it prints them: a sidecar
+without its synchronous wait simply shows 202s. Everything started is stopped on exit, Ctrl-C
+included. The processes' logs go to files in a temporary directory, named at the end.
+
+Exit status: 0 when the calls were made; 1 when something did not start or died on the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin
+
+import aiohttp
+
+from sidecar.dev.redis_server import RedisServer, RedisUnavailable, answers, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "examples" / "users" / "sidecar.yaml"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+SHOWN_HEADERS = (
+    "Location",
+    "Retry-After",
+    "Content-Location",
+    "Content-Type",
+    "X-Correlation-ID",
+    "Preference-Applied",
+)
+READY_TIMEOUT_S = 20.0
+CALL_TIMEOUT_S = 15.0
+POLL_DEADLINE_S = 15.0
+LOG_TAIL_LINES = 20
+
+
+class DemoFailed(Exception):
+    """Something the demo needs did not start or died; the message says what and shows its log."""
+
+
+@dataclass
+class Child:
+    """A subprocess of the demo, its log file and how to stop it."""
+
+    name: str
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, argv: list[str], env: Mapping[str, str]) -> None:
+        """Start it in its own session (Ctrl-C reaches the demo only, which stops it in order)."""
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=REPO,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def alive(self) -> bool:
+        """True while the process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The last lines of its output."""
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "(no output)"
+        return "\n".join(text.splitlines()[-lines:]) or "(no output)"
+
+    def died(self, what: str) -> DemoFailed:
+        """The error to raise when it is gone or unusable, with the tail of its output."""
+        code = self.proc.returncode if self.proc is not None else None
+        status = f" (exit status {code})" if code is not None else ""
+        tail = "\n".join(f"    | {line}" for line in self.tail().splitlines())
+        return DemoFailed(f"{self.name} {what}{status}; the end of its output:\n{tail}")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it does not stop in time."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@dataclass
+class Answer:
+    """What a client saw for one call."""
+
+    status: int
+    reason: str
+    headers: Mapping[str, str]
+    body: str
+    elapsed_ms: float
+    json: Any = field(default=None)
+
+
+# --------------------------------------------------------------------------------------------
+# Printing
+# --------------------------------------------------------------------------------------------
+
+
+def heading(title: str) -> None:
+    """A section title."""
+    print()
+    print(f"== {title} " + "=" * max(3, 76 - len(title)))
+
+
+def note(text: str) -> None:
+    """An explanation under a call."""
+    print(f"   {text}")
+
+
+def show_request(method: str, url: str, body: Any = None, headers: Mapping[str, str] = {}) -> None:
+    """The call as the client makes it."""
+    extra = f"  {json.dumps(body)}" if body is not None else ""
+    print(f"   {method} {url}{extra}")
+    for name, value in headers.items():
+        print(f"     {name}: {value}")
+
+
+def show_answer(answer: Answer) -> None:
+    """Status line, the headers that matter, the body and the time taken."""
+    print(f"   -> {answer.status} {answer.reason}   ({answer.elapsed_ms:.0f} ms)")
+    for name in SHOWN_HEADERS:
+        if name in answer.headers:
+            print(f"     {name}: {answer.headers[name]}")
+    body = answer.body if len(answer.body) <= 400 else answer.body[:400] + "..."
+    if body:
+        print(f"     {body}")
+
+
+# --------------------------------------------------------------------------------------------
+# Calls
+# --------------------------------------------------------------------------------------------
+
+
+async def call(
+    session: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    body: Any = None,
+    headers: Mapping[str, str] | None = None,
+    quiet: bool = False,
+) -> Answer:
+    """Make one call, print it (unless `quiet`) and return what came back."""
+    headers = dict(headers or {})
+    if not quiet:
+        show_request(method, url, body, headers)
+    started = time.perf_counter()
+    async with session.request(method, url, json=body, headers=headers) as resp:
+        raw = await resp.read()
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        parsed = json.loads(text) if text else None
+    except ValueError:
+        parsed = None
+    answer = Answer(
+        resp.status,
+        resp.reason or "",
+        dict(resp.headers),
+        json.dumps(parsed) if parsed is not None else text,
+        elapsed_ms,
+        parsed,
+    )
+    if not quiet:
+        show_answer(answer)
+    return answer
+
+
+async def wait_ready(session: aiohttp.ClientSession, url: str, child: Child) -> None:
+    """Poll `url` until it answers 200, or raise `DemoFailed` when `child` dies or is too slow."""
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    last = "no answer"
+    while time.monotonic() < deadline:
+        if not child.alive():
+            raise child.died("exited while starting")
+        try:
+            async with session.get(url, timeout=aiohttp.ClientTimeout(total=1.0)) as resp:
+                if resp.status == 200:
+                    return
+                last = f"{resp.status} {await resp.text()}"
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            last = exc.__class__.__name__
+        await asyncio.sleep(0.1)
+    raise child.died(f"was not ready after {READY_TIMEOUT_S:.0f}s ({url}: {last})")
+
+
+async def poll_location(session: aiohttp.ClientSession, url: str) -> Answer | None:
+    """GET `url` until it is no longer pending (404/202), as a client following Location does."""
+    deadline = time.monotonic() + POLL_DEADLINE_S
+    polls = 0
+    while time.monotonic() < deadline:
+        answer = await call(session, "GET", url, quiet=True)
+        polls += 1
+        if answer.status not in (202, 404):
+            note(f"GET {url}  (poll #{polls})")
+            show_answer(answer)
+            return answer
+        note(f"GET {url}  -> {answer.status} {answer.body}  (poll #{polls})")
+        try:
+            pause_s = min(float(answer.headers.get("Retry-After", "1")), 1.0)
+        except ValueError:
+            pause_s = 1.0
+        await asyncio.sleep(pause_s)
+    note(f"still pending after {POLL_DEADLINE_S:.0f}s; giving up")
+    return None
+
+
+def explain(answer: Answer, expected: int, meaning: str) -> None:
+    """Say whether the answer is the synchronous one and, if not, why it may be so."""
+    if answer.status == expected:
+        note(f"OK: {meaning}")
+    elif answer.status == 202:
+        note(
+            f"got 202 instead of {expected}: the sidecar fell back to the API's own answer "
+            "(budget spent, or no synchronous wait in this build)"
+        )
+    else:
+        note(f"unexpected: {answer.status} (expected {expected})")
+
+
+async def run_calls(sidecar_url: str, admin_url: str, api_url: str, children: list[Child]) -> None:
+    """Wait until everything is ready, then make the calls and print what the client sees."""
+    timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        api, sidecar = children
+        await wait_ready(session, f"{api_url}/healthz", api)
+        await wait_ready(session, f"{admin_url}/readyz", sidecar)
+        print("   the API and the sidecar are ready")
+        try:
+            await make_calls(session, sidecar_url, admin_url, api_url)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            for child in children:
+                if not child.alive():
+                    raise child.died("died during the demo") from None
+            raise DemoFailed(f"a call failed: {exc.__class__.__name__}: {exc}") from None
+
+
+async def make_calls(
+    session: aiohttp.ClientSession, sidecar_url: str, admin_url: str, api_url: str
+) -> None:
+    """The five calls, (a) to (e), then the metrics."""
+    users = f"{sidecar_url}/api/users"
+
+    heading("(a) a normal create, through the sidecar")
+    answer = await call(session, "POST", users, body={"username": "felipe", "age": 100})
+    explain(answer, 200, "the client got the created user synchronously")
+
+    heading("(b) a refused create (username 'fail...'), through the sidecar")
+    answer = await call(session, "POST", users, body={"username": "failing-fred", "age": 30})
+    explain(answer, 500, "the UserNotCreated event became a problem document with its reason")
+
+    heading("(c) a slow create (the API takes 4s, the budget is 2s), through the sidecar")
+    correlation_id = f"demo-{uuid.uuid4().hex[:12]}"
+    answer = await call(
+        session,
+        "POST",
+        users,
+        body={"username": "slow-sam", "age": 42},
+        headers={"X-Correlation-ID": correlation_id},
+    )
+    if answer.status == 202 and "Location" in answer.headers:
+        note("OK: past the budget the client gets 202 + Location and follows it:")
+        await poll_location(session, urljoin(sidecar_url + "/", answer.headers["Location"]))
+    else:
+        explain(answer, 202, "")
+
+    heading("(d) the same kind of create, straight to the API (what clients had before)")
+    answer = await call(session, "POST", f"{api_url}/api/users", body={"username": "ana", "age": 7})
+    explain(answer, 202, "the legacy API always answers 202; the client must poll the Location")
+
+    heading("(e) Prefer: respond-async, through the sidecar")
+    answer = await call(
+        session,
+        "POST",
+        users,
+        body={"username": "bea", "age": 33},
+        headers={"Prefer": "respond-async"},
+    )
+    explain(answer, 202, "the client asked not to wait, and got the 202 at once")
+
+    heading("the sidecar's metrics (GET /metrics on the admin listener)")
+    async with session.get(f"{admin_url}/metrics") as resp:
+        text = await resp.text()
+    lines = [
+        line
+        for line in text.splitlines()
+        if line.startswith(("sidecar_requests_total", "sidecar_fallbacks_total"))
+    ]
+    for line in lines or ["(no sidecar_requests_total lines)"]:
+        print(f"   {line}")
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------
+
+
+def pick_redis() -> tuple[str, RedisServer | None]:
+    """$REDIS_URL (or the default) when it answers, else a throwaway redis-server."""
+    url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
+    if answers(url):
+        return url, None
+    server = RedisServer().start()
+    return server.url, server
+
+
+def main() -> int:
+    """Run the demo; the exit status says whether it could."""
+    logs = Path(tempfile.mkdtemp(prefix="sidecar-demo-"))
+    api = Child("the users API", logs / "api.log")
+    sidecar = Child("the sidecar", logs / "sidecar.log")
+    redis_server: RedisServer | None = None
+    try:
+        heading("starting")
+        try:
+            redis_url, redis_server = pick_redis()
+        except RedisUnavailable as exc:
+            raise DemoFailed(str(exc)) from None
+        origin = "a throwaway redis-server" if redis_server else "already running"
+        api_port, port, admin_port = free_port(), free_port(), free_port()
+        api_url = f"http://127.0.0.1:{api_port}"
+        sidecar_url = f"http://127.0.0.1:{port}"
+        admin_url = f"http://127.0.0.1:{admin_port}"
+        print(f"   Redis        {redis_url} ({origin})")
+        print(f"   users API    {api_url}  (python -m examples.users.api)")
+        print(f"   sidecar      {sidecar_url}, admin {admin_url}  ({CONFIG.relative_to(REPO)})")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        api.start(
+            [
+                sys.executable,
+                "-m",
+                "examples.users.api",
+                "--port",
+                str(api_port),
+                "--redis-url",
+                redis_url,
+                "--slow-delay",
+                "4",
+            ],
+            env,
+        )
+        sidecar.start(
+            [sys.executable, "-m", "sidecar.cli", "run", "-c", str(CONFIG)],
+            {
+                **env,
+                "SIDECAR_LISTEN": f"127.0.0.1:{port}",
+                "SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
+                "SIDECAR_UPSTREAM": api_url,
+                "SIDECAR_REDIS_URL": redis_url,
+                "SIDECAR_KEY_PREFIX": "users-example-sidecar",
+                "SIDECAR_SHUTDOWN_GRACE": "2s",
+            },
+        )
+        asyncio.run(run_calls(sidecar_url, admin_url, api_url, [api, sidecar]))
+    except DemoFailed as exc:
+        sys.stdout.flush()
+        print(f"\ndemo failed: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        sys.stdout.flush()
+        print("\ninterrupted", file=sys.stderr)
+        return 130
+    finally:
+        # A second Ctrl-C must not leave processes behind: stopping takes a few seconds at most.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # The sidecar first (it holds clients), then the API, then Redis if it is ours.
+        sidecar.stop()
+        api.stop()
+        if redis_server is not None:
+            redis_server.close()
+        print(f"\n   stopped everything; the logs are in {logs}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
