@@ -13,11 +13,13 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from examples.users.api import create_api_app
 
-ApiFactory = Callable[..., Awaitable[TestClient]]
+Client = TestClient[web.Request, web.Application]
+ApiFactory = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
@@ -36,7 +38,7 @@ async def start_api(
 ) -> ApiFactory:
     """Start the example API (worker included) with fast defaults; overrides go to the factory."""
 
-    async def start(**overrides: Any) -> TestClient:
+    async def start(**overrides: Any) -> Client:
         options: dict[str, Any] = {
             "prefix": key_prefix,
             "commands_stream": streams[0],
@@ -46,7 +48,7 @@ async def start_api(
             "block_ms": 50,
         }
         options.update(overrides)
-        client: TestClient = await aiohttp_client(create_api_app(redis_url, **options))
+        client: Client = await aiohttp_client(create_api_app(redis_url, **options))
         return client
 
     return start
