@@ -1,0 +1,64 @@
+"""Every Redis key the webhook machinery owns; all live under `{prefix}:wh:`.
+
+{prefix}:wh:sub:{id}             hash: one subscription (owner, url, events, secrets, ...)
+{prefix}:wh:subs                 set: every subscription id (the operator's listing)
+{prefix}:wh:owner:{owner}        set: subscription ids of one owner (tenant hash or operator)
+{prefix}:wh:msg:{message_id}     hash, TTL: one message (subscription, type, body, state)
+{prefix}:wh:outbox               stream, MAXLEN ~ outbox_maxlen: attempts ready to run
+{prefix}:wh:due                  sorted set, score = due time (ms): scheduled retries
+{prefix}:wh:attempts:{sub_id}    list, newest first, capped: the attempts log
+{prefix}:wh:dead                 stream, MAXLEN ~: dead letters (last attempt failed)
+{prefix}:wh:done:{correlation}   string, TTL tracking_ttl: poll completion published once
+"""
+
+from __future__ import annotations
+
+
+def wh(prefix: str) -> str:
+    """Root of every webhook key."""
+    return f"{prefix}:wh"
+
+
+def subscription_key(prefix: str, sub_id: str) -> str:
+    """Hash of one subscription."""
+    return f"{wh(prefix)}:sub:{sub_id}"
+
+
+def all_subscriptions_key(prefix: str) -> str:
+    """Set of every subscription id."""
+    return f"{wh(prefix)}:subs"
+
+
+def owner_key(prefix: str, owner: str) -> str:
+    """Set of one owner's subscription ids."""
+    return f"{wh(prefix)}:owner:{owner}"
+
+
+def message_key(prefix: str, message_id: str) -> str:
+    """Hash of one message."""
+    return f"{wh(prefix)}:msg:{message_id}"
+
+
+def outbox_key(prefix: str) -> str:
+    """Stream of attempts ready to run."""
+    return f"{wh(prefix)}:outbox"
+
+
+def due_key(prefix: str) -> str:
+    """Sorted set of scheduled retries (score: due time in ms)."""
+    return f"{wh(prefix)}:due"
+
+
+def attempts_key(prefix: str, sub_id: str) -> str:
+    """List of a subscription's attempts, newest first."""
+    return f"{wh(prefix)}:attempts:{sub_id}"
+
+
+def dead_key(prefix: str) -> str:
+    """Stream of dead letters."""
+    return f"{wh(prefix)}:dead"
+
+
+def done_key(prefix: str, correlation_id: str) -> str:
+    """Marker that a poll-detected completion was published."""
+    return f"{wh(prefix)}:done:{correlation_id}"
