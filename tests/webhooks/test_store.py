@@ -1,0 +1,63 @@
+"""The subscription store on a real Redis: ownership, matching, rotation, declared ones."""
+
+from __future__ import annotations
+
+import time
+
+import redis.asyncio as aioredis
+from standardwebhooks.webhooks import Webhook
+
+from sidecar.config import DeclaredSubscription
+from sidecar.tenancy import OPERATOR
+from sidecar.webhooks.signing import signature_headers
+from sidecar.webhooks.store import SubscriptionStore
+
+
+async def test_ownership_and_matching(redis: aioredis.Redis, key_prefix: str) -> None:
+    store = SubscriptionStore(redis, key_prefix)
+    a = await store.create("t_a", "http://127.0.0.1:1/a", ["user.created"])
+    b = await store.create("t_b", "http://127.0.0.1:1/b", ["*"])
+    op = await store.create(OPERATOR, "http://127.0.0.1:1/op", ["*"])
+    assert a.secret.startswith("whsec_")
+    assert await store.get_for(a.id, "t_b") is None
+    assert await store.get_for(a.id, OPERATOR) == a
+    assert [s.id for s in await store.list_for(["t_a"])] == [a.id]
+    assert {s.id for s in await store.list_for(None)} == {a.id, b.id, op.id}
+    assert {s.id for s in await store.matching("t_a", "user.created")} == {a.id, op.id}
+    assert {s.id for s in await store.matching("t_a", "other")} == {op.id}
+    assert {s.id for s in await store.matching(None, "user.created")} == {op.id}
+    await store.update(op, enabled=False)
+    assert {s.id for s in await store.matching("t_b", "x")} == {b.id}
+    await store.delete(b)
+    assert await store.get(b.id) is None
+    assert {s.id for s in await store.list_for(["t_b"])} == set()
+
+
+async def test_rotation_keeps_old_secret_during_grace(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    store = SubscriptionStore(redis, key_prefix)
+    sub = await store.create("t_a", "http://127.0.0.1:1/a", ["*"])
+    rotated = await store.rotate(sub)
+    assert rotated.secret != sub.secret
+    active = rotated.active_secrets()
+    assert active == [rotated.secret, sub.secret]
+    headers = signature_headers(active, "msg_x", b"{}")
+    Webhook(sub.secret).verify(b"{}", headers)
+    Webhook(rotated.secret).verify(b"{}", headers)
+    assert rotated.active_secrets(time.time() + 25 * 3600) == [rotated.secret]
+
+
+async def test_declared_subscriptions_are_operator_owned(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    store = SubscriptionStore(redis, key_prefix)
+    declared = DeclaredSubscription(
+        id="ops-audit",
+        url="http://127.0.0.1:1/audit",
+        secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    )
+    await store.declare([declared])
+    sub = await store.get("ops-audit")
+    assert sub is not None and sub.owner == OPERATOR and sub.events == ["*"]
+    assert [s.id for s in await store.matching("t_any", "anything")] == ["ops-audit"]
