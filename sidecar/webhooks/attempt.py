@@ -1,0 +1,134 @@
+"""One delivery attempt: a signed POST through the guarded session, and what to do next.
+
+`post_once` never raises for a receiver's fault: it returns an `AttemptResult` whose `error` is a
+class (dns, refused, connect, tls, timeout, http) for the attempts log. `next_delay` applies the
+schedule with ±20 % jitter, slows down on 429/502/504 and honours `Retry-After` (bounded).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import aiohttp
+
+from .signing import signature_headers
+from .targets import GuardedResolver, TargetPolicy, TargetRefused
+
+EXCERPT_BYTES = 2048
+SLOW_DOWN = frozenset({429, 502, 504})
+RETRY_AFTER_MAX_S = 3600.0  # a receiver cannot push an attempt further than this
+JITTER = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """What one attempt learnt."""
+
+    status: int | None
+    duration_s: float
+    error: str | None = None  # dns, refused, connect, tls, timeout, http
+    detail: str = ""
+    excerpt: str = ""
+    retry_after_s: float | None = None
+
+    @property
+    def delivered(self) -> bool:
+        """2xx."""
+        return self.status is not None and 200 <= self.status < 300
+
+    @property
+    def gone(self) -> bool:
+        """410: the receiver asks to disable the subscription."""
+        return self.status == 410
+
+
+def create_webhook_session(policy: TargetPolicy, concurrency: int) -> aiohttp.ClientSession:
+    """The webhook client: SSRF-guarded resolver, no cookies, no proxies from the environment."""
+    connector = aiohttp.TCPConnector(resolver=GuardedResolver(policy), limit=concurrency)
+    return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+async def post_once(
+    session: aiohttp.ClientSession,
+    policy: TargetPolicy,
+    url: str,
+    message_id: str,
+    body: bytes,
+    secrets_: Sequence[str],
+    timeout_s: float,
+) -> AttemptResult:
+    """POST the signed body once (freshly timestamped); never follows redirects."""
+    started = time.perf_counter()
+
+    def done(
+        status: int | None, error: str | None, detail: str = "", **kw: object
+    ) -> AttemptResult:
+        return AttemptResult(status, time.perf_counter() - started, error, detail, **kw)  # type: ignore[arg-type]
+
+    try:
+        policy.check_url(url)
+        headers = signature_headers(secrets_, message_id, body)
+        headers["Content-Type"] = "application/json"
+        async with session.post(
+            url,
+            data=body,
+            headers=headers,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as response:
+            excerpt = (await response.content.read(EXCERPT_BYTES)).decode("utf-8", "replace")
+            status = response.status
+            error = None if 200 <= status < 300 else "http"
+            return done(
+                status,
+                error,
+                f"HTTP {status}" if error else "",
+                excerpt=excerpt,
+                retry_after_s=parse_retry_after(response.headers.get("Retry-After")),
+            )
+    except TargetRefused as exc:
+        return done(None, "refused", str(exc))
+    except aiohttp.ClientConnectorDNSError as exc:
+        if isinstance(exc.os_error, TargetRefused):
+            return done(None, "refused", str(exc.os_error))
+        return done(None, "dns", str(exc))
+    except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+        return done(None, "tls", str(exc))
+    except aiohttp.ClientConnectorError as exc:
+        return done(None, "connect", str(exc))
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        return done(None, "timeout", f"no answer within {timeout_s:g}s")
+    except aiohttp.ClientError as exc:
+        return done(None, "connect", f"{exc.__class__.__name__}: {exc}")
+
+
+def next_delay(
+    schedule: Sequence[float], attempt: int, result: AttemptResult, rng: random.Random | None = None
+) -> float | None:
+    """Seconds until the next attempt after failed attempt `attempt` (1-based), or None: dead."""
+    if attempt > len(schedule):
+        return None
+    delay = schedule[attempt - 1] * (rng or random).uniform(1 - JITTER, 1 + JITTER)
+    if result.status in SLOW_DOWN:
+        delay *= 2
+    if result.retry_after_s is not None:
+        delay = max(delay, min(result.retry_after_s, RETRY_AFTER_MAX_S))
+    return delay
