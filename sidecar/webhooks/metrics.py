@@ -1,0 +1,41 @@
+"""Webhook metrics, registered on the proxy app's registry (`app[METRICS].registry`)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from ..metrics import LATENCY_BUCKETS
+
+
+class WebhookMetrics:
+    """`sidecar_webhook_*`: attempts, latency, queue depth, dead letters, disabled subscriptions."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.attempts = Counter(
+            "sidecar_webhook_attempts",
+            "Delivery attempts by event type and result (delivered, retry, dead, disabled, "
+            "failed).",
+            ["event_type", "result"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "sidecar_webhook_delivery_latency_seconds",
+            "Time from the completion to its first 2xx delivery.",
+            buckets=(*LATENCY_BUCKETS, 300, 1800, 7200, 36000),
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "sidecar_webhook_queue_depth",
+            "Attempts waiting, by queue (outbox, scheduled).",
+            ["queue"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "sidecar_webhook_dead_letters", "Messages that failed their last attempt.", registry=r
+        )
+        self.disabled = Counter(
+            "sidecar_webhook_subscriptions_disabled",
+            "Subscriptions disabled because the receiver answered 410.",
+            registry=r,
+        )

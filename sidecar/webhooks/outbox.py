@@ -1,0 +1,98 @@
+"""The durable outbox: messages (hashes) and their attempts (a stream read by a consumer group).
+
+Message ids are derived from (correlation id, call identity, subscription), so enqueueing the
+same completion twice (a reclaimed dispatcher entry, poll and stream both seeing it) is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+from redis.asyncio import Redis
+
+from .keys import due_key, message_key, outbox_key
+
+MESSAGE_TTL_S = 7 * 24 * 3600
+GROUP = "delivery"
+
+# KEYS: msg, outbox. ARGV: sub, type, body, created_ms, trigger, maxlen, ttl_s, message_id.
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'sub', ARGV[1], 'type', ARGV[2], 'body', ARGV[3],
+  'created_ms', ARGV[4], 'trigger', ARGV[5], 'state', 'queued', 'attempts', '0')
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'm', ARGV[8], 'n', '1', 't', ARGV[5])
+return 1
+"""
+
+# KEYS: due, outbox. ARGV: now_ms, maxlen. Moves due retries back to the outbox atomically.
+_MOVE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 200)
+for _, member in ipairs(due) do
+  local m, n, t = string.match(member, '^([^|]+)|([^|]+)|(.+)$')
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'm', m, 'n', n, 't', t)
+  redis.call('ZREM', KEYS[1], member)
+end
+return #due
+"""
+
+
+def message_id_for(correlation_id: str, call_identity: str, sub_id: str) -> str:
+    """A stable message id: the same completion for the same subscription gets the same id."""
+    digest = hashlib.sha256(f"{correlation_id}\n{call_identity}\n{sub_id}".encode()).hexdigest()
+    return "msg_" + digest[:26]
+
+
+class Outbox:
+    """Enqueues messages and moves due retries back to the outbox stream."""
+
+    def __init__(self, redis: Redis, prefix: str, maxlen: int) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.maxlen = maxlen
+        self._enqueue = redis.register_script(_ENQUEUE)
+        self._move = redis.register_script(_MOVE_DUE)
+
+    async def enqueue(
+        self,
+        message_id: str,
+        sub_id: str,
+        event_type: str,
+        body: bytes,
+        created_ms: int | None = None,
+        trigger: str = "scheduled",
+    ) -> bool:
+        """Create the message and queue its first attempt; False when it already existed."""
+        created = created_ms if created_ms is not None else int(time.time() * 1000)
+        done = await self._enqueue(
+            keys=[message_key(self.prefix, message_id), outbox_key(self.prefix)],
+            args=[
+                sub_id,
+                event_type,
+                body,
+                created,
+                trigger,
+                self.maxlen,
+                MESSAGE_TTL_S,
+                message_id,
+            ],
+        )
+        return bool(done)
+
+    async def requeue(self, message_id: str, attempt: int, trigger: str) -> None:
+        """Queue one more attempt of an existing message now (manual redelivery)."""
+        await self.redis.xadd(
+            outbox_key(self.prefix),
+            {"m": message_id, "n": str(attempt), "t": trigger},
+            maxlen=self.maxlen,
+            approximate=True,
+        )
+
+    async def move_due(self) -> int:
+        """Move every due retry to the outbox stream; the number moved."""
+        moved = await self._move(
+            keys=[due_key(self.prefix), outbox_key(self.prefix)],
+            args=[int(time.time() * 1000), self.maxlen],
+        )
+        return int(moved)

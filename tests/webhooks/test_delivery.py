@@ -1,0 +1,110 @@
+"""The delivery worker on real Redis against real receivers: retries with one webhook-id, 410."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from standardwebhooks.webhooks import Webhook
+
+from sidecar.config import Webhooks
+from sidecar.webhooks.attempt import create_webhook_session
+from sidecar.webhooks.delivery import DeliveryWorker
+from sidecar.webhooks.keys import attempts_key
+from sidecar.webhooks.metrics import WebhookMetrics
+from sidecar.webhooks.outbox import Outbox
+from sidecar.webhooks.store import SubscriptionStore
+from sidecar.webhooks.targets import TargetPolicy
+
+CONFIG = Webhooks(allow_private_targets=True, schedule=[0.05, 0.1, 0.1], timeout=1.0)
+
+
+@contextlib.asynccontextmanager
+async def worker(redis: aioredis.Redis, prefix: str) -> AsyncIterator[DeliveryWorker]:
+    session = create_webhook_session(TargetPolicy.from_settings(CONFIG), 8)
+    w = DeliveryWorker(
+        redis, prefix, CONFIG, session, WebhookMetrics(CollectorRegistry()), "test-consumer"
+    )
+    task = asyncio.create_task(w.run())
+    try:
+        yield w
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await session.close()
+
+
+async def test_fail_then_succeed_keeps_one_webhook_id(
+    redis: aioredis.Redis, key_prefix: str, aiohttp_server: Any
+) -> None:
+    seen: list[tuple[dict[str, str], bytes]] = []
+    delivered = asyncio.Event()
+
+    async def hook(request: web.Request) -> web.Response:
+        seen.append((dict(request.headers), await request.read()))
+        if len(seen) < 3:
+            return web.Response(status=500)
+        delivered.set()
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = await aiohttp_server(app)
+    store = SubscriptionStore(redis, key_prefix)
+    sub = await store.create("t_a", str(server.make_url("/hook")), ["*"])
+    body = orjson.dumps({"type": "user.created", "data": {"id": 7}})
+    outbox = Outbox(redis, key_prefix, 1000)
+    assert await outbox.enqueue("msg_one", sub.id, "user.created", body)
+    assert not await outbox.enqueue("msg_one", sub.id, "user.created", body)  # idempotent
+    async with worker(redis, key_prefix):
+        await asyncio.wait_for(delivered.wait(), 10)
+    assert {h["webhook-id"] for h, _ in seen} == {"msg_one"}
+    for headers, raw in seen:
+        assert raw == body
+        Webhook(sub.secret).verify(raw, headers)
+    log = [orjson.loads(x) for x in await redis.lrange(attempts_key(key_prefix, sub.id), 0, -1)]  # type: ignore[misc]
+    assert [e["result"] for e in log] == ["delivered", "retry", "retry"]
+    assert [e["attempt"] for e in log] == [3, 2, 1]
+
+
+async def test_410_disables_and_last_attempt_dead_letters(
+    redis: aioredis.Redis, key_prefix: str, aiohttp_server: Any
+) -> None:
+    calls: asyncio.Queue[int] = asyncio.Queue()
+
+    async def gone(request: web.Request) -> web.Response:
+        await calls.put(410)
+        return web.Response(status=410)
+
+    async def broken(request: web.Request) -> web.Response:
+        await calls.put(500)
+        return web.Response(status=500)
+
+    app = web.Application()
+    app.router.add_post("/gone", gone)
+    app.router.add_post("/broken", broken)
+    server = await aiohttp_server(app)
+    store = SubscriptionStore(redis, key_prefix)
+    sub_gone = await store.create("t_a", str(server.make_url("/gone")), ["*"])
+    sub_broken = await store.create("t_a", str(server.make_url("/broken")), ["*"])
+    outbox = Outbox(redis, key_prefix, 1000)
+    await outbox.enqueue("msg_g", sub_gone.id, "x", b"{}")
+    await outbox.enqueue("msg_b", sub_broken.id, "x", b"{}")
+    async with worker(redis, key_prefix):
+        statuses = [await asyncio.wait_for(calls.get(), 10) for _ in range(5)]
+        for _ in range(50):
+            log = await redis.lrange(attempts_key(key_prefix, sub_broken.id), 0, 0)  # type: ignore[misc]
+            if log and orjson.loads(log[0])["result"] == "dead":
+                break
+            await asyncio.sleep(0.05)
+    assert sorted(statuses) == [410, 500, 500, 500, 500]
+    after = await store.get(sub_gone.id)
+    assert after is not None and not after.enabled
+    assert orjson.loads(log[0])["result"] == "dead"
