@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from .completion import Completion, MalformedEvent, StreamEvent, classify, decode_for, to_completion
 from .config import Settings, StreamWait
 from .metrics import Metrics
+from .tasks import cancelling, checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -209,9 +210,11 @@ class CompletionHub:
         """Read forever; reconnect with backoff on any Redis error. Cancel to stop."""
         backoff = BACKOFF_INITIAL_S
         while True:
+            checkpoint()
             client = self._connect()
             try:
                 while True:
+                    checkpoint()
                     streams = self.streams
                     if not streams:
                         self.connected.set()
@@ -238,6 +241,8 @@ class CompletionHub:
                             result = self.dispatch(stream, entry_id, fields)
                             self.metrics.stream_events.labels(stream, result).inc()
             except (RedisError, OSError) as exc:
+                if cancelling():
+                    raise asyncio.CancelledError from exc
                 self.connected.clear()
                 self.metrics.redis_up.set(0)
                 logger.warning(

@@ -12,6 +12,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+RECANCEL_S = 0.25
+
 
 class TaskSet:
     """Tracks tasks; failures are logged; `close()` cancels and awaits whatever is left."""
@@ -37,9 +39,44 @@ class TaskSet:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    async def close(self) -> None:
-        """Cancel every task and wait for them to finish."""
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    async def close(self, grace_s: float = 10.0) -> None:
+        """Cancel every task and wait (bounded) for them to finish.
+
+        A cancellation can be lost inside a library (redis-py on Python 3.11 sometimes swallows
+        one mid-read), so tasks still running are cancelled again every `RECANCEL_S`; one that
+        outlives `grace_s` is logged, not waited for forever.
+        """
+        pending = set(self._tasks)
+        deadline = asyncio.get_running_loop().time() + grace_s
+        while pending:
+            for task in pending:
+                task.cancel()
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                for task in pending:
+                    logger.error(
+                        "background task ignored its cancellation", extra={"task": task.get_name()}
+                    )
+                return
+            _done, pending = await asyncio.wait(pending, timeout=min(RECANCEL_S, left))
+
+
+def cancelling() -> bool:
+    """True when the current task has been asked to stop.
+
+    A cancellation can surface as another exception (redis-py turns a cancelled read into a
+    connection error on Python 3.11), so loops that catch and retry must check this first.
+    """
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def checkpoint() -> None:
+    """Raise `CancelledError` when the current task has been asked to stop.
+
+    Loops that talk to Redis call this every iteration: on Python 3.11, redis-py's connection
+    check (`asyncio.timeout(0)`) can swallow a `cancel()` without raising (CPython #134471), and
+    a task group cancels its children only once.
+    """
+    if cancelling():
+        raise asyncio.CancelledError

@@ -7,7 +7,6 @@ policy, guarded resolver), `store` (subscriptions), `outbox`, `attempt` (one sig
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -20,6 +19,7 @@ from redis.exceptions import RedisError
 from ..completion import Completion
 from ..config import Route
 from ..state import METRICS, RUNTIME
+from ..tasks import TaskSet
 from ..tracking import TrackedCall
 from .attempt import create_webhook_session
 from .delivery import DeliveryWorker, supervised
@@ -59,16 +59,11 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
         redis, runtime.prefix, config, session, runtime.metrics, runtime.consumer
     )
     dispatcher = Dispatcher(redis, app[RUNTIME], runtime.store, runtime.outbox, runtime.consumer)
-    tasks = [
-        asyncio.create_task(worker.run(), name="webhook-delivery"),
-        asyncio.create_task(supervised("dispatcher", dispatcher.run), name="webhook-dispatcher"),
-    ]
+    tasks = TaskSet("webhooks")
+    tasks.spawn(worker.run())
+    tasks.spawn(supervised("dispatcher", dispatcher.run))
     yield
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    await tasks.close()
     await session.close()
     await redis.aclose()
 

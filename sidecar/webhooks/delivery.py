@@ -4,8 +4,8 @@ Three loops per process: `read` (XREADGROUP, only as many entries as there are f
 `claim` (XAUTOCLAIM entries idle longer than the claim timeout, which exceeds the per-attempt
 timeout, so a live attempt is never duplicated) and `due` (moves due retries back to the outbox
 atomically, and samples the queue depth). Every outcome is written in one MULTI: ack, attempts
-log, message state, and the next retry or the dead letter. A `NOGROUP` (Redis restarted) recreates
-the group.
+log, message state, and the next retry or the dead letter. A lost group (`NOGROUP`: Redis
+restarted) is created again.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from ..config import Webhooks
+from ..tasks import cancelling, checkpoint
 from .attempt import AttemptResult, next_delay, post_once
 from .keys import attempts_key, dead_key, due_key, message_key, outbox_key, subscription_key
 from .metrics import WebhookMetrics
-from .outbox import GROUP, MESSAGE_TTL_S, Outbox
+from .outbox import GROUP, MESSAGE_TTL_S, Outbox, group_lost
 from .store import Subscription, SubscriptionStore
 from .targets import TargetPolicy
 
@@ -47,12 +48,17 @@ async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
     """Run `loop` forever; log and back off on Redis faults (no traceback) and on bugs (one)."""
     backoff = 0.1
     while True:
+        checkpoint()
         try:
             await loop()
             backoff = 0.1
         except (RedisError, OSError) as exc:
+            if cancelling():
+                raise asyncio.CancelledError from exc
             logger.warning("webhook loop: Redis fault", extra={"loop": name, "error": str(exc)})
         except Exception:
+            if cancelling():
+                raise asyncio.CancelledError from None
             logger.exception("webhook loop crashed", extra={"loop": name})
         await asyncio.sleep(backoff)
         backoff = min(backoff * 2, 2.0)
@@ -106,7 +112,7 @@ class DeliveryWorker:
         try:
             return await call()
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not group_lost(exc):
                 raise
             logger.info("outbox group missing (Redis restarted?); recreating")
             await self.ensure_group()
@@ -118,6 +124,7 @@ class DeliveryWorker:
     async def _read_forever(self) -> None:
         await self.ensure_group()
         while True:
+            checkpoint()
             while self._free() <= 0:
                 self._freed.clear()
                 await self._freed.wait()
@@ -138,6 +145,7 @@ class DeliveryWorker:
 
     async def _claim_forever(self) -> None:
         while True:
+            checkpoint()
             await asyncio.sleep(min(max(self.claim_idle_s / 2, 0.2), 30.0))
             free = self._free()
             if free <= 0:
@@ -160,6 +168,7 @@ class DeliveryWorker:
     async def _due_forever(self) -> None:
         last_sample = 0.0
         while True:
+            checkpoint()
             await self.outbox.move_due()
             now = time.monotonic()
             if now - last_sample > 1.0:

@@ -19,9 +19,10 @@ from redis.exceptions import ResponseError
 from ..completion import MalformedEvent, Status, StreamEvent, classify, decode_for
 from ..config import Route, Settings
 from ..state import Runtime
+from ..tasks import checkpoint
 from ..tracking import CallTracker
 from .fanout import fan_out
-from .outbox import Outbox
+from .outbox import Outbox, group_lost
 from .store import SubscriptionStore
 
 logger = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class Dispatcher:
         try:
             entries = await self._read(streams, group)
         except ResponseError as exc:
-            if "NOGROUP" not in str(exc):
+            if not group_lost(exc):
                 raise
             logger.info("dispatcher group missing (Redis restarted?); recreating")
             for stream in streams:
@@ -191,4 +192,5 @@ class Dispatcher:
     async def run(self) -> None:
         """Dispatch until cancelled."""
         while True:
+            checkpoint()
             await self.run_once()

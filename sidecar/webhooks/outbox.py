@@ -10,6 +10,7 @@ import hashlib
 import time
 
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from .keys import due_key, message_key, outbox_key
 
@@ -36,6 +37,13 @@ for _, member in ipairs(due) do
 end
 return #due
 """
+
+
+def group_lost(exc: ResponseError) -> bool:
+    """True when a consumer group read failed because the group or its stream is gone (Redis
+    restarted or flushed, or the stream was deleted): the group must be created again."""
+    text = str(exc)
+    return "NOGROUP" in text or "UNBLOCKED" in text
 
 
 def message_id_for(correlation_id: str, call_identity: str, sub_id: str) -> str:
