@@ -393,8 +393,11 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
     deadline = loop.time() + budget
     hub = app[HUB]
     waiting = app[WAITING]
-    shed = waiting.get(route.name, 0) >= route.max_waiting
+    shed = not prefs.respond_async and waiting.get(route.name, 0) >= route.max_waiting
     holding = not prefs.respond_async and not shed
+    if holding:
+        # The slot is taken before forwarding, so a burst cannot overshoot max_waiting.
+        waiting[route.name] = waiting.get(route.name, 0) + 1
     waiter: Waiter | None = None
     poll_task: asyncio.Task[PollResult] | None = None
     try:
@@ -428,6 +431,8 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
             return fallback(request, call, accepted, applied, "redis")
         result = await _hold(app, route, call, Wait(waiter, poll_task), deadline)
     finally:
+        if holding:
+            waiting[route.name] -= 1
         if waiter is not None and hub is not None:
             hub.discard(waiter)
         if poll_task is not None and not poll_task_outlives(app, route):
@@ -446,8 +451,6 @@ async def _hold(
 ) -> tuple[Completion, PollAnswer | None] | None:
     """Wait within the budget, counting the call as waiting meanwhile."""
     loop = asyncio.get_running_loop()
-    waiting = app[WAITING]
-    waiting[route.name] = waiting.get(route.name, 0) + 1
     gauge = app[METRICS].waiting.labels(route.name)
     gauge.inc()
     started = loop.time()
@@ -457,7 +460,6 @@ async def _hold(
         outcome = "completed" if result else "budget"
         return result
     finally:
-        waiting[route.name] -= 1
         gauge.dec()
         call.wait_s = loop.time() - started
         app[METRICS].wait_duration.labels(route.name, outcome).observe(call.wait_s)
