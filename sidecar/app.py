@@ -1,7 +1,7 @@
 """The wiring diagram: `create_app(settings)` builds the proxy app and its resources, in order.
 
 Startup runs the cleanup contexts top to bottom; shutdown undoes them in reverse:
-HTTP client → Redis → call tracking → completion hub → pollers → admin server.
+HTTP client → Redis → call tracking → completion hub → pollers → webhooks → admin server.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from .tasks import TaskSet
 from .tenancy import TenantHasher
 from .tracking import CallTracker
 from .upstream import create_session
+from .webhooks import webhooks_ctx
 
 logger = logging.getLogger(__name__)
 
@@ -149,5 +150,6 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.cleanup_ctx.append(tracking_ctx)
     app.cleanup_ctx.append(hub_ctx)
     app.cleanup_ctx.append(pollers_ctx)
+    app.cleanup_ctx.append(webhooks_ctx)
     app.cleanup_ctx.append(admin_ctx)
     return app
