@@ -1,4 +1,4 @@
-"""The admin listener: health, readiness, metrics (and, later, the webhook admin API)."""
+"""The admin listener: health, readiness, metrics and the webhook admin API (`/admin/api/`)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .state import METRICS, REDIS, RUNTIME
-
-PROXY_APP = web.AppKey("proxy_app", web.Application)
+from .state import METRICS, PROXY_APP, REDIS, RUNTIME
+from .webhooks.api import setup_admin_routes
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -49,4 +48,5 @@ def create_admin_app(proxy_app: web.Application) -> web.Application:
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)
     admin.router.add_get("/metrics", metrics)
+    setup_admin_routes(admin)
     return admin

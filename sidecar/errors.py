@@ -4,8 +4,11 @@
     ├── BadRequest               400 bad-request
     ├── Unauthorized             401 unauthorized
     ├── NotFound                 404 not-found
+    ├── Conflict                 409 conflict
     ├── PayloadTooLarge          413 payload-too-large
+    ├── Unprocessable            422 invalid-request
     ├── UpstreamUnreachable      502 upstream-unreachable
+    ├── Unavailable              503 unavailable
     └── UpstreamTimeout          504 upstream-timeout
 
 Handlers raise these; the `problem_middleware` turns them into answers. Nothing else becomes a
@@ -47,12 +50,24 @@ class NotFound(SidecarError):
     status, code, title = 404, "not-found", "Not found"
 
 
+class Conflict(SidecarError):
+    status, code, title = 409, "conflict", "Conflict"
+
+
 class PayloadTooLarge(SidecarError):
     status, code, title = 413, "payload-too-large", "Payload too large"
 
 
+class Unprocessable(SidecarError):
+    status, code, title = 422, "invalid-request", "Invalid request"
+
+
 class UpstreamUnreachable(SidecarError):
     status, code, title = 502, "upstream-unreachable", "Upstream unreachable"
+
+
+class Unavailable(SidecarError):
+    status, code, title = 503, "unavailable", "Service unavailable"
 
 
 class UpstreamTimeout(SidecarError):

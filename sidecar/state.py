@@ -47,3 +47,5 @@ TRACKER: web.AppKey[CallTracker | None] = web.AppKey("tracker")
 HASHER = web.AppKey("hasher", TenantHasher)
 POLLERS = web.AppKey("pollers", TaskSet)
 WAITING = web.AppKey("waiting", dict[str, int])
+# On the admin app (and its sub-apps): the proxy app whose state the admin handlers read.
+PROXY_APP = web.AppKey("proxy_app", web.Application)

@@ -1,0 +1,377 @@
+"""The webhook admin JSON API, mounted at `/admin/api` on the admin listener.
+
+    POST   /subscriptions                                   create; the secret is shown once
+    GET    /subscriptions                                   the caller's (operator: everyone's)
+    GET    /subscriptions/{id}                              one
+    PATCH  /subscriptions/{id}                              url, events, description, enabled
+    DELETE /subscriptions/{id}                              it and its attempts log
+    POST   /subscriptions/{id}/rotate-secret                new secret; the old one signs 24 h more
+    POST   /subscriptions/{id}/test                         queue a test message
+    GET    /subscriptions/{id}/attempts?limit=&status=      attempts log, newest first
+    POST   /subscriptions/{id}/messages/{message_id}/redeliver
+
+Who calls: `Authorization: Bearer <admin_token>` is the operator, who sees and edits everything
+and creates operator-owned subscriptions. Any other value of the credential header
+(`tenancy.credential_header`) is a client, hashed exactly as the proxy hashes it, who sees only
+its own subscriptions: another's answers 404, like a missing one.
+
+Answers are JSON. Errors are problem+json, made by this sub-app's own middleware: 400 malformed
+JSON, 401 no credential, 404, 409 a disabled subscription, 422 invalid fields (every problem
+listed), 503 without Redis or while it fails.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import secrets
+import time
+import uuid
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from redis.exceptions import RedisError
+
+from ..config import Settings
+from ..errors import (
+    Conflict,
+    NotFound,
+    SidecarError,
+    Unauthorized,
+    Unavailable,
+    error_response,
+    problem_response,
+)
+from ..state import HASHER, PROXY_APP, RUNTIME
+from ..tenancy import OPERATOR
+from .bodies import (
+    MessageForTest,
+    SubscriptionCreate,
+    SubscriptionPatch,
+    check_changes,
+    invalid,
+    known_events,
+    read_body,
+)
+from .keys import attempts_key, message_key
+from .runtime import WEBHOOKS, WebhookRuntime
+from .store import Subscription
+from .targets import TargetPolicy
+
+logger = logging.getLogger(__name__)
+
+ATTEMPTS_LIMIT_DEFAULT, ATTEMPTS_LIMIT_MAX = 50, 1000
+RESULTS = ("delivered", "retry", "dead", "disabled", "failed")  # `result` of an attempt log
+ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")  # any other id is unknown, without asking Redis
+REALM = 'Bearer realm="sidecar-admin"'
+
+
+# --------------------------------------------------------------------------------------------
+# Callers, errors, views
+# --------------------------------------------------------------------------------------------
+
+
+def is_operator(authorization: str | None, settings: Settings) -> bool:
+    """True when `Authorization` is `Bearer <admin_token>` (compared in constant time)."""
+    if settings.admin_token is None or not authorization:
+        return False
+    scheme, _, token = authorization.strip().partition(" ")
+    expected = settings.admin_token.get_secret_value().encode()
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), expected)
+
+
+async def caller_of(request: web.Request) -> str:
+    """`OPERATOR`, or the caller's tenant (the credential header's value, hashed as the proxy
+    hashes it); 401 without a credential."""
+    proxy_app = request.app[PROXY_APP]
+    settings = proxy_app[RUNTIME].settings
+    if is_operator(request.headers.get("Authorization"), settings):
+        return OPERATOR
+    header = settings.tenancy.credential_header
+    tenant = await proxy_app[HASHER].tenant(request.headers.get(header) or None)
+    if tenant is None:
+        raise Unauthorized(f"send your client credential in the {header} header")
+    return tenant
+
+
+def webhooks_of(request: web.Request) -> WebhookRuntime:
+    """The webhook runtime; 503 when webhooks do not run (no Redis configured)."""
+    runtime = request.app[PROXY_APP].get(WEBHOOKS)
+    if runtime is None:
+        raise Unavailable("webhooks need redis_url")
+    return runtime
+
+
+async def subscription_of(
+    request: web.Request, runtime: WebhookRuntime, caller: str
+) -> Subscription:
+    """The `{id}` subscription if the caller may see it; 404 (missing or another's) otherwise."""
+    sub_id = request.match_info["id"]
+    sub = await runtime.store.get_for(sub_id, caller) if ID_RE.match(sub_id) else None
+    if sub is None:
+        raise NotFound(f"no subscription {sub_id!r}")
+    return sub
+
+
+def view(sub: Subscription, caller: str, secret: bool = False) -> dict[str, Any]:
+    """The JSON view of a subscription: the owner only for the operator, the secret on demand."""
+    out = sub.public()
+    if caller == OPERATOR:
+        out["owner"] = sub.owner
+    if secret:
+        out["secret"] = sub.secret
+    return out
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    """A JSON answer (orjson)."""
+    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
+
+
+def iso(ts: float) -> str:
+    """ISO-8601 UTC with milliseconds (the payload timestamp format)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+@web.middleware
+async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Our errors, aiohttp's (404, 405) and Redis faults as problem+json; a bug as a 500."""
+    try:
+        return await handler(request)
+    except Unauthorized as error:
+        return error_response(error, headers={"WWW-Authenticate": REALM})
+    except SidecarError as error:
+        return error_response(error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        allow = exc.headers.get("Allow")
+        detail = f"no endpoint {request.method} {request.path}" if exc.status in (404, 405) else ""
+        if allow:
+            detail += f" (this path allows {allow})"
+        code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status, f"http-{exc.status}")
+        headers = {"Allow": allow} if allow else None
+        return problem_response(exc.status, code, exc.reason, detail, headers=headers)
+    except (RedisError, OSError) as exc:
+        logger.warning(
+            "webhook admin API: Redis fault",
+            extra={"method": request.method, "path": request.path, "error": str(exc)},
+        )
+        return error_response(Unavailable(f"Redis is unavailable ({exc.__class__.__name__})"))
+    except Exception:
+        logger.exception(
+            "webhook admin API failed", extra={"method": request.method, "path": request.path}
+        )
+        return error_response(SidecarError())
+
+
+# --------------------------------------------------------------------------------------------
+# Handlers
+# --------------------------------------------------------------------------------------------
+
+
+async def create_subscription(request: web.Request) -> web.Response:
+    """201 with the new subscription and its secret (the only answer but rotate that has it)."""
+    runtime = webhooks_of(request)
+    caller = await caller_of(request)
+    body = await read_body(request, SubscriptionCreate)
+    live = request.app[PROXY_APP][RUNTIME].settings
+    fields = check_changes(
+        body, TargetPolicy.from_settings(runtime.settings.webhooks), known_events(live)
+    )
+    sub = await runtime.store.create(caller, fields["url"], fields["events"], body.description)
+    if not body.enabled:
+        sub = await runtime.store.update(sub, enabled=False)
+    logger.info(
+        "webhook subscription created",
+        extra={"sub": sub.id, "owner": caller, "events": sub.events, "enabled": sub.enabled},
+    )
+    return json_response(view(sub, caller, secret=True), status=201)
+
+
+async def list_subscriptions(request: web.Request) -> web.Response:
+    """The caller's subscriptions (the operator's: everyone's), oldest first."""
+    runtime = webhooks_of(request)
+    caller = await caller_of(request)
+    subs = await runtime.store.list_for(None if caller == OPERATOR else [caller])
+    return json_response({"subscriptions": [view(s, caller) for s in subs]})
+
+
+async def get_subscription(request: web.Request) -> web.Response:
+    """One subscription."""
+    runtime = webhooks_of(request)
+    caller = await caller_of(request)
+    return json_response(view(await subscription_of(request, runtime, caller), caller))
+
+
+async def patch_subscription(request: web.Request) -> web.Response:
+    """Change url, events, description or enabled (validated like a create)."""
+    runtime = webhooks_of(request)
+    caller = await caller_of(request)
+    sub = await subscription_of(request, runtime, caller)
+    body = await read_body(request, SubscriptionPatch)
+    live = request.app[PROXY_APP][RUNTIME].settings
+    changes = check_changes(
+        body, TargetPolicy.from_settings(runtime.settings.webhooks), known_events(live)
+    )
+    if changes:
+        sub = await runtime.store.update(sub, **changes)
+        logger.info(
+            "webhook subscription changed",
+            extra={"sub": sub.id, "owner": sub.owner, "by": caller, "fields": sorted(changes)},
+        )
+    return json_response(view(sub, caller))
+
+
+async def delete_subscription(request: web.Request) -> web.Response:
+    """Delete it and its attempts log; 204."""
+    runtime = webhooks_of(request)
+    caller = await caller_of(request)
+    sub = await subscription_of(request, runtime, caller)
+    await runtime.store.delete(sub)
+    logger.info(
+        "webhook subscription deleted", extra={"sub": sub.id, "owner": sub.owner, "by": caller}
+    )
+    return web.Response(status=204)
+
+
+async def rotate_secret(request: web.Request) -> web.Response:
+    """A new secret; the previous one signs beside it until `previous_secret_valid_until`."""
+    runtime = webhooks_of(request)
+    caller = await caller_of(request)
+    sub = await runtime.store.rotate(await subscription_of(request, runtime, caller))
+    logger.info("webhook secret rotated", extra={"sub": sub.id, "owner": sub.owner, "by": caller})
+    return json_response(
+        {
+            "id": sub.id,
+            "secret": sub.secret,
+            "previous_secret_valid_until": iso(sub.previous_until),
+        }
+    )
+
+
+def payload_for_test(settings: Settings, event_type: str, data: Any, ts: float) -> bytes:
+    """A payload shaped like a completion's; a route's event type names that route."""
+    route, status = None, "test"
+    for r in settings.routes:
+        if event_type in (r.success_event, r.failure_event):
+            route = r.name
+            status = "succeeded" if event_type == r.success_event else "failed"
+            break
+    body = {
+        "type": event_type,
+        "timestamp": iso(ts),
+        "data": data,
+        "correlation_id": str(uuid.uuid4()),
+        "route": route,
+        "location": None,
+        "status": status,
+    }
+    return orjson.dumps(body)
+
+
+async def send_test(request: web.Request) -> web.Response:
+    """Queue a test message for this subscription, whatever its events; 202 with its id."""
+    runtime = webhooks_of(request)
+    caller = await caller_of(request)
+    sub = await subscription_of(request, runtime, caller)
+    body = await read_body(request, MessageForTest, optional=True)
+    live = request.app[PROXY_APP][RUNTIME].settings
+    known = known_events(live)
+    if body.type not in known:
+        choices = ", ".join(repr(e) for e in sorted(known))
+        raise invalid([f"type: unknown event type {body.type!r} (use {choices})"])
+    if not sub.enabled:
+        raise Conflict(f"subscription {sub.id!r} is disabled; enable it to send a test")
+    now = time.time()
+    message_id = "msg_" + secrets.token_hex(13)
+    payload = payload_for_test(live, body.type, body.data, now)
+    await runtime.outbox.enqueue(
+        message_id, sub.id, body.type, payload, int(now * 1000), trigger="test"
+    )
+    logger.info(
+        "webhook test queued",
+        extra={"sub": sub.id, "owner": sub.owner, "by": caller, "message_id": message_id},
+    )
+    return json_response({"message_id": message_id}, status=202)
+
+
+def attempts_query(request: web.Request) -> tuple[int, str | None]:
+    """(limit, status) from the query; 422 naming every bad parameter."""
+    problems = []
+    raw_limit = request.query.get("limit", str(ATTEMPTS_LIMIT_DEFAULT))
+    limit = int(raw_limit) if raw_limit.strip().isdigit() else 0
+    if not 1 <= limit <= ATTEMPTS_LIMIT_MAX:
+        problems.append(
+            f"limit: must be an integer from 1 to {ATTEMPTS_LIMIT_MAX} (got {raw_limit!r})"
+        )
+    status = request.query.get("status") or None
+    if status is not None and status not in RESULTS:
+        problems.append(f"status: unknown result {status!r} (use {', '.join(RESULTS)})")
+    if problems:
+        raise invalid(problems)
+    return limit, status
+
+
+async def list_attempts(request: web.Request) -> web.Response:
+    """The attempts log, newest first, at most `limit`, optionally only one `status` (result)."""
+    runtime = webhooks_of(request)
+    caller = await caller_of(request)
+    sub = await subscription_of(request, runtime, caller)
+    limit, status = attempts_query(request)
+    # The log is capped (1000), so a filtered read scans it whole.
+    stop = -1 if status else limit - 1
+    raw = await runtime.redis.lrange(attempts_key(runtime.prefix, sub.id), 0, stop)  # type: ignore[misc]
+    attempts = []
+    for item in raw:
+        try:
+            attempt = orjson.loads(item)
+        except orjson.JSONDecodeError:
+            continue
+        if status is None or attempt.get("result") == status:
+            attempts.append(attempt)
+            if len(attempts) >= limit:
+                break
+    return json_response({"attempts": attempts})
+
+
+async def redeliver(request: web.Request) -> web.Response:
+    """Queue one more (manual, not retried) attempt of a message of this subscription; 202."""
+    runtime = webhooks_of(request)
+    caller = await caller_of(request)
+    sub = await subscription_of(request, runtime, caller)
+    message_id = request.match_info["message_id"]
+    key = message_key(runtime.prefix, message_id)
+    raw = await runtime.redis.hmget(key, ["sub", "attempts"]) if ID_RE.match(message_id) else None  # type: ignore[misc]
+    if not raw or raw[0] is None or raw[0].decode() != sub.id:
+        raise NotFound(f"no message {message_id!r} for subscription {sub.id!r}")
+    if not sub.enabled:
+        raise Conflict(f"subscription {sub.id!r} is disabled; enable it to redeliver")
+    attempt = int(raw[1] or 0) + 1
+    await runtime.redis.hset(key, "state", "queued")  # type: ignore[misc]
+    await runtime.outbox.requeue(message_id, attempt, "manual")
+    logger.info(
+        "webhook message redelivered",
+        extra={"sub": sub.id, "owner": sub.owner, "by": caller, "message_id": message_id},
+    )
+    return json_response({"message_id": message_id, "attempt": attempt}, status=202)
+
+
+def setup_admin_routes(admin: web.Application) -> None:
+    """Mount the API at `/admin/api` as a sub-app of `admin` (which holds `PROXY_APP`)."""
+    api = web.Application(middlewares=[api_middleware])
+    api[PROXY_APP] = admin[PROXY_APP]
+    one = "/subscriptions/{id}"
+    api.router.add_post("/subscriptions", create_subscription)
+    api.router.add_get("/subscriptions", list_subscriptions)
+    api.router.add_get(one, get_subscription)
+    api.router.add_patch(one, patch_subscription)
+    api.router.add_delete(one, delete_subscription)
+    api.router.add_post(one + "/rotate-secret", rotate_secret)
+    api.router.add_post(one + "/test", send_test)
+    api.router.add_get(one + "/attempts", list_attempts)
+    api.router.add_post(one + "/messages/{message_id}/redeliver", redeliver)
+    admin.add_subapp("/admin/api", api)
