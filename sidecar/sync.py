@@ -322,7 +322,9 @@ def _start_poll(
     )
 
 
-async def _track(request: web.Request, route: Route, cid: str, accepted: Accepted) -> None:
+async def _track(
+    request: web.Request, call: CallContext, route: Route, cid: str, accepted: Accepted
+) -> None:
     tracker = request.app[TRACKER]
     if tracker is None:
         return
@@ -337,7 +339,10 @@ async def _track(request: web.Request, route: Route, cid: str, accepted: Accepte
                     correlation_id=cid,
                     route=route.name,
                     tenant=tenant,
-                    location=accepted.client_location,
+                    # Absolute: a webhook receiver does not know the origin the caller used.
+                    location=str(URL(call.origin).join(URL(accepted.client_location)))
+                    if accepted.client_location
+                    else None,
                     upstream_location=str(accepted.upstream_location)
                     if accepted.upstream_location
                     else None,
@@ -419,7 +424,7 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
                 extra={"route": route.name, "source": route.correlation.source},
             )
             return fallback(request, call, accepted, applied, "no_id")
-        await _track(request, route, cid, accepted)
+        await _track(request, call, route, cid, accepted)
         if not holding:
             if poll_task_outlives(app, route):
                 _start_poll(request, route, cid, accepted, deadline)

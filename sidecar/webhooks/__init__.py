@@ -7,7 +7,7 @@ policy, guarded resolver), `store` (subscriptions), `outbox`, `attempt` (one sig
 
 from __future__ import annotations
 
-import contextlib
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -19,13 +19,13 @@ from redis.exceptions import RedisError
 from ..completion import Completion
 from ..config import Route
 from ..state import METRICS, RUNTIME
+from ..sync import PUBLISH
 from ..tasks import TaskSet
 from ..tracking import TrackedCall
 from .attempt import create_webhook_session
 from .delivery import DeliveryWorker, supervised
 from .dispatcher import Dispatcher
 from .fanout import fan_out
-from .keys import done_key
 from .metrics import WebhookMetrics
 from .runtime import WEBHOOKS, WebhookRuntime
 from .targets import TargetPolicy
@@ -33,6 +33,9 @@ from .targets import TargetPolicy
 __all__ = ["WEBHOOKS", "publish_completion", "webhooks_ctx"]
 
 logger = logging.getLogger(__name__)
+
+PREPARE_WAIT_S = 1.0  # startup waits this long for Redis before going on without it
+PREPARE_RETRY_S = 1.0
 
 
 async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -51,21 +54,46 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     session = create_webhook_session(TargetPolicy.from_settings(config), config.concurrency)
     runtime = WebhookRuntime(settings, redis, session, WebhookMetrics(app[METRICS].registry))
     app[WEBHOOKS] = runtime
-    try:
-        await runtime.store.declare(config.subscriptions)
-    except RedisError as exc:
-        logger.warning("declared subscriptions not saved (Redis down)", extra={"error": str(exc)})
     worker = DeliveryWorker(
         redis, runtime.prefix, config, session, runtime.metrics, runtime.consumer
     )
     dispatcher = Dispatcher(redis, app[RUNTIME], runtime.store, runtime.outbox, runtime.consumer)
+    app[PUBLISH] = publish_completion
     tasks = TaskSet("webhooks")
+    try:
+        prepared = await asyncio.wait_for(_prepare(runtime, dispatcher, worker), PREPARE_WAIT_S)
+    except TimeoutError:
+        prepared = False
+    if not prepared:  # Redis is down: start anyway (calls degrade to 202) and keep trying
+        tasks.spawn(_prepare_until_done(runtime, dispatcher, worker))
     tasks.spawn(worker.run())
     tasks.spawn(supervised("dispatcher", dispatcher.run))
     yield
     await tasks.close()
     await session.close()
     await redis.aclose()
+
+
+async def _prepare(runtime: WebhookRuntime, dispatcher: Dispatcher, worker: DeliveryWorker) -> bool:
+    """Save YAML-declared subscriptions and create the consumer groups, so that completions
+    published from now on are dispatched; False (logged) while Redis is unreachable."""
+    try:
+        await runtime.store.declare(runtime.settings.webhooks.subscriptions)
+        await dispatcher.ensure_groups()
+        await worker.ensure_group()
+    except RedisError as exc:
+        logger.warning(
+            "webhooks not prepared yet (Redis down); retrying", extra={"error": str(exc)}
+        )
+        return False
+    return True
+
+
+async def _prepare_until_done(
+    runtime: WebhookRuntime, dispatcher: Dispatcher, worker: DeliveryWorker
+) -> None:
+    while not await _prepare(runtime, dispatcher, worker):  # noqa: ASYNC110 - polls Redis
+        await asyncio.sleep(PREPARE_RETRY_S)
 
 
 async def publish_completion(
@@ -76,11 +104,9 @@ async def publish_completion(
     if runtime is None:
         return
     cid = completion.correlation_id
-    key = done_key(runtime.prefix, cid)
     try:
-        ttl_ms = int(runtime.settings.tracking_ttl * 1000)
-        if not await runtime.redis.set(key, "1", nx=True, px=ttl_ms):
-            return
+        # Message ids derive from the call, so the stream's dispatcher, a replica's poller and
+        # this one all enqueue the same messages: the first wins, the others are no-ops.
         await fan_out(
             runtime.store,
             runtime.outbox,
@@ -97,5 +123,3 @@ async def publish_completion(
             "poll completion not published (Redis fault)",
             extra={"route": route.name, "correlation_id": cid, "error": str(exc)},
         )
-        with contextlib.suppress(RedisError):
-            await runtime.redis.delete(key)

@@ -82,6 +82,11 @@ class Dispatcher:
                 raise
         self._groups.add(stream)
 
+    async def ensure_groups(self) -> None:
+        """Create the group on every completion stream (at `$`: from now on) unless it exists."""
+        for stream in self.settings.stream_keys:
+            await self._ensure(stream)
+
     async def run_once(self) -> None:
         """One read (or claim) and dispatch pass."""
         streams = self.settings.stream_keys

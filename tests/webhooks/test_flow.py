@@ -1,0 +1,282 @@
+"""Completions of real proxied calls reach webhooks: per tenant, after a 202 or a 200, from the
+stream or from polling, once per subscription."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from standardwebhooks.webhooks import Webhook
+
+from sidecar.webhooks import WEBHOOKS
+from sidecar.webhooks.keys import message_key, outbox_key
+
+from ..conftest import SidecarFactory, Upstream
+
+OPERATOR_TOKEN = "op-token-0123456789"
+EVENTS = {"success": "user.created", "failure": "user.creation_failed"}
+
+
+@dataclass
+class Hooks:
+    """A webhook receiver with one path per subscriber; deliveries land in `got`."""
+
+    server: TestServer
+    got: asyncio.Queue[tuple[str, dict[str, str], bytes]] = field(default_factory=asyncio.Queue)
+
+    def url(self, name: str) -> str:
+        return str(self.server.make_url(f"/{name}"))
+
+    async def next(self) -> tuple[str, dict[str, str], bytes]:
+        """The next delivery: (subscriber path, headers, the exact body bytes)."""
+        return await asyncio.wait_for(self.got.get(), 10)
+
+
+@dataclass
+class Env:
+    client: TestClient
+    hooks: Hooks
+    redis: aioredis.Redis
+    prefix: str
+    stream: str
+    done: set[str]  # correlation ids whose status URL answers 200
+
+    async def subscribe(self, owner: str, name: str) -> str:
+        """Create a subscription as `owner` (a client credential, or the operator); its secret."""
+        store = self.client.app[WEBHOOKS].store
+        tenant = "operator" if owner == "operator" else await self.tenant(owner)
+        sub = await store.create(tenant, self.hooks.url(name), ["*"])
+        return sub.secret
+
+    async def tenant(self, credential: str) -> str:
+        from sidecar.state import HASHER
+
+        tenant = await self.client.app[HASHER].tenant(credential)
+        assert tenant is not None
+        return tenant
+
+    async def messages(self) -> list[str]:
+        """The subscription url path of every message fan-out enqueued, sorted."""
+        out = []
+        for _, fields in await self.redis.xrange(outbox_key(self.prefix)):
+            sub_id = await self.redis.hget(message_key(self.prefix, fields[b"m"].decode()), "sub")
+            sub = await self.client.app[WEBHOOKS].store.get(sub_id.decode())
+            assert sub is not None
+            out.append(sub.url.rsplit("/", 1)[1])
+        return sorted(out)
+
+    async def xadd(self, cid: str, type_: str = "UserCreated", data: Any = None) -> bytes:
+        payload = orjson.dumps(data if data is not None else {"id": cid}).decode()
+        fields = {"correlation_id": cid, "type": type_, "payload": payload}
+        entry_id: bytes = await self.redis.xadd(self.stream, fields)  # type: ignore[arg-type]
+        return entry_id
+
+    async def dispatched(self, entry_id: bytes) -> None:
+        """Wait until the webhook dispatcher has read and acknowledged a stream entry."""
+        group = f"{self.prefix}:webhooks".encode()
+        async with asyncio.timeout(10):
+            while True:
+                groups = await self.redis.xinfo_groups(self.stream)
+                mine = [g for g in groups if g["name"] == group]
+                if mine and mine[0]["last-delivered-id"] >= entry_id and not mine[0]["pending"]:
+                    return
+                await asyncio.sleep(0.01)
+
+
+def async_api(done: set[str]) -> web.Application:
+    """POST → 202 + Location /status/{cid}; the status answers 202 until `cid` is in `done`."""
+
+    async def create(request: web.Request) -> web.Response:
+        cid = request.headers["X-Correlation-ID"]
+        return web.json_response({}, status=202, headers={"Location": f"/status/{cid}"})
+
+    async def status(request: web.Request) -> web.Response:
+        cid = request.match_info["cid"]
+        if cid in done:
+            return web.json_response({"id": cid, "state": "done"})
+        return web.json_response({"state": "pending"}, status=202)
+
+    app = web.Application()
+    app.router.add_post("/api/{kind}", create)
+    app.router.add_get("/status/{cid}", status)
+    return app
+
+
+EnvFactory = Callable[[], Awaitable[Env]]
+
+
+@pytest.fixture
+async def make_env(
+    start_upstream: Upstream,
+    start_sidecar: SidecarFactory,
+    aiohttp_server: Any,
+    redis: aioredis.Redis,
+    redis_url: str,
+    key_prefix: str,
+) -> EnvFactory:
+    async def make() -> Env:
+        got: asyncio.Queue[tuple[str, dict[str, str], bytes]] = asyncio.Queue()
+
+        async def hook(request: web.Request) -> web.Response:
+            await got.put((request.match_info["name"], dict(request.headers), await request.read()))
+            return web.Response(status=204)
+
+        receiver = web.Application()
+        receiver.router.add_post("/{name}", hook)
+        hooks = Hooks(await aiohttp_server(receiver), got)
+        done: set[str] = set()
+        upstream = await start_upstream(async_api(done))
+        stream = f"{key_prefix}:users.events"
+        stream_wait = {"key": stream, "success": ["UserCreated"], "failure": ["UserNotCreated"]}
+        poll_wait = {"interval": "20ms", "max_interval": "40ms", "track_for": "10s"}
+        client = await start_sidecar(
+            upstream,
+            redis_url=redis_url,
+            key_prefix=key_prefix,
+            admin_token=OPERATOR_TOKEN,
+            stream_reader={"block": "50ms"},
+            webhooks={"allow_private_targets": True, "schedule": ["50ms"], "timeout": "2s"},
+            routes=[
+                {
+                    "name": "create-user",
+                    "method": "POST",
+                    "path": "/api/users",
+                    "budget": "2s",
+                    "wait": {"stream": stream_wait},
+                    "webhook_events": EVENTS,
+                },
+                {
+                    "name": "create-report",
+                    "method": "POST",
+                    "path": "/api/reports",
+                    "budget": "100ms",
+                    "wait": {"poll": poll_wait},
+                    "webhook_events": {"success": "report.ready", "failure": "report.failed"},
+                },
+                {
+                    "name": "create-both",
+                    "method": "POST",
+                    "path": "/api/both",
+                    "budget": "2s",
+                    "wait": {"stream": stream_wait, "poll": poll_wait},
+                    "webhook_events": EVENTS,
+                },
+            ],
+        )
+        return Env(client, hooks, redis, key_prefix, stream, done)
+
+    return make
+
+
+def call(env: Env, path: str, cid: str, credential: str, **headers: str) -> Any:
+    return env.client.post(
+        path, json={}, headers={"X-Correlation-ID": cid, "Authorization": credential, **headers}
+    )
+
+
+async def test_a_completion_after_the_202_reaches_the_callers_and_the_operators_subscriptions(
+    make_env: EnvFactory,
+) -> None:
+    env = await make_env()
+    secrets = {"a": await env.subscribe("Bearer key-a", "a")}
+    await env.subscribe("Bearer key-b", "b")
+    secrets["op"] = await env.subscribe("operator", "op")
+    resp = await call(env, "/api/users", "c-1", "Bearer key-a", Prefer="respond-async")
+    assert resp.status == 202
+    await env.xadd("c-1", data={"id": 7})
+    got = {}
+    for _ in range(2):
+        name, headers, raw = await env.hooks.next()
+        Webhook(secrets[name]).verify(raw, headers)  # signed with that subscription's secret
+        got[name] = orjson.loads(raw)
+    assert got["a"] == {
+        "type": "user.created",
+        "timestamp": got["a"]["timestamp"],
+        "data": {"id": 7},
+        "correlation_id": "c-1",
+        "route": "create-user",
+        "location": str(env.client.make_url("/status/c-1")),
+        "status": "succeeded",
+    }
+    assert got["op"] == got["a"]
+    assert await env.messages() == ["a", "op"]  # b never gets a's completion
+
+
+async def test_a_failure_is_pushed_as_the_failure_event(make_env: EnvFactory) -> None:
+    env = await make_env()
+    secret = await env.subscribe("Bearer key-a", "a")
+    resp = await call(env, "/api/users", "c-2", "Bearer key-a", Prefer="respond-async")
+    assert resp.status == 202
+    await env.xadd("c-2", "UserNotCreated", {"reason": "taken"})
+    name, headers, raw = await env.hooks.next()
+    Webhook(secret).verify(raw, headers)
+    body = orjson.loads(raw)
+    assert (name, body["type"], body["status"]) == ("a", "user.creation_failed", "failed")
+    assert body["data"] == {"reason": "taken"}
+
+
+async def test_a_synchronous_200_is_pushed_to_webhooks_too(make_env: EnvFactory) -> None:
+    env = await make_env()
+    await env.subscribe("Bearer key-a", "a")
+    task = asyncio.ensure_future(call(env, "/api/users", "c-3", "Bearer key-a"))
+    await env.xadd("c-3", data={"id": 3})  # may beat the call: the hub keeps recent events
+    resp = await task
+    assert resp.status == 200
+    assert await resp.json() == {"id": 3}
+    name, _headers, raw = await env.hooks.next()
+    body = orjson.loads(raw)
+    assert (name, body["status"], body["data"]) == ("a", "succeeded", {"id": 3})
+
+
+async def test_a_poll_detected_completion_after_the_202_is_delivered_once(
+    make_env: EnvFactory,
+) -> None:
+    env = await make_env()
+    await env.subscribe("Bearer key-a", "a")
+    await env.subscribe("operator", "op")
+    resp = await call(env, "/api/reports", "r-1", "Bearer key-a")
+    assert resp.status == 202  # the 100ms budget is spent; polling goes on for webhooks
+    env.done.add("r-1")
+    got = [orjson.loads((await env.hooks.next())[2]) for _ in range(2)]
+    assert {(b["type"], b["correlation_id"]) for b in got} == {("report.ready", "r-1")}
+    assert await env.messages() == ["a", "op"]
+
+
+async def test_stream_and_poll_seeing_one_completion_make_one_message_per_subscription(
+    make_env: EnvFactory,
+) -> None:
+    env = await make_env()
+    await env.subscribe("Bearer key-a", "a")
+    env.done.add("b-1")  # the status URL is done at once: polling detects it first
+    resp = await call(env, "/api/both", "b-1", "Bearer key-a")
+    assert resp.status == 200
+    entry = await env.xadd("b-1", data={"id": "b-1"})  # then the stream says so too
+    name, _headers, _raw = await env.hooks.next()
+    assert name == "a"
+    await env.dispatched(entry)
+    assert await env.messages() == ["a"]  # the stream's fan-out was a no-op
+
+
+async def test_a_client_without_credentials_reaches_operator_subscriptions_only(
+    make_env: EnvFactory,
+) -> None:
+    env = await make_env()
+    await env.subscribe("Bearer key-a", "a")
+    secret = await env.subscribe("operator", "op")
+    resp = await env.client.post(
+        "/api/users", json={}, headers={"X-Correlation-ID": "c-4", "Prefer": "respond-async"}
+    )
+    assert resp.status == 202
+    entry = await env.xadd("c-4")
+    name, headers, raw = await env.hooks.next()
+    assert name == "op"
+    Webhook(secret).verify(raw, headers)
+    await env.dispatched(entry)
+    assert await env.messages() == ["op"]
