@@ -8,7 +8,6 @@
 {prefix}:wh:due                  sorted set, score = due time (ms): scheduled retries
 {prefix}:wh:attempts:{sub_id}    list, newest first, capped: the attempts log
 {prefix}:wh:dead                 stream, MAXLEN ~: dead letters (last attempt failed)
-{prefix}:wh:done:{correlation}   string, TTL tracking_ttl: poll completion published once
 """
 
 from __future__ import annotations
@@ -57,8 +56,3 @@ def attempts_key(prefix: str, sub_id: str) -> str:
 def dead_key(prefix: str) -> str:
     """Stream of dead letters."""
     return f"{wh(prefix)}:dead"
-
-
-def done_key(prefix: str, correlation_id: str) -> str:
-    """Marker that a poll-detected completion was published."""
-    return f"{wh(prefix)}:done:{correlation_id}"
