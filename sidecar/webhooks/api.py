@@ -116,6 +116,14 @@ async def subscription_of(
     return sub
 
 
+async def changed(runtime: WebhookRuntime, sub: Subscription, **changes: Any) -> Subscription:
+    """Apply changes; 404 when the subscription was deleted meanwhile."""
+    updated = await runtime.store.update(sub, **changes)
+    if updated is None:
+        raise NotFound(f"no subscription {sub.id!r}")
+    return updated
+
+
 def view(sub: Subscription, caller: str, secret: bool = False) -> dict[str, Any]:
     """The JSON view of a subscription: the owner only for the operator, the secret on demand."""
     out = sub.public()
@@ -184,7 +192,7 @@ async def create_subscription(request: web.Request) -> web.Response:
     )
     sub = await runtime.store.create(caller, fields["url"], fields["events"], body.description)
     if not body.enabled:
-        sub = await runtime.store.update(sub, enabled=False)
+        sub = await changed(runtime, sub, enabled=False)
     logger.info(
         "webhook subscription created",
         extra={"sub": sub.id, "owner": caller, "events": sub.events, "enabled": sub.enabled},
@@ -218,7 +226,7 @@ async def patch_subscription(request: web.Request) -> web.Response:
         body, TargetPolicy.from_settings(runtime.settings.webhooks), known_events(live)
     )
     if changes:
-        sub = await runtime.store.update(sub, **changes)
+        sub = await changed(runtime, sub, **changes)
         logger.info(
             "webhook subscription changed",
             extra={"sub": sub.id, "owner": sub.owner, "by": caller, "fields": sorted(changes)},
@@ -242,7 +250,10 @@ async def rotate_secret(request: web.Request) -> web.Response:
     """A new secret; the previous one signs beside it until `previous_secret_valid_until`."""
     runtime = webhooks_of(request)
     caller = await caller_of(request)
-    sub = await runtime.store.rotate(await subscription_of(request, runtime, caller))
+    rotated = await runtime.store.rotate(await subscription_of(request, runtime, caller))
+    if rotated is None:  # deleted meanwhile
+        raise NotFound(f"no subscription {request.match_info['id']!r}")
+    sub = rotated
     logger.info("webhook secret rotated", extra={"sub": sub.id, "owner": sub.owner, "by": caller})
     return json_response(
         {

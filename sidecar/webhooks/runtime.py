@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 import socket
@@ -12,7 +11,6 @@ from aiohttp import web
 from redis.asyncio import Redis
 
 from ..config import Settings
-from ..tenancy import load_hash_key
 from .metrics import WebhookMetrics
 from .outbox import Outbox
 from .store import SubscriptionStore
@@ -41,15 +39,6 @@ class WebhookRuntime:
         self.store = SubscriptionStore(redis, self.prefix)
         self.outbox = Outbox(redis, self.prefix, settings.webhooks.outbox_maxlen)
         self.consumer = consumer_name()
-        self._hash_key: bytes | None = None
-        self._lock = asyncio.Lock()
-
-    async def hash_key(self) -> bytes:
-        """The tenancy hash key, loaded once (lazily, so Redis may be down at startup)."""
-        async with self._lock:
-            if self._hash_key is None:
-                self._hash_key = await load_hash_key(self.settings, self.redis)
-            return self._hash_key
 
 
 WEBHOOKS = web.AppKey("webhooks", WebhookRuntime)

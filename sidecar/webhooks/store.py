@@ -15,7 +15,14 @@ from ..tenancy import OPERATOR
 from .keys import all_subscriptions_key, attempts_key, owner_key, subscription_key
 from .signing import new_secret
 
-ROTATION_GRACE_S = 24 * 3600.0  # the old secret keeps signing this long after a rotation
+ROTATION_GRACE_S = 24 * 3600.0
+
+# KEYS: the subscription hash. ARGV: field, value, ... Set only while it exists.
+_PATCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""  # the old secret keeps signing this long after a rotation
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +101,7 @@ class SubscriptionStore:
     def __init__(self, redis: Redis, prefix: str) -> None:
         self.redis = redis
         self.prefix = prefix
+        self._patch = redis.register_script(_PATCH)
 
     async def save(self, sub: Subscription) -> Subscription:
         """Write a subscription and index it by owner."""
@@ -148,19 +156,24 @@ class SubscriptionStore:
         owners = [OPERATOR] + ([tenant] if tenant and tenant != OPERATOR else [])
         return [s for s in await self.list_for(owners) if s.wants(event_type)]
 
-    async def update(self, sub: Subscription, **changes: Any) -> Subscription:
-        """Apply changes (url, events, description, enabled) and save."""
-        return await self.save(replace(sub, **changes))
+    async def update(self, sub: Subscription, **changes: Any) -> Subscription | None:
+        """Write only the changed fields (url, events, description, enabled, secrets), and only
+        while the subscription exists: a change racing a delete cannot bring it back, nor undo
+        another field changed meanwhile (a 410 disabling it). None when it is gone."""
+        changed = replace(sub, **changes)
+        fields = {k: v for k, v in changed.fields().items() if k in changes}
+        args: list[str] = [item for pair in fields.items() for item in pair]
+        if not await self._patch(keys=[subscription_key(self.prefix, sub.id)], args=args):
+            return None
+        return await self.get(sub.id)
 
-    async def rotate(self, sub: Subscription) -> Subscription:
+    async def rotate(self, sub: Subscription) -> Subscription | None:
         """A new secret; the old one keeps signing beside it for `ROTATION_GRACE_S`."""
-        return await self.save(
-            replace(
-                sub,
-                secret=new_secret(),
-                previous_secret=sub.secret,
-                previous_until=time.time() + ROTATION_GRACE_S,
-            )
+        return await self.update(
+            sub,
+            secret=new_secret(),
+            previous_secret=sub.secret,
+            previous_until=time.time() + ROTATION_GRACE_S,
         )
 
     async def delete(self, sub: Subscription) -> None:

@@ -39,6 +39,7 @@ async def test_rotation_keeps_old_secret_during_grace(
     store = SubscriptionStore(redis, key_prefix)
     sub = await store.create("t_a", "http://127.0.0.1:1/a", ["*"])
     rotated = await store.rotate(sub)
+    assert rotated is not None
     assert rotated.secret != sub.secret
     active = rotated.active_secrets()
     assert active == [rotated.secret, sub.secret]
@@ -46,6 +47,21 @@ async def test_rotation_keeps_old_secret_during_grace(
     Webhook(sub.secret).verify(b"{}", headers)
     Webhook(rotated.secret).verify(b"{}", headers)
     assert rotated.active_secrets(time.time() + 25 * 3600) == [rotated.secret]
+
+
+async def test_a_change_writes_only_its_fields_and_never_revives_a_deleted_one(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    store = SubscriptionStore(redis, key_prefix)
+    sub = await store.create("t_a", "http://127.0.0.1:1/a", ["*"])
+    await store.update(sub, enabled=False)  # e.g. a 410 disabled it after `sub` was read
+    changed = await store.update(sub, description="renamed")
+    assert changed is not None
+    assert (changed.description, changed.enabled) == ("renamed", False)
+    await store.delete(sub)
+    assert await store.update(sub, url="http://127.0.0.1:1/b") is None
+    assert await store.rotate(sub) is None
+    assert await store.get(sub.id) is None
 
 
 async def test_declared_subscriptions_are_operator_owned(
