@@ -16,7 +16,16 @@ from .state import METRICS, RUNTIME
 logger = logging.getLogger(__name__)
 
 # Settings a reload cannot change without a restart (listeners, connections).
-RESTART_ONLY = ("listen", "admin_listen", "redis_url", "key_prefix", "proxy", "stream_reader")
+RESTART_ONLY = (
+    "listen",
+    "admin_listen",
+    "redis_url",
+    "key_prefix",
+    "proxy",
+    "stream_reader",
+    "tenancy",
+    "webhooks",
+)
 
 
 def reload_config(app: web.Application, path: Path) -> bool:
@@ -46,7 +55,25 @@ async def serve(settings: Settings, config_path: Path) -> None:
     # aiohttp reads a shutdown_timeout of 0 as "no limit"; a grace of 0 means "don't wait".
     grace_s = max(settings.shutdown_grace, 0.001)
     runner = web.AppRunner(app, shutdown_timeout=grace_s, access_log=None)
+    # Handlers first: a signal during startup must not kill the process with its default action.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_config, app, config_path)
+    try:
+        await _serve_until(stop, runner, settings)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await runner.cleanup()
+        logger.info("stopped")
+
+
+async def _serve_until(stop: asyncio.Event, runner: web.AppRunner, settings: Settings) -> None:
     await runner.setup()
+    if stop.is_set():  # told to stop while starting up: never listen
+        return
     host, port = split_host_port(settings.listen)
     site = web.TCPSite(runner, host, port, backlog=4096)
     await site.start()
@@ -58,16 +85,5 @@ async def serve(settings: Settings, config_path: Path) -> None:
             "routes": [r.name for r in settings.routes],
         },
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, reload_config, app, config_path)
-    try:
-        await stop.wait()
-        logger.info("draining", extra={"grace_s": settings.shutdown_grace})
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.remove_signal_handler(sig)
-        await runner.cleanup()
-        logger.info("stopped")
+    await stop.wait()
+    logger.info("draining", extra={"grace_s": settings.shutdown_grace})
