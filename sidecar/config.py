@@ -12,6 +12,8 @@ Every model forbids unknown keys (typos are errors) and is frozen. Durations are
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import os
 import re
@@ -122,6 +124,16 @@ def _check_http_url(value: str) -> str:
 
 
 HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+
+
+def _check_webhook_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"invalid URL {value!r} (use http://host/path or https://host/path)")
+    return value  # exactly as written: a receiver may care about a trailing slash
+
+
+WebhookUrl = Annotated[str, AfterValidator(_check_webhook_url)]
 
 
 def _check_redis_url(value: str) -> str:
@@ -387,7 +399,7 @@ class DeclaredSubscription(Model):
     """An operator-owned webhook subscription declared in YAML."""
 
     id: str = Field(..., pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="Stable id.")
-    url: HttpUrl
+    url: WebhookUrl
     events: list[str] = Field(default_factory=lambda: ["*"], description="Types or *.")
     description: str = ""
     enabled: bool = True
@@ -396,8 +408,15 @@ class DeclaredSubscription(Model):
     @field_validator("secret")
     @classmethod
     def _secret(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().startswith("whsec_"):
+        secret = value.get_secret_value()
+        if not secret.startswith("whsec_"):
             raise ValueError("secret must start with whsec_")
+        try:
+            key = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+        except binascii.Error:
+            raise ValueError("secret must be whsec_ followed by base64") from None
+        if not 24 <= len(key) <= 64:
+            raise ValueError(f"secret must decode to 24-64 bytes, not {len(key)}")
         return value
 
 

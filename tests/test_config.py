@@ -251,7 +251,9 @@ MISTAKES: list[Any] = [
         """
         webhooks:
           subscriptions:
-            - {id: audit, url: 'https://audit.example', secret: whsec_c2VjcmV0}
+            - id: audit
+              url: https://audit.example
+              secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw
         """,
         ["webhooks.subscriptions: webhooks need redis_url"],
         id="subscriptions-without-redis",
@@ -264,6 +266,23 @@ MISTAKES: list[Any] = [
         """,
         ["webhooks.subscriptions[0].secret: secret must start with whsec_"],
         id="subscription-secret",
+    ),
+    pytest.param(
+        """
+        redis_url: redis://127.0.0.1:6379/0
+        webhooks:
+          subscriptions:
+            - {id: a, url: 'https://a.example/', secret: whsec_a}
+            - {id: b, url: 'https://b.example/', secret: whsec_c2VjcmV0}
+            - {id: c, url: 'ftp://c.example/', secret: whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw}
+        """,
+        [
+            "webhooks.subscriptions[0].secret: secret must be whsec_ followed by base64",
+            "webhooks.subscriptions[1].secret: secret must decode to 24-64 bytes, not 6",
+            "webhooks.subscriptions[2].url: invalid URL 'ftp://c.example/' "
+            "(use http://host/path or https://host/path)",
+        ],
+        id="subscription-secret-and-url",
     ),
     pytest.param(
         "webhooks: {allowed_networks: [10.0.0.0/8, 10.0.0.0/33, intranet]}",

@@ -129,6 +129,7 @@ def view(sub: Subscription, caller: str, secret: bool = False) -> dict[str, Any]
     out = sub.public()
     if caller == OPERATOR:
         out["owner"] = sub.owner
+        out["declared"] = sub.declared  # from the YAML file: edits last until the next restart
     if secret:
         out["secret"] = sub.secret
     return out

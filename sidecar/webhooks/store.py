@@ -15,14 +15,14 @@ from ..tenancy import OPERATOR
 from .keys import all_subscriptions_key, attempts_key, owner_key, subscription_key
 from .signing import new_secret
 
-ROTATION_GRACE_S = 24 * 3600.0
+ROTATION_GRACE_S = 24 * 3600.0  # the old secret keeps signing this long after a rotation
 
 # KEYS: the subscription hash. ARGV: field, value, ... Set only while it exists.
 _PATCH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
-"""  # the old secret keeps signing this long after a rotation
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,7 @@ class Subscription:
     previous_secret: str = ""
     previous_until: float = 0.0
     created_at: float = field(default_factory=time.time)
+    declared: bool = False  # from the YAML file: reset from it at startup
 
     def wants(self, event_type: str) -> bool:
         """True when this subscription receives `event_type`."""
@@ -75,6 +76,7 @@ class Subscription:
             "previous_secret": self.previous_secret,
             "previous_until": repr(self.previous_until),
             "created_at": repr(self.created_at),
+            "declared": "1" if self.declared else "0",
         }
 
     @classmethod
@@ -92,6 +94,7 @@ class Subscription:
             previous_secret=f.get("previous_secret", ""),
             previous_until=float(f.get("previous_until") or 0),
             created_at=float(f.get("created_at") or 0),
+            declared=f.get("declared") == "1",
         )
 
 
@@ -185,7 +188,12 @@ class SubscriptionStore:
             await pipe.execute()
 
     async def declare(self, declared: list[DeclaredSubscription]) -> None:
-        """Upsert YAML-declared operator subscriptions (the file wins; creation time is kept)."""
+        """Make the YAML-declared operator subscriptions exactly the file's: upsert each (the
+        file wins; creation time is kept) and delete those declared before but gone from it."""
+        wanted = {d.id for d in declared}
+        for old in await self.list_for([OPERATOR]):
+            if old.declared and old.id not in wanted:
+                await self.delete(old)
         for d in declared:
             existing = await self.get(d.id)
             await self.save(
@@ -198,5 +206,6 @@ class SubscriptionStore:
                     enabled=d.enabled,
                     secret=d.secret.get_secret_value(),
                     created_at=existing.created_at if existing else time.time(),
+                    declared=True,
                 )
             )

@@ -68,12 +68,17 @@ async def test_declared_subscriptions_are_operator_owned(
     redis: aioredis.Redis, key_prefix: str
 ) -> None:
     store = SubscriptionStore(redis, key_prefix)
-    declared = DeclaredSubscription(
-        id="ops-audit",
-        url="http://127.0.0.1:1/audit",
-        secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-    )
-    await store.declare([declared])
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    audit = DeclaredSubscription(id="ops-audit", url="http://127.0.0.1:1/audit/", secret=secret)
+    old = DeclaredSubscription(id="ops-old", url="http://127.0.0.1:1/old", secret=secret)
+    created = await store.create(OPERATOR, "http://127.0.0.1:1/api-made", ["*"])
+    await store.declare([audit, old])
     sub = await store.get("ops-audit")
     assert sub is not None and sub.owner == OPERATOR and sub.events == ["*"]
-    assert [s.id for s in await store.matching("t_any", "anything")] == ["ops-audit"]
+    assert sub.url == "http://127.0.0.1:1/audit/"  # exactly as written
+    assert sub.declared and not created.declared
+    # The next start's file no longer has ops-old: it stops receiving; API-made ones stay.
+    await store.declare([audit])
+    assert await store.get("ops-old") is None
+    matching = await store.matching("t_any", "anything")
+    assert sorted(s.id for s in matching) == sorted(["ops-audit", created.id])
