@@ -1,0 +1,216 @@
+"""The example webhook receiver (examples/webhook_receiver.py) on a real aiohttp server, fed
+deliveries signed by the sidecar's own signing code, and once by the real sidecar."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from standardwebhooks.webhooks import Webhook
+
+from examples import webhook_receiver
+from examples.webhook_receiver import RECEIVER, SeenIds, create_app, worker_ctx
+from sidecar.state import ADMIN_URL
+from sidecar.webhooks.signing import new_secret, signature_headers
+
+from .conftest import SidecarFactory
+
+Client = TestClient[web.Request, web.Application]
+
+SECRET = new_secret()
+EVENT = {
+    "type": "user.created",
+    "timestamp": "2025-01-01T12:00:00.000Z",
+    "data": {"id": "c-1", "username": "Felipe"},
+    "correlation_id": "c-1",
+    "route": "create-user",
+    "location": "/users/c-1",
+    "status": "succeeded",
+}
+
+
+def signed(
+    body: bytes, message_id: str = "msg_1", secrets: list[str] | None = None, **kw: Any
+) -> dict[str, str]:
+    """The headers the sidecar sends with `body`."""
+    headers = signature_headers(secrets or [SECRET], message_id, body, **kw)
+    return {**headers, "Content-Type": "application/json"}
+
+
+@pytest.fixture
+async def receiver(aiohttp_client: Any) -> Client:
+    client: Client = await aiohttp_client(create_app(SECRET))
+    return client
+
+
+async def processed(client: Client) -> webhook_receiver.Receiver:
+    """The receiver's state once every accepted event was processed."""
+    state = client.app[RECEIVER]
+    async with asyncio.timeout(5):
+        await state.queue.join()
+    return state
+
+
+async def test_a_signed_delivery_is_answered_204_and_processed(
+    receiver: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    body = orjson.dumps(EVENT)
+    resp = await receiver.post("/hooks/users", data=body, headers=signed(body))
+    assert resp.status == 204
+    state = await processed(receiver)
+    assert (state.processed, state.duplicates, state.rejected) == (1, 0, 0)
+    line = capsys.readouterr().out.strip()
+    assert line == (
+        "msg_1 user.created status=succeeded route=create-user correlation_id=c-1 "
+        'location=/users/c-1 data={"id":"c-1","username":"Felipe"}'
+    )
+
+
+async def test_a_repeated_webhook_id_is_acknowledged_but_processed_once(receiver: Client) -> None:
+    body = orjson.dumps(EVENT)
+    first = await receiver.post("/", data=body, headers=signed(body, "msg_again"))
+    # A retry: same id and body, signed afresh with a later timestamp.
+    later = signed(body, "msg_again", timestamp=int(time.time()) + 1)
+    second = await receiver.post("/", data=body, headers=later)
+    assert (first.status, second.status) == (204, 204)
+    state = await processed(receiver)
+    assert (state.processed, state.duplicates) == (1, 1)
+    other = await receiver.post("/", data=body, headers=signed(body, "msg_other"))
+    assert other.status == 204
+    assert (await processed(receiver)).processed == 2
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    ["body", "signature", "secret", "stale", "future", "missing-id", "garbled"],
+)
+async def test_a_delivery_that_does_not_verify_is_answered_400(
+    receiver: Client, tamper: str
+) -> None:
+    body = orjson.dumps(EVENT)
+    headers = signed(body)
+    sent = body
+    if tamper == "body":
+        sent = body.replace(b'"succeeded"', b'"failed"')
+    elif tamper == "signature":
+        headers["webhook-signature"] = signed(b"{}")["webhook-signature"]
+    elif tamper == "secret":
+        headers = signed(body, secrets=[new_secret()])
+    elif tamper == "stale":
+        headers = signed(body, timestamp=int(time.time()) - 600)
+    elif tamper == "future":
+        headers = signed(body, timestamp=int(time.time()) + 600)
+    elif tamper == "missing-id":
+        del headers["webhook-id"]
+    elif tamper == "garbled":
+        headers["webhook-signature"] = "v1"
+    resp = await receiver.post("/", data=sent, headers=headers)
+    assert resp.status == 400
+    assert (await resp.text()).startswith("invalid webhook:")
+    state = await processed(receiver)
+    assert (state.processed, state.rejected) == (0, 1)
+    assert "msg_1" not in state.seen  # a forged delivery cannot mark an id as seen
+
+
+async def test_a_signed_body_that_is_not_an_object_is_answered_400(receiver: Client) -> None:
+    body = b"[1, 2]"
+    resp = await receiver.post("/", data=body, headers=signed(body))
+    assert resp.status == 400
+    assert (await processed(receiver)).processed == 0
+
+
+async def test_during_a_rotation_either_secret_verifies(aiohttp_client: Any) -> None:
+    old, new = new_secret(), new_secret()
+    body = orjson.dumps(EVENT)
+    for secret in (old, new):
+        client: Client = await aiohttp_client(create_app(secret))
+        resp = await client.post("/", data=body, headers=signed(body, secrets=[new, old]))
+        assert resp.status == 204
+
+
+async def test_a_full_queue_answers_429_and_the_id_is_not_remembered(
+    aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhook_receiver, "QUEUE_MAX", 1)
+    app = create_app(SECRET)
+    app.cleanup_ctx.remove(worker_ctx)  # no worker: the queue stays full
+    client: Client = await aiohttp_client(app)
+    body = orjson.dumps(EVENT)
+    assert (await client.post("/", data=body, headers=signed(body, "msg_a"))).status == 204
+    full = await client.post("/", data=body, headers=signed(body, "msg_b"))
+    assert full.status == 429
+    assert full.headers["Retry-After"] == str(webhook_receiver.RETRY_AFTER_S)
+    state = client.app[RECEIVER]
+    state.queue.get_nowait()
+    state.queue.task_done()
+    retried = await client.post("/", data=body, headers=signed(body, "msg_b"))
+    assert retried.status == 204
+    assert state.duplicates == 0
+    assert state.queue.get_nowait()[0] == "msg_b"
+
+
+def test_seen_ids_forget_the_oldest_past_the_limit() -> None:
+    seen = SeenIds(limit=2)
+    for message_id in ("a", "b", "c"):
+        seen.add(message_id)
+    assert len(seen) == 2
+    assert "a" not in seen
+    assert "b" in seen and "c" in seen
+
+
+def test_main_refuses_to_start_without_a_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("WEBHOOK_SECRET", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        webhook_receiver.main(["--port", "0"])
+    assert exit_info.value.code == 2
+    assert "--secret or $WEBHOOK_SECRET" in capsys.readouterr().err
+
+
+async def test_the_real_sidecar_delivers_to_it(
+    receiver: Client,
+    start_sidecar: SidecarFactory,
+    redis: aioredis.Redis,  # cleans up this test's keys
+    redis_url: str,
+    key_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sidecar = await start_sidecar(
+        "http://127.0.0.1:9",
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        admin_token="op-token",
+        webhooks={"allow_private_targets": True, "timeout": "2s"},
+    )
+    api = sidecar.app[ADMIN_URL] + "/admin/api"
+    operator = {"Authorization": "Bearer op-token"}
+    target = str(receiver.make_url("/hooks"))
+    async with aiohttp.ClientSession(headers=operator) as http:
+        async with http.post(api + "/subscriptions", json={"url": target, "events": ["*"]}) as r:
+            assert r.status == 201, await r.text()
+            sub = await r.json()
+        state = receiver.app[RECEIVER]
+        state.webhook = Webhook(sub["secret"])  # this subscription's secret, not the example's
+        arrived: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        handle = state.handle
+
+        def handle_and_tell(message_id: str, event: dict[str, Any]) -> None:
+            handle(message_id, event)
+            arrived.put_nowait(event)
+
+        monkeypatch.setattr(state, "handle", handle_and_tell)
+        async with http.post(api + f"/subscriptions/{sub['id']}/test") as r:
+            assert r.status == 202, await r.text()
+            message_id = (await r.json())["message_id"]
+        event = await asyncio.wait_for(arrived.get(), 10)
+    assert event["type"] == "webhook.test"
+    assert message_id in state.seen
+    assert (state.processed, state.rejected) == (1, 0)
