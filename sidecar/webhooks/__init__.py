@@ -24,9 +24,11 @@ from ..tasks import TaskSet
 from ..tracking import TrackedCall
 from .attempt import create_webhook_session
 from .delivery import DeliveryWorker, supervised
-from .dispatcher import Dispatcher
+from .dispatcher import Dispatcher, group_name
 from .fanout import fan_out
+from .keys import outbox_key
 from .metrics import WebhookMetrics
+from .outbox import GROUP
 from .runtime import WEBHOOKS, WebhookRuntime
 from .targets import TargetPolicy
 
@@ -70,8 +72,24 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks.spawn(supervised("dispatcher", dispatcher.run))
     yield
     await tasks.close()
+    streams = [(s, group_name(runtime.prefix)) for s in app[RUNTIME].settings.stream_keys]
+    await _leave_groups(redis, [*streams, (outbox_key(runtime.prefix), GROUP)], runtime.consumer)
     await session.close()
     await redis.aclose()
+
+
+async def _leave_groups(redis: aioredis.Redis, groups: list[tuple[str, str]], name: str) -> None:
+    """Remove this process's consumer from each group it has nothing pending in, so the groups'
+    consumer lists do not grow with every deploy. One with pending entries stays: deleting it
+    would make them unclaimable (another replica claims them after the claim timeout)."""
+    for stream, group in groups:
+        try:
+            consumers = await redis.xinfo_consumers(stream, group)
+            mine = [c for c in consumers if c["name"].decode() == name]
+            if mine and not mine[0]["pending"]:
+                await redis.xgroup_delconsumer(stream, group, name)
+        except RedisError as exc:
+            logger.info("consumer not removed", extra={"stream": stream, "error": str(exc)})
 
 
 async def _prepare(runtime: WebhookRuntime, dispatcher: Dispatcher, worker: DeliveryWorker) -> bool:

@@ -80,14 +80,17 @@ class Env:
 
     async def dispatched(self, entry_id: bytes) -> None:
         """Wait until the webhook dispatcher has read and acknowledged a stream entry."""
-        group = f"{self.prefix}:webhooks".encode()
-        async with asyncio.timeout(10):
-            while True:
-                groups = await self.redis.xinfo_groups(self.stream)
-                mine = [g for g in groups if g["name"] == group]
-                if mine and mine[0]["last-delivered-id"] >= entry_id and not mine[0]["pending"]:
-                    return
-                await asyncio.sleep(0.01)
+        await acknowledged(self.redis, self.stream, f"{self.prefix}:webhooks", entry_id)
+
+
+async def acknowledged(redis: aioredis.Redis, stream: str, group: str, entry_id: bytes) -> None:
+    """Wait until a consumer group has read `entry_id` (and all before it) and acked them all."""
+    async with asyncio.timeout(10):
+        while True:
+            mine = [g for g in await redis.xinfo_groups(stream) if g["name"] == group.encode()]
+            if mine and mine[0]["last-delivered-id"] >= entry_id and not mine[0]["pending"]:
+                return
+            await asyncio.sleep(0.01)
 
 
 def async_api(done: set[str]) -> web.Application:
@@ -280,3 +283,21 @@ async def test_a_client_without_credentials_reaches_operator_subscriptions_only(
     Webhook(secret).verify(raw, headers)
     await env.dispatched(entry)
     assert await env.messages() == ["op"]
+
+
+async def test_a_stopped_sidecar_leaves_no_consumer_behind(make_env: EnvFactory) -> None:
+    env = await make_env()
+    await env.subscribe("operator", "op")
+    resp = await call(env, "/api/users", "c-5", "Bearer key-a", Prefer="respond-async")
+    assert resp.status == 202
+    entry = await env.xadd("c-5")
+    assert (await env.hooks.next())[0] == "op"
+    await env.dispatched(entry)
+    last_attempt = (await env.redis.xrevrange(outbox_key(env.prefix), count=1))[0][0]
+    await acknowledged(env.redis, outbox_key(env.prefix), "delivery", last_attempt)
+    groups = [(env.stream, f"{env.prefix}:webhooks"), (outbox_key(env.prefix), "delivery")]
+    for stream, group in groups:
+        assert len(await env.redis.xinfo_consumers(stream, group)) == 1
+    await env.client.close()  # a deploy stops this replica
+    for stream, group in groups:
+        assert await env.redis.xinfo_consumers(stream, group) == []
