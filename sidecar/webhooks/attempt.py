@@ -1,13 +1,15 @@
 """One delivery attempt: a signed POST through the guarded session, and what to do next.
 
-`post_once` never raises for a receiver's fault: it returns an `AttemptResult` whose `error` is a
-class (dns, refused, connect, tls, timeout, http) for the attempts log. `next_delay` applies the
+`post_once` never raises: it returns an `AttemptResult` whose `error` is a class (dns, refused,
+connect, tls, timeout, http, internal) for the attempts log. `next_delay` applies the
 schedule with ±20 % jitter, slows down on 429/502/504 and honours `Retry-After` (bounded).
 """
 
 from __future__ import annotations
 
+import binascii
 import email.utils
+import logging
 import random
 import time
 from collections.abc import Sequence
@@ -17,6 +19,8 @@ import aiohttp
 
 from .signing import signature_headers
 from .targets import GuardedResolver, TargetPolicy, TargetRefused
+
+logger = logging.getLogger(__name__)
 
 EXCERPT_BYTES = 2048
 SLOW_DOWN = frozenset({429, 502, 504})
@@ -30,7 +34,7 @@ class AttemptResult:
 
     status: int | None
     duration_s: float
-    error: str | None = None  # dns, refused, connect, tls, timeout, http
+    error: str | None = None  # dns, refused, connect, tls, timeout, http, internal
     detail: str = ""
     excerpt: str = ""
     retry_after_s: float | None = None
@@ -118,6 +122,11 @@ async def post_once(
         return done(None, "timeout", f"no answer within {timeout_s:g}s")
     except aiohttp.ClientError as exc:
         return done(None, "connect", f"{exc.__class__.__name__}: {exc}")
+    except (ValueError, TypeError, binascii.Error) as exc:
+        # Ours, not the receiver's (e.g. a secret that does not decode): recorded and retried
+        # like any failure, so the message is never stuck unacknowledged.
+        logger.exception("webhook attempt could not be made", extra={"url": url})
+        return done(None, "internal", f"{exc.__class__.__name__}: {exc}")
 
 
 def next_delay(

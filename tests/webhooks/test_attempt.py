@@ -78,3 +78,12 @@ async def test_connect_error_and_jitter() -> None:
     assert result.error == "connect"
     delays = [next_delay([10.0], 1, AttemptResult(500, 0.0, "http")) for _ in range(200)]
     assert all(d is not None and 8.0 <= d <= 12.0 for d in delays)
+
+
+async def test_a_secret_that_does_not_decode_is_an_internal_error_not_a_crash() -> None:
+    async with create_webhook_session(OPEN, 4) as session:
+        result = await post_once(
+            session, OPEN, "http://127.0.0.1:9/hook", "msg_g", b"{}", ["whsec_a"], 1.0
+        )
+    assert (result.status, result.error) == (None, "internal")
+    assert "whsec" not in result.detail  # the secret never reaches the attempts log
