@@ -11,6 +11,8 @@ off is refused too) and answered at once:
     400  missing headers, bad signature, stale timestamp, or a body that is not a JSON object
     429  the work queue is full: the sidecar retries later (and slows down on 429)
 
+`GET /healthz` answers 200 once it listens (the demo waits for it).
+
 The work itself (here: printing one line per event) runs in a background task, after the answer,
 so a slow handler never makes the sidecar time out and retry. Duplicates are recognised in memory
 among the last `SEEN_MAX` ids: enough for an example; a real receiver records ids where it stores
@@ -130,10 +132,16 @@ async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
         await task
 
 
+async def healthz(request: web.Request) -> web.Response:
+    """200: listening (for whoever started it and waits until it is ready)."""
+    return web.json_response({"status": "ok"})
+
+
 def create_app(secret: str) -> web.Application:
     """The receiver app for one subscription's `whsec_...` secret."""
     app = web.Application()
     app[RECEIVER] = Receiver(secret)
+    app.router.add_get("/healthz", healthz)
     app.router.add_post("/{tail:.*}", receive)
     app.cleanup_ctx.append(worker_ctx)
     return app

@@ -1,14 +1,22 @@
-"""The users example API alone (examples/users/api.py): what the sidecar is put in front of.
+"""The users example API alone (examples/users/api.py): what the sidecar is put in front of; and
+`make demo` (examples/users/demo.py) run for its webhook section.
 
-Real Redis; every test has its own key prefix and its own two streams, and tiny worker delays.
+Real Redis; every test has its own key prefix and its own two streams, and tiny worker delays. The
+demo runs as `make demo` does, as processes, on the same Redis (under the demo's own key prefix).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -218,3 +226,51 @@ async def test_healthz(start_api: ApiFactory) -> None:
     resp = await api.get("/healthz")
     assert resp.status == 200
     assert await resp.json() == {"status": "ok"}
+
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_TIMEOUT_S = 45.0  # section f alone takes a few seconds; pytest's own timeout is 60s
+RECEIVED = re.compile(
+    r"^   receiver \| (?P<message_id>msg_\S+) user\.created status=succeeded route=create-user "
+    r"correlation_id=(?P<correlation_id>demo-[0-9a-f]{12}) location=\S+ data=(?P<data>\{.*\})$",
+    re.MULTILINE,
+)
+
+
+def test_the_demo_shows_a_signed_webhook_arriving(redis_url: str) -> None:
+    """`python -m examples.users.demo --sections f`: subscribe, call with respond-async, and the
+    receiver prints the verified event; the attempts log shows it delivered."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "examples.users.demo", "--sections", "f"],
+        cwd=REPO,
+        env={**os.environ, "REDIS_URL": redis_url},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT_S,
+    )
+    out = proc.stdout
+    logs = re.search(r"the logs are in (\S+)", out)
+    if logs and proc.returncode == 0:
+        shutil.rmtree(logs.group(1), ignore_errors=True)
+    assert proc.returncode == 0, f"demo failed:\n{out}\n{proc.stderr}"
+    assert "== (f) webhooks" in out
+    assert "-> 201 Created" in out  # the subscription
+    assert "Preference-Applied: respond-async" in out  # the call was answered 202 at once
+
+    received = RECEIVED.search(out)
+    assert received, f"no webhook line from the receiver in:\n{out}"
+    correlation_id = received["correlation_id"]
+    assert f"X-Correlation-ID: {correlation_id}" in out
+    user = json.loads(received["data"])
+    assert (user["id"], user["username"], user["age"]) == (correlation_id, "webhook-wendy", 28)
+    assert "OK: the signed webhook arrived and verified" in out
+
+    attempts = [
+        json.loads(line) for line in out.splitlines() if line.startswith('     {"message_id": ')
+    ]
+    assert [(a["message_id"], a["type"], a["result"], a["response_status"]) for a in attempts] == [
+        (received["message_id"], "user.created", "delivered", 204)
+    ]
+    assert "DELETE -> 204" in out  # the demo cleans its subscription up
+    assert 'sidecar_webhook_attempts_total{event_type="user.created",result="delivered"}' in out

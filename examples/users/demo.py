@@ -9,17 +9,26 @@ until both are ready, then makes a few calls and prints the answers:
     (c) a slow create (4 s, budget 2 s)            → 202 + Location, then polled until 200
     (d) a normal create straight to the API        → 202 + Location (what clients had before)
     (e) `Prefer: respond-async` through the sidecar → 202 at once
+    (f) webhooks: a client subscribes through the admin API (with its credential header), the
+        example receiver (examples/webhook_receiver.py) is started with the returned secret, the
+        client makes a `respond-async` create with that credential → 202 at once, and the signed
+        `user.created` webhook arrives at the receiver (its output line is shown); then the
+        subscription's attempts log with the delivered attempt. The subscription is deleted after.
 
 and a few lines of the sidecar's metrics. Whatever the answers are, it prints them: a sidecar
 without its synchronous wait simply shows 202s. Everything started is stopped on exit, Ctrl-C
 included. The processes' logs go to files in a temporary directory, named at the end.
+
+`--sections cf` runs only those sections (default: all; the tests run `f` alone).
 
 Exit status: 0 when the calls were made; 1 when something did not start or died on the way.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -52,7 +61,13 @@ SHOWN_HEADERS = (
 READY_TIMEOUT_S = 20.0
 CALL_TIMEOUT_S = 15.0
 POLL_DEADLINE_S = 15.0
+WEBHOOK_DEADLINE_S = 15.0  # the first attempt is made at once; its first retry would be after 5s
 LOG_TAIL_LINES = 20
+SECTIONS = "abcdef"
+# (f): the client's credential (tenancy.credential_header is Authorization) and a description that
+# marks the demo's subscriptions, so one left behind by an interrupted run is deleted by the next.
+CLIENT_CREDENTIAL = "Bearer demo-client-key"
+SUBSCRIPTION_DESCRIPTION = "make demo (deleted when the demo ends)"
 
 
 class DemoFailed(Exception):
@@ -84,13 +99,16 @@ class Child:
         """True while the process runs."""
         return self.proc is not None and self.proc.poll() is None
 
+    def output(self) -> list[str]:
+        """Its output so far, line by line."""
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return []
+
     def tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last lines of its output."""
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return "(no output)"
-        return "\n".join(text.splitlines()[-lines:]) or "(no output)"
+        return "\n".join(self.output()[-lines:]) or "(no output)"
 
     def died(self, what: str) -> DemoFailed:
         """The error to raise when it is gone or unusable, with the tail of its output."""
@@ -250,37 +268,74 @@ def explain(answer: Answer, expected: int, meaning: str) -> None:
         note(f"unexpected: {answer.status} (expected {expected})")
 
 
-async def run_calls(sidecar_url: str, admin_url: str, api_url: str, children: list[Child]) -> None:
+@dataclass
+class Demo:
+    """Where everything listens, and the processes (the receiver is started by section f)."""
+
+    sidecar_url: str
+    admin_url: str
+    api_url: str
+    api: Child
+    sidecar: Child
+    receiver: Child
+    receiver_port: int
+    env: Mapping[str, str]
+    sections: str = SECTIONS
+
+
+async def run_calls(demo: Demo) -> None:
     """Wait until everything is ready, then make the calls and print what the client sees."""
     timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        api, sidecar = children
-        await wait_ready(session, f"{api_url}/healthz", api)
-        await wait_ready(session, f"{admin_url}/readyz", sidecar)
+        await wait_ready(session, f"{demo.api_url}/healthz", demo.api)
+        await wait_ready(session, f"{demo.admin_url}/readyz", demo.sidecar)
         print("   the API and the sidecar are ready")
         try:
-            await make_calls(session, sidecar_url, admin_url, api_url)
+            await make_calls(session, demo)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            for child in children:
-                if not child.alive():
+            for child in (demo.api, demo.sidecar, demo.receiver):
+                if child.proc is not None and not child.alive():
                     raise child.died("died during the demo") from None
             raise DemoFailed(f"a call failed: {exc.__class__.__name__}: {exc}") from None
 
 
-async def make_calls(
-    session: aiohttp.ClientSession, sidecar_url: str, admin_url: str, api_url: str
-) -> None:
-    """The five calls, (a) to (e), then the metrics."""
-    users = f"{sidecar_url}/api/users"
+async def make_calls(session: aiohttp.ClientSession, demo: Demo) -> None:
+    """The sections asked for, (a) to (f), then the metrics."""
+    sidecar_url, admin_url, api_url = demo.sidecar_url, demo.admin_url, demo.api_url
+    if "a" in demo.sections:
+        await section_a(session, sidecar_url)
+    if "b" in demo.sections:
+        await section_b(session, sidecar_url)
+    if "c" in demo.sections:
+        await section_c(session, sidecar_url)
+    if "d" in demo.sections:
+        await section_d(session, api_url)
+    if "e" in demo.sections:
+        await section_e(session, sidecar_url)
+    if "f" in demo.sections:
+        await section_f(session, demo)
+    await show_metrics(session, admin_url)
 
+
+async def section_a(session: aiohttp.ClientSession, sidecar_url: str) -> None:
+    """(a) a normal create through the sidecar: 200 with the user."""
+    users = f"{sidecar_url}/api/users"
     heading("(a) a normal create, through the sidecar")
     answer = await call(session, "POST", users, body={"username": "felipe", "age": 100})
     explain(answer, 200, "the client got the created user synchronously")
 
+
+async def section_b(session: aiohttp.ClientSession, sidecar_url: str) -> None:
+    """(b) a refused create: 500 problem+json."""
+    users = f"{sidecar_url}/api/users"
     heading("(b) a refused create (username 'fail...'), through the sidecar")
     answer = await call(session, "POST", users, body={"username": "failing-fred", "age": 30})
     explain(answer, 500, "the UserNotCreated event became a problem document with its reason")
 
+
+async def section_c(session: aiohttp.ClientSession, sidecar_url: str) -> None:
+    """(c) a slow create: 202 + Location past the budget, then followed until 200."""
+    users = f"{sidecar_url}/api/users"
     heading("(c) a slow create (the API takes 4s, the budget is 2s), through the sidecar")
     correlation_id = f"demo-{uuid.uuid4().hex[:12]}"
     answer = await call(
@@ -296,10 +351,17 @@ async def make_calls(
     else:
         explain(answer, 202, "")
 
+
+async def section_d(session: aiohttp.ClientSession, api_url: str) -> None:
+    """(d) the same kind of create straight to the API: 202 + Location."""
     heading("(d) the same kind of create, straight to the API (what clients had before)")
     answer = await call(session, "POST", f"{api_url}/api/users", body={"username": "ana", "age": 7})
     explain(answer, 202, "the legacy API always answers 202; the client must poll the Location")
 
+
+async def section_e(session: aiohttp.ClientSession, sidecar_url: str) -> None:
+    """(e) `Prefer: respond-async`: the 202 at once."""
+    users = f"{sidecar_url}/api/users"
     heading("(e) Prefer: respond-async, through the sidecar")
     answer = await call(
         session,
@@ -310,14 +372,148 @@ async def make_calls(
     )
     explain(answer, 202, "the client asked not to wait, and got the 202 at once")
 
+
+async def section_f(session: aiohttp.ClientSession, demo: Demo) -> None:
+    """(f) subscribe as a client, start the receiver with the secret, make a respond-async call
+    with the same credential, and show the signed webhook arriving and the attempts log."""
+    heading("(f) webhooks: a client subscribes, calls, and its receiver gets the signed event")
+    client = {"Authorization": CLIENT_CREDENTIAL}
+    subscriptions = f"{demo.admin_url}/admin/api/subscriptions"
+    await delete_leftovers(session, subscriptions, client)
+
+    note("1. the client subscribes on the admin API, with the credential it calls the API with:")
+    receiver_url = f"http://127.0.0.1:{demo.receiver_port}"
+    body = {
+        "url": f"{receiver_url}/hooks",
+        "events": ["user.created", "user.creation_failed"],
+        "description": SUBSCRIPTION_DESCRIPTION,
+    }
+    show_request("POST", subscriptions, body, client)
+    answer = await call(session, "POST", subscriptions, body=body, headers=client, quiet=True)
+    secret = answer.json.get("secret") if isinstance(answer.json, dict) else None
+    sub_id = answer.json.get("id") if isinstance(answer.json, dict) else None
+    if answer.status != 201 or not isinstance(secret, str) or not isinstance(sub_id, str):
+        show_answer(answer)
+        note(f"unexpected: {answer.status} (expected 201 with the subscription and its secret)")
+        return
+    # The secret is shown this once; the demo shortens it on screen (the receiver gets it whole).
+    show_answer(dataclasses.replace(answer, body=answer.body.replace(secret, secret[:12] + "...")))
+    try:
+        await deliver_one(session, demo, client, f"{subscriptions}/{sub_id}", secret)
+    finally:
+        async with session.delete(f"{subscriptions}/{sub_id}", headers=client) as resp:
+            note(f"(the demo's subscription is deleted again: DELETE -> {resp.status})")
+
+
+async def delete_leftovers(
+    session: aiohttp.ClientSession, subscriptions: str, client: Mapping[str, str]
+) -> None:
+    """Delete the subscriptions an interrupted earlier demo left behind (their receiver is gone)."""
+    answer = await call(session, "GET", subscriptions, headers=client, quiet=True)
+    listed = answer.json.get("subscriptions", []) if isinstance(answer.json, dict) else []
+    for sub in listed:
+        if sub.get("description") == SUBSCRIPTION_DESCRIPTION:
+            await call(
+                session, "DELETE", f"{subscriptions}/{sub['id']}", headers=client, quiet=True
+            )
+
+
+async def deliver_one(
+    session: aiohttp.ClientSession,
+    demo: Demo,
+    client: Mapping[str, str],
+    subscription: str,
+    secret: str,
+) -> None:
+    """Steps 2 to 4 of (f): the receiver, the call, the webhook, the attempts log."""
+    receiver = demo.receiver
+    receiver_url = f"http://127.0.0.1:{demo.receiver_port}"
+    note(f"2. the client's receiver starts with that secret: {receiver_url}")
+    note("   (python -m examples.webhook_receiver: verifies the signature, deduplicates, prints)")
+    receiver.start(
+        [sys.executable, "-m", "examples.webhook_receiver", "--port", str(demo.receiver_port)],
+        {**demo.env, "WEBHOOK_SECRET": secret},  # in the environment: not shown by `ps`
+    )
+    await wait_ready(session, f"{receiver_url}/healthz", receiver)
+
+    note("3. the client makes a call through the sidecar with the same credential, not waiting:")
+    correlation_id = f"demo-{uuid.uuid4().hex[:12]}"
+    answer = await call(
+        session,
+        "POST",
+        f"{demo.sidecar_url}/api/users",
+        body={"username": "webhook-wendy", "age": 28},
+        headers={**client, "Prefer": "respond-async", "X-Correlation-ID": correlation_id},
+    )
+    explain(answer, 202, "the 202 at once; the completion will be pushed to the subscription")
+    answered = time.monotonic()
+
+    note(f"4. the receiver's output for it (waiting for it, at most {WEBHOOK_DEADLINE_S:.0f}s):")
+    lines = await receiver_lines(receiver, correlation_id, WEBHOOK_DEADLINE_S)
+    for line in lines:
+        print(f"   receiver | {line}")
+    if lines:
+        waited_ms = (time.monotonic() - answered) * 1000
+        note(f"OK: the signed webhook arrived and verified, {waited_ms:.0f} ms after the 202")
+    else:
+        note(
+            f"no webhook within {WEBHOOK_DEADLINE_S:.0f}s; the receiver's log: {receiver.log_path}"
+        )
+
+    note("5. the subscription's attempts log, as the client sees it:")
+    attempts_url = f"{subscription}/attempts"
+    answer = await delivered_attempts(session, attempts_url, client)
+    show_request("GET", attempts_url, headers=client)
+    show_answer(dataclasses.replace(answer, body=""))
+    listed = answer.json.get("attempts", []) if isinstance(answer.json, dict) else []
+    for attempt in listed:
+        print(f"     {json.dumps(attempt)}")
+    delivered = [a for a in listed if a.get("result") == "delivered"]
+    if delivered:
+        status = delivered[0].get("response_status")
+        note(
+            f"OK: attempt {delivered[0].get('attempt')} delivered (the receiver answered {status})"
+        )
+    else:
+        note(f"no delivered attempt within {WEBHOOK_DEADLINE_S:.0f}s")
+
+
+async def receiver_lines(child: Child, needle: str, deadline_s: float) -> list[str]:
+    """The receiver's output lines containing `needle`, once there is one; [] after the deadline."""
+    deadline = time.monotonic() + deadline_s
+    while True:
+        lines = [line for line in child.output() if needle in line]
+        if lines:
+            return lines
+        if not child.alive():
+            raise child.died("exited while waiting for the webhook")
+        if time.monotonic() >= deadline:
+            return []
+        await asyncio.sleep(0.05)
+
+
+async def delivered_attempts(
+    session: aiohttp.ClientSession, url: str, client: Mapping[str, str]
+) -> Answer:
+    """GET the attempts log until it has a delivered attempt (the receiver prints its line as it
+    answers, a moment before the sidecar logs the attempt), or the deadline passes."""
+    deadline = time.monotonic() + WEBHOOK_DEADLINE_S
+    while True:
+        answer = await call(session, "GET", url, headers=client, quiet=True)
+        listed = answer.json.get("attempts", []) if isinstance(answer.json, dict) else []
+        delivered = any(a.get("result") == "delivered" for a in listed)
+        if delivered or answer.status != 200 or time.monotonic() >= deadline:
+            return answer
+        await asyncio.sleep(0.05)
+
+
+async def show_metrics(session: aiohttp.ClientSession, admin_url: str) -> None:
+    """A few lines of the sidecar's metrics."""
     heading("the sidecar's metrics (GET /metrics on the admin listener)")
     async with session.get(f"{admin_url}/metrics") as resp:
         text = await resp.text()
-    lines = [
-        line
-        for line in text.splitlines()
-        if line.startswith(("sidecar_requests_total", "sidecar_fallbacks_total"))
-    ]
+    shown = ("sidecar_requests_total", "sidecar_fallbacks_total", "sidecar_webhook_attempts_total")
+    lines = [line for line in text.splitlines() if line.startswith(shown)]
     for line in lines or ["(no sidecar_requests_total lines)"]:
         print(f"   {line}")
 
@@ -336,11 +532,30 @@ def pick_redis() -> tuple[str, RedisServer | None]:
     return server.url, server
 
 
-def main() -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line: which sections to run."""
+    parser = argparse.ArgumentParser(
+        prog="python -m examples.users.demo",
+        description="The users example behind the sidecar, and what a client sees.",
+    )
+    parser.add_argument(
+        "--sections",
+        default=SECTIONS,
+        help=f"the sections to run, e.g. 'af' (default: all, {SECTIONS!r})",
+    )
+    args = parser.parse_args(argv)
+    if not args.sections or set(args.sections) - set(SECTIONS):
+        parser.error(f"--sections: give letters among {SECTIONS!r}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
     """Run the demo; the exit status says whether it could."""
+    args = parse_args(argv)
     logs = Path(tempfile.mkdtemp(prefix="sidecar-demo-"))
     api = Child("the users API", logs / "api.log")
     sidecar = Child("the sidecar", logs / "sidecar.log")
+    receiver = Child("the webhook receiver", logs / "receiver.log")
     redis_server: RedisServer | None = None
     try:
         heading("starting")
@@ -350,12 +565,15 @@ def main() -> int:
             raise DemoFailed(str(exc)) from None
         origin = "a throwaway redis-server" if redis_server else "already running"
         api_port, port, admin_port = free_port(), free_port(), free_port()
+        receiver_port = free_port()
         api_url = f"http://127.0.0.1:{api_port}"
         sidecar_url = f"http://127.0.0.1:{port}"
         admin_url = f"http://127.0.0.1:{admin_port}"
         print(f"   Redis        {redis_url} ({origin})")
         print(f"   users API    {api_url}  (python -m examples.users.api)")
         print(f"   sidecar      {sidecar_url}, admin {admin_url}  ({CONFIG.relative_to(REPO)})")
+        if "f" in args.sections:
+            print(f"   receiver     http://127.0.0.1:{receiver_port}  (started by section f)")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         api.start(
             [
@@ -381,9 +599,24 @@ def main() -> int:
                 "SIDECAR_REDIS_URL": redis_url,
                 "SIDECAR_KEY_PREFIX": "users-example-sidecar",
                 "SIDECAR_SHUTDOWN_GRACE": "2s",
+                # (f) delivers to a receiver on 127.0.0.1, which the webhook target policy refuses
+                # by default (SSRF). Allowed here for this local demo only, by an override rather
+                # than in sidecar.yaml, so that the example file stays production-shaped.
+                "SIDECAR_WEBHOOKS__ALLOW_PRIVATE_TARGETS": "true",
             },
         )
-        asyncio.run(run_calls(sidecar_url, admin_url, api_url, [api, sidecar]))
+        demo = Demo(
+            sidecar_url,
+            admin_url,
+            api_url,
+            api,
+            sidecar,
+            receiver,
+            receiver_port,
+            env,
+            args.sections,
+        )
+        asyncio.run(run_calls(demo))
     except DemoFailed as exc:
         sys.stdout.flush()
         print(f"\ndemo failed: {exc}", file=sys.stderr)
@@ -395,8 +628,10 @@ def main() -> int:
     finally:
         # A second Ctrl-C must not leave processes behind: stopping takes a few seconds at most.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        # The sidecar first (it holds clients), then the API, then Redis if it is ours.
+        # The sidecar first (it holds clients and delivers webhooks), then the receiver, then the
+        # API, then Redis if it is ours.
         sidecar.stop()
+        receiver.stop()
         api.stop()
         if redis_server is not None:
             redis_server.close()
