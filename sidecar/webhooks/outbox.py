@@ -17,26 +17,62 @@ from .keys import due_key, message_key, outbox_key
 MESSAGE_TTL_S = 7 * 24 * 3600
 GROUP = "delivery"
 
-# KEYS: msg, outbox. ARGV: sub, type, body, created_ms, trigger, maxlen, ttl_s, message_id.
-_ENQUEUE = """
+# Trims the outbox once it is longer than `maxlen`, but only of attempts the delivery group has
+# read and acknowledged: an unread or pending entry is the only record of its message's next
+# attempt, so a plain MAXLEN would lose messages whenever the backlog outgrew the bound.
+_TRIM = """
+local function trim(key, maxlen, group)
+  if redis.call('XLEN', key) <= maxlen then return end
+  local cutoff = nil
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
+    local f = {}
+    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+    if f['name'] == group then cutoff = f['last-delivered-id'] end
+  end
+  if not cutoff then return end
+  local pending = redis.call('XPENDING', key, group)
+  if pending[1] > 0 then cutoff = pending[2] end
+  redis.call('XTRIM', key, 'MINID', '~', cutoff)
+end
+"""
+
+# KEYS: msg, outbox. ARGV: sub, type, body, created_ms, trigger, maxlen, ttl_s, message_id, group.
+_ENQUEUE = (
+    _TRIM
+    + """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'sub', ARGV[1], 'type', ARGV[2], 'body', ARGV[3],
   'created_ms', ARGV[4], 'trigger', ARGV[5], 'state', 'queued', 'attempts', '0')
 redis.call('EXPIRE', KEYS[1], ARGV[7])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 'm', ARGV[8], 'n', '1', 't', ARGV[5])
+redis.call('XADD', KEYS[2], '*', 'm', ARGV[8], 'n', '1', 't', ARGV[5])
+trim(KEYS[2], tonumber(ARGV[6]), ARGV[9])
 return 1
 """
+)
 
-# KEYS: due, outbox. ARGV: now_ms, maxlen. Moves due retries back to the outbox atomically.
-_MOVE_DUE = """
+# KEYS: outbox. ARGV: message_id, attempt, trigger, maxlen, group. One more attempt, now.
+_REQUEUE = (
+    _TRIM
+    + """
+redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'n', ARGV[2], 't', ARGV[3])
+trim(KEYS[1], tonumber(ARGV[4]), ARGV[5])
+"""
+)
+
+# KEYS: due, outbox. ARGV: now_ms, maxlen, group. Moves due retries back to the outbox atomically.
+_MOVE_DUE = (
+    _TRIM
+    + """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 200)
 for _, member in ipairs(due) do
   local m, n, t = string.match(member, '^([^|]+)|([^|]+)|(.+)$')
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'm', m, 'n', n, 't', t)
+  redis.call('XADD', KEYS[2], '*', 'm', m, 'n', n, 't', t)
   redis.call('ZREM', KEYS[1], member)
 end
+if #due > 0 then trim(KEYS[2], tonumber(ARGV[2]), ARGV[3]) end
 return #due
 """
+)
 
 
 def group_lost(exc: ResponseError) -> bool:
@@ -61,6 +97,7 @@ class Outbox:
         self.maxlen = maxlen
         self._enqueue = redis.register_script(_ENQUEUE)
         self._move = redis.register_script(_MOVE_DUE)
+        self._requeue = redis.register_script(_REQUEUE)
 
     async def enqueue(
         self,
@@ -84,23 +121,22 @@ class Outbox:
                 self.maxlen,
                 MESSAGE_TTL_S,
                 message_id,
+                GROUP,
             ],
         )
         return bool(done)
 
     async def requeue(self, message_id: str, attempt: int, trigger: str) -> None:
         """Queue one more attempt of an existing message now (manual redelivery)."""
-        await self.redis.xadd(
-            outbox_key(self.prefix),
-            {"m": message_id, "n": str(attempt), "t": trigger},
-            maxlen=self.maxlen,
-            approximate=True,
+        await self._requeue(
+            keys=[outbox_key(self.prefix)],
+            args=[message_id, attempt, trigger, self.maxlen, GROUP],
         )
 
     async def move_due(self) -> int:
         """Move every due retry to the outbox stream; the number moved."""
         moved = await self._move(
             keys=[due_key(self.prefix), outbox_key(self.prefix)],
-            args=[int(time.time() * 1000), self.maxlen],
+            args=[int(time.time() * 1000), self.maxlen, GROUP],
         )
         return int(moved)
