@@ -437,7 +437,11 @@ class Webhooks(Model):
     timeout: Duration = Field(15.0, gt=0, description="Per-attempt timeout. Default 15s.")
     concurrency: int = Field(32, ge=1, description="Deliveries in flight per process.")
     per_subscription: int = Field(4, ge=1, description="Deliveries in flight per subscription.")
-    outbox_maxlen: int = Field(100_000, ge=100, description="Approximate outbox stream bound.")
+    outbox_maxlen: int = Field(
+        100_000,
+        ge=100,
+        description="Outbox entries kept once delivered (approximate); also bounds dead letters.",
+    )
     subscriptions: list[DeclaredSubscription] = Field(
         default_factory=list, description="Operator-owned subscriptions."
     )

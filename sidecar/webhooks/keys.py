@@ -4,7 +4,7 @@
 {prefix}:wh:subs                 set: every subscription id (the operator's listing)
 {prefix}:wh:owner:{owner}        set: subscription ids of one owner (tenant hash or operator)
 {prefix}:wh:msg:{message_id}     hash, TTL: one message (subscription, type, body, state)
-{prefix}:wh:outbox               stream, MAXLEN ~ outbox_maxlen: attempts ready to run
+{prefix}:wh:outbox               stream, trimmed of handled entries past outbox_maxlen: attempts
 {prefix}:wh:due                  sorted set, score = due time (ms): scheduled retries
 {prefix}:wh:attempts:{sub_id}    list, newest first, capped: the attempts log
 {prefix}:wh:dead                 stream, MAXLEN ~: dead letters (last attempt failed)
