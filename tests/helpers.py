@@ -1,10 +1,11 @@
-"""Small test helpers: awaiting a condition, reading a metric."""
+"""Small test helpers: awaiting a condition or a consumer group, reading a metric."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
 
+import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
@@ -26,3 +27,23 @@ def registry(client: TestClient) -> CollectorRegistry:
 def metric(client: TestClient, name: str, **labels: str) -> float:
     """Current value of a sample (0.0 when it was never set)."""
     return registry(client).get_sample_value(name, labels) or 0.0
+
+
+async def acknowledged(
+    redis: aioredis.Redis, stream: str, group: str, entry_id: bytes | None = None
+) -> None:
+    """Wait until a consumer group has read every entry of `stream` up to `entry_id` (default:
+    the last one) and acknowledged them all."""
+    async with asyncio.timeout(10):
+        while True:
+            last = entry_id or (await redis.xrevrange(stream, count=1))[0][0]
+            mine = [g for g in await redis.xinfo_groups(stream) if g["name"] == group.encode()]
+            read = mine and _entry(mine[0]["last-delivered-id"]) >= _entry(last)
+            if read and not mine[0]["pending"]:
+                return
+            await asyncio.sleep(0.005)
+
+
+def _entry(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
+    return int(ms), int(seq or 0)

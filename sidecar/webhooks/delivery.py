@@ -26,7 +26,7 @@ from redis.exceptions import RedisError, ResponseError
 from ..config import Webhooks
 from ..tasks import cancelling, checkpoint
 from .attempt import AttemptResult, next_delay, post_once
-from .keys import attempts_key, dead_key, due_key, message_key, outbox_key, subscription_key
+from .keys import attempts_key, dead_key, due_key, message_key, outbox_key
 from .metrics import WebhookMetrics
 from .outbox import GROUP, MESSAGE_TTL_S, Outbox, group_lost
 from .store import Subscription, SubscriptionStore
@@ -207,6 +207,11 @@ class DeliveryWorker:
         attempt, trigger = int(fields[b"n"]), fields[b"t"].decode()
         raw = await self.redis.hgetall(message_key(self.prefix, message_id))  # type: ignore[misc]
         msg = {k.decode(): v for k, v in raw.items()}
+        if msg and int(msg.get("attempts") or 0) >= attempt:
+            # Already made and recorded: a replayed entry (e.g. a group created again from the
+            # stream's start) must not send the message again.
+            await self._ack(entry_id)
+            return
         sub = await self.store.get(msg["sub"].decode()) if msg else None
         if sub is None or not sub.enabled:
             if msg:
@@ -293,9 +298,9 @@ class DeliveryWorker:
                     maxlen=self.config.outbox_maxlen,
                     approximate=True,
                 )
-            if outcome == "disabled":
-                pipe.hset(subscription_key(self.prefix, sub.id), "enabled", "0")
             await pipe.execute()
+        if outcome == "disabled":  # only while it exists: a deleted one is not brought back
+            await self.store.update(sub, enabled=False)
         self.metrics.attempts.labels(event_type, outcome).inc()
         if outcome == "delivered" and msg.get("state") != b"delivered":
             self.metrics.latency.observe(max(0.0, now - int(msg["created_ms"]) / 1000))

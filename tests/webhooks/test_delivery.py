@@ -16,11 +16,13 @@ from standardwebhooks.webhooks import Webhook
 from sidecar.config import Webhooks
 from sidecar.webhooks.attempt import create_webhook_session
 from sidecar.webhooks.delivery import DeliveryWorker
-from sidecar.webhooks.keys import attempts_key
+from sidecar.webhooks.keys import attempts_key, outbox_key
 from sidecar.webhooks.metrics import WebhookMetrics
 from sidecar.webhooks.outbox import Outbox
 from sidecar.webhooks.store import SubscriptionStore
 from sidecar.webhooks.targets import TargetPolicy
+
+from ..helpers import acknowledged
 
 CONFIG = Webhooks(allow_private_targets=True, schedule=[0.05, 0.1, 0.1], timeout=1.0)
 
@@ -108,3 +110,32 @@ async def test_410_disables_and_last_attempt_dead_letters(
     after = await store.get(sub_gone.id)
     assert after is not None and not after.enabled
     assert orjson.loads(log[0])["result"] == "dead"
+
+
+async def test_a_replayed_outbox_entry_is_not_sent_again(
+    redis: aioredis.Redis, key_prefix: str, aiohttp_server: Any
+) -> None:
+    got: asyncio.Queue[str] = asyncio.Queue()
+
+    async def hook(request: web.Request) -> web.Response:
+        await got.put(request.headers["webhook-id"])
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    server = await aiohttp_server(app)
+    sub = await SubscriptionStore(redis, key_prefix).create(
+        "t", str(server.make_url("/hook")), ["*"]
+    )
+    outbox = Outbox(redis, key_prefix, 1000)
+    async with worker(redis, key_prefix):
+        await outbox.enqueue("msg_once", sub.id, "user.created", b"{}")
+        assert await asyncio.wait_for(got.get(), 10) == "msg_once"
+        # The same attempt again, as a consumer group recreated from the stream's start reads it.
+        await redis.xadd(outbox_key(key_prefix), {"m": "msg_once", "n": "1", "t": "scheduled"})
+        await outbox.enqueue("msg_next", sub.id, "user.created", b"{}")
+        assert await asyncio.wait_for(got.get(), 10) == "msg_next"
+        await acknowledged(redis, outbox_key(key_prefix), "delivery")  # the replay too
+    assert got.empty()
+    log = await redis.lrange(attempts_key(key_prefix, sub.id), 0, -1)  # type: ignore[misc]
+    assert [orjson.loads(e)["message_id"] for e in log] == ["msg_next", "msg_once"]

@@ -19,6 +19,7 @@ from sidecar.webhooks import WEBHOOKS
 from sidecar.webhooks.keys import message_key, outbox_key
 
 from ..conftest import SidecarFactory, Upstream
+from ..helpers import acknowledged
 
 OPERATOR_TOKEN = "op-token-0123456789"
 EVENTS = {"success": "user.created", "failure": "user.creation_failed"}
@@ -81,16 +82,6 @@ class Env:
     async def dispatched(self, entry_id: bytes) -> None:
         """Wait until the webhook dispatcher has read and acknowledged a stream entry."""
         await acknowledged(self.redis, self.stream, f"{self.prefix}:webhooks", entry_id)
-
-
-async def acknowledged(redis: aioredis.Redis, stream: str, group: str, entry_id: bytes) -> None:
-    """Wait until a consumer group has read `entry_id` (and all before it) and acked them all."""
-    async with asyncio.timeout(10):
-        while True:
-            mine = [g for g in await redis.xinfo_groups(stream) if g["name"] == group.encode()]
-            if mine and mine[0]["last-delivered-id"] >= entry_id and not mine[0]["pending"]:
-                return
-            await asyncio.sleep(0.01)
 
 
 def async_api(done: set[str]) -> web.Application:
@@ -293,8 +284,7 @@ async def test_a_stopped_sidecar_leaves_no_consumer_behind(make_env: EnvFactory)
     entry = await env.xadd("c-5")
     assert (await env.hooks.next())[0] == "op"
     await env.dispatched(entry)
-    last_attempt = (await env.redis.xrevrange(outbox_key(env.prefix), count=1))[0][0]
-    await acknowledged(env.redis, outbox_key(env.prefix), "delivery", last_attempt)
+    await acknowledged(env.redis, outbox_key(env.prefix), "delivery")
     groups = [(env.stream, f"{env.prefix}:webhooks"), (outbox_key(env.prefix), "delivery")]
     for stream, group in groups:
         assert len(await env.redis.xinfo_consumers(stream, group)) == 1
