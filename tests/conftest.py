@@ -46,10 +46,21 @@ def key_prefix() -> str:
 
 
 @pytest.fixture
-async def redis(redis_url: str, key_prefix: str) -> AsyncIterator[aioredis.Redis]:
-    """A client on the shared Redis; deletes every key under this test's prefix afterwards."""
+def sidecars() -> list[TestClient]:
+    """The sidecars this test started (`start_sidecar` adds them)."""
+    return []
+
+
+@pytest.fixture
+async def redis(
+    redis_url: str, key_prefix: str, sidecars: list[TestClient]
+) -> AsyncIterator[aioredis.Redis]:
+    """A client on the shared Redis; deletes every key under this test's prefix afterwards,
+    once this test's sidecars have stopped (their loops would create streams again)."""
     client: aioredis.Redis = aioredis.Redis.from_url(redis_url)
     yield client
+    for sidecar in sidecars:
+        await sidecar.close()
     keys = [k async for k in client.scan_iter(match=f"{key_prefix}*", count=1000)]
     if keys:
         await client.delete(*keys)
@@ -97,7 +108,7 @@ SidecarFactory = Callable[..., Awaitable[TestClient]]
 
 
 @pytest.fixture
-async def start_sidecar(aiohttp_client: Any) -> SidecarFactory:
+async def start_sidecar(aiohttp_client: Any, sidecars: list[TestClient]) -> SidecarFactory:
     """Start the real sidecar app (cleanup contexts and all) in front of `upstream`."""
 
     async def start(upstream: str | TestServer, **overrides: Any) -> TestClient:
@@ -105,6 +116,7 @@ async def start_sidecar(aiohttp_client: Any) -> SidecarFactory:
             upstream = str(upstream.make_url("")).rstrip("/")
         settings = make_settings(upstream, **overrides)
         client: TestClient = await aiohttp_client(create_app(settings, CollectorRegistry()))
+        sidecars.append(client)
         return client
 
     return start
