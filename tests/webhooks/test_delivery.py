@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -139,3 +140,31 @@ async def test_a_replayed_outbox_entry_is_not_sent_again(
     assert got.empty()
     log = await redis.lrange(attempts_key(key_prefix, sub.id), 0, -1)  # type: ignore[misc]
     assert [orjson.loads(e)["message_id"] for e in log] == ["msg_next", "msg_once"]
+
+
+async def test_retry_after_pushes_the_next_attempt_later(
+    redis: aioredis.Redis, key_prefix: str, aiohttp_server: Any
+) -> None:
+    arrivals: asyncio.Queue[float] = asyncio.Queue()
+
+    async def busy_once(request: web.Request) -> web.Response:
+        await arrivals.put(time.monotonic())
+        if arrivals.qsize() == 1:
+            return web.Response(status=503, headers={"Retry-After": "1"})
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", busy_once)
+    server = await aiohttp_server(app)
+    sub = await SubscriptionStore(redis, key_prefix).create(
+        "t", str(server.make_url("/hook")), ["*"]
+    )
+    await Outbox(redis, key_prefix, 1000).enqueue("msg_later", sub.id, "user.created", b"{}")
+    async with worker(redis, key_prefix):
+        first = await asyncio.wait_for(arrivals.get(), 10)
+        second = await asyncio.wait_for(arrivals.get(), 10)
+    # The schedule says 50ms (±20 %); the receiver asked for 1 s, and got at least that.
+    assert second - first >= 1.0
+    log = await redis.lrange(attempts_key(key_prefix, sub.id), 0, -1)  # type: ignore[misc]
+    retry = orjson.loads(log[-1])
+    assert (retry["result"], retry["response_status"]) == ("retry", 503)
