@@ -63,23 +63,15 @@ class CallTracker:
     async def get(self, correlation_id: str) -> TrackedCall | None:
         """The tracked call, or None when unknown or expired."""
         raw = await self.redis.hgetall(call_key(self.prefix, correlation_id))  # type: ignore[misc]
-        if not raw:
-            return None
-        f = {k.decode(): v.decode() for k, v in raw.items()}
-        state = f.get("state", "pending")
-        return TrackedCall(
-            correlation_id=correlation_id,
-            route=f.get("route", ""),
-            tenant=f.get("tenant") or None,
-            location=f.get("location") or None,
-            upstream_location=f.get("upstream_location") or None,
-            state="succeeded"
-            if state == "succeeded"
-            else "failed"
-            if state == "failed"
-            else "pending",
-            created_at=float(f.get("created_at") or 0),
-        )
+        return _decode(correlation_id, raw)
+
+    async def get_many(self, correlation_ids: list[str]) -> list[TrackedCall | None]:
+        """Several tracked calls in one round trip, in order."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for cid in correlation_ids:
+                pipe.hgetall(call_key(self.prefix, cid))
+            rows = await pipe.execute()
+        return [_decode(cid, raw) for cid, raw in zip(correlation_ids, rows, strict=True)]
 
     async def by_location(self, url: str | URL) -> TrackedCall | None:
         """The call whose upstream Location has this path and query, if tracked."""
@@ -93,3 +85,19 @@ class CallTracker:
         if first:
             await self.redis.hset(key, "state", state)  # type: ignore[misc]
         return bool(first)
+
+
+def _decode(correlation_id: str, raw: dict[bytes, bytes]) -> TrackedCall | None:
+    if not raw:
+        return None
+    f = {k.decode(): v.decode() for k, v in raw.items()}
+    state = f.get("state", "pending")
+    return TrackedCall(
+        correlation_id=correlation_id,
+        route=f.get("route", ""),
+        tenant=f.get("tenant") or None,
+        location=f.get("location") or None,
+        upstream_location=f.get("upstream_location") or None,
+        state="succeeded" if state == "succeeded" else "failed" if state == "failed" else "pending",
+        created_at=float(f.get("created_at") or 0),
+    )

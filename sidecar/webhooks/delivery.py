@@ -14,7 +14,6 @@ import asyncio
 import functools
 import logging
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -35,7 +34,11 @@ from .targets import TargetPolicy
 logger = logging.getLogger(__name__)
 
 ATTEMPTS_KEPT = 1000
-DEFER_S = 0.1  # a subscription at its concurrency bound has the attempt pushed back this long
+DEFER_S = 0.1  # an attempt that found no slot of its subscription is pushed back this long
+# An attempt waits this long for a slot of its subscription (a fast receiver frees one within
+# milliseconds); past it the attempt goes back to the due set, freeing the worker's slot, so a
+# slow receiver cannot take every slot of the process.
+WAIT_FOR_SLOT_S = 0.25
 BLOCK_MS = 1000
 
 
@@ -84,7 +87,7 @@ class DeliveryWorker:
         self.claim_idle_s = config.timeout * 1.5 + 1.0
         self.due_interval_s = min(max(min(config.schedule) / 4, 0.01), 0.5)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._per_sub: Counter[str] = Counter()
+        self._slots: dict[str, asyncio.Semaphore] = {}  # per subscription
         self._freed = asyncio.Event()
 
     async def run(self) -> None:
@@ -218,14 +221,17 @@ class DeliveryWorker:
                 await self.redis.hset(message_key(self.prefix, message_id), "state", "skipped")  # type: ignore[misc]
             await self._ack(entry_id)
             return
-        if self._per_sub[sub.id] >= self.config.per_subscription:
+        slots = self._slots.setdefault(sub.id, asyncio.Semaphore(self.config.per_subscription))
+        try:
+            async with asyncio.timeout(WAIT_FOR_SLOT_S):
+                await slots.acquire()
+        except TimeoutError:
             async with self.redis.pipeline(transaction=True) as pipe:
                 member = f"{message_id}|{attempt}|{trigger}"
                 pipe.zadd(due_key(self.prefix), {member: int((time.time() + DEFER_S) * 1000)})
                 pipe.xack(outbox_key(self.prefix), GROUP, entry_id)
                 await pipe.execute()
             return
-        self._per_sub[sub.id] += 1
         try:
             result = await post_once(
                 self.session,
@@ -237,9 +243,7 @@ class DeliveryWorker:
                 self.config.timeout,
             )
         finally:
-            self._per_sub[sub.id] -= 1
-            if not self._per_sub[sub.id]:
-                del self._per_sub[sub.id]
+            slots.release()
         await self._record(entry_id, message_id, msg, sub, attempt, trigger, result)
 
     async def _record(

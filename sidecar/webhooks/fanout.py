@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -11,7 +12,7 @@ from ..completion import Status
 from ..config import Route
 from ..tracking import TrackedCall
 from .outbox import Outbox, message_id_for
-from .store import SubscriptionStore
+from .store import Subscription, SubscriptionStore, matching_in
 
 
 def payload(
@@ -32,6 +33,58 @@ def payload(
     return event_type, orjson.dumps(body)
 
 
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message to enqueue: a completion for one subscription."""
+
+    message_id: str
+    sub_id: str
+    event_type: str
+    body: bytes
+    created_ms: int
+
+
+def messages_for(
+    subs: list[Subscription],
+    route: Route,
+    status: Status,
+    data: Any,
+    correlation_id: str,
+    tracked: TrackedCall | None,
+    completed_at: float,
+    call_identity: str,
+) -> list[Message]:
+    """The messages of one completion: for the caller's and operator-owned subscriptions of
+    `subs` (all of them) that want its type. Message ids derive from the call, so enqueueing the
+    same completion again (another path, another replica) is a no-op."""
+    event_type = route.success_event if status == "succeeded" else route.failure_event
+    targets = matching_in(subs, tracked.tenant if tracked else None, event_type)
+    if not targets:
+        return []
+    _, body = payload(
+        route, status, data, correlation_id, tracked.location if tracked else None, completed_at
+    )
+    identity = repr(tracked.created_at) if tracked else call_identity
+    created_ms = int(completed_at * 1000)
+    return [
+        Message(message_id_for(correlation_id, identity, s.id), s.id, event_type, body, created_ms)
+        for s in targets
+    ]
+
+
+async def enqueue_all(outbox: Outbox, messages: list[Message]) -> int:
+    """Enqueue messages in one round trip; how many were new."""
+    if not messages:
+        return 0
+    async with outbox.redis.pipeline(transaction=False) as pipe:
+        for m in messages:
+            await outbox.enqueue_in(
+                pipe, m.message_id, m.sub_id, m.event_type, m.body, m.created_ms
+            )
+        replies = await pipe.execute()
+    return sum(1 for reply in replies if reply)
+
+
 async def fan_out(
     store: SubscriptionStore,
     outbox: Outbox,
@@ -43,14 +96,9 @@ async def fan_out(
     completed_at: float,
     call_identity: str,
 ) -> int:
-    """Enqueue the completion for the caller's and operator-owned subscriptions; how many new."""
-    event_type, body = payload(
-        route, status, data, correlation_id, tracked.location if tracked else None, completed_at
+    """Enqueue one completion for the subscriptions that may receive it; how many were new."""
+    subs = await store.snapshot()
+    messages = messages_for(
+        subs, route, status, data, correlation_id, tracked, completed_at, call_identity
     )
-    identity = repr(tracked.created_at) if tracked else call_identity
-    enqueued = 0
-    for sub in await store.matching(tracked.tenant if tracked else None, event_type):
-        message_id = message_id_for(correlation_id, identity, sub.id)
-        if await outbox.enqueue(message_id, sub.id, event_type, body, int(completed_at * 1000)):
-            enqueued += 1
-    return enqueued
+    return await enqueue_all(outbox, messages)

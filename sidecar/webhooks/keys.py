@@ -2,6 +2,7 @@
 
 {prefix}:wh:sub:{id}             hash: one subscription (owner, url, events, secrets, ...)
 {prefix}:wh:subs                 set: every subscription id (the operator's listing)
+{prefix}:wh:subs:version         string: a new random token on every subscription change
 {prefix}:wh:owner:{owner}        set: subscription ids of one owner (tenant hash or operator)
 {prefix}:wh:msg:{message_id}     hash, TTL: one message (subscription, type, body, state)
 {prefix}:wh:outbox               stream, trimmed of handled entries past outbox_maxlen: attempts
@@ -26,6 +27,11 @@ def subscription_key(prefix: str, sub_id: str) -> str:
 def all_subscriptions_key(prefix: str) -> str:
     """Set of every subscription id."""
     return f"{wh(prefix)}:subs"
+
+
+def version_key(prefix: str) -> str:
+    """A token renewed by every subscription change; readers cache the set until it moves."""
+    return f"{wh(prefix)}:subs:version"
 
 
 def owner_key(prefix: str, owner: str) -> str:

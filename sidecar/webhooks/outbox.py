@@ -10,6 +10,7 @@ import hashlib
 import time
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from .keys import due_key, message_key, outbox_key
@@ -109,8 +110,24 @@ class Outbox:
         trigger: str = "scheduled",
     ) -> bool:
         """Create the message and queue its first attempt; False when it already existed."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self.enqueue_in(pipe, message_id, sub_id, event_type, body, created_ms, trigger)
+            (done,) = await pipe.execute()
+        return bool(done)
+
+    async def enqueue_in(
+        self,
+        pipe: Pipeline,
+        message_id: str,
+        sub_id: str,
+        event_type: str,
+        body: bytes,
+        created_ms: int | None = None,
+        trigger: str = "scheduled",
+    ) -> None:
+        """`enqueue` as one command of `pipe` (its reply: 1 new, 0 already there)."""
         created = created_ms if created_ms is not None else int(time.time() * 1000)
-        done = await self._enqueue(
+        await self._enqueue(
             keys=[message_key(self.prefix, message_id), outbox_key(self.prefix)],
             args=[
                 sub_id,
@@ -123,8 +140,8 @@ class Outbox:
                 message_id,
                 GROUP,
             ],
+            client=pipe,
         )
-        return bool(done)
 
     async def requeue(self, message_id: str, attempt: int, trigger: str) -> None:
         """Queue one more attempt of an existing message now (manual redelivery)."""

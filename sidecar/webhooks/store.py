@@ -12,17 +12,31 @@ from redis.asyncio import Redis
 
 from ..config import DeclaredSubscription
 from ..tenancy import OPERATOR
-from .keys import all_subscriptions_key, attempts_key, owner_key, subscription_key
+from .keys import (
+    all_subscriptions_key,
+    attempts_key,
+    owner_key,
+    subscription_key,
+    version_key,
+)
 from .signing import new_secret
 
 ROTATION_GRACE_S = 24 * 3600.0  # the old secret keeps signing this long after a rotation
 
-# KEYS: the subscription hash. ARGV: field, value, ... Set only while it exists.
+# KEYS: the subscription hash, the version. ARGV: new version, field, value, ... Set only while
+# it exists.
 _PATCH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV))
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('SET', KEYS[2], ARGV[1])
 return 1
 """
+
+
+def new_version() -> str:
+    """A fresh version token. Random, not a counter: after Redis loses its data a counter would
+    start again and could repeat the version a cache holds."""
+    return secrets.token_hex(8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +119,7 @@ class SubscriptionStore:
         self.redis = redis
         self.prefix = prefix
         self._patch = redis.register_script(_PATCH)
+        self._snapshot: tuple[bytes | None, list[Subscription]] | None = None
 
     async def save(self, sub: Subscription) -> Subscription:
         """Write a subscription and index it by owner."""
@@ -112,6 +127,7 @@ class SubscriptionStore:
             pipe.hset(subscription_key(self.prefix, sub.id), mapping=sub.fields())
             pipe.sadd(all_subscriptions_key(self.prefix), sub.id)
             pipe.sadd(owner_key(self.prefix, sub.owner), sub.id)
+            pipe.set(version_key(self.prefix), new_version())
             await pipe.execute()
         return sub
 
@@ -159,14 +175,25 @@ class SubscriptionStore:
         owners = [OPERATOR] + ([tenant] if tenant and tenant != OPERATOR else [])
         return [s for s in await self.list_for(owners) if s.wants(event_type)]
 
+    async def snapshot(self) -> list[Subscription]:
+        """Every subscription, from a cache reloaded only when the version moved (one GET per
+        call): fan-out of a batch of completions reads Redis once, not per completion."""
+        version: bytes | None = await self.redis.get(version_key(self.prefix))
+        if self._snapshot is None or self._snapshot[0] != version:
+            # Read after the version: a change made meanwhile moves it again, so the next call
+            # reloads; a stale view lasts at most until then.
+            self._snapshot = (version, await self.list_for(None))
+        return self._snapshot[1]
+
     async def update(self, sub: Subscription, **changes: Any) -> Subscription | None:
         """Write only the changed fields (url, events, description, enabled, secrets), and only
         while the subscription exists: a change racing a delete cannot bring it back, nor undo
         another field changed meanwhile (a 410 disabling it). None when it is gone."""
         changed = replace(sub, **changes)
         fields = {k: v for k, v in changed.fields().items() if k in changes}
-        args: list[str] = [item for pair in fields.items() for item in pair]
-        if not await self._patch(keys=[subscription_key(self.prefix, sub.id)], args=args):
+        args: list[str] = [new_version()] + [item for pair in fields.items() for item in pair]
+        keys = [subscription_key(self.prefix, sub.id), version_key(self.prefix)]
+        if not await self._patch(keys=keys, args=args):
             return None
         return await self.get(sub.id)
 
@@ -185,6 +212,7 @@ class SubscriptionStore:
             pipe.delete(subscription_key(self.prefix, sub.id), attempts_key(self.prefix, sub.id))
             pipe.srem(all_subscriptions_key(self.prefix), sub.id)
             pipe.srem(owner_key(self.prefix, sub.owner), sub.id)
+            pipe.set(version_key(self.prefix), new_version())
             await pipe.execute()
 
     async def declare(self, declared: list[DeclaredSubscription]) -> None:
@@ -209,3 +237,11 @@ class SubscriptionStore:
                     declared=True,
                 )
             )
+
+
+def matching_in(
+    subs: list[Subscription], tenant: str | None, event_type: str
+) -> list[Subscription]:
+    """Of `subs`, those `tenant` (or the operator) owns that want `event_type`."""
+    owners = {OPERATOR, tenant} if tenant else {OPERATOR}
+    return [s for s in subs if s.owner in owners and s.wants(event_type)]
