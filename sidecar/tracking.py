@@ -3,6 +3,7 @@ fan-out, long-poll) can learn its route, owner and Location."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -11,6 +12,8 @@ from redis.asyncio import Redis
 from yarl import URL
 
 from .keys import call_key, location_key
+
+WRITE_BATCH = 1000  # records per pipeline
 
 State = Literal["pending", "succeeded", "failed"]
 
@@ -40,24 +43,51 @@ class CallTracker:
         self.redis = redis
         self.prefix = prefix
         self.ttl_ms = int(ttl_s * 1000)
+        self._queue: list[tuple[TrackedCall, asyncio.Future[None]]] = []
+        self._writer: asyncio.Task[None] | None = None
 
     async def record(self, call: TrackedCall) -> None:
-        """Remember a call (one round trip)."""
-        key = call_key(self.prefix, call.correlation_id)
-        mapping = {
-            "route": call.route,
-            "tenant": call.tenant or "",
-            "location": call.location or "",
-            "upstream_location": call.upstream_location or "",
-            "state": call.state,
-            "created_at": repr(call.created_at or time.time()),
-        }
+        """Remember a call. Concurrent records are written together ("group commit"): while
+        one pipeline is in flight the next calls queue, and the whole queue goes in the next
+        one, so a burst of 10,000 calls needs a few round trips and connections, not 10,000."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.add_done_callback(_retrieve)  # a waiter that gave up leaves no "never retrieved"
+        self._queue.append((call, done))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_queued())
+        await asyncio.shield(done)  # a caller that gives up does not cancel the others' write
+
+    async def _write_queued(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:WRITE_BATCH], self._queue[WRITE_BATCH:]
+            try:
+                await self._write([call for call, _ in batch])
+            except Exception as exc:  # every waiter learns it; the writer goes on
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for _, done in batch:
+                if not done.done():
+                    done.set_result(None)
+
+    async def _write(self, calls: list[TrackedCall]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hset(key, mapping=mapping)
-            pipe.pexpire(key, self.ttl_ms)
-            if call.upstream_location:
-                lookup = location_key(self.prefix, location_lookup_path(call.upstream_location))
-                pipe.set(lookup, call.correlation_id, px=self.ttl_ms)
+            for call in calls:
+                key = call_key(self.prefix, call.correlation_id)
+                mapping = {
+                    "route": call.route,
+                    "tenant": call.tenant or "",
+                    "location": call.location or "",
+                    "upstream_location": call.upstream_location or "",
+                    "state": call.state,
+                    "created_at": repr(call.created_at or time.time()),
+                }
+                pipe.hset(key, mapping=mapping)
+                pipe.pexpire(key, self.ttl_ms)
+                if call.upstream_location:
+                    path = location_lookup_path(call.upstream_location)
+                    pipe.set(location_key(self.prefix, path), call.correlation_id, px=self.ttl_ms)
             await pipe.execute()
 
     async def get(self, correlation_id: str) -> TrackedCall | None:
@@ -101,3 +131,8 @@ def _decode(correlation_id: str, raw: dict[bytes, bytes]) -> TrackedCall | None:
         state="succeeded" if state == "succeeded" else "failed" if state == "failed" else "pending",
         created_at=float(f.get("created_at") or 0),
     )
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()
