@@ -24,8 +24,13 @@ def create_session(proxy: Proxy) -> aiohttp.ClientSession:
         connector=aiohttp.TCPConnector(limit=proxy.max_connections, limit_per_host=0),
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
+        # `sock_connect` bounds the TCP/TLS connect itself; `connect` also counts the wait for a
+        # free pooled connection, which under a burst is our queue, not the upstream's fault.
         timeout=aiohttp.ClientTimeout(
-            total=None, connect=proxy.connect_timeout, sock_read=proxy.read_timeout
+            total=None,
+            connect=proxy.connect_timeout + proxy.read_timeout,
+            sock_connect=proxy.connect_timeout,
+            sock_read=proxy.read_timeout,
         ),
         skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
     )
@@ -36,6 +41,8 @@ def map_client_errors(what: str = "upstream") -> Iterator[None]:
     """Translate aiohttp client errors into the sidecar's own 502/504."""
     try:
         yield
+    except aiohttp.ConnectionTimeoutError as exc:
+        raise UpstreamUnreachable(f"cannot connect to {what} in time", kind="connect") from exc
     except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
         raise UpstreamTimeout(f"{what} did not answer in time", kind="timeout") from exc
     except aiohttp.ClientConnectorError as exc:

@@ -267,3 +267,27 @@ async def test_route_label_in_metrics_and_admin_endpoints(
     )
     assert 'sidecar_requests_total{outcome="passthrough",route="-",status_class="2xx"} 1.0' in text
     assert "sidecar_build_info" in text
+
+
+async def test_a_call_queued_for_a_busy_pool_is_not_failed_by_the_connect_timeout(
+    start_upstream: Upstream, start_sidecar: SidecarFactory
+) -> None:
+    entered, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        entered.set()
+        await release.wait()
+        return web.Response(text="done")
+
+    app = web.Application()
+    app.router.add_get("/slow", slow)
+    upstream = await start_upstream(app)
+    client = await start_sidecar(
+        upstream, proxy={"max_connections": 1, "connect_timeout": "100ms", "read_timeout": "5s"}
+    )
+    first = asyncio.ensure_future(client.get("/slow"))
+    await entered.wait()  # the only pooled connection is busy
+    second = asyncio.ensure_future(client.get("/slow"))
+    await asyncio.sleep(0.3)  # the second call queues past the 100ms connect timeout
+    release.set()
+    assert [(await first).status, (await second).status] == [200, 200]
