@@ -38,10 +38,8 @@ check: install
 schema: install
 	$(BIN)/sidecar schema > config/sidecar.schema.json
 
-# Benchmarks (docs/benchmarks.md), all on 127.0.0.1, under a minute each. 5,000 held calls, not
-# 10,000: on a busy 2-core machine the tail of a 10,000-call burst waits past the upstream pool's
-# connect timeout (504s) and the capacity step aborts. The large-body RSS bench streams 3 GiB:
-# run it by hand (python -m tests.bench.upload_rss).
+# Benchmarks (docs/benchmarks.md), all on 127.0.0.1, about a minute each. The large-body RSS
+# bench streams 3 GiB: run it by hand (python -m tests.bench.upload_rss).
 bench: install
 	$(BIN)/python -m tests.bench.sync_bench
 	$(BIN)/python -m tests.bench.webhook_bench
