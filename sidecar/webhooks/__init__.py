@@ -57,7 +57,7 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = WebhookRuntime(settings, redis, session, WebhookMetrics(app[METRICS].registry))
     app[WEBHOOKS] = runtime
     worker = DeliveryWorker(
-        redis, runtime.prefix, config, session, runtime.metrics, runtime.consumer
+        redis, runtime.prefix, config, session, runtime.metrics, runtime.consumer, runtime.store
     )
     dispatcher = Dispatcher(redis, app[RUNTIME], runtime.store, runtime.outbox, runtime.consumer)
     app[PUBLISH] = publish_completion

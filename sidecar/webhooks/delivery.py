@@ -25,7 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 from ..config import Webhooks
 from ..tasks import cancelling, checkpoint
 from .attempt import AttemptResult, next_delay, post_once
-from .keys import attempts_key, dead_key, due_key, message_key, outbox_key
+from .keys import attempts_key, dead_key, due_key, message_key, outbox_key, version_key
 from .metrics import WebhookMetrics
 from .outbox import GROUP, MESSAGE_TTL_S, Outbox, group_lost
 from .store import Subscription, SubscriptionStore
@@ -78,11 +78,12 @@ class DeliveryWorker:
         session: aiohttp.ClientSession,
         metrics: WebhookMetrics,
         consumer: str,
+        store: SubscriptionStore | None = None,
     ) -> None:
         self.redis, self.prefix, self.config = redis, prefix, config
         self.session, self.metrics, self.consumer = session, metrics, consumer
         self.policy = TargetPolicy.from_settings(config)
-        self.store = SubscriptionStore(redis, prefix)
+        self.store = store or SubscriptionStore(redis, prefix)
         self.outbox = Outbox(redis, prefix, config.outbox_maxlen)
         self.claim_idle_s = config.timeout * 1.5 + 1.0
         self.due_interval_s = min(max(min(config.schedule) / 4, 0.01), 0.5)
@@ -208,14 +209,21 @@ class DeliveryWorker:
     async def _handle(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
         message_id = fields[b"m"].decode()
         attempt, trigger = int(fields[b"n"]), fields[b"t"].decode()
-        raw = await self.redis.hgetall(message_key(self.prefix, message_id))  # type: ignore[misc]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(message_key(self.prefix, message_id))
+            pipe.get(version_key(self.prefix))
+            raw, version = await pipe.execute()
         msg = {k.decode(): v for k, v in raw.items()}
         if msg and int(msg.get("attempts") or 0) >= attempt:
             # Already made and recorded: a replayed entry (e.g. a group created again from the
             # stream's start) must not send the message again.
             await self._ack(entry_id)
             return
-        sub = await self.store.get(msg["sub"].decode()) if msg else None
+        sub = None
+        if msg:
+            sub_id = msg["sub"].decode()
+            # The cached subscription while nothing changed since it was read, else Redis.
+            sub = self.store.cached(sub_id, version) or await self.store.get(sub_id)
         if sub is None or not sub.enabled:
             if msg:
                 await self.redis.hset(message_key(self.prefix, message_id), "state", "skipped")  # type: ignore[misc]

@@ -120,6 +120,7 @@ class SubscriptionStore:
         self.prefix = prefix
         self._patch = redis.register_script(_PATCH)
         self._snapshot: tuple[bytes | None, list[Subscription]] | None = None
+        self._by_id: dict[str, Subscription] = {}
 
     async def save(self, sub: Subscription) -> Subscription:
         """Write a subscription and index it by owner."""
@@ -182,8 +183,16 @@ class SubscriptionStore:
         if self._snapshot is None or self._snapshot[0] != version:
             # Read after the version: a change made meanwhile moves it again, so the next call
             # reloads; a stale view lasts at most until then.
-            self._snapshot = (version, await self.list_for(None))
+            subs = await self.list_for(None)
+            self._snapshot = (version, subs)
+            self._by_id = {s.id: s for s in subs}
         return self._snapshot[1]
+
+    def cached(self, sub_id: str, version: bytes | None) -> Subscription | None:
+        """The subscription from the last snapshot if it is still at `version`, else None."""
+        if self._snapshot is None or self._snapshot[0] != version:
+            return None
+        return self._by_id.get(sub_id)
 
     async def update(self, sub: Subscription, **changes: Any) -> Subscription | None:
         """Write only the changed fields (url, events, description, enabled, secrets), and only

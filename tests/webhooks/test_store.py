@@ -9,6 +9,7 @@ from standardwebhooks.webhooks import Webhook
 
 from sidecar.config import DeclaredSubscription
 from sidecar.tenancy import OPERATOR
+from sidecar.webhooks.keys import version_key
 from sidecar.webhooks.signing import signature_headers
 from sidecar.webhooks.store import SubscriptionStore
 
@@ -82,3 +83,17 @@ async def test_declared_subscriptions_are_operator_owned(
     assert await store.get("ops-old") is None
     matching = await store.matching("t_any", "anything")
     assert sorted(s.id for s in matching) == sorted(["ops-audit", created.id])
+
+
+async def test_the_cached_snapshot_is_used_only_while_nothing_changed(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    store = SubscriptionStore(redis, key_prefix)
+    sub = await store.create("t_a", "http://127.0.0.1:1/a", ["*"])
+    assert [s.id for s in await store.snapshot()] == [sub.id]
+    version = await redis.get(version_key(key_prefix))
+    assert store.cached(sub.id, version) == sub
+    await SubscriptionStore(redis, key_prefix).update(sub, enabled=False)  # another replica
+    changed = await redis.get(version_key(key_prefix))
+    assert changed != version and store.cached(sub.id, changed) is None
+    assert [s.enabled for s in await store.snapshot()] == [False]
