@@ -16,7 +16,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -211,15 +212,19 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-@pytest.fixture
-async def run_sidecar(
+StartProcess = Callable[[dict[str, Any]], Awaitable[SidecarProcess]]
+
+
+@contextlib.asynccontextmanager
+async def sidecar_processes(
     tmp_path: Path, http: aiohttp.ClientSession
-) -> AsyncIterator[Callable[[dict[str, Any]], Any]]:
-    """Start `sidecar run` with a config; killed at teardown if a test left it running."""
+) -> AsyncIterator[StartProcess]:
+    """Start `sidecar run` processes, each with its own config file; any still running is
+    killed on exit."""
     started: list[SidecarProcess] = []
 
     async def start(config: dict[str, Any]) -> SidecarProcess:
-        path = tmp_path / "sidecar.yaml"
+        path = tmp_path / f"sidecar-{uuid.uuid4().hex[:8]}.yaml"  # several may start at once
         write_config(path, config)
         sidecar = SidecarProcess(
             proc=await spawn(path),
@@ -232,13 +237,22 @@ async def run_sidecar(
         await wait_ready(sidecar, http)
         return sidecar
 
-    yield start
-    for sidecar in started:
-        if sidecar.proc.returncode is None:
-            sidecar.proc.kill()
-        await sidecar.proc.wait()
-        if sidecar.reader is not None:
-            await sidecar.reader  # ends at EOF, once the child is gone
+    try:
+        yield start
+    finally:
+        for sidecar in started:
+            if sidecar.proc.returncode is None:
+                sidecar.proc.kill()
+            await sidecar.proc.wait()
+            if sidecar.reader is not None:
+                await sidecar.reader  # ends at EOF, once the child is gone
+
+
+@pytest.fixture
+async def run_sidecar(tmp_path: Path, http: aiohttp.ClientSession) -> AsyncIterator[StartProcess]:
+    """Start `sidecar run` with a config; killed at teardown if a test left it running."""
+    async with sidecar_processes(tmp_path, http) as start:
+        yield start
 
 
 async def metric_value(http: aiohttp.ClientSession, admin_url: str, sample: str) -> float | None:

@@ -43,7 +43,12 @@ from sidecar.webhooks.outbox import GROUP
 from sidecar.webhooks.store import SubscriptionStore
 
 from ..helpers import until
-from ..test_server import SidecarProcess, base_config, spawn, wait_ready, write_config
+from ..test_server import (
+    SidecarProcess,
+    StartProcess,
+    base_config,
+    sidecar_processes,
+)
 
 TOKEN = "operator-token-for-fault-tests"
 OPERATOR = {"Authorization": f"Bearer {TOKEN}"}
@@ -151,38 +156,14 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-StartProcess = Callable[[dict[str, Any]], Awaitable[SidecarProcess]]
-
-
 @pytest.fixture
 async def run_sidecar(
     tmp_path: Path, http: aiohttp.ClientSession, redis: aioredis.Redis
 ) -> AsyncIterator[StartProcess]:
-    """Start `sidecar run` processes (each with its own file); killed at teardown, before the
-    `redis` fixture deletes the test's keys (a live process would create some again)."""
-    started: list[SidecarProcess] = []
-
-    async def start(config: dict[str, Any]) -> SidecarProcess:
-        path = tmp_path / f"sidecar-{uuid.uuid4().hex[:8]}.yaml"  # several may start at once
-        write_config(path, config)
-        sidecar = SidecarProcess(
-            proc=await spawn(path),
-            config_path=path,
-            proxy_url=f"http://{config['listen']}",
-            admin_url=f"http://{config['admin_listen']}",
-        )
-        sidecar.reader = asyncio.create_task(sidecar.read_stderr())
-        started.append(sidecar)
-        await wait_ready(sidecar, http)
-        return sidecar
-
-    yield start
-    for sidecar in started:
-        if sidecar.proc.returncode is None:
-            sidecar.proc.kill()
-        await sidecar.proc.wait()
-        if sidecar.reader is not None:
-            await sidecar.reader
+    """Start `sidecar run` processes; killed at teardown, before the `redis` fixture deletes the
+    test's keys (a live process would create some again)."""
+    async with sidecar_processes(tmp_path, http) as start:
+        yield start
 
 
 def process_config(
