@@ -25,7 +25,7 @@ from ..tracking import TrackedCall
 from .attempt import create_webhook_session
 from .delivery import DeliveryWorker, supervised
 from .dispatcher import Dispatcher, group_name
-from .fanout import fan_out
+from .fanout import enqueue_all, messages_for
 from .keys import outbox_key
 from .metrics import WebhookMetrics
 from .outbox import GROUP
@@ -125,9 +125,9 @@ async def publish_completion(
     try:
         # Message ids derive from the call, so the stream's dispatcher, a replica's poller and
         # this one all enqueue the same messages: the first wins, the others are no-ops.
-        await fan_out(
-            runtime.store,
-            runtime.outbox,
+        subs = await runtime.store.snapshot()
+        messages = messages_for(
+            subs,
             route,
             completion.status,
             completion.data,
@@ -136,6 +136,7 @@ async def publish_completion(
             time.time(),
             f"poll/{cid}",
         )
+        await enqueue_all(runtime.outbox, messages)
     except RedisError as exc:
         logger.warning(
             "poll completion not published (Redis fault)",

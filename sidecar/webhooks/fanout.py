@@ -12,7 +12,7 @@ from ..completion import Status
 from ..config import Route
 from ..tracking import TrackedCall
 from .outbox import Outbox, message_id_for
-from .store import Subscription, SubscriptionStore, matching_in
+from .store import Subscription, matching_in
 
 
 def payload(
@@ -83,22 +83,3 @@ async def enqueue_all(outbox: Outbox, messages: list[Message]) -> int:
             )
         replies = await pipe.execute()
     return sum(1 for reply in replies if reply)
-
-
-async def fan_out(
-    store: SubscriptionStore,
-    outbox: Outbox,
-    route: Route,
-    status: Status,
-    data: Any,
-    correlation_id: str,
-    tracked: TrackedCall | None,
-    completed_at: float,
-    call_identity: str,
-) -> int:
-    """Enqueue one completion for the subscriptions that may receive it; how many were new."""
-    subs = await store.snapshot()
-    messages = messages_for(
-        subs, route, status, data, correlation_id, tracked, completed_at, call_identity
-    )
-    return await enqueue_all(outbox, messages)
