@@ -114,7 +114,8 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def pollers_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Owner of the Location pollers, which may outlive the calls that started them."""
+    """Owner of the calls' background work (Location pollers, tracking writes), which may
+    outlive the calls that started them."""
     app[POLLERS] = TaskSet("pollers")
     yield
     await app[POLLERS].close()

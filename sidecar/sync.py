@@ -14,6 +14,7 @@ answered (or left) is still recorded for webhooks.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import re
@@ -39,12 +40,13 @@ from .poll import PollAnswer, fetch, json_pointer, poll_location
 from .prefer import Preferences, parse_prefer
 from .proxy import CallContext, open_upstream, relay
 from .state import HASHER, HTTP, HUB, METRICS, POLLERS, RUNTIME, TRACKER, WAITING
-from .tracking import TrackedCall
+from .tracking import CallTracker, TrackedCall
 
 logger = logging.getLogger(__name__)
 
 MAX_ACCEPTED_BODY = 1024 * 1024  # a 202 body is held to replay it; larger ones are relayed as is
-TRACKING_TIMEOUT_S = 1.0  # longest a Redis write may delay an answer before we give up on it
+TRACKING_TIMEOUT_S = 1.0  # longest a tracking write may delay a 202 (or a poll verdict)
+TRACKING_WRITE_TIMEOUT_S = 10.0  # longest a tracking write may take at all
 
 PollResult = tuple[Completion, PollAnswer] | None
 
@@ -240,8 +242,10 @@ async def poll_in_background(
     url: URL,
     headers: dict[str, str],
     deadline: float,
+    track: asyncio.Task[None] | None = None,
 ) -> PollResult:
-    """Poll the Location until done or `deadline`; a verdict is recorded even if nobody waits."""
+    """Poll the Location until done or `deadline`; a verdict is recorded even if nobody waits
+    (once the call's tracking record is written, so webhooks know whose call it was)."""
     assert route.wait is not None and route.wait.poll is not None
     result = await poll_location(
         app[HTTP],
@@ -254,6 +258,7 @@ async def poll_in_background(
         route=route.name,
     )
     if result is not None:
+        await _settle(track)
         await completion_learnt(app, route, result[0])
     return result
 
@@ -302,7 +307,12 @@ class Wait:
 
 
 def _start_poll(
-    request: web.Request, route: Route, cid: str, accepted: Accepted, budget_deadline: float
+    request: web.Request,
+    route: Route,
+    cid: str,
+    accepted: Accepted,
+    budget_deadline: float,
+    track: asyncio.Task[None] | None,
 ) -> asyncio.Task[PollResult] | None:
     if route.wait is None or route.wait.poll is None or accepted.upstream_location is None:
         return None
@@ -318,42 +328,62 @@ def _start_poll(
             accepted.upstream_location,
             poll_headers(request, route),
             deadline,
+            track,
         )
     )
 
 
-async def _track(
+def _track_later(
     request: web.Request, call: CallContext, route: Route, cid: str, accepted: Accepted
-) -> None:
-    tracker = request.app[TRACKER]
+) -> asyncio.Task[None] | None:
+    """Start writing the call's tracking record in the background (None without Redis).
+
+    Not awaited before holding: a burst of calls must not wait for each other's writes before
+    waiting for their completions. A `202` waits for it (`_settle`): a client may long-poll the
+    Location on another replica at once; so does a poll verdict before it is published.
+    """
+    app = request.app
+    tracker = app[TRACKER]
     if tracker is None:
-        return
-    settings = request.app[RUNTIME].settings
+        return None
+    credential = request.headers.get(app[RUNTIME].settings.tenancy.credential_header)
+    record = TrackedCall(
+        correlation_id=cid,
+        route=route.name,
+        tenant=None,  # the keyed hash of `credential`, computed in the task
+        # Absolute: a webhook receiver does not know the origin the caller used.
+        location=str(URL(call.origin).join(URL(accepted.client_location)))
+        if accepted.client_location
+        else None,
+        upstream_location=str(accepted.upstream_location) if accepted.upstream_location else None,
+        created_at=time.time(),
+    )
+    return app[POLLERS].spawn(_write_tracking(app, tracker, record, credential))
+
+
+async def _write_tracking(
+    app: web.Application, tracker: CallTracker, record: TrackedCall, credential: str | None
+) -> None:
     try:
-        async with asyncio.timeout(TRACKING_TIMEOUT_S):
-            tenant = await request.app[HASHER].tenant(
-                request.headers.get(settings.tenancy.credential_header)
-            )
-            await tracker.record(
-                TrackedCall(
-                    correlation_id=cid,
-                    route=route.name,
-                    tenant=tenant,
-                    # Absolute: a webhook receiver does not know the origin the caller used.
-                    location=str(URL(call.origin).join(URL(accepted.client_location)))
-                    if accepted.client_location
-                    else None,
-                    upstream_location=str(accepted.upstream_location)
-                    if accepted.upstream_location
-                    else None,
-                    created_at=time.time(),
-                )
-            )
+        async with asyncio.timeout(TRACKING_WRITE_TIMEOUT_S):
+            tenant = await app[HASHER].tenant(credential)
+            await tracker.record(dataclasses.replace(record, tenant=tenant))
     except (RedisError, OSError, TimeoutError) as exc:
         logger.warning(
             "could not track the call in Redis",
-            extra={"route": route.name, "correlation_id": cid, "error": repr(exc)},
+            extra={
+                "route": record.route,
+                "correlation_id": record.correlation_id,
+                "error": repr(exc),
+            },
         )
+
+
+async def _settle(track: asyncio.Task[None] | None) -> None:
+    """Give the call's tracking write up to `TRACKING_TIMEOUT_S` more to land (never raises, and
+    never cancels it: a client that leaves does not stop the write)."""
+    if track is not None and not track.done():
+        await asyncio.wait({track}, timeout=TRACKING_TIMEOUT_S)
 
 
 def _preferences(route: Route, prefs: Preferences) -> tuple[float, list[str]]:
@@ -424,14 +454,15 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
                 extra={"route": route.name, "source": route.correlation.source},
             )
             return fallback(request, call, accepted, applied, "no_id")
-        await _track(request, call, route, cid, accepted)
+        track = _track_later(request, call, route, cid, accepted)
         if not holding:
             if poll_task_outlives(app, route):
-                _start_poll(request, route, cid, accepted, deadline)
+                _start_poll(request, route, cid, accepted, deadline, track)
+            await _settle(track)
             return fallback(request, call, accepted, applied, "shed" if shed else "prefer")
         if waiter is None and hub is not None and wait_spec.stream is not None:
             waiter = hub.add(wait_spec.stream, cid)
-        poll_task = _start_poll(request, route, cid, accepted, deadline)
+        poll_task = _start_poll(request, route, cid, accepted, deadline, track)
         if waiter is None and poll_task is None:
             return fallback(request, call, accepted, applied, "redis")
         result = await _hold(app, route, call, Wait(waiter, poll_task), deadline)
@@ -444,6 +475,7 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
             poll_task.cancel()  # nobody needs its verdict any more
     if result is None:
         reason = "redis" if hub is not None and not hub.connected.is_set() else "budget"
+        await _settle(track)
         return fallback(request, call, accepted, applied, reason)
     completion, poll_answer = result
     if poll_task is not None and not poll_task.done():

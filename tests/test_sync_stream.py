@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.dev.redis_server import RedisServer
 from sidecar.state import ADMIN_URL, HUB
+from sidecar.tracking import CallTracker
 
 from .conftest import SidecarFactory, Upstream
 from .helpers import metric, until
@@ -418,6 +419,12 @@ async def test_a_thousand_concurrent_calls_each_get_their_own_result(
         else:
             assert status == 500 and body["data"]["cid"] == cid and body["detail"] == cid
     assert env.hub_waiting == 0
+    # Every call was tracked (its webhooks know whose it was), burst or not.
+    tracker = CallTracker(env.redis, env.stream.removesuffix(":users.events"), 60)
+    async with asyncio.timeout(10):
+        while None in (tracked := await tracker.get_many(list(outcomes))):  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    assert {t.correlation_id for t in tracked if t} == set(outcomes)
 
 
 async def test_redis_connection_killed_mid_wait_recovers(
