@@ -2,7 +2,8 @@
 
 Modules, bottom up: `keys` (Redis key layout), `signing` (Standard Webhooks), `targets` (SSRF
 policy, guarded resolver), `store` (subscriptions), `outbox`, `attempt` (one signed POST),
-`delivery` (workers), `fanout`, `dispatcher` (completion streams → outbox), `runtime`.
+`delivery` (workers), `fanout`, `dispatcher` (completion streams → outbox), `runtime`, and the
+admin API: `bodies` (request bodies) and `api` (the endpoints).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Each event is dispatched once across replicas; a crashed replica's pending entries are claimed
 (XAUTOCLAIM) by another. An event whose call is not tracked yet (it can beat the 202) stays
-pending for `UNTRACKED_GRACE_S`, then goes to operator-owned subscriptions only.
+pending for `UNTRACKED_GRACE_S`, then goes to operator-owned subscriptions only. Completions are
+handled in batches: a few Redis round trips per read, not per completion.
 """
 
 from __future__ import annotations
