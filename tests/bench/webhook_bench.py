@@ -58,6 +58,8 @@ from sidecar.webhooks.keys import message_key, outbox_key
 from sidecar.webhooks.outbox import Outbox, message_id_for
 from sidecar.webhooks.store import Subscription, SubscriptionStore
 
+from .sync_bench import wait_http
+
 ROOT = Path(__file__).resolve().parents[2]
 ROUTE = "bench-hook"
 EVENT = "bench.done"
@@ -335,18 +337,6 @@ class Bench:
         for sub in self.subs:
             message_id = message_id_for(cid, "bench", sub.id)
             await self.outbox.enqueue(message_id, sub.id, EVENT, body, int(now * 1000))
-
-
-async def wait_http(url: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(url) as resp:
-                    if resp.status < 500:
-                        return
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
 
 
 async def wait_groups(r: aioredis.Redis, stream: str, prefix: str, timeout_s: float = 20) -> None:
