@@ -407,6 +407,9 @@ async def test_two_processes_deliver_each_completion_once_to_each_subscription(
 # --------------------------------------------------------------------------------------------
 
 
+DECLARED = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
 async def test_delivery_resumes_after_a_redis_restart(
     receiver: Receiver,
     own_redis: RedisServer,
@@ -420,15 +423,22 @@ async def test_delivery_resumes_after_a_redis_restart(
         redis_url=own_redis.url,
         key_prefix=key_prefix,
         routes=[route(stream)],
-        webhooks={"allow_private_targets": True, "schedule": ["200ms"], "timeout": "1s"},
+        webhooks={
+            "allow_private_targets": True,
+            "schedule": ["200ms"],
+            "timeout": "1s",
+            "subscriptions": [
+                {"id": "declared", "url": receiver.url("/hook/b"), "secret": DECLARED}
+            ],
+        },
     )
     store = client.app[WEBHOOKS].store
     redis: aioredis.Redis = aioredis.Redis.from_url(own_redis.url)
     try:
         before = await store.create("operator", receiver.url("/hook/a"), [SUCCESS])
         await complete(redis, key_prefix, stream, "c-before")
-        await until(lambda: len(receiver.delivered("a")) == 1)
-        assert verify(before.secret, receiver.hits[0])["correlation_id"] == "c-before"
+        await until(lambda: len(receiver.delivered("a")) == len(receiver.delivered("b")) == 1)
+        assert verify(before.secret, receiver.delivered("a")[0])["correlation_id"] == "c-before"
     finally:
         await redis.aclose()
 
@@ -451,14 +461,17 @@ async def test_delivery_resumes_after_a_redis_restart(
         after = await store.create("operator", receiver.url("/hook/a"), [SUCCESS])
         await complete(redis, key_prefix, stream, "c-after")
         await until(lambda: len(receiver.delivered("a")) == 2, timeout_s=15)
+        # The YAML-declared subscription was written again once the sidecar saw Redis empty.
+        await until(lambda: len(receiver.delivered("b")) == 2, timeout_s=15)
         await quiet(redis, key_prefix, stream)
     finally:
         await redis.aclose()
 
     assert len(receiver.of("a")) == 2
-    payload = verify(after.secret, receiver.hits[1])
+    payload = verify(after.secret, receiver.delivered("a")[1])
     assert payload["correlation_id"] == "c-after"
     assert payload["type"] == SUCCESS
+    assert verify(DECLARED, receiver.delivered("b")[1])["correlation_id"] == "c-after"
 
 
 # --------------------------------------------------------------------------------------------
