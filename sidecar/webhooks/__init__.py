@@ -26,7 +26,7 @@ from ..tracking import TrackedCall
 from .attempt import create_webhook_session
 from .delivery import DeliveryWorker, supervised
 from .dispatcher import Dispatcher, group_name
-from .fanout import enqueue_all, messages_for
+from .fanout import messages_for
 from .keys import outbox_key
 from .metrics import WebhookMetrics
 from .outbox import GROUP
@@ -137,7 +137,7 @@ async def publish_completion(
             time.time(),
             f"poll/{cid}",
         )
-        await enqueue_all(runtime.outbox, messages)
+        await runtime.outbox.enqueue_many(messages)
     except RedisError as exc:
         logger.warning(
             "poll completion not published (Redis fault)",

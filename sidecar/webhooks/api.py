@@ -56,6 +56,7 @@ from .bodies import (
     known_events,
     read_body,
 )
+from .fanout import iso
 from .keys import attempts_key, message_key
 from .runtime import WEBHOOKS, WebhookRuntime
 from .store import Subscription
@@ -138,11 +139,6 @@ def view(sub: Subscription, caller: str, secret: bool = False) -> dict[str, Any]
 def json_response(data: Any, status: int = 200) -> web.Response:
     """A JSON answer (orjson)."""
     return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
-
-
-def iso(ts: float) -> str:
-    """ISO-8601 UTC with milliseconds (the payload timestamp format)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
 @web.middleware

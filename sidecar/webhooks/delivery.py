@@ -25,9 +25,10 @@ from redis.exceptions import RedisError, ResponseError
 from ..config import Webhooks
 from ..tasks import cancelling, checkpoint
 from .attempt import AttemptResult, next_delay, post_once
+from .fanout import iso
 from .keys import attempts_key, dead_key, due_key, message_key, outbox_key, version_key
 from .metrics import WebhookMetrics
-from .outbox import GROUP, MESSAGE_TTL_S, Outbox, group_lost
+from .outbox import GROUP, MESSAGE_TTL_S, Outbox, create_group, group_lost
 from .store import Subscription, SubscriptionStore
 from .targets import TargetPolicy
 
@@ -40,11 +41,6 @@ DEFER_S = 0.1  # an attempt that found no slot of its subscription is pushed bac
 # slow receiver cannot take every slot of the process.
 WAIT_FOR_SLOT_S = 0.25
 BLOCK_MS = 1000
-
-
-def iso(ts: float) -> str:
-    """ISO-8601 UTC with milliseconds."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
 async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
@@ -105,11 +101,7 @@ class DeliveryWorker:
 
     async def ensure_group(self) -> None:
         """Create the outbox consumer group (and stream) unless it exists."""
-        try:
-            await self.redis.xgroup_create(outbox_key(self.prefix), GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await create_group(self.redis, outbox_key(self.prefix), GROUP, "0")
 
     async def _with_group(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """Run `call`; on NOGROUP recreate the group and run it again."""

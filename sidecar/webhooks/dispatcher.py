@@ -22,8 +22,8 @@ from ..config import Route, Settings
 from ..state import Runtime
 from ..tasks import checkpoint
 from ..tracking import CallTracker, TrackedCall
-from .fanout import enqueue_all, messages_for
-from .outbox import Outbox, group_lost
+from .fanout import messages_for
+from .outbox import Outbox, create_group, group_lost
 from .store import SubscriptionStore
 
 logger = logging.getLogger(__name__)
@@ -80,13 +80,7 @@ class Dispatcher:
         return self.runtime.settings
 
     async def _ensure(self, stream: str, start: str = "$") -> None:
-        try:
-            await self.redis.xgroup_create(
-                stream, group_name(self.settings.key_prefix), id=start, mkstream=True
-            )
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await create_group(self.redis, stream, group_name(self.settings.key_prefix), start)
         self._groups.add(stream)
 
     async def ensure_groups(self) -> None:
@@ -206,7 +200,7 @@ class Dispatcher:
                 f"{item.stream}/{item.entry_id}",
             )
         ]
-        count = await enqueue_all(self.outbox, messages)
+        count = await self.outbox.enqueue_many(messages)
         await self._ack([(item.stream, item.entry_id) for item, _ in ready])
         for item, _ in ready:
             del self._pending[(item.stream, item.entry_id)]

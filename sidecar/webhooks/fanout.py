@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -11,8 +10,13 @@ import orjson
 from ..completion import Status
 from ..config import Route
 from ..tracking import TrackedCall
-from .outbox import Outbox, message_id_for
+from .outbox import Message, message_id_for
 from .store import Subscription, matching_in
+
+
+def iso(ts: float) -> str:
+    """ISO-8601 UTC with milliseconds, as in payloads and the attempts log."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
 
 
 def payload(
@@ -22,8 +26,7 @@ def payload(
     event_type = route.success_event if status == "succeeded" else route.failure_event
     body = {
         "type": event_type,
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts))
-        + f".{int(ts % 1 * 1000):03d}Z",
+        "timestamp": iso(ts),
         "data": data,
         "correlation_id": correlation_id,
         "route": route.name,
@@ -31,17 +34,6 @@ def payload(
         "status": status,
     }
     return event_type, orjson.dumps(body)
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One message to enqueue: a completion for one subscription."""
-
-    message_id: str
-    sub_id: str
-    event_type: str
-    body: bytes
-    created_ms: int
 
 
 def messages_for(
@@ -70,16 +62,3 @@ def messages_for(
         Message(message_id_for(correlation_id, identity, s.id), s.id, event_type, body, created_ms)
         for s in targets
     ]
-
-
-async def enqueue_all(outbox: Outbox, messages: list[Message]) -> int:
-    """Enqueue messages in one round trip; how many were new."""
-    if not messages:
-        return 0
-    async with outbox.redis.pipeline(transaction=False) as pipe:
-        for m in messages:
-            await outbox.enqueue_in(
-                pipe, m.message_id, m.sub_id, m.event_type, m.body, m.created_ms
-            )
-        replies = await pipe.execute()
-    return sum(1 for reply in replies if reply)

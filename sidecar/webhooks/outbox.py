@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
 from .keys import due_key, message_key, outbox_key
@@ -76,11 +76,32 @@ return #due
 )
 
 
+async def create_group(redis: Redis, stream: str, group: str, start: str) -> None:
+    """Create a consumer group (and its stream) at `start` unless it exists."""
+    try:
+        await redis.xgroup_create(stream, group, id=start, mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
 def group_lost(exc: ResponseError) -> bool:
     """True when a consumer group read failed because the group or its stream is gone (Redis
     restarted or flushed, or the stream was deleted): the group must be created again."""
     text = str(exc)
     return "NOGROUP" in text or "UNBLOCKED" in text
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message to enqueue: a completion (or a test) for one subscription."""
+
+    message_id: str
+    sub_id: str
+    event_type: str
+    body: bytes
+    created_ms: int
+    trigger: str = "scheduled"
 
 
 def message_id_for(correlation_id: str, call_identity: str, sub_id: str) -> str:
@@ -110,38 +131,33 @@ class Outbox:
         trigger: str = "scheduled",
     ) -> bool:
         """Create the message and queue its first attempt; False when it already existed."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await self.enqueue_in(pipe, message_id, sub_id, event_type, body, created_ms, trigger)
-            (done,) = await pipe.execute()
-        return bool(done)
-
-    async def enqueue_in(
-        self,
-        pipe: Pipeline,
-        message_id: str,
-        sub_id: str,
-        event_type: str,
-        body: bytes,
-        created_ms: int | None = None,
-        trigger: str = "scheduled",
-    ) -> None:
-        """`enqueue` as one command of `pipe` (its reply: 1 new, 0 already there)."""
         created = created_ms if created_ms is not None else int(time.time() * 1000)
-        await self._enqueue(
-            keys=[message_key(self.prefix, message_id), outbox_key(self.prefix)],
-            args=[
-                sub_id,
-                event_type,
-                body,
-                created,
-                trigger,
-                self.maxlen,
-                MESSAGE_TTL_S,
-                message_id,
-                GROUP,
-            ],
-            client=pipe,
-        )
+        message = Message(message_id, sub_id, event_type, body, created, trigger)
+        return await self.enqueue_many([message]) == 1
+
+    async def enqueue_many(self, messages: list[Message]) -> int:
+        """Enqueue messages in one round trip; how many were new (the others already existed)."""
+        if not messages:
+            return 0
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for m in messages:
+                await self._enqueue(
+                    keys=[message_key(self.prefix, m.message_id), outbox_key(self.prefix)],
+                    args=[
+                        m.sub_id,
+                        m.event_type,
+                        m.body,
+                        m.created_ms,
+                        m.trigger,
+                        self.maxlen,
+                        MESSAGE_TTL_S,
+                        m.message_id,
+                        GROUP,
+                    ],
+                    client=pipe,
+                )
+            replies = await pipe.execute()
+        return sum(1 for reply in replies if reply)
 
     async def requeue(self, message_id: str, attempt: int, trigger: str) -> None:
         """Queue one more attempt of an existing message now (manual redelivery)."""
