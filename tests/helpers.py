@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
@@ -29,21 +29,27 @@ def metric(client: TestClient, name: str, **labels: str) -> float:
     return registry(client).get_sample_value(name, labels) or 0.0
 
 
-async def acknowledged(
-    redis: aioredis.Redis, stream: str, group: str, entry_id: bytes | None = None
-) -> None:
-    """Wait until a consumer group has read every entry of `stream` up to `entry_id` (default:
-    the last one) and acknowledged them all."""
-    async with asyncio.timeout(10):
-        while True:
-            last = entry_id or (await redis.xrevrange(stream, count=1))[0][0]
-            mine = [g for g in await redis.xinfo_groups(stream) if g["name"] == group.encode()]
-            read = mine and _entry(mine[0]["last-delivered-id"]) >= _entry(last)
-            if read and not mine[0]["pending"]:
-                return
-            await asyncio.sleep(0.005)
+async def until_true(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
+    """Wait for an async `check()` to hold (polled every 20 ms), or fail after `timeout_s`."""
+    async with asyncio.timeout(timeout_s):
+        while not await check():  # noqa: ASYNC110 - the state is in Redis, not in this process
+            await asyncio.sleep(0.02)
 
 
-def _entry(entry_id: bytes) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)
+async def drained(redis: aioredis.Redis, stream: str, group: str) -> bool:
+    """True when `group` has read every entry of `stream` and acknowledged all it read.
+
+    (Not XINFO's `lag`: once trimming has removed unread entries, it counts them forever.)
+    """
+    for g in await redis.xinfo_groups(stream):
+        if g["name"].decode() == group:
+            if g["pending"]:
+                return False
+            unread = await redis.xrange(stream, f"({g['last-delivered-id'].decode()}", "+", 1)
+            return not unread
+    return False
+
+
+async def acknowledged(redis: aioredis.Redis, stream: str, group: str) -> None:
+    """Wait until a consumer group has read and acknowledged every entry of `stream`."""
+    await until_true(lambda: drained(redis, stream, group))

@@ -21,7 +21,7 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,7 @@ from sidecar.webhooks.keys import due_key, outbox_key
 from sidecar.webhooks.outbox import GROUP
 from sidecar.webhooks.store import SubscriptionStore
 
-from ..helpers import until
+from ..helpers import drained, until, until_true
 from ..test_server import (
     SidecarProcess,
     StartProcess,
@@ -206,27 +206,6 @@ async def attempts(http: aiohttp.ClientSession, admin_url: str, sub_id: str) -> 
         assert resp.status == 200, await resp.text()
         log: list[Any] = (await resp.json())["attempts"]
         return log
-
-
-async def until_true(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    """Wait for an async `check()` to hold (polled every 20 ms), or fail after `timeout_s`."""
-    async with asyncio.timeout(timeout_s):
-        while not await check():  # noqa: ASYNC110 - the state is in Redis, not in this process
-            await asyncio.sleep(0.02)
-
-
-async def drained(redis: aioredis.Redis, stream: str, group: str) -> bool:
-    """True when `group` has read every entry of `stream` and acknowledged all it read.
-
-    (Not XINFO's `lag`: once trimming has removed unread entries, it counts them forever.)
-    """
-    for g in await redis.xinfo_groups(stream):
-        if g["name"].decode() == group:
-            if g["pending"]:
-                return False
-            unread = await redis.xrange(stream, f"({g['last-delivered-id'].decode()}", "+", 1)
-            return not unread
-    return False
 
 
 async def dispatched(redis: aioredis.Redis, prefix: str, stream: str) -> None:

@@ -73,15 +73,14 @@ class Env:
             out.append(sub.url.rsplit("/", 1)[1])
         return sorted(out)
 
-    async def xadd(self, cid: str, type_: str = "UserCreated", data: Any = None) -> bytes:
+    async def xadd(self, cid: str, type_: str = "UserCreated", data: Any = None) -> None:
         payload = orjson.dumps(data if data is not None else {"id": cid}).decode()
         fields = {"correlation_id": cid, "type": type_, "payload": payload}
-        entry_id: bytes = await self.redis.xadd(self.stream, fields)  # type: ignore[arg-type]
-        return entry_id
+        await self.redis.xadd(self.stream, fields)  # type: ignore[arg-type]
 
-    async def dispatched(self, entry_id: bytes) -> None:
-        """Wait until the webhook dispatcher has read and acknowledged a stream entry."""
-        await acknowledged(self.redis, self.stream, f"{self.prefix}:webhooks", entry_id)
+    async def dispatched(self) -> None:
+        """Wait until the webhook dispatcher has read and acknowledged every stream entry."""
+        await acknowledged(self.redis, self.stream, f"{self.prefix}:webhooks")
 
 
 def async_api(done: set[str]) -> web.Application:
@@ -251,10 +250,10 @@ async def test_stream_and_poll_seeing_one_completion_make_one_message_per_subscr
     env.done.add("b-1")  # the status URL is done at once: polling detects it first
     resp = await call(env, "/api/both", "b-1", "Bearer key-a")
     assert resp.status == 200
-    entry = await env.xadd("b-1", data={"id": "b-1"})  # then the stream says so too
+    await env.xadd("b-1", data={"id": "b-1"})  # then the stream says so too
     name, _headers, _raw = await env.hooks.next()
     assert name == "a"
-    await env.dispatched(entry)
+    await env.dispatched()
     assert await env.messages() == ["a"]  # the stream's fan-out was a no-op
 
 
@@ -268,11 +267,11 @@ async def test_a_client_without_credentials_reaches_operator_subscriptions_only(
         "/api/users", json={}, headers={"X-Correlation-ID": "c-4", "Prefer": "respond-async"}
     )
     assert resp.status == 202
-    entry = await env.xadd("c-4")
+    await env.xadd("c-4")
     name, headers, raw = await env.hooks.next()
     assert name == "op"
     Webhook(secret).verify(raw, headers)
-    await env.dispatched(entry)
+    await env.dispatched()
     assert await env.messages() == ["op"]
 
 
@@ -281,9 +280,9 @@ async def test_a_stopped_sidecar_leaves_no_consumer_behind(make_env: EnvFactory)
     await env.subscribe("operator", "op")
     resp = await call(env, "/api/users", "c-5", "Bearer key-a", Prefer="respond-async")
     assert resp.status == 202
-    entry = await env.xadd("c-5")
+    await env.xadd("c-5")
     assert (await env.hooks.next())[0] == "op"
-    await env.dispatched(entry)
+    await env.dispatched()
     await acknowledged(env.redis, outbox_key(env.prefix), "delivery")
     groups = [(env.stream, f"{env.prefix}:webhooks"), (outbox_key(env.prefix), "delivery")]
     for stream, group in groups:
