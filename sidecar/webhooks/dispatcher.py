@@ -73,6 +73,9 @@ class Dispatcher:
         self._pending: dict[tuple[str, str], Pending] = {}
         self._groups: set[str] = set()
         self._last_claim = 0.0
+        # Reads only (the TTL is for writes); `key_prefix` changes only on restart.
+        settings = runtime.settings
+        self.tracker = CallTracker(redis, settings.key_prefix, settings.tracking_ttl)
 
     @property
     def settings(self) -> Settings:
@@ -178,8 +181,7 @@ class Dispatcher:
         subs = await self.store.snapshot()
         tracked: list[TrackedCall | None] = [None] * len(items)
         if subs:  # nobody subscribed: nothing to look up, every completion is done
-            tracker = CallTracker(self.redis, self.settings.key_prefix, self.settings.tracking_ttl)
-            tracked = await tracker.get_many([i.event.correlation_id for i in items])
+            tracked = await self.tracker.get_many([i.event.correlation_id for i in items])
         now = time.monotonic()
         ready: list[tuple[Pending, TrackedCall | None]] = [
             (item, call)
