@@ -135,6 +135,14 @@ async def admin_ctx(app: web.Application) -> AsyncIterator[None]:
     await runner.cleanup()
 
 
+def export_limits(metrics: Metrics, settings: Settings) -> None:
+    """Publish each sync route's `max_waiting`, so a dashboard can set held calls against it."""
+    metrics.max_waiting.clear()
+    for route in settings.routes:
+        if route.is_sync:
+            metrics.max_waiting.labels(route.name).set(route.max_waiting)
+
+
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> web.Application:
     """The proxy application with every resource it owns registered as a cleanup context."""
     # A client that disconnects cancels its handler, so a held call stops waiting at once.
@@ -146,6 +154,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app[METRICS].build_info.info({"version": __version__})
     app.router.add_route("*", "/{tail:.*}", proxy_handler)
     app[WAITING] = {}
+    export_limits(app[METRICS], settings)
+    app[RUNTIME].on_reload.append(lambda new: export_limits(app[METRICS], new))
     app.cleanup_ctx.append(http_ctx)
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(tracking_ctx)

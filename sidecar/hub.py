@@ -37,6 +37,12 @@ BACKOFF_INITIAL_S = 0.05
 BACKOFF_MAX_S = 2.0
 
 
+def entry_age_s(entry_id: str) -> float:
+    """Seconds since Redis added the stream entry `entry_id` (its id starts with the ms time)."""
+    ms = entry_id.partition("-")[0]
+    return max(0.0, time.time() - int(ms) / 1000) if ms.isdigit() else 0.0
+
+
 class Waiter:
     """One waiting call: resolved with the first event its route's spec classifies.
 
@@ -233,6 +239,7 @@ class CompletionHub:
                         count=self.count,
                         block=self.block_ms,
                     )
+                    lagging: dict[str, float] = dict.fromkeys(streams, 0.0)
                     for raw_stream, entries in reply or ():
                         stream = raw_stream.decode()
                         for raw_id, fields in entries:
@@ -240,6 +247,10 @@ class CompletionHub:
                             self._last_ids[stream] = entry_id
                             result = self.dispatch(stream, entry_id, fields)
                             self.metrics.stream_events.labels(stream, result).inc()
+                        if entries:
+                            lagging[stream] = entry_age_s(self._last_ids[stream])
+                    for stream, lag in lagging.items():
+                        self.metrics.stream_lag.labels(stream).set(lag)
             except (RedisError, OSError) as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc

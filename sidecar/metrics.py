@@ -80,6 +80,19 @@ class Metrics:
             ["stream", "result"],
             registry=r,
         )
+        self.max_waiting = Gauge(
+            "sidecar_route_max_waiting",
+            "The route's max_waiting: held calls past this are answered 202 at once, by route.",
+            ["route"],
+            registry=r,
+        )
+        self.stream_lag = Gauge(
+            "sidecar_stream_lag_seconds",
+            "Age of the newest completion event the reader has handled when it read it (0 when "
+            "caught up), by stream.",
+            ["stream"],
+            registry=r,
+        )
         self.redis_up = Gauge(
             "sidecar_redis_up", "1 when the completion reader is connected to Redis.", registry=r
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -478,3 +479,14 @@ async def test_redis_restart_falls_back_to_202_then_recovers(
     async with env.client.session.get(f"{admin}/readyz") as ready:
         assert ready.status == 200
     await redis.aclose()
+
+
+async def test_metrics_show_max_waiting_and_stream_lag(make_env: EnvFactory) -> None:
+    env = await make_env(max_waiting=7)
+    assert metric(env.client, "sidecar_route_max_waiting", route="create-user") == 7
+    # An event written 30 s ago (explicit entry id) is read now: the reader is 30 s behind.
+    old_ms = int((time.time() - 30) * 1000)
+    await env.redis.xadd(env.stream, {"correlation_id": "late", "type": OK}, id=f"{old_ms}-0")
+    await until(lambda: metric(env.client, "sidecar_stream_lag_seconds", stream=env.stream) > 25)
+    await env.publish("now")  # caught up again
+    await until(lambda: metric(env.client, "sidecar_stream_lag_seconds", stream=env.stream) < 5)
