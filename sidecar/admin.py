@@ -1,4 +1,8 @@
-"""The admin listener: health, readiness, metrics and the webhook admin API (`/admin/api/`)."""
+"""The admin listener: health, readiness, metrics and the admin API (`/admin/api/`).
+
+It shares the proxy's error boundary: every error is problem+json with the correlation header
+(the client's `X-Correlation-ID` when well formed, else a new one).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,32 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .state import METRICS, PROXY_APP, REDIS, RUNTIME
+from .boundary import problem_middleware
+from .context import RequestContext
+from .headers import correlation_id
+from .state import HUB, METRICS, PROXY_APP, REDIS, RUNTIME
 from .webhooks.api import setup_admin_routes
+
+
+class AdminListener:
+    """How the admin listener begins and ends its requests."""
+
+    def __init__(self, proxy_app: web.Application) -> None:
+        self.proxy_app = proxy_app
+
+    @property
+    def correlation_header(self) -> str:
+        """The correlation header of the live config."""
+        return self.proxy_app[RUNTIME].settings.correlation_header
+
+    def begin(self, request: web.Request) -> RequestContext:
+        """A request's context: the client's correlation id if well formed, else a new one."""
+        return RequestContext(correlation_id(request.headers.get(self.correlation_header)))
+
+    def end(self, request: web.Request, context: RequestContext) -> None:
+        """Count bugs of ours (the boundary logged them)."""
+        if context.outcome == "internal_error":
+            self.proxy_app[METRICS].internal_errors.labels("admin").inc()
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -18,16 +46,20 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the config is loaded and, if configured, Redis answers; else 503 with why."""
+    """Ready when the config is loaded and, if configured, Redis answers and the completion
+    reader is connected; else 503 with the reasons."""
     app = request.app[PROXY_APP]
-    reasons = dict(app[RUNTIME].ready_reasons)
-    redis = app.get(REDIS)
-    if app[RUNTIME].settings.redis_url and redis is not None:
+    reasons: dict[str, str] = {}
+    connections = app.get(REDIS)
+    if connections is not None:
         try:
             async with asyncio.timeout(1.0):
-                await redis.ping()
+                await connections.shared.ping()
         except Exception as exc:  # any failure means "not ready", whatever its class
             reasons["redis"] = f"Redis does not answer: {exc.__class__.__name__}: {exc}"
+        hub = app.get(HUB)
+        if hub is not None and hub.streams and not hub.connected.is_set():
+            reasons["stream_reader"] = "the completion reader is not connected to Redis"
     status = 503 if reasons else 200
     body = {"status": "not ready" if reasons else "ready", "reasons": reasons}
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
@@ -43,7 +75,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 def create_admin_app(proxy_app: web.Application) -> web.Application:
     """The admin application; handlers reach shared state through the proxy app."""
-    admin = web.Application()
+    admin = web.Application(middlewares=[problem_middleware(AdminListener(proxy_app))])
     admin[PROXY_APP] = proxy_app
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)

@@ -8,33 +8,34 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
-import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
-from redis.asyncio import Redis
 
 from . import __version__
 from .admin import create_admin_app
+from .boundary import problem_middleware
 from .config import Settings
-from .handler import proxy_handler
+from .connections import RedisConnections
 from .hub import CompletionHub
 from .metrics import Metrics
-from .proxy import call_middleware
+from .proxy import ProxyListener, proxy_handler
 from .state import (
     ADMIN_URL,
     HASHER,
+    HELD,
     HTTP,
     HUB,
     METRICS,
     POLLERS,
+    PUBLISHER,
     REDIS,
     RUNTIME,
     TRACKER,
-    WAITING,
     Runtime,
 )
+from .sync.publish import NoPublisher
+from .sync.wait import HeldCalls
 from .tasks import TaskSet
 from .tenancy import TenantHasher
 from .tracking import CallTracker
@@ -57,53 +58,33 @@ async def http_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[HTTP].close()
 
 
-REDIS_POOL_SIZE = 64  # connections shared by every request; a burst waits for one (bounded)
-REDIS_POOL_WAIT_S = 1.0  # longest a command waits for a free pooled connection
-
-
-def connect_redis(url: str, **kwargs: Any) -> Redis:
-    """A Redis client on a bounded, blocking pool for `url`; connects lazily.
-
-    Bounded so that a burst of 10,000 calls never opens 10,000 Redis connections.
-    """
-    kwargs.setdefault("socket_connect_timeout", 2.0)
-    kwargs.setdefault("health_check_interval", 10)
-    kwargs.setdefault("max_connections", REDIS_POOL_SIZE)
-    kwargs.setdefault("timeout", REDIS_POOL_WAIT_S)
-    pool = aioredis.BlockingConnectionPool.from_url(url, **kwargs)
-    client: Redis = Redis.from_pool(pool)
-    return client
-
-
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    """A Redis client (pool) when `redis_url` is set; no I/O at startup, so Redis may be down."""
+    """The Redis clients when `redis_url` is set; no I/O at startup, so Redis may be down."""
     url = app[RUNTIME].settings.redis_url
-    app[REDIS] = connect_redis(url) if url else None
+    app[REDIS] = RedisConnections(url) if url else None
     yield
-    client = app[REDIS]
-    if client is not None:
-        await client.aclose()
+    connections = app[REDIS]
+    if connections is not None:
+        await connections.aclose()
 
 
 async def tracking_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Call tracking and the tenant hasher (both need Redis; absent without it)."""
-    settings, client = app[RUNTIME].settings, app[REDIS]
-    app[TRACKER] = (
-        CallTracker(client, settings.key_prefix, settings.tracking_ttl) if client else None
-    )
-    app[HASHER] = TenantHasher(settings, client)
+    """Call tracking and the tenant hasher (tracking needs Redis; absent without it)."""
+    settings, connections = app[RUNTIME].settings, app[REDIS]
+    redis = connections.shared if connections else None
+    app[TRACKER] = CallTracker(redis, settings.key_prefix, settings.tracking_ttl) if redis else None
+    app[HASHER] = TenantHasher(settings, redis)
     yield
 
 
 async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
     """The completion hub's reader loop, when Redis is configured."""
-    runtime = app[RUNTIME]
-    url = runtime.settings.redis_url
-    if url is None:
+    runtime, connections = app[RUNTIME], app[REDIS]
+    if connections is None:
         app[HUB] = None
         yield
         return
-    hub = CompletionHub(url, runtime.settings, app[METRICS])
+    hub = CompletionHub(connections, runtime.settings, app[METRICS])
     app[HUB] = hub
     runtime.on_reload.append(hub.update)
     tasks = TaskSet("completion-hub")
@@ -146,16 +127,16 @@ def export_limits(metrics: Metrics, settings: Settings) -> None:
 def create_app(settings: Settings, registry: CollectorRegistry | None = None) -> web.Application:
     """The proxy application with every resource it owns registered as a cleanup context."""
     # A client that disconnects cancels its handler, so a held call stops waiting at once.
-    app = web.Application(
-        middlewares=[call_middleware], handler_args={"handler_cancellation": True}
-    )
+    app = web.Application(handler_args={"handler_cancellation": True})
+    app.middlewares.append(problem_middleware(ProxyListener(app)))
     app[RUNTIME] = Runtime(settings)
     app[METRICS] = Metrics(registry)
     app[METRICS].build_info.info({"version": __version__})
-    app.router.add_route("*", "/{tail:.*}", proxy_handler)
-    app[WAITING] = {}
     export_limits(app[METRICS], settings)
     app[RUNTIME].on_reload.append(lambda new: export_limits(app[METRICS], new))
+    app[HELD] = HeldCalls()
+    app[PUBLISHER] = NoPublisher()  # the webhooks capability replaces it when it runs
+    app.router.add_route("*", "/{tail:.*}", proxy_handler)
     app.cleanup_ctx.append(http_ctx)
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(tracking_ctx)

@@ -37,6 +37,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .validation import describe
+
 DEFAULT_CONFIG_PATH = "config/sidecar.yaml"
 
 HTTP_METHODS = frozenset(
@@ -540,16 +542,6 @@ class Settings(BaseSettings):
         keys = [r.wait.stream.key for r in self.routes if r.wait and r.wait.stream]
         return list(dict.fromkeys(keys))
 
-    @property
-    def needs_redis(self) -> bool:
-        """True when some feature cannot work without Redis."""
-        return bool(self.stream_keys) or self.webhooks_enabled
-
-    @property
-    def webhooks_enabled(self) -> bool:
-        """Webhooks run whenever Redis is configured."""
-        return self.redis_url is not None
-
 
 def cross_check(raw: Mapping[str, Any]) -> list[str]:
     """Rules spanning several keys, checked on raw (possibly invalid) data so they add to
@@ -624,17 +616,7 @@ def _interpolate(node: Any, path: str, env: Mapping[str, str], problems: list[st
     return node
 
 
-def _key_path(loc: tuple[int | str, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-_MESSAGES = {
+_WORDING = {
     "extra_forbidden": "unknown key (check the spelling against config/sidecar.yaml)",
     "missing": "required key is missing",
 }
@@ -642,19 +624,7 @@ _MESSAGES = {
 
 def format_validation_error(error: ValidationError) -> list[str]:
     """One `key.path: reason` line per problem, in the order pydantic found them."""
-    problems = []
-    for item in error.errors(include_url=False):
-        loc = tuple(
-            p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-"))
-        )
-        message = _MESSAGES.get(item["type"]) or item["msg"]
-        message = message.removeprefix("Value error, ")
-        if item["type"] == "literal_error" or item["type"].endswith("_type"):
-            message = f"{message} (got {item['input']!r})"
-        path = _key_path(loc)
-        for line in message.split("\n"):
-            problems.append(line if not path or line.startswith(path + ":") else f"{path}: {line}")
-    return problems
+    return describe(error, _WORDING)
 
 
 def parse_settings(

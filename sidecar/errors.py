@@ -3,16 +3,22 @@
     SidecarError                 any answer we make up ourselves (never an upstream's)
     ├── BadRequest               400 bad-request
     ├── Unauthorized             401 unauthorized
+    ├── Forbidden                403 forbidden
     ├── NotFound                 404 not-found
+    ├── RequestTimeout           408 request-timeout
     ├── Conflict                 409 conflict
     ├── PayloadTooLarge          413 payload-too-large
+    ├── ExpectationFailed        417 expectation-failed
     ├── Unprocessable            422 invalid-request
+    ├── TooManyRequests          429 too-many-requests
+    ├── InternalError            500 internal-error       (a bug of ours)
     ├── UpstreamUnreachable      502 upstream-unreachable
     ├── Unavailable              503 unavailable
     └── UpstreamTimeout          504 upstream-timeout
 
-Handlers raise these; the `problem_middleware` turns them into answers. Nothing else becomes a
-problem document except an unexpected bug, which is logged with its traceback and answered 500.
+Handlers raise these; the one error boundary (`sidecar.boundary`) turns them, and anything
+unexpected, into problem answers. Each class names the bounded `outcome` its calls are counted
+under in metrics and logs.
 """
 
 from __future__ import annotations
@@ -26,15 +32,25 @@ PROBLEM_JSON = "application/problem+json"
 
 
 class SidecarError(Exception):
-    """Base: carries the HTTP status, a stable `code` and a human title."""
+    """Base: carries the HTTP status, a stable `code`, a human title and the metrics outcome."""
 
     status = 500
     code = "internal-error"
     title = "Internal error"
+    outcome = "rejected"
 
-    def __init__(self, detail: str = "", **extra: Any) -> None:
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        headers: dict[str, str] | None = None,
+        kind: str = "other",
+        **extra: Any,
+    ) -> None:
         super().__init__(detail or self.title)
         self.detail = detail
+        self.headers = headers or {}
+        self.kind = kind  # for metrics only (e.g. connect, timeout), never shown
         self.extra = extra
 
 
@@ -46,8 +62,16 @@ class Unauthorized(SidecarError):
     status, code, title = 401, "unauthorized", "Unauthorized"
 
 
+class Forbidden(SidecarError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
 class NotFound(SidecarError):
     status, code, title = 404, "not-found", "Not found"
+
+
+class RequestTimeout(SidecarError):
+    status, code, title = 408, "request-timeout", "Request timeout"
 
 
 class Conflict(SidecarError):
@@ -58,20 +82,33 @@ class PayloadTooLarge(SidecarError):
     status, code, title = 413, "payload-too-large", "Payload too large"
 
 
+class ExpectationFailed(SidecarError):
+    status, code, title = 417, "expectation-failed", "Expectation failed"
+
+
 class Unprocessable(SidecarError):
     status, code, title = 422, "invalid-request", "Invalid request"
 
 
+class TooManyRequests(SidecarError):
+    status, code, title = 429, "too-many-requests", "Too many requests"
+
+
+class InternalError(SidecarError):
+    status, code, title, outcome = 500, "internal-error", "Internal error", "internal_error"
+
+
 class UpstreamUnreachable(SidecarError):
     status, code, title = 502, "upstream-unreachable", "Upstream unreachable"
+    outcome = "upstream_error"
 
 
 class Unavailable(SidecarError):
-    status, code, title = 503, "unavailable", "Service unavailable"
+    status, code, title, outcome = 503, "unavailable", "Service unavailable", "internal_error"
 
 
 class UpstreamTimeout(SidecarError):
-    status, code, title = 504, "upstream-timeout", "Upstream timeout"
+    status, code, title, outcome = 504, "upstream-timeout", "Upstream timeout", "upstream_error"
 
 
 def problem_body(
@@ -102,11 +139,13 @@ def problem_response(
     )
 
 
-def error_response(
-    error: SidecarError, headers: dict[str, str] | None = None, **extra: Any
-) -> web.Response:
-    """The answer for one of our own errors (its `kind` stays internal, for metrics)."""
-    fields = {k: v for k, v in {**error.extra, **extra}.items() if k != "kind"}
+def error_response(error: SidecarError, **extra: Any) -> web.Response:
+    """The answer for one of our own errors, with its headers and extra members."""
     return problem_response(
-        error.status, error.code, error.title, error.detail, headers=headers, **fields
+        error.status,
+        error.code,
+        error.title,
+        error.detail,
+        headers=dict(error.headers),
+        **{**error.extra, **extra},
     )

@@ -3,7 +3,9 @@ correlation ids."""
 
 from __future__ import annotations
 
+import email.utils
 import re
+import time
 import uuid
 from collections.abc import Iterable, Mapping
 
@@ -121,3 +123,17 @@ def response_headers(
         if name in headers:
             headers[name] = rewrite_location(headers[name], upstream, origin)
     return headers
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a `Retry-After` of delta-seconds or an HTTP-date; None when absent/invalid."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

@@ -27,6 +27,7 @@ from redis.exceptions import RedisError
 
 from .completion import Completion, MalformedEvent, StreamEvent, classify, decode_for, to_completion
 from .config import Settings, StreamWait
+from .connections import RedisConnections
 from .metrics import Metrics
 from .tasks import cancelling, checkpoint
 
@@ -94,8 +95,8 @@ def decoders_for(settings: Settings) -> dict[str, list[_Decoder]]:
 class CompletionHub:
     """Reads completion streams and wakes waiters. Run `run()` as a background task."""
 
-    def __init__(self, redis_url: str, settings: Settings, metrics: Metrics) -> None:
-        self.redis_url = redis_url
+    def __init__(self, connections: RedisConnections, settings: Settings, metrics: Metrics) -> None:
+        self.connections = connections
         self.metrics = metrics
         self.block_ms = int(settings.stream_reader.block * 1000)
         self.count = settings.stream_reader.count
@@ -122,13 +123,13 @@ class CompletionHub:
 
     # -- waiters ---------------------------------------------------------------------------
 
-    def add(self, spec: StreamWait, correlation_id: str) -> Waiter:
-        """Register a waiter, resolved at once if a matching event is cached. The caller must
-        `discard()` it (in a `finally`)."""
+    def add(self, spec: StreamWait, correlation_id: str, *, cached: bool = True) -> Waiter:
+        """Register a waiter; with `cached`, resolved at once if a matching event is in the
+        recent-event cache. The caller must `discard()` it (in a `finally`)."""
         waiter = Waiter(spec, correlation_id)
-        cached = self._recent.get(waiter.key)
-        if cached is not None and cached[0] > time.monotonic():
-            for event in cached[1]:
+        recent = self._recent.get(waiter.key) if cached else None
+        if recent is not None and recent[0] > time.monotonic():
+            for event in recent[1]:
                 if waiter.offer(event):
                     break
         waiters = self._waiters.get(waiter.key)
@@ -194,16 +195,6 @@ class CompletionHub:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def _connect(self) -> aioredis.Redis:
-        client: aioredis.Redis = aioredis.Redis.from_url(
-            self.redis_url,
-            single_connection_client=True,
-            socket_connect_timeout=2.0,
-            socket_timeout=self.block_ms / 1000 + 5.0,
-            retry_on_timeout=False,
-        )
-        return client
-
     async def _resolve_start_ids(self, client: aioredis.Redis, streams: Sequence[str]) -> None:
         """New streams start at their current last entry (or the beginning when empty)."""
         for stream in streams:
@@ -217,7 +208,7 @@ class CompletionHub:
         backoff = BACKOFF_INITIAL_S
         while True:
             checkpoint()
-            client = self._connect()
+            client = self.connections.reader(self.block_ms / 1000)
             try:
                 while True:
                     checkpoint()

@@ -1,25 +1,25 @@
-"""Every Redis key the sidecar owns (all start with the configured `key_prefix`).
+"""Every Redis key the sidecar's call path owns (all start with the configured `key_prefix`).
 
 The operators' completion streams (`routes[].wait.stream.key`) are theirs, never prefixed.
-Webhook keys live in `sidecar.webhooks.keys`.
+Webhook keys and consumer-group names live in `sidecar.webhooks.keys`.
 
-    {prefix}:call:{correlation_id}   hash, TTL tracking_ttl: one 202'd call (route, tenant,
+    {prefix}:call:{id}               hash, TTL tracking_ttl: one 202'd call (route, tenant,
                                      location, upstream_location, state, created_at)
-    {prefix}:loc:{upstream path}     string, TTL tracking_ttl: correlation id of the call whose
-                                     upstream Location this is (long-poll lookup)
+    {prefix}:loc:{upstream path}     string, TTL tracking_ttl: the id of the call whose upstream
+                                     Location this is (long-poll lookup)
     {prefix}:tenancy:key             string: random key of the credential hash when none is set
 """
 
 from __future__ import annotations
 
 
-def call_key(prefix: str, correlation_id: str) -> str:
-    """Hash describing one tracked call."""
-    return f"{prefix}:call:{correlation_id}"
+def call_key(prefix: str, wait_id: str) -> str:
+    """Hash describing one tracked call, under the id its completion carries."""
+    return f"{prefix}:call:{wait_id}"
 
 
 def location_key(prefix: str, upstream_path: str) -> str:
-    """Lookup from an upstream Location path (with query) to a correlation id."""
+    """Lookup from an upstream Location path (with query) to the id of its call."""
     return f"{prefix}:loc:{upstream_path}"
 
 

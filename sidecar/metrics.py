@@ -17,6 +17,8 @@ OUTCOMES = (
     "passthrough",
     "upstream_error",
     "client_gone",
+    "rejected",
+    "internal_error",
 )
 
 
@@ -43,6 +45,12 @@ class Metrics:
             "Time from request to answer headers, by route and outcome.",
             ["route", "outcome"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.internal_errors = Counter(
+            "sidecar_internal_errors",
+            "Requests that met a bug of ours (answered 500 problem+json), by listener.",
+            ["listener"],
             registry=r,
         )
         self.in_flight = Gauge(

@@ -10,10 +10,8 @@ Poll errors (connection refused, timeouts, 5xx) are counted and retried; they ne
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import random
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +22,7 @@ from yarl import URL
 
 from .completion import Completion, Status
 from .config import PollWait
+from .headers import parse_retry_after
 from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
@@ -65,20 +64,6 @@ def json_pointer(document: Any, pointer: str) -> Any:
         else:
             raise LookupError(pointer)
     return node
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds from a `Retry-After` of delta-seconds or an HTTP-date; None when absent/invalid."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
 def decode_body(body: bytes, content_type: str | None) -> tuple[Any, bool]:

@@ -1,176 +1,100 @@
-"""The proxy listener: every request is either passed through (streamed) or synchronised.
+"""The proxy listener: every path belongs to the upstream. A request on a sync route is
+synchronised, a long-poll is held, everything else passes through, streamed.
 
-`CallContext` follows one call from arrival to its access-log line; `call_middleware` owns it,
-turns our own errors into problem documents, and records metrics and the log line for every call.
+`ProxyListener` begins each call (its context: route, upstream, client-facing origin, the
+correlation id) and ends it (metrics, the access log line); the shared error boundary runs
+between the two.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
 
-import aiohttp
 from aiohttp import web
-from aiohttp.typedefs import Handler
-from yarl import URL
 
-from .errors import SidecarError, error_response
-from .headers import client_origin, correlation_id, response_headers, upstream_request_headers
+from .context import CONTEXT, CallContext, RequestContext
+from .headers import client_origin, correlation_id
 from .metrics import status_class
-from .routing import CompiledRoute
-from .state import HTTP, METRICS, RUNTIME
-from .upstream import map_client_errors, relay_body
+from .state import METRICS, RUNTIME
+from .sync.call import synchronise
+from .sync.longpoll import long_poll
+from .upstream import pass_through
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("sidecar.access")
 
-CALL = web.RequestKey("call", object)
-UNMATCHED = "-"  # route label of requests no route matched
 
+class ProxyListener:
+    """How the proxy listener begins and ends its calls."""
 
-@dataclass(slots=True)
-class CallContext:
-    """What is known about one proxied call; filled in as it goes, logged once at the end."""
-
-    correlation_id: str
-    route: CompiledRoute | None
-    upstream: URL
-    origin: str
-    started: float = field(default_factory=time.perf_counter)
-    outcome: str = "passthrough"
-    reason: str | None = None
-    status: int = 0
-    upstream_s: float | None = None
-    wait_s: float | None = None
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
 
     @property
-    def route_name(self) -> str:
-        """Route label for metrics and logs."""
-        return self.route.route.name if self.route else UNMATCHED
+    def correlation_header(self) -> str:
+        """The correlation header of the live config."""
+        return self.app[RUNTIME].settings.correlation_header
 
-
-def upstream_url(base: URL, request: web.Request) -> URL:
-    """The upstream URL: its origin (and base path) plus the request's raw path and query."""
-    return URL(str(base).rstrip("/") + request.raw_path, encoded=True)
-
-
-async def open_upstream(request: web.Request, call: CallContext) -> aiohttp.ClientResponse:
-    """Send the request upstream with its body streamed; return the response (headers read)."""
-    runtime = request.app[RUNTIME]
-    settings = runtime.settings
-    headers = upstream_request_headers(
-        request.headers,
-        remote=request.remote,
-        scheme=request.scheme,
-        host=request.host,
-        trust_forwarded=settings.proxy.trust_forwarded_headers,
-        correlation_header=settings.correlation_header,
-        correlation=call.correlation_id,
-    )
-    data = request.content if request.body_exists else None
-    started = time.perf_counter()
-    with map_client_errors():
-        response = await request.app[HTTP].request(
-            request.method,
-            upstream_url(call.upstream, request),
-            headers=headers,
-            data=data,
-            allow_redirects=False,
+    def begin(self, request: web.Request) -> CallContext:
+        """A call's context: its route (first match), upstream and origin."""
+        runtime = self.app[RUNTIME]
+        settings = runtime.settings
+        compiled = runtime.table.match(request.method, request.path)
+        trusted = request.headers if settings.proxy.trust_forwarded_headers else None
+        self.app[METRICS].in_flight.inc()
+        return CallContext(
+            correlation_id=correlation_id(request.headers.get(settings.correlation_header)),
+            route=compiled,
+            upstream=compiled.upstream if compiled else runtime.table.default_upstream,
+            origin=client_origin(
+                public_url=settings.proxy.public_url,
+                scheme=request.scheme,
+                host=request.host,
+                forwarded=trusted,
+            ),
         )
-    call.upstream_s = time.perf_counter() - started
-    return response
 
-
-async def relay(
-    request: web.Request,
-    call: CallContext,
-    upstream: aiohttp.ClientResponse,
-    extra_headers: dict[str, str] | None = None,
-) -> web.StreamResponse:
-    """Relay an upstream answer unchanged (status, headers, body), streamed."""
-    headers = response_headers(upstream.headers, upstream=call.upstream, origin=call.origin)
-    headers[request.app[RUNTIME].settings.correlation_header] = call.correlation_id
-    if extra_headers:
-        headers.update(extra_headers)
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-    call.status = upstream.status
-    await response.prepare(request)
-    if request.method != "HEAD":
-        await relay_body(upstream, response)
-    return response
-
-
-async def pass_through(
-    request: web.Request, call: CallContext, extra_headers: dict[str, str] | None = None
-) -> web.StreamResponse:
-    """Forward the call and relay whatever the upstream answers."""
-    async with await open_upstream(request, call) as upstream:
-        return await relay(request, call, upstream, extra_headers)
-
-
-@web.middleware
-async def call_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Create the call context, answer our own errors as problem+json, log and count the call."""
-    app = request.app
-    settings = app[RUNTIME].settings
-    compiled = app[RUNTIME].table.match(request.method, request.path)
-    trusted = request.headers if settings.proxy.trust_forwarded_headers else None
-    call = CallContext(
-        correlation_id=correlation_id(request.headers.get(settings.correlation_header)),
-        route=compiled,
-        upstream=compiled.upstream if compiled else app[RUNTIME].table.default_upstream,
-        origin=client_origin(
-            public_url=settings.proxy.public_url,
-            scheme=request.scheme,
-            host=request.host,
-            forwarded=trusted,
-        ),
-    )
-    request[CALL] = call
-    metrics = app[METRICS]
-    metrics.in_flight.inc()
-    try:
-        try:
-            return await handler(request)
-        except SidecarError as error:
-            call.outcome = "upstream_error"
-            call.status = error.status
-            kind = str(error.extra.get("kind", "other"))
-            metrics.upstream_errors.labels(call.route_name, kind).inc()
-            return error_response(
-                error,
-                correlation_id=call.correlation_id,
-                headers={settings.correlation_header: call.correlation_id},
-            )
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError, asyncio.CancelledError):
-            # The client went away: aiohttp cancels the handler (handler_cancellation) or the
-            # write fails. Nothing is answered; the call is counted as such.
-            call.outcome = "client_gone"
-            raise
-    finally:
+    def end(self, request: web.Request, context: RequestContext) -> None:
+        """Count the call and write its access log line."""
+        assert isinstance(context, CallContext)
+        metrics = self.app[METRICS]
         metrics.in_flight.dec()
-        _record(app, request, call)
+        elapsed = time.perf_counter() - context.started
+        route = context.route_name
+        metrics.requests.labels(route, context.outcome, status_class(context.status)).inc()
+        metrics.request_duration.labels(route, context.outcome).observe(elapsed)
+        if context.outcome == "upstream_error":
+            metrics.upstream_errors.labels(route, context.error_kind or "other").inc()
+        if context.outcome == "internal_error":
+            metrics.internal_errors.labels("proxy").inc()
+        access_log.info(
+            "call",
+            extra={
+                "route": route,
+                "method": request.method,
+                "path": request.path,
+                "status": context.status,
+                "outcome": context.outcome,
+                "reason": context.reason,
+                "correlation_id": context.correlation_id,
+                "operation_id": context.operation_id,
+                "duration_ms": round(elapsed * 1000, 3),
+                "upstream_ms": _ms(context.upstream_s),
+                "wait_ms": _ms(context.wait_s),
+            },
+        )
 
 
-def _record(app: web.Application, request: web.Request, call: CallContext) -> None:
-    elapsed = time.perf_counter() - call.started
-    metrics = app[METRICS]
-    metrics.requests.labels(call.route_name, call.outcome, status_class(call.status)).inc()
-    metrics.request_duration.labels(call.route_name, call.outcome).observe(elapsed)
-    access_log.info(
-        "call",
-        extra={
-            "route": call.route_name,
-            "method": request.method,
-            "path": request.path,
-            "status": call.status,
-            "outcome": call.outcome,
-            "reason": call.reason,
-            "correlation_id": call.correlation_id,
-            "duration_ms": round(elapsed * 1000, 3),
-            "upstream_ms": None if call.upstream_s is None else round(call.upstream_s * 1000, 3),
-            "wait_ms": None if call.wait_s is None else round(call.wait_s * 1000, 3),
-        },
-    )
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+async def proxy_handler(request: web.Request) -> web.StreamResponse:
+    """Every path of the proxy listener."""
+    call = request[CONTEXT]
+    assert isinstance(call, CallContext)
+    if call.route is not None and call.route.route.is_sync:
+        return await synchronise(request, call)
+    extra = await long_poll(request, call)
+    return await pass_through(request, call, extra)

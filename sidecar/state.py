@@ -3,21 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 
 from .config import Settings
+from .connections import RedisConnections
 from .hub import CompletionHub
 from .metrics import Metrics
 from .routing import RouteTable
+from .sync.publish import CompletionPublisher
+from .sync.wait import HeldCalls
 from .tasks import TaskSet
 from .tenancy import TenantHasher
 from .tracking import CallTracker
-
-if TYPE_CHECKING:
-    from redis.asyncio import Redis
 
 
 class Runtime:
@@ -26,7 +25,6 @@ class Runtime:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.table = RouteTable(settings)
-        self.ready_reasons: dict[str, str] = {}
         self.on_reload: list[Callable[[Settings], None]] = []
 
     def reload(self, settings: Settings) -> None:
@@ -40,12 +38,13 @@ class Runtime:
 RUNTIME = web.AppKey("runtime", Runtime)
 METRICS = web.AppKey("metrics", Metrics)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
-REDIS: web.AppKey[Redis | None] = web.AppKey("redis")
+REDIS: web.AppKey[RedisConnections | None] = web.AppKey("redis")
 ADMIN_URL = web.AppKey("admin_url", str)
 HUB: web.AppKey[CompletionHub | None] = web.AppKey("hub")
 TRACKER: web.AppKey[CallTracker | None] = web.AppKey("tracker")
 HASHER = web.AppKey("hasher", TenantHasher)
 POLLERS = web.AppKey("pollers", TaskSet)
-WAITING = web.AppKey("waiting", dict[str, int])
+HELD = web.AppKey("held", HeldCalls)
+PUBLISHER = web.AppKey("publisher", CompletionPublisher)
 # On the admin app (and its sub-apps): the proxy app whose state the admin handlers read.
 PROXY_APP = web.AppKey("proxy_app", web.Application)

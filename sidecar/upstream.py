@@ -1,19 +1,28 @@
-"""Talking to the upstream: one pooled session, errors translated at the boundary, bodies streamed.
+"""Talking to the upstream: one pooled session, the request sent on, the answer relayed.
 
-`map_client_errors` is the one place aiohttp's client exceptions become our `UpstreamUnreachable`
-(502) / `UpstreamTimeout` (504).
+`map_client_errors` is the one place aiohttp's client exceptions become our
+`UpstreamUnreachable` (502) / `UpstreamTimeout` (504). Bodies are streamed both ways; an
+upstream that fails after its answer started is cut off (the client sees a truncated answer).
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from collections.abc import Iterator
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from .config import Proxy
+from .context import CallContext
 from .errors import UpstreamTimeout, UpstreamUnreachable
+from .headers import response_headers, upstream_request_headers
+from .state import HTTP, RUNTIME
+
+logger = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 
@@ -55,8 +64,73 @@ def map_client_errors(what: str = "upstream") -> Iterator[None]:
         ) from exc
 
 
-async def relay_body(upstream: aiohttp.ClientResponse, response: web.StreamResponse) -> None:
-    """Stream the upstream body to the prepared client response, chunk by chunk."""
-    async for chunk in upstream.content.iter_chunked(CHUNK):
-        await response.write(chunk)
+def upstream_url(base: URL, request: web.Request) -> URL:
+    """The upstream URL: its origin (and base path) plus the request's raw path and query."""
+    return URL(str(base).rstrip("/") + request.raw_path, encoded=True)
+
+
+async def open_upstream(request: web.Request, call: CallContext) -> aiohttp.ClientResponse:
+    """Send the request upstream with its body streamed; return the response (headers read)."""
+    settings = request.app[RUNTIME].settings
+    headers = upstream_request_headers(
+        request.headers,
+        remote=request.remote,
+        scheme=request.scheme,
+        host=request.host,
+        trust_forwarded=settings.proxy.trust_forwarded_headers,
+        correlation_header=settings.correlation_header,
+        correlation=call.correlation_id,
+    )
+    data = request.content if request.body_exists else None
+    started = time.perf_counter()
+    with map_client_errors():
+        response = await request.app[HTTP].request(
+            request.method,
+            upstream_url(call.upstream, request),
+            headers=headers,
+            data=data,
+            allow_redirects=False,
+        )
+    call.upstream_s = time.perf_counter() - started
+    return response
+
+
+async def relay(
+    request: web.Request,
+    call: CallContext,
+    upstream: aiohttp.ClientResponse,
+    extra_headers: dict[str, str] | None = None,
+) -> web.StreamResponse:
+    """Relay an upstream answer unchanged (status, headers, body), streamed."""
+    headers = response_headers(upstream.headers, upstream=call.upstream, origin=call.origin)
+    headers[request.app[RUNTIME].settings.correlation_header] = call.correlation_id
+    if extra_headers:
+        headers.update(extra_headers)
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    call.status = upstream.status
+    await response.prepare(request)
+    call.response = response
+    if request.method != "HEAD":
+        try:
+            async for chunk in upstream.content.iter_chunked(CHUNK):
+                await response.write(chunk)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # Too late for a 502: cut the answer so the client cannot take it as complete.
+            logger.warning(
+                "upstream failed mid-answer; connection closed",
+                extra={"correlation_id": call.correlation_id, "error": exc.__class__.__name__},
+            )
+            call.outcome, call.error_kind = "upstream_error", "protocol"
+            if request.transport is not None:
+                request.transport.close()
+            return response
     await response.write_eof()
+    return response
+
+
+async def pass_through(
+    request: web.Request, call: CallContext, extra_headers: dict[str, str] | None = None
+) -> web.StreamResponse:
+    """Forward the call and relay whatever the upstream answers."""
+    async with await open_upstream(request, call) as upstream:
+        return await relay(request, call, upstream, extra_headers)

@@ -15,9 +15,9 @@ and creates operator-owned subscriptions. Any other value of the credential head
 (`tenancy.credential_header`) is a client, hashed exactly as the proxy hashes it, who sees only
 its own subscriptions: another's answers 404, like a missing one.
 
-Answers are JSON. Errors are problem+json, made by this sub-app's own middleware: 400 malformed
-JSON, 401 no credential, 404, 409 a disabled subscription, 422 invalid fields (every problem
-listed), 503 without Redis or while it fails.
+Answers are JSON. Errors are problem+json, made by the admin listener's error boundary: 400
+malformed JSON, 401 no credential, 404, 409 a disabled subscription, 422 invalid fields (every
+problem listed), 503 without Redis or while it fails.
 """
 
 from __future__ import annotations
@@ -32,21 +32,17 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from aiohttp.typedefs import Handler
-from redis.exceptions import RedisError
 
 from ..config import Settings
 from ..errors import (
     Conflict,
     NotFound,
-    SidecarError,
     Unauthorized,
     Unavailable,
-    error_response,
-    problem_response,
 )
 from ..state import HASHER, PROXY_APP, RUNTIME
 from ..tenancy import OPERATOR
+from ..timestamps import iso
 from .bodies import (
     MessageForTest,
     SubscriptionCreate,
@@ -56,11 +52,10 @@ from .bodies import (
     known_events,
     read_body,
 )
-from .fanout import iso
+from .fanout import event_body
 from .keys import attempts_key, message_key
 from .runtime import WEBHOOKS, WebhookRuntime
 from .store import Subscription
-from .targets import TargetPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +89,10 @@ async def caller_of(request: web.Request) -> str:
     header = settings.tenancy.credential_header
     tenant = await proxy_app[HASHER].tenant(request.headers.get(header) or None)
     if tenant is None:
-        raise Unauthorized(f"send your client credential in the {header} header")
+        raise Unauthorized(
+            f"send your client credential in the {header} header",
+            headers={"WWW-Authenticate": REALM},
+        )
     return tenant
 
 
@@ -141,38 +139,6 @@ def json_response(data: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=orjson.dumps(data), content_type="application/json")
 
 
-@web.middleware
-async def api_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Our errors, aiohttp's (404, 405) and Redis faults as problem+json; a bug as a 500."""
-    try:
-        return await handler(request)
-    except Unauthorized as error:
-        return error_response(error, headers={"WWW-Authenticate": REALM})
-    except SidecarError as error:
-        return error_response(error)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        allow = exc.headers.get("Allow")
-        detail = f"no endpoint {request.method} {request.path}" if exc.status in (404, 405) else ""
-        if allow:
-            detail += f" (this path allows {allow})"
-        code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status, f"http-{exc.status}")
-        headers = {"Allow": allow} if allow else None
-        return problem_response(exc.status, code, exc.reason, detail, headers=headers)
-    except (RedisError, OSError) as exc:
-        logger.warning(
-            "webhook admin API: Redis fault",
-            extra={"method": request.method, "path": request.path, "error": str(exc)},
-        )
-        return error_response(Unavailable(f"Redis is unavailable ({exc.__class__.__name__})"))
-    except Exception:
-        logger.exception(
-            "webhook admin API failed", extra={"method": request.method, "path": request.path}
-        )
-        return error_response(SidecarError())
-
-
 # --------------------------------------------------------------------------------------------
 # Handlers
 # --------------------------------------------------------------------------------------------
@@ -184,9 +150,7 @@ async def create_subscription(request: web.Request) -> web.Response:
     caller = await caller_of(request)
     body = await read_body(request, SubscriptionCreate)
     live = request.app[PROXY_APP][RUNTIME].settings
-    fields = check_changes(
-        body, TargetPolicy.from_settings(runtime.settings.webhooks), known_events(live)
-    )
+    fields = check_changes(body, runtime.policy, known_events(live))
     sub = await runtime.store.create(caller, fields["url"], fields["events"], body.description)
     if not body.enabled:
         sub = await changed(runtime, sub, enabled=False)
@@ -219,9 +183,7 @@ async def patch_subscription(request: web.Request) -> web.Response:
     sub = await subscription_of(request, runtime, caller)
     body = await read_body(request, SubscriptionPatch)
     live = request.app[PROXY_APP][RUNTIME].settings
-    changes = check_changes(
-        body, TargetPolicy.from_settings(runtime.settings.webhooks), known_events(live)
-    )
+    changes = check_changes(body, runtime.policy, known_events(live))
     if changes:
         sub = await changed(runtime, sub, **changes)
         logger.info(
@@ -269,16 +231,15 @@ def payload_for_test(settings: Settings, event_type: str, data: Any, ts: float) 
             route = r.name
             status = "succeeded" if event_type == r.success_event else "failed"
             break
-    body = {
-        "type": event_type,
-        "timestamp": iso(ts),
-        "data": data,
-        "correlation_id": str(uuid.uuid4()),
-        "route": route,
-        "location": None,
-        "status": status,
-    }
-    return orjson.dumps(body)
+    return event_body(
+        event_type,
+        route=route,
+        status=status,
+        data=data,
+        correlation_id=str(uuid.uuid4()),
+        location=None,
+        ts=ts,
+    )
 
 
 async def send_test(request: web.Request) -> web.Response:
@@ -370,7 +331,7 @@ async def redeliver(request: web.Request) -> web.Response:
 
 def setup_admin_routes(admin: web.Application) -> None:
     """Mount the API at `/admin/api` as a sub-app of `admin` (which holds `PROXY_APP`)."""
-    api = web.Application(middlewares=[api_middleware])
+    api = web.Application()
     api[PROXY_APP] = admin[PROXY_APP]
     one = "/subscriptions/{id}"
     api.router.add_post("/subscriptions", create_subscription)

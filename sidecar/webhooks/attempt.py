@@ -8,7 +8,6 @@ schedule with ±20 % jitter, slows down on 429/502/504 and honours `Retry-After`
 from __future__ import annotations
 
 import binascii
-import email.utils
 import logging
 import random
 import time
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from ..headers import parse_retry_after
 from .signing import signature_headers
 from .targets import GuardedResolver, TargetPolicy, TargetRefused
 
@@ -54,20 +54,6 @@ def create_webhook_session(policy: TargetPolicy, concurrency: int) -> aiohttp.Cl
     """The webhook client: SSRF-guarded resolver, no cookies, no proxies from the environment."""
     connector = aiohttp.TCPConnector(resolver=GuardedResolver(policy), limit=concurrency)
     return aiohttp.ClientSession(connector=connector, cookie_jar=aiohttp.DummyCookieJar())
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
 
 
 async def post_once(

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import Settings
 from ..errors import BadRequest, Unprocessable
+from ..validation import describe
 from .targets import TargetPolicy, TargetRefused
 
 TEST_EVENT = "webhook.test"  # default type of a test message; subscribable like a route event
@@ -58,23 +59,16 @@ class MessageForTest(Body):
     data: Any = Field(default_factory=dict)
 
 
+_WORDING = {"extra_forbidden": "unknown field", "missing": "required field is missing"}
+
+
+def _shown(value: Any) -> str:
+    return orjson.dumps(value, default=repr).decode()[:60]
+
+
 def validation_problems(error: ValidationError) -> list[str]:
     """One `field: reason` line per problem, worded for API clients."""
-    problems = []
-    for item in error.errors(include_url=False):
-        path = ""
-        for part in item["loc"]:
-            path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-        if item["type"] == "extra_forbidden":
-            reason = "unknown field"
-        elif item["type"] == "missing":
-            reason = "required field is missing"
-        else:
-            reason = item["msg"]
-            if item["type"].endswith("_type"):
-                reason += f" (got {orjson.dumps(item['input']).decode()[:60]})"
-        problems.append(f"{path or '<body>'}: {reason}")
-    return problems
+    return describe(error, _WORDING, _shown, root="<body>")
 
 
 def invalid(problems: list[str]) -> Unprocessable:

@@ -17,20 +17,24 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import aiohttp
 import orjson
-from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from ..config import Webhooks
 from ..tasks import cancelling, checkpoint
+from ..timestamps import iso
 from .attempt import AttemptResult, next_delay, post_once
-from .fanout import iso
-from .keys import attempts_key, dead_key, due_key, message_key, outbox_key, version_key
-from .metrics import WebhookMetrics
-from .outbox import GROUP, MESSAGE_TTL_S, Outbox, create_group, group_lost
-from .store import Subscription, SubscriptionStore
-from .targets import TargetPolicy
+from .keys import (
+    DELIVERY_GROUP,
+    attempts_key,
+    dead_key,
+    due_key,
+    message_key,
+    outbox_key,
+    version_key,
+)
+from .outbox import MESSAGE_TTL_S, create_group, group_lost
+from .runtime import WebhookRuntime
+from .store import Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -66,21 +70,13 @@ async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
 class DeliveryWorker:
     """Delivers outbox attempts with global and per-subscription concurrency bounds."""
 
-    def __init__(
-        self,
-        redis: Redis,
-        prefix: str,
-        config: Webhooks,
-        session: aiohttp.ClientSession,
-        metrics: WebhookMetrics,
-        consumer: str,
-        store: SubscriptionStore | None = None,
-    ) -> None:
-        self.redis, self.prefix, self.config = redis, prefix, config
-        self.session, self.metrics, self.consumer = session, metrics, consumer
-        self.policy = TargetPolicy.from_settings(config)
-        self.store = store or SubscriptionStore(redis, prefix)
-        self.outbox = Outbox(redis, prefix, config.outbox_maxlen)
+    def __init__(self, webhooks: WebhookRuntime) -> None:
+        self.redis, self.prefix = webhooks.redis, webhooks.prefix
+        self.config = webhooks.settings.webhooks
+        self.session, self.metrics = webhooks.session, webhooks.metrics
+        self.consumer, self.policy = webhooks.consumer, webhooks.policy
+        self.store, self.outbox = webhooks.store, webhooks.outbox
+        config = self.config
         self.claim_idle_s = config.timeout * 1.5 + 1.0
         self.due_interval_s = min(max(min(config.schedule) / 4, 0.01), 0.5)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -101,7 +97,7 @@ class DeliveryWorker:
 
     async def ensure_group(self) -> None:
         """Create the outbox consumer group (and stream) unless it exists."""
-        await create_group(self.redis, outbox_key(self.prefix), GROUP, "0")
+        await create_group(self.redis, outbox_key(self.prefix), DELIVERY_GROUP, "0")
 
     async def _with_group(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """Run `call`; on NOGROUP recreate the group and run it again."""
@@ -128,7 +124,7 @@ class DeliveryWorker:
             reply = await self._with_group(
                 functools.partial(
                     self.redis.xreadgroup,
-                    GROUP,
+                    DELIVERY_GROUP,
                     self.consumer,
                     {outbox_key(self.prefix): ">"},
                     count=free,
@@ -150,7 +146,7 @@ class DeliveryWorker:
                 functools.partial(
                     self.redis.xautoclaim,
                     outbox_key(self.prefix),
-                    GROUP,
+                    DELIVERY_GROUP,
                     self.consumer,
                     min_idle_time=int(self.claim_idle_s * 1000),
                     count=free,
@@ -177,7 +173,7 @@ class DeliveryWorker:
         waiting = 0
         try:
             for group in await self.redis.xinfo_groups(outbox_key(self.prefix)):
-                if group["name"].decode() == GROUP:
+                if group["name"].decode() == DELIVERY_GROUP:
                     waiting = int(group.get("pending") or 0) + int(group.get("lag") or 0)
         except ResponseError:
             pass  # the stream does not exist yet
@@ -196,7 +192,7 @@ class DeliveryWorker:
             logger.error("delivery failed unexpectedly", exc_info=task.exception())
 
     async def _ack(self, entry_id: str) -> None:
-        await self.redis.xack(outbox_key(self.prefix), GROUP, entry_id)
+        await self.redis.xack(outbox_key(self.prefix), DELIVERY_GROUP, entry_id)
 
     async def _handle(self, entry_id: str, fields: dict[bytes, bytes]) -> None:
         message_id = fields[b"m"].decode()
@@ -229,7 +225,7 @@ class DeliveryWorker:
             async with self.redis.pipeline(transaction=True) as pipe:
                 member = f"{message_id}|{attempt}|{trigger}"
                 pipe.zadd(due_key(self.prefix), {member: int((time.time() + DEFER_S) * 1000)})
-                pipe.xack(outbox_key(self.prefix), GROUP, entry_id)
+                pipe.xack(outbox_key(self.prefix), DELIVERY_GROUP, entry_id)
                 await pipe.execute()
             return
         try:
@@ -287,7 +283,7 @@ class DeliveryWorker:
         }
         mkey = message_key(self.prefix, message_id)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(outbox_key(self.prefix), GROUP, entry_id)
+            pipe.xack(outbox_key(self.prefix), DELIVERY_GROUP, entry_id)
             pipe.lpush(attempts_key(self.prefix, sub.id), orjson.dumps(log))
             pipe.ltrim(attempts_key(self.prefix, sub.id), 0, ATTEMPTS_KEPT - 1)
             pipe.hset(mkey, mapping={"state": state, "attempts": attempt})

@@ -14,17 +14,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from ..completion import MalformedEvent, Status, StreamEvent, classify, decode_for
 from ..config import Route, Settings
 from ..state import Runtime
 from ..tasks import checkpoint
-from ..tracking import CallTracker, TrackedCall
+from ..tracking import TrackedCall
 from .fanout import messages_for
-from .outbox import Outbox, create_group, group_lost
-from .store import SubscriptionStore
+from .keys import dispatch_group
+from .outbox import create_group, group_lost
+from .runtime import WebhookRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +38,6 @@ BATCH = 200
 # dispatcher would otherwise take a core from the calls being synchronised. Webhooks wait at
 # most this much longer.
 LINGER_S = 0.02
-
-
-def group_name(prefix: str) -> str:
-    """The consumer group reading the completion streams."""
-    return f"{prefix}:webhooks"
 
 
 @dataclass(slots=True)
@@ -60,22 +55,13 @@ class Pending:
 class Dispatcher:
     """Turns stream completions into outbox messages."""
 
-    def __init__(
-        self,
-        redis: Redis,
-        runtime: Runtime,
-        store: SubscriptionStore,
-        outbox: Outbox,
-        consumer: str,
-    ) -> None:
-        self.redis, self.runtime, self.store, self.outbox = redis, runtime, store, outbox
-        self.consumer = consumer
+    def __init__(self, webhooks: WebhookRuntime, runtime: Runtime) -> None:
+        self.redis, self.runtime = webhooks.redis, runtime
+        self.store, self.outbox, self.tracker = webhooks.store, webhooks.outbox, webhooks.tracker
+        self.consumer = webhooks.consumer
         self._pending: dict[tuple[str, str], Pending] = {}
         self._groups: set[str] = set()
         self._last_claim = 0.0
-        # Reads only (the TTL is for writes); `key_prefix` changes only on restart.
-        settings = runtime.settings
-        self.tracker = CallTracker(redis, settings.key_prefix, settings.tracking_ttl)
 
     @property
     def settings(self) -> Settings:
@@ -83,7 +69,7 @@ class Dispatcher:
         return self.runtime.settings
 
     async def _ensure(self, stream: str, start: str = "$") -> None:
-        await create_group(self.redis, stream, group_name(self.settings.key_prefix), start)
+        await create_group(self.redis, stream, dispatch_group(self.settings.key_prefix), start)
         self._groups.add(stream)
 
     async def ensure_groups(self) -> None:
@@ -100,7 +86,7 @@ class Dispatcher:
         for stream in streams:
             if stream not in self._groups:
                 await self._ensure(stream)
-        group = group_name(self.settings.key_prefix)
+        group = dispatch_group(self.settings.key_prefix)
         try:
             entries = await self._read(streams, group)
         except ResponseError as exc:
@@ -217,7 +203,7 @@ class Dispatcher:
         by_stream: dict[str, list[str]] = {}
         for stream, entry_id in entries:
             by_stream.setdefault(stream, []).append(entry_id)
-        group = group_name(self.settings.key_prefix)
+        group = dispatch_group(self.settings.key_prefix)
         for stream, ids in by_stream.items():
             await self.redis.xack(stream, group, *ids)
 

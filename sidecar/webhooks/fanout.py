@@ -1,39 +1,67 @@
-"""Fan-out: one completion becomes one message per subscription that may receive it."""
+"""Fan-out: one completion becomes one message per subscription that may receive it.
+
+The payload is `{type, timestamp, data}` plus the call's identity (`correlation_id`, and the
+`operation_id` its completion was matched on when that differs), its route, the 202 `Location`
+and the final status, serialised once and signed and sent exactly as is.
+"""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
 
 from ..completion import Status
 from ..config import Route
+from ..timestamps import iso
 from ..tracking import TrackedCall
 from .outbox import Message, message_id_for
 from .store import Subscription, matching_in
 
 
-def iso(ts: float) -> str:
-    """ISO-8601 UTC with milliseconds, as in payloads and the attempts log."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
-
-
-def payload(
-    route: Route, status: Status, data: Any, correlation_id: str, location: str | None, ts: float
-) -> tuple[str, bytes]:
-    """(event type, body bytes): serialised once, signed and sent exactly as is."""
-    event_type = route.success_event if status == "succeeded" else route.failure_event
+def event_body(
+    event_type: str,
+    *,
+    route: str | None,
+    status: str,
+    data: Any,
+    correlation_id: str,
+    location: str | None,
+    ts: float,
+) -> bytes:
+    """The bytes of one webhook payload (completions and test messages alike)."""
     body = {
         "type": event_type,
         "timestamp": iso(ts),
         "data": data,
         "correlation_id": correlation_id,
-        "route": route.name,
+        "route": route,
         "location": location,
         "status": status,
     }
-    return event_type, orjson.dumps(body)
+    return orjson.dumps(body)
+
+
+def event_type_of(route: Route, status: Status) -> str:
+    """The webhook type a route's completion is published as."""
+    return route.success_event if status == "succeeded" else route.failure_event
+
+
+def payload(
+    route: Route, status: Status, data: Any, correlation_id: str, location: str | None, ts: float
+) -> tuple[str, bytes]:
+    """(event type, body bytes) of a route's completion."""
+    event_type = event_type_of(route, status)
+    body = event_body(
+        event_type,
+        route=route.name,
+        status=status,
+        data=data,
+        correlation_id=correlation_id,
+        location=location,
+        ts=ts,
+    )
+    return event_type, body
 
 
 def messages_for(
@@ -49,7 +77,7 @@ def messages_for(
     """The messages of one completion: for the caller's and operator-owned subscriptions of
     `subs` (all of them) that want its type. Message ids derive from the call, so enqueueing the
     same completion again (another path, another replica) is a no-op."""
-    event_type = route.success_event if status == "succeeded" else route.failure_event
+    event_type = event_type_of(route, status)
     targets = matching_in(subs, tracked.tenant if tracked else None, event_type)
     if not targets:
         return []

@@ -9,6 +9,9 @@
 {prefix}:wh:due                  sorted set, score = due time (ms): scheduled retries
 {prefix}:wh:attempts:{sub_id}    list, newest first, capped: the attempts log
 {prefix}:wh:dead                 stream, MAXLEN ~: dead letters (last attempt failed)
+
+Consumer groups: `{prefix}:webhooks` on every completion stream (the dispatcher), `delivery` on
+the outbox (the delivery workers).
 """
 
 from __future__ import annotations
@@ -62,3 +65,11 @@ def attempts_key(prefix: str, sub_id: str) -> str:
 def dead_key(prefix: str) -> str:
     """Stream of dead letters."""
     return f"{wh(prefix)}:dead"
+
+
+DELIVERY_GROUP = "delivery"
+
+
+def dispatch_group(prefix: str) -> str:
+    """The consumer group reading the completion streams for fan-out."""
+    return f"{prefix}:webhooks"

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from .keys import due_key, message_key, outbox_key
+from .keys import DELIVERY_GROUP, due_key, message_key, outbox_key
 
 MESSAGE_TTL_S = 7 * 24 * 3600
-GROUP = "delivery"
 
 # Trims the outbox once it is longer than `maxlen`, but only of attempts the delivery group has
 # read and acknowledged: an unread or pending entry is the only record of its message's next
@@ -152,7 +151,7 @@ class Outbox:
                         self.maxlen,
                         MESSAGE_TTL_S,
                         m.message_id,
-                        GROUP,
+                        DELIVERY_GROUP,
                     ],
                     client=pipe,
                 )
@@ -163,13 +162,13 @@ class Outbox:
         """Queue one more attempt of an existing message now (manual redelivery)."""
         await self._requeue(
             keys=[outbox_key(self.prefix)],
-            args=[message_id, attempt, trigger, self.maxlen, GROUP],
+            args=[message_id, attempt, trigger, self.maxlen, DELIVERY_GROUP],
         )
 
     async def move_due(self) -> int:
         """Move every due retry to the outbox stream; the number moved."""
         moved = await self._move(
             keys=[due_key(self.prefix), outbox_key(self.prefix)],
-            args=[int(time.time() * 1000), self.maxlen, GROUP],
+            args=[int(time.time() * 1000), self.maxlen, DELIVERY_GROUP],
         )
         return int(moved)

@@ -1,19 +1,30 @@
-"""What the webhook machinery shares with the rest of the app (`app[WEBHOOKS]`)."""
+"""The webhook services of one app, built once (`app[WEBHOOKS]`): the store, the outbox, the
+target policy, the delivery session, the metrics; and the publisher of poll-detected
+completions (the app's `CompletionPublisher`)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import socket
+import time
 
 import aiohttp
 from aiohttp import web
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from ..config import Settings
+from ..completion import Completion
+from ..config import Route, Settings
+from ..tracking import CallTracker, TrackedCall
+from .fanout import messages_for
 from .metrics import WebhookMetrics
 from .outbox import Outbox
 from .store import SubscriptionStore
+from .targets import TargetPolicy
+
+logger = logging.getLogger(__name__)
 
 
 def consumer_name() -> str:
@@ -22,23 +33,53 @@ def consumer_name() -> str:
 
 
 class WebhookRuntime:
-    """The webhook Redis client, store, outbox, session and metrics of one app."""
+    """Everything the webhook machinery shares: one of each service per app."""
 
     def __init__(
         self,
         settings: Settings,
         redis: Redis,
+        tracker: CallTracker,
         session: aiohttp.ClientSession,
+        policy: TargetPolicy,
         metrics: WebhookMetrics,
     ) -> None:
         self.settings = settings
         self.prefix = settings.key_prefix
         self.redis = redis
+        self.tracker = tracker
         self.session = session
+        self.policy = policy
         self.metrics = metrics
         self.store = SubscriptionStore(redis, self.prefix)
         self.outbox = Outbox(redis, self.prefix, settings.webhooks.outbox_maxlen)
         self.consumer = consumer_name()
+
+    async def publish(
+        self, route: Route, completion: Completion, tracked: TrackedCall | None
+    ) -> None:
+        """Fan out a poll-detected completion once across replicas; never raises."""
+        cid = completion.correlation_id
+        try:
+            # Message ids derive from the call, so the stream's dispatcher, a replica's poller
+            # and this one all enqueue the same messages: the first wins, the others are no-ops.
+            subs = await self.store.snapshot()
+            messages = messages_for(
+                subs,
+                route,
+                completion.status,
+                completion.data,
+                cid,
+                tracked,
+                time.time(),
+                f"poll/{cid}",
+            )
+            await self.outbox.enqueue_many(messages)
+        except RedisError as exc:
+            logger.warning(
+                "poll completion not published (Redis fault)",
+                extra={"route": route.name, "correlation_id": cid, "error": str(exc)},
+            )
 
 
 WEBHOOKS = web.AppKey("webhooks", WebhookRuntime)

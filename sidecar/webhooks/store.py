@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from ..config import DeclaredSubscription
 from ..tenancy import OPERATOR
+from ..timestamps import iso
 from .keys import (
     all_subscriptions_key,
     attempts_key,
@@ -74,7 +75,7 @@ class Subscription:
             "events": self.events,
             "description": self.description,
             "enabled": self.enabled,
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.created_at)),
+            "created_at": iso(self.created_at),
         }
 
     def fields(self) -> dict[str, str]:
@@ -170,11 +171,6 @@ class SubscriptionStore:
             rows = await pipe.execute()
         subs = [Subscription.from_fields(row) for row in rows if row]
         return sorted(subs, key=lambda s: (s.created_at, s.id))
-
-    async def matching(self, tenant: str | None, event_type: str) -> list[Subscription]:
-        """Enabled subscriptions of `tenant` plus operator-owned ones that want `event_type`."""
-        owners = [OPERATOR] + ([tenant] if tenant and tenant != OPERATOR else [])
-        return [s for s in await self.list_for(owners) if s.wants(event_type)]
 
     async def snapshot(self) -> list[Subscription]:
         """Every subscription, from a cache reloaded only when the version moved (one GET per

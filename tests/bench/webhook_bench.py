@@ -52,9 +52,8 @@ from standardwebhooks.webhooks import Webhook
 from sidecar.config import Route, load_settings
 from sidecar.dev.redis_server import RedisServer, answers, free_port
 from sidecar.tracking import CallTracker, TrackedCall
-from sidecar.webhooks.dispatcher import group_name
 from sidecar.webhooks.fanout import payload
-from sidecar.webhooks.keys import message_key, outbox_key
+from sidecar.webhooks.keys import dispatch_group, message_key, outbox_key
 from sidecar.webhooks.outbox import Outbox, message_id_for
 from sidecar.webhooks.store import Subscription, SubscriptionStore
 
@@ -345,7 +344,7 @@ async def wait_groups(r: aioredis.Redis, stream: str, prefix: str, timeout_s: fl
     while time.monotonic() < deadline:
         with contextlib.suppress(ResponseError):
             names = [g["name"].decode() for g in await r.xinfo_groups(stream)]
-            if group_name(prefix) in names:
+            if dispatch_group(prefix) in names:
                 return
         await asyncio.sleep(0.05)
     raise RuntimeError("the dispatcher never created its consumer group")

@@ -14,12 +14,14 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from standardwebhooks.webhooks import Webhook
 
-from sidecar.config import Webhooks
+from sidecar.config import Settings, Webhooks
+from sidecar.tracking import CallTracker
 from sidecar.webhooks.attempt import create_webhook_session
 from sidecar.webhooks.delivery import DeliveryWorker
 from sidecar.webhooks.keys import attempts_key, outbox_key
 from sidecar.webhooks.metrics import WebhookMetrics
 from sidecar.webhooks.outbox import Outbox
+from sidecar.webhooks.runtime import WebhookRuntime
 from sidecar.webhooks.store import SubscriptionStore
 from sidecar.webhooks.targets import TargetPolicy
 
@@ -30,10 +32,12 @@ CONFIG = Webhooks(allow_private_targets=True, schedule=[0.05, 0.1, 0.1], timeout
 
 @contextlib.asynccontextmanager
 async def worker(redis: aioredis.Redis, prefix: str) -> AsyncIterator[DeliveryWorker]:
-    session = create_webhook_session(TargetPolicy.from_settings(CONFIG), 8)
-    w = DeliveryWorker(
-        redis, prefix, CONFIG, session, WebhookMetrics(CollectorRegistry()), "test-consumer"
-    )
+    policy = TargetPolicy.from_settings(CONFIG)
+    session = create_webhook_session(policy, 8)
+    settings = Settings(key_prefix=prefix, webhooks=CONFIG)
+    tracker = CallTracker(redis, prefix, settings.tracking_ttl)
+    metrics = WebhookMetrics(CollectorRegistry())
+    w = DeliveryWorker(WebhookRuntime(settings, redis, tracker, session, policy, metrics))
     task = asyncio.create_task(w.run())
     try:
         yield w

@@ -37,9 +37,7 @@ from standardwebhooks.webhooks import Webhook
 from sidecar.dev.redis_server import RedisServer
 from sidecar.tracking import CallTracker, TrackedCall
 from sidecar.webhooks import WEBHOOKS
-from sidecar.webhooks.dispatcher import group_name
-from sidecar.webhooks.keys import due_key, outbox_key
-from sidecar.webhooks.outbox import GROUP
+from sidecar.webhooks.keys import DELIVERY_GROUP, dispatch_group, due_key, outbox_key
 from sidecar.webhooks.store import SubscriptionStore
 
 from ..helpers import drained, until, until_true
@@ -210,7 +208,7 @@ async def attempts(http: aiohttp.ClientSession, admin_url: str, sub_id: str) -> 
 
 async def dispatched(redis: aioredis.Redis, prefix: str, stream: str) -> None:
     """Every completion on `stream` has been read and acknowledged by the dispatcher."""
-    await until_true(lambda: drained(redis, stream, group_name(prefix)))
+    await until_true(lambda: drained(redis, stream, dispatch_group(prefix)))
 
 
 async def quiet(redis: aioredis.Redis, prefix: str, stream: str, timeout_s: float = 10.0) -> None:
@@ -219,8 +217,8 @@ async def quiet(redis: aioredis.Redis, prefix: str, stream: str, timeout_s: floa
 
     async def settled() -> bool:
         return (
-            await drained(redis, stream, group_name(prefix))
-            and await drained(redis, outbox_key(prefix), GROUP)
+            await drained(redis, stream, dispatch_group(prefix))
+            and await drained(redis, outbox_key(prefix), DELIVERY_GROUP)
             and await redis.zcard(due_key(prefix)) == 0
         )
 

@@ -11,7 +11,7 @@ from sidecar.config import DeclaredSubscription
 from sidecar.tenancy import OPERATOR
 from sidecar.webhooks.keys import version_key
 from sidecar.webhooks.signing import signature_headers
-from sidecar.webhooks.store import SubscriptionStore
+from sidecar.webhooks.store import SubscriptionStore, matching_in
 
 
 async def test_ownership_and_matching(redis: aioredis.Redis, key_prefix: str) -> None:
@@ -24,11 +24,14 @@ async def test_ownership_and_matching(redis: aioredis.Redis, key_prefix: str) ->
     assert await store.get_for(a.id, OPERATOR) == a
     assert [s.id for s in await store.list_for(["t_a"])] == [a.id]
     assert {s.id for s in await store.list_for(None)} == {a.id, b.id, op.id}
-    assert {s.id for s in await store.matching("t_a", "user.created")} == {a.id, op.id}
-    assert {s.id for s in await store.matching("t_a", "other")} == {op.id}
-    assert {s.id for s in await store.matching(None, "user.created")} == {op.id}
+    assert {s.id for s in matching_in(await store.list_for(None), "t_a", "user.created")} == {
+        a.id,
+        op.id,
+    }
+    assert {s.id for s in matching_in(await store.list_for(None), "t_a", "other")} == {op.id}
+    assert {s.id for s in matching_in(await store.list_for(None), None, "user.created")} == {op.id}
     await store.update(op, enabled=False)
-    assert {s.id for s in await store.matching("t_b", "x")} == {b.id}
+    assert {s.id for s in matching_in(await store.list_for(None), "t_b", "x")} == {b.id}
     await store.delete(b)
     assert await store.get(b.id) is None
     assert {s.id for s in await store.list_for(["t_b"])} == set()
@@ -81,7 +84,7 @@ async def test_declared_subscriptions_are_operator_owned(
     # The next start's file no longer has ops-old: it stops receiving; API-made ones stay.
     await store.declare([audit])
     assert await store.get("ops-old") is None
-    matching = await store.matching("t_any", "anything")
+    matching = matching_in(await store.list_for(None), "t_any", "anything")
     assert sorted(s.id for s in matching) == sorted(["ops-audit", created.id])
 
 

@@ -1,0 +1,174 @@
+"""The synchronised call: forward, learn the id from the 202, wait for the completion, answer.
+
+    register stream waiter (source: request) ─▶ forward ─▶ not 202: relay unchanged
+                                                      └─▶ 202: id + Location, track in Redis
+    wait for the first of: stream event · poll verdict · budget · client gone
+        success ─▶ success_status + result      failure ─▶ failure_status + problem+json
+        budget  ─▶ the upstream's 202 + client-facing Location + Retry-After
+
+Any fault of our own machinery (Redis, events, polls) degrades to the 202, never to a 5xx of ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from ..config import Route
+from ..context import CallContext
+from ..headers import end_to_end, rewrite_location, upstream_location
+from ..poll import json_pointer
+from ..prefer import Preferences, parse_prefer
+from ..state import HELD, HUB, METRICS
+from ..upstream import open_upstream, relay
+from .answers import Accepted, body_of, failed, fallback, succeeded
+from .polling import get_location, poll_outlives, start_poll
+from .track import TrackTask, settle, track_later
+from .wait import Verdict, Waits, wait_for_completion
+
+logger = logging.getLogger(__name__)
+
+MAX_ACCEPTED_BODY = 1024 * 1024  # a 202 body is held to replay it; larger ones are relayed as is
+
+
+def completion_id(route: Route, call: CallContext, accepted: Accepted) -> str | None:
+    """The id the completion will carry, per `correlation.source`."""
+    source = route.correlation.source
+    if source == "request":
+        return call.correlation_id
+    if source == "location":
+        if accepted.upstream_location is None:
+            return None
+        match = re.search(route.correlation.pattern, str(accepted.upstream_location))
+        return match.group("id") if match else None
+    try:
+        value = json_pointer(orjson.loads(accepted.body), route.correlation.pointer)
+    except (orjson.JSONDecodeError, LookupError):
+        return None
+    return str(value) if isinstance(value, str | int) and not isinstance(value, bool) else None
+
+
+def preferences(route: Route, prefs: Preferences) -> tuple[float, list[str]]:
+    """The budget `Prefer` leaves, and the preferences applied."""
+    if prefs.respond_async:
+        return 0.0, ["respond-async"]
+    if prefs.wait_s is not None:
+        return min(prefs.wait_s, route.budget), [f"wait={prefs.wait_s:g}"]
+    return route.budget, []
+
+
+async def read_accepted(upstream: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+    """The 202 body and whether it was read whole (bodies past MAX_ACCEPTED_BODY are not)."""
+    chunks, size = [], 0
+    async for chunk in upstream.content.iter_any():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_ACCEPTED_BODY:
+            return b"".join(chunks), False
+    return b"".join(chunks), True
+
+
+async def forward_command(request: web.Request, call: CallContext) -> Accepted | web.StreamResponse:
+    """Forward the call; a non-202 answer is relayed (and returned), a 202 is held as `Accepted`.
+
+    The upstream response object is released here, so a waiting call keeps only what it needs.
+    """
+    async with await open_upstream(request, call) as upstream:
+        if upstream.status != 202:
+            return await relay(request, call, upstream)
+        body, whole = await read_accepted(upstream)
+        if not whole:  # pragma: no cover - a 202 body over 1 MiB is not something to hold
+            logger.warning("202 body too large to hold; relayed", extra={"route": call.route_name})
+            return await relay(request, call, upstream)
+        location = upstream.headers.get("Location")
+        headers = end_to_end(upstream.headers)
+        reason = upstream.reason
+    upstream_loc = upstream_location(location, call.upstream) if location else None
+    client_loc = rewrite_location(location, call.upstream, call.origin) if location else None
+    if client_loc is not None:
+        headers["Location"] = client_loc
+    return Accepted(202, reason, headers, body, upstream_loc, client_loc)
+
+
+async def synchronise(request: web.Request, call: CallContext) -> web.StreamResponse:
+    """Handle a call on a sync route."""
+    assert call.route is not None and call.route.route.wait is not None
+    app, route = request.app, call.route.route
+    spec = route.wait
+    assert spec is not None
+    loop = asyncio.get_running_loop()
+    prefs = parse_prefer(request.headers.getall("Prefer", ()))
+    budget, applied = preferences(route, prefs)
+    deadline = loop.time() + budget
+    hub = app[HUB]
+    # The slot is taken before forwarding, so a burst cannot overshoot max_waiting.
+    holding = not prefs.respond_async and app[HELD].take(route.name, route.max_waiting)
+    shed = not prefs.respond_async and not holding
+    waits = Waits(hub)
+    track: TrackTask | None = None
+    try:
+        if holding and spec.stream and route.correlation.source == "request":
+            # Registered before forwarding: a fast backend's event cannot slip past us.
+            waits.listen(spec.stream, call.correlation_id, cached=True)
+        accepted = await forward_command(request, call)
+        if not isinstance(accepted, Accepted):
+            return accepted
+        wait_id = completion_id(route, call, accepted)
+        if wait_id is None:
+            logger.warning(
+                "no correlation id in the 202; answering it as is",
+                extra={"route": route.name, "source": route.correlation.source},
+            )
+            return fallback(request, call, accepted, applied, "no_id")
+        track = track_later(request, call, route, wait_id, accepted)
+        outlive = poll_outlives(app, route)
+        location = accepted.upstream_location
+        if not holding:
+            if outlive:
+                start_poll(request, route, wait_id, location, deadline, outlive=True, track=track)
+            await settle(track)
+            return fallback(request, call, accepted, applied, "shed" if shed else "prefer")
+        if spec.stream is not None:
+            waits.listen(spec.stream, wait_id, cached=True)
+        poll = start_poll(request, route, wait_id, location, deadline, outlive=outlive, track=track)
+        waits.follow(poll, owned=not outlive)
+        if waits.empty:
+            return fallback(request, call, accepted, applied, "redis")
+        verdict, call.wait_s = await wait_for_completion(
+            waits, deadline - loop.time(), app[METRICS], route.name
+        )
+    finally:
+        if holding:
+            app[HELD].release(route.name)
+        waits.close()
+    if verdict is None:
+        reason = "redis" if hub is not None and not hub.connected.is_set() else "budget"
+        await settle(track)
+        return fallback(request, call, accepted, applied, reason)
+    return await answer(request, call, route, accepted, verdict, applied)
+
+
+async def answer(
+    request: web.Request,
+    call: CallContext,
+    route: Route,
+    accepted: Accepted,
+    verdict: Verdict,
+    applied: list[str],
+) -> web.Response:
+    """The synchronous answer for a known completion."""
+    completion = verdict.completion
+    if not completion.succeeded:
+        return failed(call, route, accepted, completion, applied)
+    payload, content_type = body_of(completion)
+    if route.respond.body == "location":
+        got = verdict.answer or await get_location(request, route, accepted)
+        if got is None:
+            return fallback(request, call, accepted, applied, "location")
+        payload, content_type = got.body, got.content_type
+    return succeeded(call, route, accepted, payload, content_type, applied)

@@ -1,0 +1,68 @@
+"""Long-polling for clients: a `GET` of a tracked Location sent with `Prefer: wait=N` is held
+until the completion is known (or N seconds, at most the route's budget), then let through, so
+clients of an API that never had long-polling get it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from ..context import CallContext
+from ..prefer import parse_prefer
+from ..state import HELD, HUB, METRICS, RUNTIME, TRACKER
+from ..upstream import upstream_url
+from .polling import start_poll
+from .wait import Waits, wait_for_completion
+
+logger = logging.getLogger(__name__)
+
+LOOKUP_TIMEOUT_S = 0.5  # longest the tracking lookup may delay a GET before we pass it through
+
+
+async def long_poll(request: web.Request, call: CallContext) -> dict[str, str] | None:
+    """Hold a long-poll until its call completes; the headers to add to the relayed answer,
+    or None when the GET is not a long-poll (or its call is unknown)."""
+    if request.method != "GET" or "Prefer" not in request.headers:
+        return None
+    prefs = parse_prefer(request.headers.getall("Prefer"))
+    tracker = request.app[TRACKER]
+    if prefs.wait_s is None or tracker is None:
+        return None
+    target = upstream_url(call.upstream, request)
+    try:
+        async with asyncio.timeout(LOOKUP_TIMEOUT_S):
+            tracked = await tracker.by_location(target)
+    except (RedisError, OSError, TimeoutError) as exc:
+        logger.warning("long-poll lookup failed; passing through", extra={"error": repr(exc)})
+        return None
+    compiled = request.app[RUNTIME].table.by_name.get(tracked.route) if tracked else None
+    if tracked is None or compiled is None or compiled.route.wait is None:
+        return None
+    route, spec = compiled.route, compiled.route.wait
+    headers = {"Preference-Applied": f"wait={prefs.wait_s:g}", "Vary": "Prefer"}
+    if tracked.state != "pending":
+        return headers
+    if not request.app[HELD].take(route.name, route.max_waiting):
+        call.reason = "long_poll_shed"
+        return headers
+    loop = asyncio.get_running_loop()
+    budget = min(prefs.wait_s, route.budget)
+    waits = Waits(request.app[HUB])
+    try:
+        if spec.stream is not None:
+            waits.listen(spec.stream, tracked.correlation_id, cached=True)
+        poll = start_poll(
+            request, route, tracked.correlation_id, target, loop.time() + budget, outlive=False
+        )
+        waits.follow(poll, owned=True)
+        verdict, call.wait_s = await wait_for_completion(
+            waits, budget, request.app[METRICS], route.name
+        )
+        call.reason = "long_poll_" + ("released" if verdict else "timeout")
+    finally:
+        request.app[HELD].release(route.name)
+        waits.close()
+    return headers

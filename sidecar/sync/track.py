@@ -1,0 +1,77 @@
+"""Recording a 202'd call in Redis (route, tenant, Location) so that webhooks and long-polls on
+any replica know it. Written in the background: a burst of calls must not wait for each other's
+writes before waiting for their completions. A `202` answer waits for its record (`settle`),
+since a client may long-poll the Location on another replica at once; so does a poll verdict
+before it is published."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+
+from aiohttp import web
+from redis.exceptions import RedisError
+from yarl import URL
+
+from ..config import Route
+from ..context import CallContext
+from ..state import HASHER, POLLERS, RUNTIME, TRACKER
+from ..tracking import CallTracker, TrackedCall
+from .answers import Accepted
+
+logger = logging.getLogger(__name__)
+
+SETTLE_S = 1.0  # longest a tracking write may delay a 202 (or a poll verdict)
+WRITE_TIMEOUT_S = 10.0  # longest a tracking write may take at all
+
+TrackTask = asyncio.Task[None]
+
+
+def track_later(
+    request: web.Request, call: CallContext, route: Route, wait_id: str, accepted: Accepted
+) -> TrackTask | None:
+    """Start writing the call's tracking record in the background (None without Redis)."""
+    app = request.app
+    tracker = app[TRACKER]
+    if tracker is None:
+        return None
+    credential = request.headers.get(app[RUNTIME].settings.tenancy.credential_header)
+    record = TrackedCall(
+        correlation_id=wait_id,
+        route=route.name,
+        tenant=None,  # the keyed hash of `credential`, computed in the task
+        # Absolute: a webhook receiver does not know the origin the caller used.
+        location=str(URL(call.origin).join(URL(accepted.client_location)))
+        if accepted.client_location
+        else None,
+        upstream_location=str(accepted.upstream_location) if accepted.upstream_location else None,
+        created_at=time.time(),
+    )
+    return app[POLLERS].spawn(_write(app, tracker, record, credential))
+
+
+async def _write(
+    app: web.Application, tracker: CallTracker, record: TrackedCall, credential: str | None
+) -> None:
+    try:
+        async with asyncio.timeout(WRITE_TIMEOUT_S):
+            tenant = await app[HASHER].tenant(credential)
+            await tracker.record(dataclasses.replace(record, tenant=tenant))
+    except (RedisError, OSError, TimeoutError) as exc:
+        logger.warning(
+            "could not track the call in Redis",
+            extra={
+                "route": record.route,
+                "correlation_id": record.correlation_id,
+                "error": repr(exc),
+            },
+        )
+
+
+async def settle(track: TrackTask | None) -> None:
+    """Give the call's tracking write up to `SETTLE_S` more to land (never raises, and never
+    cancels it: a client that leaves does not stop the write)."""
+    if track is not None and not track.done():
+        await asyncio.wait({track}, timeout=SETTLE_S)

@@ -1,0 +1,157 @@
+"""The one error boundary: whatever goes wrong in our code, on either listener, the client gets
+problem+json with the correlation header, the call is counted under a bounded outcome, and a
+bug is logged once with its traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+
+import sidecar.admin
+import sidecar.sync.call
+import sidecar.upstream
+from sidecar.state import ADMIN_URL
+
+from .conftest import SidecarFactory, Upstream
+from .helpers import metric
+
+
+def accepting_api() -> web.Application:
+    async def accept(request: web.Request) -> web.Response:
+        return web.json_response({}, status=202, headers={"Location": "/jobs/1"})
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_post("/jobs", accept)
+    app.router.add_get("/{tail:.*}", ok)
+    return app
+
+
+SYNC_ROUTE = {
+    "name": "jobs",
+    "method": "POST",
+    "path": "/jobs",
+    "budget": "2s",
+    "wait": {"poll": {"interval": "10ms"}},
+}
+
+
+def bug(*args: Any, **kwargs: Any) -> Any:
+    raise RuntimeError("a bug of ours")
+
+
+def assert_problem(status: int, body: bytes, headers: Any, cid: str) -> dict[str, Any]:
+    assert headers["Content-Type"] == "application/problem+json"
+    assert headers["X-Correlation-ID"] == cid
+    problem: dict[str, Any] = orjson.loads(body)
+    assert problem["status"] == status
+    assert problem["correlation_id"] == cid
+    assert "Traceback" not in body.decode() and "RuntimeError" not in body.decode()
+    return problem
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "target", "name"),
+    [
+        ("POST", "/jobs", sidecar.sync.call, "completion_id"),  # a synchronised call
+        ("GET", "/plain", sidecar.upstream, "response_headers"),  # a pass-through
+    ],
+)
+async def test_a_bug_on_the_proxy_is_a_problem_with_the_correlation_id(
+    start_upstream: Upstream,
+    start_sidecar: SidecarFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    path: str,
+    target: Any,
+    name: str,
+) -> None:
+    upstream = await start_upstream(accepting_api())
+    client = await start_sidecar(upstream, routes=[SYNC_ROUTE])
+    monkeypatch.setattr(target, name, bug)
+    resp = await client.request(method, path, headers={"X-Correlation-ID": "c-bug"})
+    assert resp.status == 500
+    problem = assert_problem(500, await resp.read(), resp.headers, "c-bug")
+    assert problem["type"] == "urn:sidecar:problem:internal-error"
+    route = "jobs" if method == "POST" else "-"
+    assert (
+        metric(
+            client,
+            "sidecar_requests_total",
+            route=route,
+            outcome="internal_error",
+            status_class="5xx",
+        )
+        == 1
+    )
+    assert metric(client, "sidecar_internal_errors_total", listener="proxy") == 1
+    bugs = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(bugs) == 1 and bugs[0].exc_info is not None
+    assert bugs[0].correlation_id == "c-bug"  # type: ignore[attr-defined]
+
+
+async def test_a_bug_on_the_admin_listener_is_a_problem_too(
+    start_upstream: Upstream,
+    start_sidecar: SidecarFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    upstream = await start_upstream(accepting_api())
+    client = await start_sidecar(upstream)
+    admin = client.app[ADMIN_URL]
+    monkeypatch.setattr(sidecar.admin, "generate_latest", bug)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{admin}/metrics", headers={"X-Correlation-ID": "a-1"}) as resp:
+            assert resp.status == 500
+            assert_problem(500, await resp.read(), resp.headers, "a-1")
+        async with http.get(f"{admin}/nowhere") as resp:
+            assert resp.status == 404
+            cid = resp.headers["X-Correlation-ID"]
+            problem = assert_problem(404, await resp.read(), resp.headers, cid)
+            assert problem["detail"] == "no endpoint GET /nowhere"
+        async with http.delete(f"{admin}/healthz") as resp:
+            assert resp.status == 405
+            assert resp.headers["Allow"] == "GET,HEAD"
+    assert metric(client, "sidecar_internal_errors_total", listener="admin") == 1
+
+
+async def test_an_upstream_failing_mid_answer_cuts_the_connection(
+    start_upstream: Upstream, start_sidecar: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def half(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(b"first part")
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.abort()  # the upstream dies before the last chunk
+        return response
+
+    app = web.Application()
+    app.router.add_get("/half", half)
+    upstream = await start_upstream(app)
+    client = await start_sidecar(upstream)
+    resp = await client.get("/half")
+    assert resp.status == 200
+    with pytest.raises(aiohttp.ClientPayloadError):
+        await resp.read()  # truncated: never taken as complete
+    assert (
+        metric(
+            client,
+            "sidecar_requests_total",
+            route="-",
+            outcome="upstream_error",
+            status_class="2xx",
+        )
+        == 1
+    )
+    assert not [r for r in caplog.records if r.exc_info is not None]
