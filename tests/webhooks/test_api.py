@@ -479,6 +479,7 @@ async def test_test_message_arrives_signed_and_is_logged(
         "timestamp": payload["timestamp"],
         "data": {"hello": "world"},
         "correlation_id": payload["correlation_id"],
+        "operation_id": None,
         "route": None,
         "location": None,
         "status": "test",

@@ -74,6 +74,7 @@ async def test_stream_completion_fans_out_to_its_tenant_and_the_operator(
         "timestamp": orjson.loads(body)["timestamp"],
         "data": {"id": 7},
         "correlation_id": "c-1",
+        "operation_id": None,
         "route": "create-user",
         "location": "/api/users/7/status",
         "status": "succeeded",

@@ -15,11 +15,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from standardwebhooks.webhooks import Webhook
 
+from sidecar.state import HUB
 from sidecar.webhooks import WEBHOOKS
 from sidecar.webhooks.keys import message_key, outbox_key
 
 from ..conftest import SidecarFactory, Upstream
-from ..helpers import acknowledged
+from ..helpers import acknowledged, until
 
 OPERATOR_TOKEN = "op-token-0123456789"
 EVENTS = {"success": "user.created", "failure": "user.creation_failed"}
@@ -194,6 +195,7 @@ async def test_a_completion_after_the_202_reaches_the_callers_and_the_operators_
         "timestamp": got["a"]["timestamp"],
         "data": {"id": 7},
         "correlation_id": "c-1",
+        "operation_id": None,
         "route": "create-user",
         "location": str(env.client.make_url("/status/c-1")),
         "status": "succeeded",
@@ -219,7 +221,10 @@ async def test_a_synchronous_200_is_pushed_to_webhooks_too(make_env: EnvFactory)
     env = await make_env()
     await env.subscribe("Bearer key-a", "a")
     task = asyncio.ensure_future(call(env, "/api/users", "c-3", "Bearer key-a"))
-    await env.xadd("c-3", data={"id": 3})  # may beat the call: the hub keeps recent events
+    hub = env.client.app[HUB]
+    assert hub is not None
+    await until(lambda: hub.waiting == 1)  # an event sent before the call cannot be its own
+    await env.xadd("c-3", data={"id": 3})
     resp = await task
     assert resp.status == 200
     assert await resp.json() == {"id": 3}
