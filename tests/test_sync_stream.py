@@ -426,7 +426,7 @@ async def test_redis_connection_killed_mid_wait_recovers(
     await until(lambda: env.hub_waiting == 1)
     killed = 0
     for entry in await env.redis.client_list():
-        if entry.get("cmd") == "xread":
+        if entry.get("name") == "sidecar-completions":
             await env.redis.client_kill_filter(_id=entry["id"])
             killed += 1
     assert killed == 1

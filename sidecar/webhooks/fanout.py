@@ -103,6 +103,8 @@ def messages_for(
     identity = repr(tracked.created_at) if tracked else call_identity
     created_ms = int(completed_at * 1000)
     return [
-        Message(message_id_for(wait_id, identity, s.id), s.id, event_type, body, created_ms)
+        Message(
+            message_id_for(wait_id, identity, s.id), s.owner, s.id, event_type, body, created_ms
+        )
         for s in targets
     ]
