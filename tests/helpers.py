@@ -73,11 +73,15 @@ async def enqueued(redis: aioredis.Redis, prefix: str) -> list[dict[str, str]]:
 
 async def deliveries_settled(redis: aioredis.Redis, prefix: str) -> bool:
     """True when every subscription queue is empty (each entry handled and deleted) and no
-    retry is scheduled: no further webhook attempt can start."""
-    for key in await keys_like(redis, f"{prefix}:wh:*:q:*"):
-        if await redis.xlen(key):
-            return False
-    for key in await keys_like(redis, f"{prefix}:wh:*:due"):
-        if await redis.zcard(key):
-            return False
-    return True
+    retry is scheduled: no further webhook attempt can start. Read in one transaction, so an
+    attempt moving between its queue and the due set is seen in one of them."""
+    queues = await keys_like(redis, f"{prefix}:wh:*:q:*")
+    owners = {q.split(":q:", 1)[0] for q in queues}  # `{prefix}:wh:{owner}`
+    dues = [f"{owner}:due" for owner in owners]
+    async with redis.pipeline(transaction=True) as pipe:
+        for key in queues:
+            pipe.xlen(key)
+        for key in dues:
+            pipe.zcard(key)
+        counts = await pipe.execute()
+    return not any(counts)
