@@ -23,7 +23,7 @@ from ..state import METRICS, RUNTIME, TRACKER
 
 logger = logging.getLogger(__name__)
 
-CLAIM_TIMEOUT_S = 0.5  # longest a claim may delay a call before the sidecar mints an id
+CLAIM_TIMEOUT_S = 2.0  # longest a claim may delay a call before the sidecar mints an id
 
 
 async def own_correlation_id(request: web.Request, call: CallContext) -> None:
