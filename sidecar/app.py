@@ -14,10 +14,12 @@ from prometheus_client import CollectorRegistry
 
 from . import __version__
 from .admin import create_admin_app
+from .body import expect_continue
 from .boundary import problem_middleware
 from .config import Settings
 from .connections import RedisConnections
 from .hub import CompletionHub
+from .listener import ClientGuard, GuardedAppRunner
 from .metrics import Metrics
 from .proxy import ProxyListener, proxy_handler
 from .state import (
@@ -102,10 +104,21 @@ async def pollers_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[POLLERS].close()
 
 
+def client_guard(app: web.Application, listener: str) -> ClientGuard:
+    """The client limits of one of the app's listeners (`proxy`, `admin`)."""
+    return ClientGuard(
+        listener,
+        app[RUNTIME].settings.clients,
+        lambda: app[RUNTIME].settings.correlation_header,
+        app[METRICS],
+    )
+
+
 async def admin_ctx(app: web.Application) -> AsyncIterator[None]:
     """Serve the admin app on its own listener."""
     host, port = split_host_port(app[RUNTIME].settings.admin_listen)
-    runner = web.AppRunner(create_admin_app(app), access_log=None)
+    admin = create_admin_app(app)
+    runner = GuardedAppRunner(admin, guard=client_guard(app, "admin"), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -136,7 +149,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app[RUNTIME].on_reload.append(lambda new: export_limits(app[METRICS], new))
     app[HELD] = HeldCalls()
     app[PUBLISHER] = NoPublisher()  # the webhooks capability replaces it when it runs
-    app.router.add_route("*", "/{tail:.*}", proxy_handler)
+    app.router.add_route("*", "/{tail:.*}", proxy_handler, expect_handler=expect_continue)
     app.cleanup_ctx.append(http_ctx)
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(tracking_ctx)

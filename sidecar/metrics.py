@@ -53,6 +53,32 @@ class Metrics:
             ["listener"],
             registry=r,
         )
+        self.client_connections = Gauge(
+            "sidecar_client_connections",
+            "Client connections open now, by listener (proxy, admin).",
+            ["listener"],
+            registry=r,
+        )
+        self.client_refused = Counter(
+            "sidecar_client_connections_refused",
+            "Client connections closed at once because clients.max_connections were open, "
+            "by listener.",
+            ["listener"],
+            registry=r,
+        )
+        self.client_timeouts = Counter(
+            "sidecar_client_timeouts",
+            "Clients too slow to send their request, by listener and phase (idle: nothing "
+            "sent; headers; body), answered 408 (idle: closed) and disconnected.",
+            ["listener", "phase"],
+            registry=r,
+        )
+        self.malformed_requests = Counter(
+            "sidecar_malformed_requests",
+            "Requests that could not be parsed (answered 400 problem+json), by listener.",
+            ["listener"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "sidecar_requests_in_flight", "Requests being handled now.", registry=r
         )

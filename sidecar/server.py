@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import resource
 import signal
 from pathlib import Path
 
 from aiohttp import web
 
-from .app import create_app, split_host_port
+from .app import client_guard, create_app, split_host_port
 from .config import ConfigError, Settings, load_settings
+from .listener import GuardedAppRunner
 from .state import METRICS, RUNTIME
 
 logger = logging.getLogger(__name__)
@@ -49,12 +52,40 @@ def reload_config(app: web.Application, path: Path) -> bool:
     return True
 
 
+FILES_PER_CONNECTION = 2  # a client socket, and often an upstream one
+SPARE_FILES = 256  # Redis, logs, the admin listener, the event loop itself
+
+
+def raise_open_files_limit(settings: Settings) -> None:
+    """Raise the soft open-files limit to the hard one, and warn when even that is too low for
+    `clients.max_connections` (past the limit accept() fails and connections are dropped)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = settings.clients.max_connections * FILES_PER_CONNECTION + SPARE_FILES
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        logger.warning(
+            "the open-files limit is below what clients.max_connections needs; lower "
+            "max_connections or raise the limit (ulimit -n)",
+            extra={
+                "limit": soft,
+                "wanted": wanted,
+                "max_connections": settings.clients.max_connections,
+            },
+        )
+
+
 async def serve(settings: Settings, config_path: Path) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight calls within `shutdown_grace`."""
+    raise_open_files_limit(settings)
     app = create_app(settings)
     # aiohttp reads a shutdown_timeout of 0 as "no limit"; a grace of 0 means "don't wait".
     grace_s = max(settings.shutdown_grace, 0.001)
-    runner = web.AppRunner(app, shutdown_timeout=grace_s, access_log=None)
+    runner = GuardedAppRunner(
+        app, guard=client_guard(app, "proxy"), shutdown_timeout=grace_s, access_log=None
+    )
     # Handlers first: a signal during startup must not kill the process with its default action.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

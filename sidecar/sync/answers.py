@@ -23,6 +23,7 @@ from ..config import Route
 from ..context import CallContext
 from ..errors import PROBLEM_JSON, problem_body
 from ..state import METRICS
+from ..upstream import Replayed
 
 
 @dataclass(slots=True)
@@ -58,7 +59,7 @@ def fallback(
     call.outcome, call.reason, call.status = "fallback_async", reason, accepted.status
     if route is not None:
         request.app[METRICS].fallbacks.labels(route.name, reason).inc()
-    return web.Response(
+    return Replayed(
         status=accepted.status, reason=accepted.reason, body=accepted.body, headers=headers
     )
 
@@ -123,4 +124,4 @@ def succeeded(
     if content_type:
         headers["Content-Type"] = content_type
     call.outcome, call.status = "sync_success", route.respond.success_status
-    return web.Response(status=call.status, body=payload, headers=headers)
+    return Replayed(status=call.status, body=payload, headers=headers)

@@ -19,13 +19,20 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from ..body import read_whole
 from ..config import Route
 from ..context import CallContext
-from ..headers import end_to_end, rewrite_location, upstream_location
+from ..headers import (
+    end_to_end,
+    response_headers,
+    rewrite_location,
+    upstream_location,
+    usable_location,
+)
 from ..poll import json_pointer
 from ..prefer import Preferences, parse_prefer
-from ..state import HELD, HUB, METRICS
-from ..upstream import open_upstream, relay
+from ..state import HELD, HUB, METRICS, RUNTIME
+from ..upstream import Replayed, open_upstream, relay
 from .answers import Accepted, body_of, failed, fallback, succeeded
 from .identity import own_correlation_id
 from .polling import get_location, poll_outlives, start_poll
@@ -74,12 +81,14 @@ async def read_accepted(upstream: aiohttp.ClientResponse) -> tuple[bytes, bool]:
     return b"".join(chunks), True
 
 
-async def forward_command(request: web.Request, call: CallContext) -> Accepted | web.StreamResponse:
+async def forward_command(
+    request: web.Request, call: CallContext, body: bytes | None
+) -> Accepted | web.StreamResponse:
     """Forward the call; a non-202 answer is relayed (and returned), a 202 is held as `Accepted`.
 
     The upstream response object is released here, so a waiting call keeps only what it needs.
     """
-    async with await open_upstream(request, call) as upstream:
+    async with await open_upstream(request, call, body) as upstream:
         if upstream.status != 202:
             return await relay(request, call, upstream)
         body, whole = await read_accepted(upstream)
@@ -87,6 +96,15 @@ async def forward_command(request: web.Request, call: CallContext) -> Accepted |
             logger.warning("202 body too large to hold; relayed", extra={"route": call.route_name})
             return await relay(request, call, upstream)
         location = upstream.headers.get("Location")
+        if location is not None and not usable_location(location):
+            logger.warning(
+                "the 202's Location is malformed; relayed as is, not tracked",
+                extra={"route": call.route_name, "correlation_id": call.correlation_id},
+            )
+            headers = response_headers(upstream.headers, upstream=call.upstream, origin=call.origin)
+            call.outcome, call.reason, call.status = "fallback_async", "bad_location", 202
+            request.app[METRICS].fallbacks.labels(call.route_name, "bad_location").inc()
+            return Replayed(status=202, reason=upstream.reason, body=body, headers=headers)
         headers = end_to_end(upstream.headers)
         reason = upstream.reason
     upstream_loc = upstream_location(location, call.upstream) if location else None
@@ -107,6 +125,9 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
     budget, applied = preferences(route, prefs)
     deadline = loop.time() + budget
     hub = app[HUB]
+    # Read whole before anything else: a slow client costs a socket, not a held slot, an id
+    # claim or a pooled upstream connection.
+    body = await read_whole(request, call, app[RUNTIME].settings.clients)
     # The slot is taken before forwarding, so a burst cannot overshoot max_waiting.
     holding = not prefs.respond_async and app[HELD].take(route.name, route.max_waiting)
     shed = not prefs.respond_async and not holding
@@ -118,7 +139,7 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
             # Registered before forwarding: a fast backend's event cannot slip past us, and an
             # event seen before (cached) cannot be this call's.
             waits.listen(spec.stream, call.correlation_id, cached=False)
-        accepted = await forward_command(request, call)
+        accepted = await forward_command(request, call, body)
         if not isinstance(accepted, Accepted):
             return accepted
         wait_id = completion_id(route, call, accepted)
