@@ -589,6 +589,12 @@ class StreamReader(Model):
     block: Duration = Field(1.0, gt=0, description="XREAD BLOCK time. Default 1s.")
     count: int = Field(500, ge=1, description="Events per XREAD.")
     recent_size: int = Field(10_000, ge=0, description="Completions cached for late waiters.")
+    recent_bytes: ByteSize = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Bytes the cached completions may hold (their data, about); the oldest "
+        "go first. Default 64MiB.",
+    )
     recent_ttl: Duration = Field(60.0, gt=0, description="How long a completion stays cached.")
 
 

@@ -101,7 +101,9 @@ class CompletionHub:
         self.block_ms = int(settings.stream_reader.block * 1000)
         self.count = settings.stream_reader.count
         self.recent_size = settings.stream_reader.recent_size
+        self.recent_bytes = settings.stream_reader.recent_bytes
         self.recent_ttl_s = settings.stream_reader.recent_ttl
+        self._recent_held = 0  # bytes the cached events hold
         self._decoders = decoders_for(settings)
         self._last_ids: dict[str, str] = {}
         self._waiters: dict[tuple[str, str], list[Waiter]] = {}
@@ -177,21 +179,31 @@ class CompletionHub:
         return result
 
     def _remember(self, event: StreamEvent) -> None:
-        if self.recent_size <= 0:
+        if self.recent_size <= 0 or event.size > self.recent_bytes:
             return
         key = (event.stream, event.correlation_id)
         now = time.monotonic()
         entry = self._recent.pop(key, None)
-        events = [*(entry[1] if entry else [])[-(EVENTS_PER_ID - 1) :], event]
-        self._recent[key] = (now + self.recent_ttl_s, events)
-        while len(self._recent) > self.recent_size:
-            self._recent.popitem(last=False)
-        # Expired entries sit at the front (insertion order == expiry order).
+        kept = (entry[1] if entry else [])[-(EVENTS_PER_ID - 1) :]
+        if entry:
+            self._recent_held -= sum(e.size for e in entry[1]) - sum(e.size for e in kept)
+        self._recent[key] = (now + self.recent_ttl_s, [*kept, event])
+        self._recent_held += event.size
+        # Oldest first: past the count or the bytes, and whatever expired (insertion order is
+        # expiry order).
         while self._recent:
-            first = next(iter(self._recent.values()))
-            if first[0] > now:
+            expiry, events = next(iter(self._recent.values()))
+            over = len(self._recent) > self.recent_size or self._recent_held > self.recent_bytes
+            if not over and expiry > now:
                 break
             self._recent.popitem(last=False)
+            self._recent_held -= sum(e.size for e in events)
+        self.metrics.recent_bytes.set(self._recent_held)
+
+    @property
+    def recent_held(self) -> int:
+        """Bytes held by the recent-event cache."""
+        return self._recent_held
 
     # -- the loop --------------------------------------------------------------------------
 

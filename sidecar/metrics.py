@@ -134,6 +134,11 @@ class Metrics:
             ["stream"],
             registry=r,
         )
+        self.recent_bytes = Gauge(
+            "sidecar_stream_cache_bytes",
+            "Bytes held by the recent-completion cache (bounded by stream_reader.recent_bytes).",
+            registry=r,
+        )
         self.redis_up = Gauge(
             "sidecar_redis_up", "1 when the completion reader is connected to Redis.", registry=r
         )

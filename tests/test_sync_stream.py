@@ -487,3 +487,32 @@ async def test_metrics_show_max_waiting_and_stream_lag(make_env: EnvFactory) -> 
     await until(lambda: metric(env.client, "sidecar_stream_lag_seconds", stream=env.stream) > 25)
     await env.publish("now")  # caught up again
     await until(lambda: metric(env.client, "sidecar_stream_lag_seconds", stream=env.stream) < 5)
+
+
+async def test_the_recent_event_cache_is_bounded_in_bytes(make_env: EnvFactory) -> None:
+    env = await make_env(
+        correlation={"source": "location", "pattern": "/users/(?P<id>[^/]+)"},
+    )
+    hub = env.client.app[HUB]
+    assert hub is not None
+    hub.recent_bytes = 3 * 1024 * 1024  # as stream_reader.recent_bytes: 3MiB would say
+    big = "x" * (1024 * 1024)
+    for n in range(10):  # 10 MB of completions nobody waits for yet
+        await env.publish(f"late-{n}", OK, {"blob": big, "n": n})
+    await until(
+        lambda: (
+            metric(env.client, "sidecar_stream_events_total", stream=env.stream, result="unmatched")
+            == 10
+        )
+    )
+    assert hub.recent_held <= 3 * 1024 * 1024
+    assert metric(env.client, "sidecar_stream_cache_bytes") == hub.recent_held
+    # The newest are still there for a waiter that learns its id from the 202 just now.
+    env.hooks["handler"] = lambda request: _accepted_as("late-9")
+    resp = await post_user(env, "ignored")
+    assert resp.status == 200
+    assert (await resp.json())["n"] == 9
+
+
+async def _accepted_as(op: str) -> web.Response:
+    return web.json_response({}, status=202, headers={"Location": f"/users/{op}"})

@@ -69,7 +69,9 @@ def body_of(completion: Completion) -> tuple[bytes, str | None]:
     if completion.data is None:
         return b"", None
     if completion.is_json:
-        return orjson.dumps(completion.data), "application/json"
+        # The JSON text as the backend wrote it, when it came as such: nothing re-serialised.
+        body = completion.raw if completion.raw is not None else orjson.dumps(completion.data)
+        return body, "application/json"
     return str(completion.data).encode(), "text/plain; charset=utf-8"
 
 
