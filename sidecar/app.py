@@ -17,7 +17,7 @@ from .admin import create_admin_app
 from .body import expect_continue
 from .boundary import problem_middleware
 from .config import Settings
-from .connections import RedisConnections
+from .connections import RedisConnections, RedisHealth
 from .hub import CompletionHub
 from .listener import ClientGuard, GuardedAppRunner
 from .metrics import Metrics
@@ -25,6 +25,7 @@ from .proxy import ProxyListener, proxy_handler
 from .state import (
     ADMIN_URL,
     HASHER,
+    HEALTH,
     HELD,
     HTTP,
     HUB,
@@ -61,13 +62,21 @@ async def http_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The Redis clients when `redis_url` is set; no I/O at startup, so Redis may be down."""
+    """The Redis clients and their health probe when `redis_url` is set (no metric without
+    it). Startup does not wait for Redis: the sidecar starts while it is down."""
     url = app[RUNTIME].settings.redis_url
-    app[REDIS] = RedisConnections(url) if url else None
+    if url is None:
+        app[REDIS] = app[HEALTH] = None
+        app[METRICS].registry.unregister(app[METRICS].redis_up)
+        yield
+        return
+    connections = app[REDIS] = RedisConnections(url)
+    health = app[HEALTH] = RedisHealth(connections, app[METRICS])
+    tasks = TaskSet("redis-health")
+    tasks.spawn(health.run())
     yield
-    connections = app[REDIS]
-    if connections is not None:
-        await connections.aclose()
+    await tasks.close()
+    await connections.aclose()
 
 
 async def tracking_ctx(app: web.Application) -> AsyncIterator[None]:

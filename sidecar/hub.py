@@ -27,15 +27,15 @@ from redis.exceptions import RedisError
 
 from .completion import Completion, MalformedEvent, StreamEvent, classify, decode_for, to_completion
 from .config import Settings, StreamWait
-from .connections import RedisConnections
+from .connections import Backoff, RedisConnections
 from .metrics import Metrics
 from .tasks import cancelling, checkpoint
 
 logger = logging.getLogger(__name__)
 
 EVENTS_PER_ID = 4  # cached events per correlation id (progress events may precede the final one)
-BACKOFF_INITIAL_S = 0.05
-BACKOFF_MAX_S = 2.0
+BACKOFF_INITIAL_S = 0.1
+BACKOFF_MAX_S = 5.0
 
 
 def entry_age_s(entry_id: str) -> float:
@@ -109,6 +109,7 @@ class CompletionHub:
         self._waiters: dict[tuple[str, str], list[Waiter]] = {}
         self._recent: OrderedDict[tuple[str, str], tuple[float, list[StreamEvent]]] = OrderedDict()
         self.connected = asyncio.Event()
+        self._said_down = False
         self._changed = asyncio.Event()
 
     # -- configuration ---------------------------------------------------------------------
@@ -216,54 +217,63 @@ class CompletionHub:
             self._last_ids[stream] = last[0][0].decode() if last else "0-0"
 
     async def run(self) -> None:
-        """Read forever; reconnect with backoff on any Redis error. Cancel to stop."""
-        backoff = BACKOFF_INITIAL_S
+        """Read forever; reconnect with backoff on any Redis error. Cancel to stop.
+
+        "Connected" is said (and logged, once) only after a round trip succeeded; a lost
+        connection is logged once, not at every attempt to get it back."""
+        backoff = Backoff(BACKOFF_INITIAL_S, BACKOFF_MAX_S)
         while True:
             checkpoint()
             client = self.connections.reader(self.block_ms / 1000, "sidecar-completions")
             try:
+                await client.ping()
                 while True:
                     checkpoint()
                     streams = self.streams
                     if not streams:
-                        self.connected.set()
-                        self.metrics.redis_up.set(1)
+                        self._mark_connected(streams)
                         self._changed.clear()
                         await self._changed.wait()
                         continue
                     await self._resolve_start_ids(client, streams)
-                    if not self.connected.is_set():
-                        logger.info("completion reader connected", extra={"streams": streams})
-                    self.connected.set()
-                    self.metrics.redis_up.set(1)
-                    backoff = BACKOFF_INITIAL_S
+                    self._mark_connected(streams)
+                    backoff.reset()
                     reply = await client.xread(
                         {s: self._last_ids[s] for s in streams},
                         count=self.count,
                         block=self.block_ms,
                     )
-                    lagging: dict[str, float] = dict.fromkeys(streams, 0.0)
-                    for raw_stream, entries in reply or ():
-                        stream = raw_stream.decode()
-                        for raw_id, fields in entries:
-                            entry_id = raw_id.decode()
-                            self._last_ids[stream] = entry_id
-                            result = self.dispatch(stream, entry_id, fields)
-                            self.metrics.stream_events.labels(stream, result).inc()
-                        if entries:
-                            lagging[stream] = entry_age_s(self._last_ids[stream])
-                    for stream, lag in lagging.items():
-                        self.metrics.stream_lag.labels(stream).set(lag)
+                    self._handle(streams, reply)
             except (RedisError, OSError) as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc
+                if self.connected.is_set() or not self._said_down:
+                    logger.warning(
+                        "completion reader lost Redis; reconnecting quietly",
+                        extra={"error": f"{exc.__class__.__name__}: {exc}"},
+                    )
+                    self._said_down = True
                 self.connected.clear()
-                self.metrics.redis_up.set(0)
-                logger.warning(
-                    "completion reader lost Redis; reconnecting",
-                    extra={"error": f"{exc.__class__.__name__}: {exc}", "retry_in_s": backoff},
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                await asyncio.sleep(backoff.next())
             finally:
                 await client.aclose()
+
+    def _mark_connected(self, streams: list[str]) -> None:
+        if not self.connected.is_set():
+            logger.info("completion reader connected", extra={"streams": streams})
+            self._said_down = False
+        self.connected.set()
+
+    def _handle(self, streams: list[str], reply: Any) -> None:
+        lagging: dict[str, float] = dict.fromkeys(streams, 0.0)
+        for raw_stream, entries in reply or ():
+            stream = raw_stream.decode()
+            for raw_id, fields in entries:
+                entry_id = raw_id.decode()
+                self._last_ids[stream] = entry_id
+                result = self.dispatch(stream, entry_id, fields)
+                self.metrics.stream_events.labels(stream, result).inc()
+            if entries:
+                lagging[stream] = entry_age_s(self._last_ids[stream])
+        for stream, lag in lagging.items():
+            self.metrics.stream_lag.labels(stream).set(lag)

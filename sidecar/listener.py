@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -35,27 +34,10 @@ from aiohttp.web_server import Server
 
 from .config import Clients
 from .errors import PROBLEM_JSON, problem_body
+from .logs import Every
 from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
-
-
-class Every:
-    """Lets something happen at most once every `interval_s` (a rate-limited log line)."""
-
-    def __init__(self, interval_s: float = 1.0) -> None:
-        self.interval_s = interval_s
-        self._last = 0.0
-        self.skipped = 0
-
-    def ready(self) -> bool:
-        """True at most once per interval; counts the times it said no."""
-        now = time.monotonic()
-        if now - self._last >= self.interval_s:
-            self._last = now
-            return True
-        self.skipped += 1
-        return False
 
 
 class ClientGuard:
@@ -88,10 +70,9 @@ class ClientGuard:
                     extra={
                         "listener": self.listener,
                         "max_connections": self.limits.max_connections,
-                        "refused_since_last_line": self._refused_log.skipped,
+                        "refused_since_last_line": self._refused_log.take_skipped(),
                     },
                 )
-                self._refused_log.skipped = 0
             return False
         self.connections += 1
         self.open.labels(self.listener).set(self.connections)
@@ -122,10 +103,9 @@ class ClientGuard:
                     "status": status,
                     "reason": reason,
                     "remote": remote,
-                    "since_last_line": self._malformed_log.skipped,
+                    "since_last_line": self._malformed_log.take_skipped(),
                 },
             )
-            self._malformed_log.skipped = 0
 
     def problem(self, status: int, code: str, title: str, detail: str) -> tuple[bytes, str]:
         """A problem document and the correlation id it carries (a new one)."""

@@ -140,7 +140,9 @@ class Metrics:
             registry=r,
         )
         self.redis_up = Gauge(
-            "sidecar_redis_up", "1 when the completion reader is connected to Redis.", registry=r
+            "sidecar_redis_up",
+            "1 when Redis answers a PING (probed every second), else 0. Absent without redis_url.",
+            registry=r,
         )
         self.config_reloads = Counter(
             "sidecar_config_reloads",

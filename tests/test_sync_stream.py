@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 import uuid
@@ -456,7 +457,7 @@ async def test_redis_restart_falls_back_to_202_then_recovers(
     assert replaced == 1
     await until(lambda: not hub.connected.is_set())
     assert metric(env.client, "sidecar_fallbacks_total", route="create-user", reason="redis") == 1
-    assert metric(env.client, "sidecar_redis_up") == 0
+    await until(lambda: metric(env.client, "sidecar_redis_up") == 0)
     admin = env.client.app[ADMIN_URL]
     async with env.client.session.get(f"{admin}/readyz") as ready:
         assert ready.status == 503
@@ -516,3 +517,28 @@ async def test_the_recent_event_cache_is_bounded_in_bytes(make_env: EnvFactory) 
 
 async def _accepted_as(op: str) -> web.Response:
     return web.json_response({}, status=202, headers={"Location": f"/users/{op}"})
+
+
+async def test_redis_down_is_quiet_and_honest(
+    make_env: EnvFactory, own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    env = await make_env(url=own_redis.url)
+    hub = env.client.app[HUB]
+    assert hub is not None
+    await until(lambda: metric(env.client, "sidecar_redis_up") == 1)
+    await asyncio.to_thread(own_redis.stop)
+    await until(lambda: metric(env.client, "sidecar_redis_up") == 0)
+    await until(lambda: not hub.connected.is_set())
+    caplog.clear()
+    await asyncio.sleep(2.0)  # Redis stays down: what does the sidecar say meanwhile?
+    noisy = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(noisy) <= 2, [r.getMessage() for r in noisy]  # state changes only, if any
+    assert not [r for r in caplog.records if r.getMessage() == "completion reader connected"]
+    assert metric(env.client, "sidecar_redis_up") == 0  # never a false "up" meanwhile
+    await asyncio.to_thread(own_redis.start)
+    await asyncio.wait_for(hub.connected.wait(), 10)
+    await until(lambda: metric(env.client, "sidecar_redis_up") == 1)
+    back = [r.getMessage() for r in caplog.records]
+    assert back.count("completion reader connected") == 1
+    assert back.count("Redis answers") == 1

@@ -31,6 +31,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -44,6 +45,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
+import redis
 
 from sidecar.dev.redis_server import RedisServer, RedisUnavailable, answers, free_port
 
@@ -523,6 +525,18 @@ async def show_metrics(session: aiohttp.ClientSession, admin_url: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def forget(redis_url: str, prefix: str) -> None:
+    """Delete every key of this demo run from a Redis that outlives it."""
+    try:
+        client = redis.Redis.from_url(redis_url, socket_timeout=5)
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+        client.close()
+    except redis.RedisError as exc:
+        print(f"   could not delete the demo's keys ({prefix}:*): {exc}", file=sys.stderr)
+
+
 def pick_redis() -> tuple[str, RedisServer | None]:
     """$REDIS_URL (or the default) when it answers, else a throwaway redis-server."""
     url = os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL
@@ -557,6 +571,9 @@ def main(argv: list[str] | None = None) -> int:
     sidecar = Child("the sidecar", logs / "sidecar.log")
     receiver = Child("the webhook receiver", logs / "receiver.log")
     redis_server: RedisServer | None = None
+    prefix = f"demo-{secrets.token_hex(4)}"
+    redis_url: str | None = None
+    redis_server: RedisServer | None = None
     try:
         heading("starting")
         try:
@@ -574,7 +591,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   sidecar      {sidecar_url}, admin {admin_url}  ({CONFIG.relative_to(REPO)})")
         if "f" in args.sections:
             print(f"   receiver     http://127.0.0.1:{receiver_port}  (started by section f)")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Every key and stream of this run under a prefix of its own, deleted at the end: the
+        # demo shares a Redis with anything else on it (another demo run, a test, an app) and
+        # leaves nothing behind.
+        print(f"   Redis keys   {prefix}:*  (deleted when the demo ends)")
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "USERS_EVENTS_STREAM": f"{prefix}:users.events",
+        }
         api.start(
             [
                 sys.executable,
@@ -586,6 +611,12 @@ def main(argv: list[str] | None = None) -> int:
                 redis_url,
                 "--slow-delay",
                 "4",
+                "--prefix",
+                f"{prefix}:api",
+                "--commands-stream",
+                f"{prefix}:users.commands",
+                "--events-stream",
+                f"{prefix}:users.events",
             ],
             env,
         )
@@ -597,7 +628,7 @@ def main(argv: list[str] | None = None) -> int:
                 "SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
                 "SIDECAR_UPSTREAM": api_url,
                 "SIDECAR_REDIS_URL": redis_url,
-                "SIDECAR_KEY_PREFIX": "users-example-sidecar",
+                "SIDECAR_KEY_PREFIX": f"{prefix}:sidecar",
                 "SIDECAR_SHUTDOWN_GRACE": "2s",
                 # (f) delivers to a receiver on 127.0.0.1, which the webhook target policy refuses
                 # by default (SSRF). Allowed here for this local demo only, by an override rather
@@ -635,6 +666,8 @@ def main(argv: list[str] | None = None) -> int:
         api.stop()
         if redis_server is not None:
             redis_server.close()
+        elif redis_url is not None:
+            forget(redis_url, prefix)
         print(f"\n   stopped everything; the logs are in {logs}")
     return 0
 
