@@ -28,6 +28,7 @@ from redis.exceptions import RedisError
 from .completion import Completion, MalformedEvent, StreamEvent, classify, decode_for, to_completion
 from .config import Settings, StreamWait
 from .connections import Backoff, RedisConnections
+from .logs import Every
 from .metrics import Metrics
 from .tasks import cancelling, checkpoint
 
@@ -66,6 +67,37 @@ class Waiter:
             return False
         self.future.set_result(to_completion(event, status))
         return True
+
+
+SUSPECT_WINDOW_S = 60.0  # what a misconfiguration diagnosis looks back on
+SUSPECT_UNMATCHED = 3  # events of a route's types for nobody, within the window
+
+
+@dataclass(slots=True)
+class StreamWatch:
+    """What one stream's events did lately: the clue to a route that waits on the wrong id."""
+
+    matched_at: float = -SUSPECT_WINDOW_S  # when an event last woke a waiter (monotonic)
+    window_start: float = 0.0
+    unmatched: int = 0  # events of a route's types nobody waited for, since window_start
+    example: str = ""  # the id one of them carried
+
+    def saw(self, result: str, correlation_id: str, now: float) -> None:
+        """Note one dispatched event."""
+        if result == "matched":
+            self.matched_at = now
+        elif result == "unmatched":
+            if now - self.window_start > SUSPECT_WINDOW_S:
+                self.window_start, self.unmatched = now, 0
+            self.unmatched += 1
+            self.example = correlation_id
+
+    def suspect(self, now: float) -> str | None:
+        """An id carried by events nobody waits for, when no event woke anyone for a while
+        but several went unmatched: calls probably wait on other ids than the events carry."""
+        recent = now - self.window_start <= SUSPECT_WINDOW_S
+        quiet = now - self.matched_at > SUSPECT_WINDOW_S
+        return self.example if recent and quiet and self.unmatched >= SUSPECT_UNMATCHED else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +140,8 @@ class CompletionHub:
         self._last_ids: dict[str, str] = {}
         self._waiters: dict[tuple[str, str], list[Waiter]] = {}
         self._recent: OrderedDict[tuple[str, str], tuple[float, list[StreamEvent]]] = OrderedDict()
+        self._watch: dict[str, StreamWatch] = {}
+        self._said: dict[str, Every] = {}
         self.connected = asyncio.Event()
         self._said_down = False
         self._changed = asyncio.Event()
@@ -177,7 +211,19 @@ class CompletionHub:
             for waiter in self._waiters.get((stream, event.correlation_id), ()):
                 woke = waiter.offer(event) or woke
             result = "matched" if woke else ("unmatched" if result != "matched" else result)
+            watch = self._watch.get(stream) or self._watch.setdefault(stream, StreamWatch())
+            watch.saw(result, event.correlation_id, time.monotonic())
         return result
+
+    def said(self, route: str) -> Every:
+        """The once-a-minute gate of a route's diagnosis line."""
+        return self._said.setdefault(route, Every(SUSPECT_WINDOW_S))
+
+    def suspect(self, stream: str) -> str | None:
+        """An example id of the events on `stream` nobody waits for, when calls on it likely
+        wait on other ids (see `StreamWatch.suspect`)."""
+        watch = self._watch.get(stream)
+        return watch.suspect(time.monotonic()) if watch else None
 
     def _remember(self, event: StreamEvent) -> None:
         if self.recent_size <= 0 or event.size > self.recent_bytes:

@@ -101,6 +101,14 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.misconfigured = Counter(
+            "sidecar_route_misconfiguration_suspected",
+            "Calls that ran out of budget while their stream carried completion events for ids "
+            "no call waited on (usually a wrong correlation.source or wait.stream.id_field), "
+            "by route.",
+            ["route"],
+            registry=r,
+        )
         self.correlation_replaced = Counter(
             "sidecar_correlation_ids_replaced",
             "Client correlation ids a synchronised call could not use (a new one was minted), "

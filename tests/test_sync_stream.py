@@ -542,3 +542,44 @@ async def test_redis_down_is_quiet_and_honest(
     back = [r.getMessage() for r in caplog.records]
     assert back.count("completion reader connected") == 1
     assert back.count("Redis answers") == 1
+
+
+async def test_a_route_waiting_on_the_wrong_id_is_diagnosed(
+    make_env: EnvFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The backend puts its own id in `correlation_id`, not the one the sidecar sent: no call
+    # ever wakes, and the sidecar says why it probably is so.
+    env = await make_env(budget="150ms")
+
+    async def own_ids(cid: str, request: web.Request) -> None:
+        await env.publish(f"backend-{cid}", OK, {"id": 1})
+
+    env.hooks["before_202"] = own_ids
+    for n in range(5):
+        resp = await post_user(env, f"u-wrong-{n}")
+        assert resp.status == 202
+    said = [r for r in caplog.records if "time out while its stream carries" in r.getMessage()]
+    assert len(said) == 1  # once a minute at most
+    assert said[0].levelno == logging.WARNING
+    assert said[0].route == "create-user"  # type: ignore[attr-defined]
+    assert said[0].example_id.startswith("backend-")  # type: ignore[attr-defined]
+    assert said[0].id_field == "correlation_id"  # type: ignore[attr-defined]
+    suspected = metric(
+        env.client, "sidecar_route_misconfiguration_suspected_total", route="create-user"
+    )
+    assert suspected >= 2
+
+
+async def test_no_diagnosis_while_calls_do_complete(make_env: EnvFactory) -> None:
+    env = await make_env(budget="150ms")
+
+    async def complete_some(cid: str, request: web.Request) -> None:
+        await env.publish(cid if cid.endswith("0") else f"other-{cid}", OK, {"id": 1})
+
+    env.hooks["before_202"] = complete_some
+    statuses = [(await post_user(env, f"u-{n}")).status for n in range(5)]
+    assert statuses == [200, 202, 202, 202, 202]  # another replica's events are normal too
+    assert (
+        metric(env.client, "sidecar_route_misconfiguration_suspected_total", route="create-user")
+        == 0
+    )

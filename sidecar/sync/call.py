@@ -29,6 +29,7 @@ from ..headers import (
     upstream_location,
     usable_location,
 )
+from ..logs import Every
 from ..poll import json_pointer
 from ..prefer import Preferences, parse_prefer
 from ..state import HELD, HUB, METRICS, RUNTIME
@@ -176,9 +177,33 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
         waits.close()
     if verdict is None:
         reason = "redis" if hub is not None and not hub.connected.is_set() else "budget"
+        if reason == "budget" and hub is not None and spec.stream is not None:
+            diagnose(app, route, hub.said(route.name), hub.suspect(spec.stream.key))
         await settle(track)
         return fallback(request, call, accepted, applied, reason)
     return await answer(request, call, route, accepted, verdict, applied)
+
+
+def diagnose(app: web.Application, route: Route, every: Every, example: str | None) -> None:
+    """A call that timed out while its stream carries events for ids nobody waits on: say so
+    (at most once a minute per route), since that is usually a misconfiguration."""
+    if example is None or route.wait is None or route.wait.stream is None:
+        return
+    app[METRICS].misconfigured.labels(route.name).inc()
+    if every.ready():
+        spec = route.wait.stream
+        logger.warning(
+            "calls of this route time out while its stream carries completion events for ids "
+            "no call waits on: check correlation.source and wait.stream.id_field",
+            extra={
+                "route": route.name,
+                "stream": spec.key,
+                "id_field": spec.id_field,
+                "correlation_source": route.correlation.source,
+                "example_id": example,
+                "since_last_line": every.take_skipped(),
+            },
+        )
 
 
 async def answer(
