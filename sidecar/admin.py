@@ -6,8 +6,6 @@ It shares the proxy's error boundary: every error is problem+json with the corre
 
 from __future__ import annotations
 
-import asyncio
-
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -52,11 +50,8 @@ async def readyz(request: web.Request) -> web.Response:
     reasons: dict[str, str] = {}
     connections = app.get(REDIS)
     if connections is not None:
-        try:
-            async with asyncio.timeout(1.0):
-                await connections.shared.ping()
-        except Exception as exc:  # any failure means "not ready", whatever its class
-            reasons["redis"] = f"Redis does not answer: {exc.__class__.__name__}: {exc}"
+        for node, why in (await connections.nodes_down()).items():
+            reasons[f"redis {node}"] = f"Redis does not answer: {why}"
         hub = app.get(HUB)
         if hub is not None and hub.streams and not hub.connected.is_set():
             reasons["stream_reader"] = "the completion reader is not connected to Redis"

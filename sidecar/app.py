@@ -70,7 +70,8 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         app[METRICS].registry.unregister(app[METRICS].redis_up)
         yield
         return
-    connections = app[REDIS] = RedisConnections(url)
+    connections = app[REDIS] = RedisConnections(app[RUNTIME].settings)
+    await connections.open()
     health = app[HEALTH] = RedisHealth(connections, app[METRICS])
     tasks = TaskSet("redis-health")
     tasks.spawn(health.run())

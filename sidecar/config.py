@@ -167,6 +167,26 @@ def _blank_is_none(value: object) -> object:
     return None if isinstance(value, str) and not value.strip() else value
 
 
+def secret_from_file(data: Any, key: str) -> Any:
+    """`<key>_file` (a path, as Kubernetes mounts secrets) read into `<key>`: the file's text
+    without its trailing newline. Both set is an error, as is a file that cannot be read."""
+    if not isinstance(data, Mapping) or not data.get(f"{key}_file"):
+        return data
+    path = data[f"{key}_file"]
+    if data.get(key) not in (None, ""):
+        raise ValueError(f"{key} and {key}_file are both set (use one)")
+    try:
+        text = Path(str(path)).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"{key}_file: cannot read {path!r} ({exc.strerror})") from None
+    return {**data, key: text.rstrip("\r\n")}
+
+
+SecretFile = Annotated[
+    str | None, Field(None, description="A file holding the secret (its text, less one newline).")
+]
+
+
 class Model(BaseModel):
     """Base of every config block: unknown keys are errors, values are frozen."""
 
@@ -395,6 +415,12 @@ class Tenancy(Model):
         description="Key of the keyed hash (HMAC-SHA256) credentials are stored as. "
         "Default: derived from admin_token; set it explicitly in production.",
     )
+    hash_key_file: SecretFile = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _files(cls, data: Any) -> Any:
+        return secret_from_file(data, "hash_key")
 
 
 class DeclaredSubscription(Model):
@@ -477,6 +503,45 @@ class Webhooks(Model):
     subscriptions: list[DeclaredSubscription] = Field(
         default_factory=list, description="Operator-owned subscriptions."
     )
+
+
+class RedisTls(Model):
+    """TLS to Redis (with a `rediss://` URL): whom to trust, and the client certificate."""
+
+    ca_file: str | None = Field(None, description="CA bundle that signed Redis's certificate.")
+    cert_file: str | None = Field(None, description="Client certificate (mutual TLS).")
+    key_file: str | None = Field(None, description="The client certificate's private key.")
+    check_hostname: bool = Field(True, description="Check the certificate names the host.")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> RedisTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file {path!r}")
+        return self
+
+
+class RedisSentinel(Model):
+    """A Sentinel-guarded primary: the sidecar asks the sentinels where the primary is, and
+    follows a failover without a restart."""
+
+    master: str = Field(..., min_length=1, description="The monitored primary's name. Required.")
+    nodes: list[ListenAddress] = Field(
+        ..., min_length=1, description="Sentinels, as host:port. Required."
+    )
+    username: str | None = Field(None, description="ACL user of the sentinels, if any.")
+    password: Annotated[SecretStr | None, BeforeValidator(_blank_is_none)] = Field(
+        None, description="Password of the sentinels, if any (the primary's: redis_password)."
+    )
+    password_file: SecretFile = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _files(cls, data: Any) -> Any:
+        return secret_from_file(data, "password")
 
 
 class Readiness(Model):
@@ -625,12 +690,29 @@ class Settings(BaseSettings):
     redis_url: Annotated[
         Annotated[str, AfterValidator(_check_redis_url)] | None, BeforeValidator(_blank_is_none)
     ] = Field(None, description="Needed for stream waits and webhooks.")
+    redis_cluster: Literal["auto", "true", "false"] | bool = Field(
+        "auto",
+        description="auto: ask the node redis_url names whether it belongs to a Redis Cluster "
+        "(at start); true/false force it. Default auto.",
+    )
+    redis_sentinel: RedisSentinel | None = Field(
+        None,
+        description="A Sentinel-guarded primary; redis_url then gives the scheme and database "
+        "only (redis://primary/0).",
+    )
+    redis_username: str | None = Field(None, description="Redis ACL user. Default: none.")
+    redis_password: Annotated[SecretStr | None, BeforeValidator(_blank_is_none)] = Field(
+        None, description="Redis password (or in redis_url). Default: none."
+    )
+    redis_password_file: SecretFile = None
+    redis_tls: RedisTls | None = Field(None, description="TLS settings for rediss:// URLs.")
     key_prefix: str = Field(
         "sidecar", pattern=r"^[A-Za-z0-9_.:-]+$", description="Prefix of every owned Redis key."
     )
     admin_token: Annotated[SecretStr | None, BeforeValidator(_blank_is_none)] = Field(
         None, description="Operator bearer token."
     )
+    admin_token_file: SecretFile = None
     tenancy: Tenancy = Field(default_factory=Tenancy)
     correlation_header: HeaderName = Field("X-Correlation-ID", description="Correlation header.")
     shutdown_grace: Duration = Field(30.0, ge=0, description="Drain time on SIGTERM.")
@@ -656,6 +738,18 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # The file arrives as init kwargs; env vars win over it.
         return (env_settings, init_settings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _files(cls, data: Any) -> Any:
+        return secret_from_file(secret_from_file(data, "admin_token"), "redis_password")
+
+    @property
+    def cluster_mode(self) -> bool | None:
+        """True/False when forced, None to detect."""
+        if isinstance(self.redis_cluster, bool):
+            return self.redis_cluster
+        return None if self.redis_cluster == "auto" else self.redis_cluster == "true"
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:

@@ -1,13 +1,20 @@
-"""Every Redis client of the process, made here under one timeout policy.
+"""Every Redis client of the process, made here under one timeout policy, whatever Redis is:
 
-    shared     one bounded, blocking pool for commands (tracking, claims, tenancy, webhooks).
-               A burst waits up to POOL_WAIT_S for a free connection instead of opening one
-               connection per call.
-    reader()   a dedicated connection for one blocking read loop (`XREAD BLOCK`), whose socket
+    plain      one server (redis_url)
+    cluster    a Redis Cluster (redis_url names any node; detected at start, or redis_cluster)
+    sentinel   a Sentinel-guarded primary (redis_sentinel), followed through failovers
+
+    shared     the clients for commands (tracking, claims, tenancy, webhooks): bounded pools, so
+               a burst waits for a free connection instead of opening one per call
+    reader()   a dedicated client for one blocking read loop (`XREAD BLOCK`), whose socket
                timeout exceeds the block time, so a quiet stream is never mistaken for a dead
-               Redis (redis/redis-py #2663, #3138).
+               Redis (redis/redis-py #2663, #3138)
 
-Nothing connects until the first command: the sidecar starts while Redis is down.
+On a cluster, a command with several keys must keep them in one slot: `slot_groups` splits
+stream keys by slot (one blocking read per group), and `run_scripts` runs a batch of scripts
+as one pipeline on one server, or concurrently, each on its own node, on a cluster. Nothing
+connects before `open()`, which only looks (briefly) whether redis_url names a cluster: the
+sidecar starts while Redis is down.
 """
 
 from __future__ import annotations
@@ -15,23 +22,35 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+from redis.commands.core import AsyncScript
+from redis.crc import key_slot
 from redis.exceptions import RedisError
 
+from .config import Settings
 from .metrics import Metrics
 from .tasks import cancelling, checkpoint
 
 logger = logging.getLogger(__name__)
 
-CONNECT_TIMEOUT_S = 2.0  # TCP connect to Redis
+CONNECT_TIMEOUT_S = 2.0  # TCP (and TLS) connect to Redis
 COMMAND_TIMEOUT_S = 5.0  # longest a (non-blocking) command may take before it counts as a fault
 BLOCKING_MARGIN_S = 5.0  # a blocking read's socket timeout is its block time plus this
-POOL_SIZE = 64  # connections shared by every request and background loop of the process
+POOL_SIZE = 64  # connections shared by every request and background loop (per node)
 POOL_WAIT_S = 2.0  # longest a command waits for a free pooled connection
 HEALTH_CHECK_S = 10  # an idle pooled connection is PINGed before reuse after this long
 PROBE_EVERY_S = 1.0  # how often the health probe PINGs Redis
 PROBE_TIMEOUT_S = 1.0
+DETECT_TIMEOUT_S = 1.0  # how long the start waits to learn whether redis_url is a cluster
+
+Mode = Literal["plain", "cluster", "sentinel"]
+Client = Redis | RedisCluster
 
 
 class Backoff:
@@ -53,68 +72,258 @@ class Backoff:
         self._next = self.initial_s
 
 
-class RedisConnections:
-    """The Redis clients of one app: `shared` and a factory of dedicated `reader()`s."""
+class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """The primary's pool, bounded and waiting for a free connection like the plain one."""
 
-    def __init__(self, url: str, *, pool_size: int = POOL_SIZE) -> None:
-        self.url = url
+
+def connection_kwargs(settings: Settings) -> dict[str, Any]:
+    """Auth and TLS options every client of `settings` shares."""
+    kwargs: dict[str, Any] = {"socket_connect_timeout": CONNECT_TIMEOUT_S}
+    if settings.redis_username:
+        kwargs["username"] = settings.redis_username
+    if settings.redis_password is not None:
+        kwargs["password"] = settings.redis_password.get_secret_value()
+    tls = settings.redis_tls
+    if tls is not None:
+        kwargs["ssl_ca_certs"] = tls.ca_file
+        kwargs["ssl_certfile"] = tls.cert_file
+        kwargs["ssl_keyfile"] = tls.key_file
+        kwargs["ssl_check_hostname"] = tls.check_hostname
+        kwargs["ssl_cert_reqs"] = ssl.CERT_REQUIRED
+    return kwargs
+
+
+def tls_url(settings: Settings) -> bool:
+    """True for a `rediss://` URL (TLS)."""
+    return (settings.redis_url or "").startswith("rediss://")
+
+
+async def detect_cluster(url: str, kwargs: dict[str, Any]) -> bool | None:
+    """Whether the node `url` names runs in cluster mode; None when it cannot be asked now."""
+    client: Redis = Redis.from_url(url, socket_timeout=DETECT_TIMEOUT_S, **kwargs)
+    try:
+        async with asyncio.timeout(DETECT_TIMEOUT_S * 2):
+            info = await client.info("cluster")
+        return bool(info.get("cluster_enabled"))
+    except (RedisError, OSError, TimeoutError):
+        return None
+    finally:
+        await client.aclose()
+
+
+class RedisConnections:
+    """The Redis clients of one app: `shared`, and dedicated `reader()`s."""
+
+    def __init__(self, settings: Settings, *, pool_size: int = POOL_SIZE) -> None:
+        assert settings.redis_url is not None
+        self.settings = settings
+        self.url = settings.redis_url
+        self.pool_size = pool_size
+        self.kwargs = connection_kwargs(settings)
+        self.mode: Mode = "sentinel" if settings.redis_sentinel else "plain"
+        self._sentinel: Sentinel | None = None
+        self.shared: Client = self._plain_shared()
+
+    @property
+    def is_cluster(self) -> bool:
+        """True on a Redis Cluster."""
+        return self.mode == "cluster"
+
+    async def open(self) -> None:
+        """Settle what kind of Redis this is (asking it, briefly, when not configured) and
+        build the shared clients for it."""
+        if self.mode == "sentinel":
+            self.shared = self._sentinel_client(self.pool_size)
+            return
+        forced = self.settings.cluster_mode
+        cluster = forced if forced is not None else await detect_cluster(self.url, self.kwargs)
+        if cluster is None:
+            logger.warning(
+                "could not ask Redis whether it is a cluster (down?); using it as one server "
+                "(set redis_cluster: true to force cluster mode)",
+                extra={"url": redacted(self.url)},
+            )
+        if cluster:
+            await self.shared.aclose()
+            self.mode = "cluster"
+            self.shared = self._cluster_client(COMMAND_TIMEOUT_S + BLOCKING_MARGIN_S)
+        logger.info("Redis", extra={"mode": self.mode, "url": redacted(self.url)})
+
+    def _plain_shared(self) -> Redis:
         pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=pool_size,
+            self.url,
+            max_connections=self.pool_size,
             timeout=POOL_WAIT_S,
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
             socket_timeout=COMMAND_TIMEOUT_S + BLOCKING_MARGIN_S,
             health_check_interval=HEALTH_CHECK_S,
+            **self.kwargs,
         )
-        self.shared: Redis = Redis.from_pool(pool)
+        return Redis.from_pool(pool)
 
-    def reader(self, block_s: float, name: str) -> Redis:
-        """A single dedicated connection for a loop that blocks up to `block_s` per read,
-        named `name` in Redis's CLIENT LIST."""
-        client: Redis = Redis.from_url(
+    def _cluster_client(self, socket_timeout_s: float) -> RedisCluster:
+        client: RedisCluster = RedisCluster.from_url(
             self.url,
-            single_connection_client=True,
-            client_name=name,
-            socket_connect_timeout=CONNECT_TIMEOUT_S,
-            socket_timeout=block_s + BLOCKING_MARGIN_S,
-            retry_on_timeout=False,
+            socket_timeout=socket_timeout_s,
+            max_connections=max(self.pool_size, 256),
+            health_check_interval=HEALTH_CHECK_S,
+            **self.kwargs,
         )
         return client
 
+    def _sentinels(self) -> Sentinel:
+        if self._sentinel is None:
+            spec = self.settings.redis_sentinel
+            assert spec is not None
+            sentinel_kwargs: dict[str, Any] = {"socket_timeout": PROBE_TIMEOUT_S}
+            if spec.username:
+                sentinel_kwargs["username"] = spec.username
+            if spec.password is not None:
+                sentinel_kwargs["password"] = spec.password.get_secret_value()
+            nodes = [(h.rpartition(":")[0], int(h.rpartition(":")[2])) for h in spec.nodes]
+            self._sentinel = Sentinel(nodes, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+        return self._sentinel
+
+    def _sentinel_client(self, pool_size: int, socket_timeout_s: float | None = None) -> Redis:
+        spec = self.settings.redis_sentinel
+        assert spec is not None
+        db = int((self.url.rpartition("/")[2] or "0").split("?")[0] or 0)
+        kwargs = dict(self.kwargs)
+        if tls_url(self.settings):
+            kwargs["ssl"] = True
+        client: Redis = self._sentinels().master_for(
+            spec.master,
+            connection_pool_class=BlockingSentinelConnectionPool,
+            max_connections=pool_size,
+            timeout=POOL_WAIT_S,
+            db=db,
+            socket_timeout=socket_timeout_s or COMMAND_TIMEOUT_S + BLOCKING_MARGIN_S,
+            health_check_interval=HEALTH_CHECK_S,
+            **kwargs,
+        )
+        return client
+
+    def reader(self, block_s: float, name: str) -> Client:
+        """A client of its own for a loop that blocks up to `block_s` per read, named `name`
+        in Redis's CLIENT LIST."""
+        timeout_s = block_s + BLOCKING_MARGIN_S
+        if self.mode == "cluster":
+            client: Client = RedisCluster.from_url(
+                self.url, socket_timeout=timeout_s, client_name=name, **self.kwargs
+            )
+            return client
+        if self.mode == "sentinel":
+            reader = self._sentinel_client(2, timeout_s)
+            reader.connection_pool.connection_kwargs["client_name"] = name
+            return reader
+        single: Redis = Redis.from_url(
+            self.url,
+            single_connection_client=True,
+            socket_timeout=timeout_s,
+            retry_on_timeout=False,
+            client_name=name,
+            **self.kwargs,
+        )
+        return single
+
+    def slot_groups(self, keys: Sequence[str]) -> list[list[str]]:
+        """Keys split so that each group can go in one multi-key command: all of them on one
+        server, one group per slot on a cluster."""
+        if not self.is_cluster:
+            return [list(keys)] if keys else []
+        groups: dict[int, list[str]] = {}
+        for key in keys:
+            groups.setdefault(key_slot(key.encode()), []).append(key)
+        return list(groups.values())
+
+    async def nodes_down(self) -> dict[str, str]:
+        """Every node the sidecar needs that does not answer a PING now, with why."""
+        down: dict[str, str] = {}
+        if isinstance(self.shared, RedisCluster):
+            try:
+                await self.shared.initialize()
+                nodes = self.shared.get_nodes()
+            except (RedisError, OSError) as exc:
+                return {redacted(self.url): f"{exc.__class__.__name__}: {exc}"}
+            for node in nodes:
+                try:
+                    async with asyncio.timeout(PROBE_TIMEOUT_S):
+                        await self.shared.ping(target_nodes=node)
+                except (RedisError, OSError, TimeoutError) as exc:
+                    down[node.name] = f"{exc.__class__.__name__}: {exc}"
+            return down
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT_S):
+                await self.shared.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            down[redacted(self.url) if self.mode == "plain" else "primary"] = (
+                f"{exc.__class__.__name__}: {exc}"
+            )
+        return down
+
     async def aclose(self) -> None:
-        """Close the shared pool (readers are closed by their loops)."""
-        await self.shared.aclose()
+        """Close the shared clients (readers are closed by their loops, with `close`)."""
+        await close(self.shared)
+
+
+async def close(client: Client) -> None:
+    """Close a client, a cluster client too when it never managed to learn the cluster (its
+    own `aclose()` then leaves the connection to its first node open)."""
+    await client.aclose()
+    if isinstance(client, RedisCluster):
+        await client.nodes_manager.aclose("startup_nodes")
+        await client.nodes_manager.aclose()
+
+
+def register(redis: Client, text: str) -> AsyncScript:
+    """A Lua script bound to `redis` (a server, or a cluster: each node loads it on first use)."""
+    script: AsyncScript = redis.register_script(text)  # type: ignore[misc]
+    return script
+
+
+async def run_scripts(
+    redis: Client, script: AsyncScript, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
+) -> list[Any]:
+    """Run `script` for each (keys, args): one pipeline on one server; on a cluster
+    concurrently, each on the node its keys live on (every call keeps its keys in one slot)."""
+    if not calls:
+        return []
+    if isinstance(redis, RedisCluster):
+        return list(await asyncio.gather(*(script(keys=list(k), args=list(a)) for k, a in calls)))
+    async with redis.pipeline(transaction=False) as pipe:
+        for keys, args in calls:
+            await script(keys=list(keys), args=list(args), client=pipe)
+        return list(await pipe.execute())
 
 
 class RedisHealth:
-    """Whether Redis answers, from a real round trip every second: `sidecar_redis_up`, and
-    one log line per change (never one per attempt)."""
+    """Whether every Redis node the sidecar needs answers, from a real round trip every
+    second: `sidecar_redis_up`, and one log line per change (never one per attempt)."""
 
     def __init__(self, connections: RedisConnections, metrics: Metrics) -> None:
         self.connections = connections
         self.metrics = metrics
         self.up: bool | None = None  # unknown until the first probe
+        self.down: dict[str, str] = {}
         self.checked = asyncio.Event()
 
     async def probe(self) -> bool:
         """PING once; record and log the state when it changed."""
         try:
-            async with asyncio.timeout(PROBE_TIMEOUT_S):
-                await self.connections.shared.ping()
-            up, error = True, ""
-        except (RedisError, OSError, TimeoutError) as exc:
+            down = await self.connections.nodes_down()
+        except (RedisError, OSError) as exc:
             if cancelling():
                 raise asyncio.CancelledError from exc
-            up, error = False, f"{exc.__class__.__name__}: {exc}"
-        if up != self.up:
+            down = {"redis": f"{exc.__class__.__name__}: {exc}"}
+        up = not down
+        if up != self.up or (not up and down.keys() != self.down.keys()):
             if up:
                 logger.info("Redis answers", extra={"url": redacted(self.connections.url)})
             else:
                 logger.warning(
                     "Redis does not answer",
-                    extra={"url": redacted(self.connections.url), "error": error},
+                    extra={"url": redacted(self.connections.url), "nodes": down},
                 )
-        self.up = up
+        self.up, self.down = up, down
         self.metrics.redis_up.set(1 if up else 0)
         self.checked.set()
         return up

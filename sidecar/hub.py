@@ -22,12 +22,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from .completion import Completion, MalformedEvent, StreamEvent, classify, decode_for, to_completion
 from .config import Settings, StreamWait
-from .connections import Backoff, RedisConnections
+from .connections import Backoff, Client, RedisConnections, close
 from .logs import Every
 from .metrics import Metrics
 from .tasks import cancelling, checkpoint
@@ -142,7 +141,8 @@ class CompletionHub:
         self._recent: OrderedDict[tuple[str, str], tuple[float, list[StreamEvent]]] = OrderedDict()
         self._watch: dict[str, StreamWatch] = {}
         self._said: dict[str, Every] = {}
-        self.connected = asyncio.Event()
+        self.connected = asyncio.Event()  # every group of streams is being read
+        self._up: dict[int, bool] = {}
         self._said_down = False
         self._changed = asyncio.Event()
 
@@ -254,8 +254,10 @@ class CompletionHub:
 
     # -- the loop --------------------------------------------------------------------------
 
-    async def _resolve_start_ids(self, client: aioredis.Redis, streams: Sequence[str]) -> None:
-        """New streams start at their current last entry (or the beginning when empty)."""
+    async def _resolve_start_ids(self, client: Client, streams: Sequence[str]) -> None:
+        """New streams start at their current last entry (or the beginning when empty); a
+        round trip in any case, so "connected" is only said of a Redis that answered."""
+        await client.ping()
         for stream in streams:
             if stream in self._last_ids:
                 continue
@@ -263,7 +265,35 @@ class CompletionHub:
             self._last_ids[stream] = last[0][0].decode() if last else "0-0"
 
     async def run(self) -> None:
-        """Read forever; reconnect with backoff on any Redis error. Cancel to stop.
+        """Read forever: one blocking read per group of streams that can share a command (all
+        of them on one server; those of one slot on a cluster), regrouped when the routes
+        change. Cancel to stop."""
+        while True:
+            checkpoint()
+            self._changed.clear()
+            groups = self.connections.slot_groups(self.streams)
+            if not groups:
+                self._up = {}
+                self._mark_connected([])
+                await self._changed.wait()
+                continue
+            self._up = dict.fromkeys(range(len(groups)), False)
+            readers = [asyncio.create_task(self._read(n, group)) for n, group in enumerate(groups)]
+            changed = asyncio.create_task(self._changed.wait())
+            try:
+                done, _ = await asyncio.wait(
+                    [*readers, changed], return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    if task is not changed:
+                        task.result()  # a reader only ends by raising: let it be seen
+            finally:
+                for task in [*readers, changed]:
+                    task.cancel()
+                await asyncio.gather(*readers, changed, return_exceptions=True)
+
+    async def _read(self, n: int, streams: list[str]) -> None:
+        """Read one group of streams forever; reconnect with backoff on any Redis error.
 
         "Connected" is said (and logged, once) only after a round trip succeeded; a lost
         connection is logged once, not at every attempt to get it back."""
@@ -272,18 +302,12 @@ class CompletionHub:
             checkpoint()
             client = self.connections.reader(self.block_ms / 1000, "sidecar-completions")
             try:
-                await client.ping()
+                await self._resolve_start_ids(client, streams)
+                self._up[n] = True
+                self._mark_connected(streams)
+                backoff.reset()
                 while True:
                     checkpoint()
-                    streams = self.streams
-                    if not streams:
-                        self._mark_connected(streams)
-                        self._changed.clear()
-                        await self._changed.wait()
-                        continue
-                    await self._resolve_start_ids(client, streams)
-                    self._mark_connected(streams)
-                    backoff.reset()
                     reply = await client.xread(
                         {s: self._last_ids[s] for s in streams},
                         count=self.count,
@@ -293,21 +317,23 @@ class CompletionHub:
             except (RedisError, OSError) as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc
+                self._up[n] = False
                 if self.connected.is_set() or not self._said_down:
                     logger.warning(
                         "completion reader lost Redis; reconnecting quietly",
-                        extra={"error": f"{exc.__class__.__name__}: {exc}"},
+                        extra={"streams": streams, "error": f"{exc.__class__.__name__}: {exc}"},
                     )
                     self._said_down = True
                 self.connected.clear()
                 await asyncio.sleep(backoff.next())
             finally:
-                await client.aclose()
+                await close(client)
 
     def _mark_connected(self, streams: list[str]) -> None:
-        if not self.connected.is_set():
-            logger.info("completion reader connected", extra={"streams": streams})
-            self._said_down = False
+        if self.connected.is_set() or not all(self._up.values()):
+            return
+        logger.info("completion reader connected", extra={"streams": self.streams})
+        self._said_down = False
         self.connected.set()
 
     def _handle(self, streams: list[str], reply: Any) -> None:

@@ -3,27 +3,36 @@
 The operators' completion streams (`routes[].wait.stream.key`) are theirs, never prefixed.
 Webhook keys and consumer-group names live in `sidecar.webhooks.keys`.
 
-    {prefix}:claim:{id}              string, TTL tracking_ttl: the correlation id of the call that
+    {prefix}:claim:{<id>}            string, TTL tracking_ttl: the correlation id of the call that
                                      owns this id (SET NX: the first call to claim it)
-    {prefix}:call:{id}               hash, TTL tracking_ttl: one 202'd call (route, tenant,
+    {prefix}:call:{<id>}             hash, TTL tracking_ttl: one 202'd call (route, tenant,
                                      correlation_id, location, upstream_location, state,
                                      created_at), written once by the call that owns the id
     {prefix}:loc:{upstream path}     string, TTL tracking_ttl: the id of the call whose upstream
                                      Location this is (long-poll lookup)
     {prefix}:tenancy:key             string: random key of the credential hash when none is set
+
+`{<id>}` is a Redis Cluster hash tag: an id's claim and record share a slot (one script writes
+both), while different calls spread over the cluster. Braces and `%` in an id are
+percent-encoded there, so a tag is never cut short.
 """
 
 from __future__ import annotations
 
 
+def tag(value: str) -> str:
+    """`value` as a hash tag: braces and `%` percent-encoded, in braces."""
+    return "{" + value.replace("%", "%25").replace("{", "%7B").replace("}", "%7D") + "}"
+
+
 def claim_key(prefix: str, wait_id: str) -> str:
     """Who owns an id a call waits on (the first call to claim it)."""
-    return f"{prefix}:claim:{wait_id}"
+    return f"{prefix}:claim:{tag(wait_id)}"
 
 
 def call_key(prefix: str, wait_id: str) -> str:
     """Hash describing one tracked call, under the id its completion carries."""
-    return f"{prefix}:call:{wait_id}"
+    return f"{prefix}:call:{tag(wait_id)}"
 
 
 def location_key(prefix: str, upstream_path: str) -> str:

@@ -11,9 +11,8 @@ import hashlib
 import hmac
 import secrets
 
-from redis.asyncio import Redis
-
 from .config import Settings
+from .connections import Client
 from .keys import tenancy_key
 
 OPERATOR = "operator"  # owner of operator-created and YAML-declared subscriptions
@@ -37,7 +36,7 @@ def configured_hash_key(settings: Settings) -> bytes | None:
     return None
 
 
-async def load_hash_key(settings: Settings, redis: Redis | None) -> bytes:
+async def load_hash_key(settings: Settings, redis: Client | None) -> bytes:
     """The hash key: configured, else shared through Redis (created once), else per-process."""
     configured = configured_hash_key(settings)
     if configured is not None:
@@ -54,7 +53,7 @@ class TenantHasher:
     """Hashes credentials with the installation's key, loading it lazily (Redis may be down at
     startup; the first call after it is back gets the shared key)."""
 
-    def __init__(self, settings: Settings, redis: Redis | None) -> None:
+    def __init__(self, settings: Settings, redis: Client | None) -> None:
         self.settings = settings
         self.redis = redis
         self._key = configured_hash_key(settings)

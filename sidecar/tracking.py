@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, Literal, TypeVar
 
-from redis.asyncio import Redis
 from yarl import URL
 
+from .connections import Client, register, run_scripts
 from .keys import call_key, claim_key, location_key
 
 WRITE_BATCH = 1000  # requests per pipeline
@@ -118,12 +118,12 @@ class GroupCommit(Generic[T, R]):
 class CallTracker:
     """Claims ids and reads and writes tracked calls (`{prefix}:claim|call|loc:*`)."""
 
-    def __init__(self, redis: Redis, prefix: str, ttl_s: float) -> None:
+    def __init__(self, redis: Client, prefix: str, ttl_s: float) -> None:
         self.redis = redis
         self.prefix = prefix
         self.ttl_ms = int(ttl_s * 1000)
-        self._record_script = redis.register_script(_RECORD)
-        self._finish_script = redis.register_script(_FINISH)
+        self._record_script = register(redis, _RECORD)
+        self._finish_script = register(redis, _FINISH)
         self._claims: GroupCommit[tuple[str, str], bool] = GroupCommit(self._claim_batch)
         self._records: GroupCommit[TrackedCall, bool] = GroupCommit(self._record_batch)
 
@@ -144,26 +144,23 @@ class CallTracker:
         return [bool(reply) for reply in replies]
 
     async def _record_batch(self, calls: list[TrackedCall]) -> list[bool]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for call in calls:
-                fields = {
-                    "route": call.route,
-                    "tenant": call.tenant or "",
-                    "location": call.location or "",
-                    "upstream_location": call.upstream_location or "",
-                    "state": call.state,
-                    "created_at": repr(call.created_at or time.time()),
-                    "correlation_id": call.identity,
-                }
-                await self._record_script(
-                    keys=[
-                        claim_key(self.prefix, call.wait_id),
-                        call_key(self.prefix, call.wait_id),
-                    ],
-                    args=[call.identity, self.ttl_ms, *(x for kv in fields.items() for x in kv)],
-                    client=pipe,
-                )
-            written = [bool(reply) for reply in await pipe.execute()]
+        batch = []
+        for call in calls:
+            fields = {
+                "route": call.route,
+                "tenant": call.tenant or "",
+                "location": call.location or "",
+                "upstream_location": call.upstream_location or "",
+                "state": call.state,
+                "created_at": repr(call.created_at or time.time()),
+                "correlation_id": call.identity,
+            }
+            keys = [claim_key(self.prefix, call.wait_id), call_key(self.prefix, call.wait_id)]
+            args = [call.identity, self.ttl_ms, *(x for kv in fields.items() for x in kv)]
+            batch.append((keys, args))
+        written = [
+            bool(reply) for reply in await run_scripts(self.redis, self._record_script, batch)
+        ]
         located = [c for c, ok in zip(calls, written, strict=True) if ok and c.upstream_location]
         if located:
             async with self.redis.pipeline(transaction=False) as pipe:

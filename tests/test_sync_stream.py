@@ -463,7 +463,7 @@ async def test_redis_restart_falls_back_to_202_then_recovers(
     admin = env.client.app[ADMIN_URL]
     async with env.client.session.get(f"{admin}/readyz") as ready:
         assert ready.status == 503
-        assert "redis" in (await ready.json())["reasons"]
+        assert any(k.startswith("redis ") for k in (await ready.json())["reasons"])
     own_redis.start()
     await asyncio.wait_for(hub.connected.wait(), 10)
     redis = aioredis.Redis.from_url(own_redis.url)
@@ -596,4 +596,4 @@ async def test_readiness_can_leave_redis_out(make_env: EnvFactory, own_redis: Re
         assert ready.status == 200  # calls still go through, falling back to 202
         body = await ready.json()
     assert body["status"] == "ready (degraded)"
-    assert "redis" in body["reasons"]
+    assert any(k.startswith("redis ") for k in body["reasons"])

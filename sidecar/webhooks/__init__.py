@@ -14,9 +14,9 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from ..connections import Client
 from ..state import METRICS, PUBLISHER, REDIS, RUNTIME, TRACKER
 from ..tasks import TaskSet
 from .attempt import create_webhook_session
@@ -75,7 +75,7 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     await session.close()
 
 
-async def _leave_groups(redis: Redis, groups: list[tuple[str, str]], name: str) -> None:
+async def _leave_groups(redis: Client, groups: list[tuple[str, str]], name: str) -> None:
     """Remove this process's consumer from each group it has nothing pending in, so the groups'
     consumer lists do not grow with every deploy. One with pending entries stays: deleting it
     would make them unclaimable (another replica claims them after the claim timeout)."""

@@ -37,7 +37,7 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError, ResponseError
 
-from ..connections import Backoff
+from ..connections import Backoff, close, register
 from ..tasks import cancelling, checkpoint
 from ..timestamps import iso
 from .attempt import AttemptResult, next_delay, post_once
@@ -141,7 +141,7 @@ class DeliveryWorker:
         self.per_tenant = config.per_tenant or max(
             1, min(config.concurrency, max(config.concurrency // 2, 2 * config.per_subscription))
         )
-        self._failing = self.redis.register_script(_FAILING)
+        self._failing = register(self.redis, _FAILING)
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_sub: dict[str, int] = {}
         self._by_owner: dict[str, int] = {}
@@ -200,7 +200,7 @@ class DeliveryWorker:
                     last = entries[-1][0].decode()
                     self._wake.set()
         finally:
-            await reader.aclose()
+            await close(reader)
 
     def plan(self, rows: list[tuple[bytes, float]]) -> list[tuple[str, str, str, float, int]]:
         """Which queues to read, and how many entries from each: round-robin across owners,
@@ -492,13 +492,13 @@ class DeliveryWorker:
             if next_at is not None:
                 member = f"{sub.id}|{message_id}|{attempt + 1}|{trigger}"
                 pipe.zadd(due_key(prefix, owner), {member: int(next_at * 1000)})
-            await self._failing(
-                keys=[subscription_key(prefix, owner, sub.id)],
-                args=["1" if result.delivered else "0", repr(now)],
-                client=pipe,
-            )
-            replies = await pipe.execute()
-        failing_since = float(replies[-1] or 0)
+            await pipe.execute()
+        # After the record, on its own: the script keeps a deleted subscription deleted.
+        since = await self._failing(
+            keys=[subscription_key(prefix, owner, sub.id)],
+            args=["1" if result.delivered else "0", repr(now)],
+        )
+        failing_since = float(since or 0)
         if next_at is not None:
             await self.outbox.scheduled(owner, int(next_at * 1000))
         if outcome == "dead":

@@ -32,6 +32,7 @@ UNTRACKED_GRACE_S = 4.0
 RETRY_PENDING_S = 0.1
 CLAIM_IDLE_S = 15.0  # longer than the grace: an entry being retried here is never stolen
 BLOCK_MS = 1000
+MULTI_SLOT_BLOCK_MS = 50  # per read, when the streams live in several cluster slots
 BATCH = 200
 # After a short read, wait this long before the next one so completions are dispatched in
 # batches (a few Redis round trips per batch, not per completion): at 1,000 completions/s the
@@ -57,6 +58,7 @@ class Dispatcher:
 
     def __init__(self, webhooks: WebhookRuntime, runtime: Runtime) -> None:
         self.redis, self.runtime = webhooks.redis, runtime
+        self.connections = webhooks.connections
         self.store, self.outbox, self.tracker = webhooks.store, webhooks.outbox, webhooks.tracker
         self.consumer = webhooks.consumer
         self._pending: dict[tuple[str, str], Pending] = {}
@@ -116,12 +118,16 @@ class Dispatcher:
                     stream, group, self.consumer, int(CLAIM_IDLE_S * 1000), count=100
                 )
                 out += [(stream, e.decode(), f) for e, f in reply[1] if f]
+        groups = self.connections.slot_groups(streams)
         block = int(RETRY_PENDING_S * 1000) if self._pending else BLOCK_MS
-        reply = await self.redis.xreadgroup(
-            group, self.consumer, dict.fromkeys(streams, ">"), count=BATCH, block=block
-        )
-        for stream, items in reply or []:
-            out += [(stream.decode(), e.decode(), f) for e, f in items]
+        if len(groups) > 1:  # one read per slot on a cluster: each blocks briefly, in turn
+            block = min(block, MULTI_SLOT_BLOCK_MS)
+        for keys in groups:
+            reply = await self.redis.xreadgroup(
+                group, self.consumer, dict.fromkeys(keys, ">"), count=BATCH, block=block
+            )
+            for stream, items in reply or []:
+                out += [(stream.decode(), e.decode(), f) for e, f in items]
         return out
 
     def _match(self, stream: str, entry_id: str, fields: Any) -> tuple[Route, Status, StreamEvent]:

@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import orjson
-from redis.asyncio import Redis
 
+from ..connections import Client
 from ..tenancy import OPERATOR
 from ..timestamps import iso
 from .keys import message_key, message_log_key, owner_log_key
@@ -42,7 +42,7 @@ def _matches(
 class MessageLog:
     """Reads the attempts and messages of one owner (or, for the operator, of everyone)."""
 
-    def __init__(self, redis: Redis, prefix: str, store: SubscriptionStore) -> None:
+    def __init__(self, redis: Client, prefix: str, store: SubscriptionStore) -> None:
         self.redis = redis
         self.prefix = prefix
         self.store = store

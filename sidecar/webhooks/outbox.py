@@ -15,9 +15,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
+from ..connections import Client, register, run_scripts
 from .keys import (
     DELIVERY_GROUP,
     bell_key,
@@ -84,7 +84,7 @@ return 0
 """
 
 
-async def create_group(redis: Redis, stream: str, group: str, start: str) -> None:
+async def create_group(redis: Client, stream: str, group: str, start: str) -> None:
     """Create a consumer group (and its stream) at `start` unless it exists."""
     try:
         await redis.xgroup_create(stream, group, id=start, mkstream=True)
@@ -127,13 +127,13 @@ def ready_member(owner: str, sub_id: str) -> str:
 class Outbox:
     """Enqueues messages, requeues attempts, and moves due retries back to their queues."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Client, prefix: str) -> None:
         self.redis = redis
         self.prefix = prefix
-        self._enqueue = redis.register_script(_ENQUEUE)
-        self._requeue = redis.register_script(_REQUEUE)
-        self._move = redis.register_script(_MOVE_DUE)
-        self._unready = redis.register_script(_UNREADY)
+        self._enqueue = register(redis, _ENQUEUE)
+        self._requeue = register(redis, _REQUEUE)
+        self._move = register(redis, _MOVE_DUE)
+        self._unready = register(redis, _UNREADY)
 
     async def enqueue(
         self,
@@ -155,26 +155,26 @@ class Outbox:
         were new (the others already existed)."""
         if not messages:
             return 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for m in messages:
-                await self._enqueue(
-                    keys=[
-                        message_key(self.prefix, m.owner, m.message_id),
-                        queue_key(self.prefix, m.owner, m.sub_id),
-                    ],
-                    args=[
-                        m.sub_id,
-                        m.event_type,
-                        m.body,
-                        m.created_ms,
-                        m.trigger,
-                        MESSAGE_TTL_S,
-                        m.message_id,
-                        DELIVERY_GROUP,
-                    ],
-                    client=pipe,
-                )
-            replies = await pipe.execute()
+        calls = [
+            (
+                [
+                    message_key(self.prefix, m.owner, m.message_id),
+                    queue_key(self.prefix, m.owner, m.sub_id),
+                ],
+                [
+                    m.sub_id,
+                    m.event_type,
+                    m.body,
+                    m.created_ms,
+                    m.trigger,
+                    MESSAGE_TTL_S,
+                    m.message_id,
+                    DELIVERY_GROUP,
+                ],
+            )
+            for m in messages
+        ]
+        replies = await run_scripts(self.redis, self._enqueue, calls)
         new = [m for m, reply in zip(messages, replies, strict=True) if reply]
         await self.mark_ready((m.owner, m.sub_id) for m in new)
         return len(new)

@@ -6,8 +6,7 @@ from __future__ import annotations
 import math
 import secrets
 
-from redis.asyncio import Redis
-
+from ..connections import Client, register
 from .keys import test_sends_key
 
 WINDOW_S = 60.0
@@ -30,11 +29,11 @@ return '0'
 class Quotas:
     """Counts what tenants do against their limits."""
 
-    def __init__(self, redis: Redis, prefix: str, test_sends_per_minute: int) -> None:
+    def __init__(self, redis: Client, prefix: str, test_sends_per_minute: int) -> None:
         self.redis = redis
         self.prefix = prefix
         self.test_sends_per_minute = test_sends_per_minute
-        self._test_send = redis.register_script(_TEST_SEND)
+        self._test_send = register(redis, _TEST_SEND)
 
     async def test_send(self, owner: str, now: float) -> int | None:
         """Count one test send of `owner`; None when allowed, else the whole seconds to wait."""

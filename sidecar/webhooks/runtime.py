@@ -14,12 +14,11 @@ import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..completion import Completion
 from ..config import Route, Settings
-from ..connections import RedisConnections
+from ..connections import Client, RedisConnections
 from ..tracking import CallTracker, TrackedCall
 from .fanout import messages_for
 from .messages import MessageLog
@@ -52,7 +51,7 @@ class WebhookRuntime:
         self.settings = settings
         self.prefix = settings.key_prefix
         self.connections = connections
-        self.redis: Redis = connections.shared
+        self.redis: Client = connections.shared
         self.tracker = tracker
         self.session = session
         self.policy = policy

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
 
 from ..config import DeclaredSubscription
+from ..connections import Client, register
 from ..tenancy import OPERATOR
 from ..timestamps import iso
 from .keys import (
@@ -149,11 +149,11 @@ def _flat(fields: dict[str, str]) -> list[str]:
 class SubscriptionStore:
     """Creates, reads, updates and deletes subscriptions; never crosses owners."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Client, prefix: str) -> None:
         self.redis = redis
         self.prefix = prefix
-        self._patch = redis.register_script(_PATCH)
-        self._create = redis.register_script(_CREATE)
+        self._patch = register(redis, _PATCH)
+        self._create = register(redis, _CREATE)
         self._snapshot: tuple[bytes | None, list[Subscription]] | None = None
         self._by_id: dict[str, Subscription] = {}
 

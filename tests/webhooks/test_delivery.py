@@ -37,10 +37,10 @@ async def worker(
 ) -> AsyncIterator[DeliveryWorker]:
     policy = TargetPolicy.from_settings(CONFIG)
     session = create_webhook_session(policy, 8)
-    settings = Settings(key_prefix=prefix, webhooks=CONFIG)
+    settings = Settings(key_prefix=prefix, webhooks=CONFIG, redis_url=redis_url)
     tracker = CallTracker(redis, prefix, settings.tracking_ttl)
     metrics = WebhookMetrics(CollectorRegistry())
-    connections = RedisConnections(redis_url)
+    connections = RedisConnections(settings)
     runtime = WebhookRuntime(settings, connections, tracker, session, policy, metrics)
     w = DeliveryWorker(runtime)
     task = asyncio.create_task(w.run())

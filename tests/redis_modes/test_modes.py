@@ -1,0 +1,250 @@
+"""The sidecar on a Redis Cluster, on a Sentinel-guarded primary, and over TLS with an ACL user:
+synchronised calls complete, webhooks are delivered, faults are ridden out."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio.cluster import RedisCluster
+
+from sidecar.dev.redis_server import RedisClusterServers, SentinelSetup
+from sidecar.state import ADMIN_URL, HUB, REDIS
+from sidecar.webhooks import WEBHOOKS
+
+from ..conftest import SidecarFactory, Upstream
+from ..helpers import metric, until
+from .conftest import TlsRedis
+
+OK = "Done"
+
+
+def jobs_api() -> web.Application:
+    async def create(request: web.Request) -> web.Response:
+        cid = request.headers["X-Correlation-ID"]
+        return web.json_response({}, status=202, headers={"Location": f"/jobs/{cid}"})
+
+    app = web.Application()
+    app.router.add_post("/jobs", create)
+    return app
+
+
+def route(stream: str, budget: str = "10s") -> dict[str, Any]:
+    return {
+        "name": "jobs",
+        "method": "POST",
+        "path": "/jobs",
+        "budget": budget,
+        "wait": {"stream": {"key": stream, "success": [OK]}},
+        "webhook_events": {"success": "job.done"},
+    }
+
+
+async def started(
+    start_sidecar: SidecarFactory, upstream: TestServer, stream: str, **settings: Any
+) -> TestClient:
+    client = await start_sidecar(
+        upstream,
+        key_prefix=f"t{uuid.uuid4().hex[:8]}",
+        stream_reader={"block": "100ms"},
+        routes=[route(stream, settings.pop("budget", "10s"))],
+        admin_token="op-token-0123456789",
+        webhooks={"allow_private_targets": True, "timeout": "2s", "schedule": ["100ms"] * 5},
+        **settings,
+    )
+    hub = client.app[HUB]
+    assert hub is not None
+    await asyncio.wait_for(hub.connected.wait(), 10)
+    return client
+
+
+async def held_then_completed(
+    client: TestClient, publish: Any, stream: str, cid: str, credential: str = "Bearer c-1"
+) -> Any:
+    """A call held until its completion is published."""
+    hub = client.app[HUB]
+    assert hub is not None
+    before = hub.waiting
+    task = asyncio.create_task(
+        client.post("/jobs", headers={"X-Correlation-ID": cid, "Authorization": credential})
+    )
+    await until(lambda: hub.waiting > before, timeout_s=10)
+    await publish(stream, {"correlation_id": cid, "type": OK, "payload": orjson.dumps({"c": cid})})
+    return await task
+
+
+@pytest.fixture
+async def receiver(aiohttp_server: Any) -> tuple[TestServer, asyncio.Queue[bytes]]:
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def hook(request: web.Request) -> web.Response:
+        await got.put(await request.read())
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    return await aiohttp_server(app), got
+
+
+async def test_on_a_redis_cluster_calls_and_webhooks_work_and_keys_spread(
+    cluster: RedisClusterServers,
+    start_upstream: Upstream,
+    start_sidecar: SidecarFactory,
+    receiver: tuple[TestServer, asyncio.Queue[bytes]],
+) -> None:
+    stream = f"jobs-{uuid.uuid4().hex[:6]}.events"
+    client = await started(
+        start_sidecar, await start_upstream(jobs_api()), stream, redis_url=cluster.url
+    )
+    connections = client.app[REDIS]
+    assert connections is not None and connections.is_cluster  # detected from any node
+    events = RedisCluster.from_url(cluster.url)
+    try:
+        # Webhooks: subscriptions of several clients, created through the admin API.
+        hooks, got = receiver
+        admin = client.app[ADMIN_URL]
+        for n in range(6):
+            async with client.session.post(
+                f"{admin}/admin/api/subscriptions",
+                headers={"Authorization": f"Bearer c-{n}"},
+                json={"url": str(hooks.make_url("/hook")), "events": ["*"]},
+            ) as resp:
+                assert resp.status == 201, await resp.text()
+        for n in range(6):
+            resp = await held_then_completed(
+                client, events.xadd, stream, f"job-{n}", credential=f"Bearer c-{n}"
+            )
+            assert resp.status == 200
+            assert await resp.json() == {"c": f"job-{n}"}
+        bodies = [orjson.loads(await asyncio.wait_for(got.get(), 10)) for _ in range(6)]
+        assert sorted(b["correlation_id"] for b in bodies) == [f"job-{n}" for n in range(6)]
+        # Each client's keys in its own slot, the clients spread over the nodes.
+        prefix = client.app[WEBHOOKS].prefix
+        holders = set()
+        for node in cluster.nodes:
+            plain = aioredis.Redis(port=node.port)
+            if [k async for k in plain.scan_iter(match=f"{prefix}:wh:*:sub:*")]:
+                holders.add(node.port)
+            await plain.aclose()
+        assert len(holders) >= 2
+        async with client.session.get(f"{admin}/readyz") as ready:
+            assert ready.status == 200
+        assert metric(client, "sidecar_redis_up") == 1
+    finally:
+        await events.aclose()
+
+
+# After a node restart redis-py's cluster client swaps its node objects and closes the old
+# ones' connections in tasks it does not keep: what is collected before those ran warns (from
+# __del__), in this test or a later one. Those are redis-py's, collected here, ignored here.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+async def test_a_cluster_node_restart_is_ridden_out(
+    cluster: RedisClusterServers, start_upstream: Upstream, start_sidecar: SidecarFactory
+) -> None:
+    stream = f"jobs-{uuid.uuid4().hex[:6]}.events"
+    client = await started(
+        start_sidecar, await start_upstream(jobs_api()), stream, redis_url=cluster.url, budget="20s"
+    )
+    hub = client.app[HUB]
+    assert hub is not None
+    events = RedisCluster.from_url(cluster.url)
+    try:
+        call = asyncio.create_task(client.post("/jobs", headers={"X-Correlation-ID": "held-1"}))
+        await until(lambda: hub.waiting == 1, timeout_s=10)
+        node = cluster.owner_of(stream)
+        await asyncio.to_thread(node.kill)  # the node holding the stream crashes
+        await until(lambda: not hub.connected.is_set(), timeout_s=10)
+        admin = client.app[ADMIN_URL]
+        async with client.session.get(f"{admin}/readyz") as ready:
+            assert ready.status == 503
+        await asyncio.to_thread(node.start)  # and comes back with its data (AOF)
+        await asyncio.to_thread(cluster.wait_ok)
+        await asyncio.wait_for(hub.connected.wait(), 15)
+        await events.xadd(stream, {"correlation_id": "held-1", "type": OK, "payload": "{}"})
+        resp = await call  # the held call rode it out within its budget
+        assert resp.status == 200
+        async with client.session.get(f"{admin}/readyz") as ready:
+            assert ready.status == 200
+    finally:
+        await events.aclose()
+        await client.close()
+        await asyncio.sleep(0.1)  # let redis-py's own closing tasks run, then collect
+        gc.collect()
+
+
+async def test_a_sentinel_failover_is_followed_without_a_restart(
+    sentinel: SentinelSetup, start_upstream: Upstream, start_sidecar: SidecarFactory
+) -> None:
+    stream = f"jobs-{uuid.uuid4().hex[:6]}.events"
+    client = await started(
+        start_sidecar,
+        await start_upstream(jobs_api()),
+        stream,
+        redis_url="redis://primary/0",
+        redis_sentinel={"master": SentinelSetup.MASTER, "nodes": sentinel.nodes},
+    )
+
+    async def publish(key: str, fields: dict[str, Any]) -> None:
+        primary = aioredis.Redis(port=sentinel.primary_port())
+        await primary.xadd(key, fields)
+        await primary.aclose()
+
+    resp = await held_then_completed(client, publish, stream, "before")
+    assert resp.status == 200
+    new_primary = await asyncio.to_thread(sentinel.failover)
+    assert new_primary == sentinel.replica.port
+    hub = client.app[HUB]
+    assert hub is not None
+    deadline = time.monotonic() + 20
+    while True:  # the reader may take a reconnect to find the new primary
+        try:
+            resp = await held_then_completed(client, publish, stream, f"after-{time.monotonic()}")
+            if resp.status == 200:
+                break
+        except TimeoutError:
+            pass
+        assert time.monotonic() < deadline, "the sidecar did not follow the failover"
+    await until(lambda: metric(client, "sidecar_redis_up") == 1, timeout_s=10)
+
+
+async def test_tls_with_a_client_certificate_and_an_acl_user(
+    tls_redis: TlsRedis, start_upstream: Upstream, start_sidecar: SidecarFactory
+) -> None:
+    stream = f"jobs-{uuid.uuid4().hex[:6]}.events"
+    client = await started(
+        start_sidecar,
+        await start_upstream(jobs_api()),
+        stream,
+        redis_url=tls_redis.url,
+        redis_username=tls_redis.user,
+        redis_password_file=str(tls_redis.password_file),
+        redis_tls={
+            "ca_file": str(tls_redis.ca),
+            "cert_file": str(tls_redis.cert),
+            "key_file": str(tls_redis.key),
+        },
+    )
+    password = tls_redis.password_file.read_text().strip()
+    events = aioredis.Redis.from_url(
+        tls_redis.url,
+        username=tls_redis.user,
+        password=password,
+        ssl_ca_certs=str(tls_redis.ca),
+        ssl_certfile=str(tls_redis.cert),
+        ssl_keyfile=str(tls_redis.key),
+    )
+    try:
+        resp = await held_then_completed(client, events.xadd, stream, "tls-1")
+        assert resp.status == 200
+        assert metric(client, "sidecar_redis_up") == 1
+    finally:
+        await events.aclose()
