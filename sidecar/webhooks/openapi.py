@@ -228,6 +228,7 @@ OPERATIONS: tuple[Operation, ...] = (
         "messages",
         query=MessagesQuery,
         answer=AttemptsPage,
+        errors=frozenset({404}),  # an unknown (or another's) subscription filter
     ),
     Operation(
         "get",
