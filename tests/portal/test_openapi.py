@@ -165,35 +165,36 @@ def test_a_schema_driven_fuzz_run_finds_no_5xx_and_no_answer_breaking_the_schema
         {"Authorization": "Bearer fuzz-client"},
     ]
     ran = 0
+
+    def fuzz(operation: Any, mode: GenerationMode, headers: dict[str, str]) -> None:
+        @given(case=operation.as_strategy(generation_mode=mode))
+        @settings(
+            max_examples=4,
+            deadline=None,
+            database=None,
+            derandomize=True,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        def run(case: Any) -> None:
+            nonlocal ran
+            if "id" in (case.path_parameters or {}) and ran % 3 == 0:
+                case.path_parameters["id"] = sub["id"]  # reach a real one, sometimes
+            case.call_and_validate(
+                base_url=portal.admin_url, headers=headers, checks=checks, timeout=10
+            )
+            ran += 1
+
+        try:
+            run()
+        except Unsatisfiable:
+            # Nothing to make invalid (no parameters, no body): positive cases only.
+            assert mode == GenerationMode.NEGATIVE, operation.label
+
     for result in schema.get_all_operations():
-        operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
             for headers in callers:
-                strategy = operation.as_strategy(generation_mode=mode)
-
-                @given(case=strategy)
-                @settings(
-                    max_examples=4,
-                    deadline=None,
-                    database=None,
-                    derandomize=True,
-                    phases=[Phase.explicit, Phase.generate],
-                    suppress_health_check=list(HealthCheck),
-                )
-                def run(case: Any) -> None:
-                    nonlocal ran
-                    if "id" in (case.path_parameters or {}) and ran % 3 == 0:
-                        case.path_parameters["id"] = sub["id"]  # reach a real one, sometimes
-                    case.call_and_validate(
-                        base_url=portal.admin_url, headers=headers, checks=checks, timeout=10
-                    )
-                    ran += 1
-
-                try:
-                    run()
-                except Unsatisfiable:
-                    # Nothing to make invalid (no parameters, no body): positive cases only.
-                    assert mode == GenerationMode.NEGATIVE, operation.label
+                fuzz(result.ok(), mode, headers)
     assert ran > 100
 
 
