@@ -76,7 +76,7 @@ class Receiver:
     """A webhook receiver: what it got, and the status it answers."""
 
     got: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
-    status: int = 204
+    status: int = 200
     url: str = ""
 
 

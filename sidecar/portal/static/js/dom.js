@@ -26,7 +26,7 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
-export function append(el, children) {
+export function append(el, ...children) {
   for (const child of children.flat(Infinity)) {
     if (child === null || child === undefined || child === false) continue;
     el.append(child instanceof Node ? child : document.createTextNode(String(child)));
@@ -65,6 +65,7 @@ export function tableRegion(label, table) {
   return h("div", { class: "table-scroll", role: "region", "aria-label": label, tabindex: "0" }, table);
 }
 
+/** Preformatted text in a focusable (scrollable by keyboard) region named `label`. */
 export function pre(text, label) {
-  return h("pre", { tabindex: "0", "aria-label": label || null }, h("code", {}, text));
+  return h("pre", { tabindex: "0", role: "region", "aria-label": label }, h("code", {}, text));
 }

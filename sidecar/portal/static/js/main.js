@@ -3,7 +3,7 @@
 // and the polling that keeps open views live.
 
 import { api, ApiError, onUnauthorized, session } from "./api.js";
-import { clear, h } from "./dom.js";
+import { append, clear, h } from "./dom.js";
 import { renderEndpoint, renderEndpoints, renderNewEndpoint } from "./views/endpoints.js";
 import { renderEventTypes } from "./views/event-types.js";
 import { renderMessage, renderMessages } from "./views/messages.js";
@@ -90,7 +90,7 @@ export function problem(error) {
 
 function notice(text) {
   clear(noticeEl);
-  if (text) noticeEl.append(h("p", {}, text));
+  if (text) append(noticeEl, h("p", {}, text));
 }
 
 function sessionEndedMessage(error) {
@@ -158,14 +158,14 @@ async function route() {
   clear(main);
   const ctx = context(gen);
   ctx.setTitle(label);
-  main.append(h("p", { class: "loading" }, "Loading…"));
+  append(main, h("p", { class: "loading" }, "Loading…"));
   try {
     await render(main, ctx, ...args);
   } catch (error) {
     if (gen !== generation) return;
     if (error instanceof ApiError && error.status === 401) return; // back at sign-in already
     clear(main);
-    main.append(h("h1", { tabindex: "-1" }, "Something went wrong"), problem(error));
+    append(main, h("h1", { tabindex: "-1" }, "Something went wrong"), problem(error));
   }
   if (gen !== generation) return;
   const loading = main.querySelector(":scope > .loading");

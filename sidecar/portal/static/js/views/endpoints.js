@@ -3,7 +3,7 @@
 
 import { api, ApiError } from "../api.js";
 import { confirmDialog } from "../dialog.js";
-import { clear, field, h, tableRegion, title } from "../dom.js";
+import { append, clear, field, h, tableRegion, title } from "../dom.js";
 import { json, localToIso, rate, toLocalInput, when } from "../format.js";
 import { attemptsPanel } from "./messages.js";
 
@@ -17,15 +17,15 @@ export async function renderEndpoints(root, ctx) {
   const { subscriptions } = await api.subscriptions();
   if (!ctx.live()) return;
   clear(root);
-  root.append(title("Endpoints"));
-  root.append(h("p", {}, "The URLs that receive your webhooks. Each delivery is signed with the endpoint's secret."));
+  append(root, title("Endpoints"));
+  append(root, h("p", {}, "The URLs that receive your webhooks. Each delivery is signed with the endpoint's secret."));
   if (!ctx.readOnly) {
     const add = h("button", { type: "button", class: "primary" }, "Add endpoint");
     add.addEventListener("click", () => ctx.navigate("#/endpoints/new"));
-    root.append(h("p", {}, add));
+    append(root, h("p", {}, add));
   }
   if (subscriptions.length === 0) {
-    root.append(
+    append(root, 
       h(
         "div",
         { class: "empty" },
@@ -68,7 +68,7 @@ export async function renderEndpoints(root, ctx) {
     ),
     h("tbody", {}, rows),
   );
-  root.append(tableRegion("Endpoints", table));
+  append(root, tableRegion("Endpoints", table));
 }
 
 function eventsFieldset(types, selected = ["*"]) {
@@ -122,9 +122,9 @@ export async function renderNewEndpoint(root, ctx) {
   const types = await ctx.catalog();
   if (!ctx.live()) return;
   clear(root);
-  root.append(title("Add endpoint"));
+  append(root, title("Add endpoint"));
   if (ctx.readOnly) {
-    root.append(h("p", {}, "This session is read-only: it cannot add endpoints."));
+    append(root, h("p", {}, "This session is read-only: it cannot add endpoints."));
     return;
   }
   const url = h("input", { type: "url", name: "url", required: true, maxlength: "2048", placeholder: "https://example.com/webhooks" });
@@ -146,12 +146,12 @@ export async function renderNewEndpoint(root, ctx) {
     errorBox.replaceChildren();
     const chosen = events.value();
     if (!url.value.trim()) {
-      errorBox.append(h("p", { role: "alert" }, "Enter the endpoint's URL."));
+      append(errorBox, h("p", { role: "alert" }, "Enter the endpoint's URL."));
       url.focus();
       return;
     }
     if (chosen.length === 0) {
-      errorBox.append(h("p", { role: "alert" }, "Pick at least one event, or All events."));
+      append(errorBox, h("p", { role: "alert" }, "Pick at least one event, or All events."));
       events.focus();
       return;
     }
@@ -172,16 +172,16 @@ export async function renderNewEndpoint(root, ctx) {
       heading.id = "created-heading";
       heading.focus();
     } catch (error) {
-      errorBox.append(ctx.problem(error));
+      append(errorBox, ctx.problem(error));
       create.disabled = false;
     }
   });
-  root.append(form);
+  append(root, form);
 }
 
 function notFound(root, id) {
   clear(root);
-  root.append(
+  append(root, 
     title("Endpoint not found"),
     h("p", {}, `There is no endpoint ${id} in your account. It may have been deleted, or the link may be wrong.`),
     h("p", {}, link("#/endpoints", "Back to endpoints")),
@@ -212,7 +212,7 @@ export async function renderEndpoint(root, ctx, id) {
     });
   const fillDetails = () => {
     clear(details);
-    const add = (term, value) => details.append(h("dt", {}, term), value instanceof Node ? value : h("dd", {}, value));
+    const add = (term, value) => append(details, h("dt", {}, term), value instanceof Node ? value : h("dd", {}, value));
     add("URL", h("dd", {}, h("code", {}, sub.url)));
     add("Description", sub.description || "—");
     add("Events", eventsText(sub.events));
@@ -224,7 +224,7 @@ export async function renderEndpoint(root, ctx, id) {
   fillDetails();
   refreshStats().catch(() => (rateValue.textContent = "—"));
 
-  root.append(
+  append(root, 
     h("p", { class: "crumbs" }, link("#/endpoints", "Endpoints"), " / endpoint"),
     title(sub.url),
     details,
@@ -242,9 +242,9 @@ export async function renderEndpoint(root, ctx, id) {
       try {
         const secret = await api.secret(sub.id);
         clear(secretArea);
-        secretArea.append(secretBox("Signing secret", secret.secret));
+        append(secretArea, secretBox("Signing secret", secret.secret));
         if (secret.previous_secret) {
-          secretArea.append(
+          append(secretArea, 
             h("p", { class: "hint" }, `The previous secret keeps signing beside it until ${when(secret.previous_secret_valid_until)}.`),
           );
         }
@@ -252,7 +252,7 @@ export async function renderEndpoint(root, ctx, id) {
         revealButton.setAttribute("aria-expanded", "true");
       } catch (error) {
         clear(secretArea);
-        secretArea.append(ctx.problem(error));
+        append(secretArea, ctx.problem(error));
       }
     });
 
@@ -270,7 +270,7 @@ export async function renderEndpoint(root, ctx, id) {
       try {
         const rotated = await api.rotateSecret(sub.id);
         clear(secretArea);
-        secretArea.append(
+        append(secretArea, 
           h("p", { role: "status" }, "Secret rotated."),
           secretBox("New signing secret", rotated.secret),
           h("p", { class: "hint" }, `The previous secret keeps signing until ${when(rotated.previous_secret_valid_until)}.`),
@@ -280,7 +280,7 @@ export async function renderEndpoint(root, ctx, id) {
         secretArea.querySelector("input").focus();
       } catch (error) {
         clear(secretArea);
-        secretArea.append(ctx.problem(error));
+        append(secretArea, ctx.problem(error));
       }
     });
 
@@ -338,7 +338,7 @@ export async function renderEndpoint(root, ctx, id) {
       }
     });
 
-    root.append(
+    append(root, 
       h("div", { class: "toolbar", role: "group", "aria-label": "Endpoint actions" },
         revealButton, testButton, rotateButton, toggleButton, recoverButton, deleteButton),
       secretArea,
@@ -346,7 +346,7 @@ export async function renderEndpoint(root, ctx, id) {
     );
   }
 
-  root.append(attemptsPanel(ctx, { subscription: sub.id, heading: "Attempts", level: "h2", types }));
+  append(root, attemptsPanel(ctx, { subscription: sub.id, heading: "Attempts", level: "h2", types }));
   ctx.every(5000, refreshStats);
 }
 
@@ -388,22 +388,22 @@ function openTestForm(ctx, sub, types, panel, button) {
     try {
       parsed = JSON.parse(data.value || "{}");
     } catch (error) {
-      errorBox.append(h("p", { role: "alert" }, `Payload data is not valid JSON: ${error.message}`));
+      append(errorBox, h("p", { role: "alert" }, `Payload data is not valid JSON: ${error.message}`));
       data.focus();
       return;
     }
     send.disabled = true;
     try {
       const queued = await api.sendTest(sub.id, { type: select.value, data: parsed });
-      errorBox.append(h("p", { role: "status" }, `Test event queued as ${queued.message_id}. Its attempt appears under Attempts below.`));
+      append(errorBox, h("p", { role: "status" }, `Test event queued as ${queued.message_id}. Its attempt appears under Attempts below.`));
     } catch (error) {
-      errorBox.append(ctx.problem(error));
+      append(errorBox, ctx.problem(error));
     } finally {
       send.disabled = false;
     }
   });
   clear(panel);
-  panel.append(form);
+  append(panel, form);
   button.setAttribute("aria-expanded", "true");
   select.focus();
 }

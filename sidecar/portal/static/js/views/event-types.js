@@ -1,6 +1,6 @@
 // The event-type catalog: every type the routes emit, what it means, an example payload.
 
-import { clear, h, pre, title } from "../dom.js";
+import { append, clear, h, pre, title } from "../dom.js";
 import { json } from "../format.js";
 
 const SOURCE = {
@@ -13,7 +13,7 @@ export async function renderEventTypes(root, ctx) {
   const types = await ctx.catalog();
   if (!ctx.live()) return;
   clear(root);
-  root.append(
+  append(root, 
     title("Event types"),
     h("p", {}, "Every event a webhook can carry. Subscribe an endpoint to some of them, or to all events."),
   );
@@ -21,7 +21,7 @@ export async function renderEventTypes(root, ctx) {
     const where = t.route
       ? `Sent when a call to route ${t.route} ${t.outcome === "success" ? "succeeds" : "fails"}.`
       : "Sent only when you send a test event.";
-    root.append(
+    append(root, 
       h(
         "section",
         { class: "card event-type", "aria-label": t.type },

@@ -2,7 +2,7 @@
 // and each endpoint's Attempts), and one message's payload, headers and attempts.
 
 import { api, ApiError } from "../api.js";
-import { clear, field, h, pre, tableRegion, title } from "../dom.js";
+import { append, clear, field, h, pre, tableRegion, title } from "../dom.js";
 import { duration, json, localToIso, when } from "../format.js";
 
 const POLL_MS = 1500;
@@ -72,7 +72,7 @@ export function attemptsPanel(ctx, { subscription = null, heading, level, types,
     clear(body);
     if (attempts.length === 0) {
       const filtered = status.value || eventType.value || from.value || to.value;
-      body.append(h("p", { class: "empty" }, filtered
+      append(body, h("p", { class: "empty" }, filtered
         ? "No attempts match these filters."
         : subscription
           ? "No attempts yet. Send a test event to see one here."
@@ -100,12 +100,13 @@ export function attemptsPanel(ctx, { subscription = null, heading, level, types,
             h("td", {}, String(a.attempt)),
             h("td", {}, a.trigger),
             h("td", {}, resultBadge(a.result)),
-            h("td", {}, h("a", { href: `#/messages/${encodeURIComponent(a.message_id)}` }, a.message_id)),
+            h("td", {}, h("a", { href: `#/messages/${encodeURIComponent(a.message_id)}`, title: a.message_id, class: "short-id" },
+              a.message_id)),
           ),
         ),
       ),
     );
-    body.append(tableRegion(heading, table));
+    append(body, tableRegion(heading, table));
   };
 
   const load = async (announce = false) => {
@@ -128,7 +129,7 @@ export function attemptsPanel(ctx, { subscription = null, heading, level, types,
     shown = "";
     load(true).catch((error) => {
       clear(body);
-      body.append(ctx.problem(error));
+      append(body, ctx.problem(error));
     });
   };
   for (const control of [status, eventType, from, to]) control.addEventListener("change", reload);
@@ -152,7 +153,7 @@ export function attemptsPanel(ctx, { subscription = null, heading, level, types,
     headingEl, filters, liveRegion, body, pager);
   headingEl.id = headingEl.id || `${liveId}-heading`;
   section.setAttribute("aria-labelledby", headingEl.id);
-  body.append(h("p", { class: "loading" }, "Loading…"));
+  append(body, h("p", { class: "loading" }, "Loading…"));
   reload();
   return section;
 }
@@ -162,12 +163,12 @@ export async function renderMessages(root, ctx) {
   if (!ctx.live()) return;
   clear(root);
   const endpoints = new Map(subscriptions.map((s) => [s.id, s.url]));
-  root.append(attemptsPanel(ctx, { heading: "Messages", level: "h1", types, endpoints }));
+  append(root, attemptsPanel(ctx, { heading: "Messages", level: "h1", types, endpoints }));
 }
 
 function notFound(root, id) {
   clear(root);
-  root.append(
+  append(root, 
     title("Message not found"),
     h("p", {}, `There is no message ${id} in your account. Messages are kept 7 days after their last attempt.`),
     h("p", {}, h("a", { href: "#/messages" }, "Back to messages")),
@@ -198,11 +199,11 @@ export async function renderMessage(root, ctx, id) {
   const drawAttempts = (attempts) => {
     clear(attemptsArea);
     if (attempts.length === 0) {
-      attemptsArea.append(h("p", { class: "empty" }, "No attempt yet: it is queued."));
+      append(attemptsArea, h("p", { class: "empty" }, "No attempt yet: it is queued."));
       return;
     }
     for (const a of attempts) {
-      attemptsArea.append(
+      append(attemptsArea, 
         h(
           "article",
           { class: "attempt card" },
@@ -225,7 +226,7 @@ export async function renderMessage(root, ctx, id) {
   const headerRows = Object.entries(message.headers).map(([name, value]) =>
     h("tr", {}, h("th", { scope: "row" }, h("code", {}, name)), h("td", {}, value === null ? "not recorded" : h("code", {}, value))),
   );
-  root.append(
+  append(root, 
     h("p", { class: "crumbs" }, h("a", { href: "#/messages" }, "Messages"), " / message"),
     title(`Message ${message.message_id}`),
     h(
@@ -251,9 +252,9 @@ export async function renderMessage(root, ctx, id) {
         redeliver.disabled = false;
       }
     });
-    root.append(h("div", { class: "toolbar" }, redeliver), result);
+    append(root, h("div", { class: "toolbar" }, redeliver), result);
   }
-  root.append(
+  append(root, 
     h("h2", {}, "Payload"),
     pre(json(message.payload), "Payload"),
     h("h2", {}, "Webhook headers"),

@@ -2,7 +2,7 @@
 // or the operator's admin token, exchanged for a session kept in this tab only.
 
 import { api, ApiError, session } from "../api.js";
-import { field, h } from "../dom.js";
+import { append, field, h } from "../dom.js";
 
 export function renderSignIn(root, { message, onSignedIn, setTitle }) {
   setTitle("Sign in");
@@ -32,7 +32,7 @@ export function renderSignIn(root, { message, onSignedIn, setTitle }) {
     errorBox.replaceChildren();
     const value = credential.value.trim();
     if (!value) {
-      errorBox.append(h("p", { role: "alert" }, "Enter your credential."));
+      append(errorBox, h("p", { role: "alert" }, "Enter your credential."));
       credential.focus();
       return;
     }
@@ -44,13 +44,13 @@ export function renderSignIn(root, { message, onSignedIn, setTitle }) {
       await onSignedIn();
     } catch (error) {
       const text = error instanceof ApiError ? error.message : "Sign-in failed.";
-      errorBox.append(h("p", { role: "alert" }, text));
+      append(errorBox, h("p", { role: "alert" }, text));
       credential.focus();
     } finally {
       submit.disabled = false;
     }
   });
-  root.append(
+  append(root, 
     h("h1", { tabindex: "-1" }, "Sign in"),
     message ? h("p", { class: "session-message", role: "alert" }, message) : null,
     h("p", {}, "Manage your webhook endpoints, watch their deliveries, send test events and check signatures."),

@@ -1,7 +1,7 @@
 // Verify a signature: check a delivery's headers against a secret, here in the page, and
 // receiver snippets using the Standard Webhooks libraries.
 
-import { field, h, pre, title } from "../dom.js";
+import { append, field, h, pre, title } from "../dom.js";
 import { verify } from "../verify.js";
 
 const SNIPPETS = [
@@ -94,19 +94,19 @@ export async function renderVerify(root) {
       secret: secret.value,
     });
     result.className = `verdict ${verdict.valid ? "valid" : "invalid"}`;
-    result.append(
+    append(result, 
       h("p", {}, h("strong", {}, verdict.valid ? "Valid signature" : "Invalid signature")),
       verdict.valid ? h("p", {}, "This delivery was signed with this secret, within the last 5 minutes.") : h("p", {}, verdict.detail),
     );
   });
-  root.append(
+  append(root, 
     title("Verify a signature"),
     h("p", {}, "Paste a delivery your receiver got to see whether its signature is valid and, if not, why."),
     form,
     h("h2", {}, "Receiver snippets"),
     h("p", {}, "Verify every delivery with a Standard Webhooks library before trusting it; deduplicate on webhook-id (delivery is at least once)."),
     SNIPPETS.map(([language, install, code]) =>
-      h("section", { class: "snippet", "aria-label": `${language} receiver` },
+      h("section", { class: "snippet", "aria-label": `${language} snippet` },
         h("h3", {}, language),
         pre(install, `Install the ${language} library`),
         pre(code, `${language} receiver`)),
