@@ -1,4 +1,4 @@
-"""Command line: `sidecar run | check | schema`, `--version`."""
+"""Command line: `sidecar run | check | schema | receiver`, `--version`."""
 
 from __future__ import annotations
 
@@ -79,6 +79,25 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+RECEIVER_EXTRA_MISSING = (
+    "sidecar receiver needs the standardwebhooks package, which the 'receiver' extra installs:\n"
+    "  pip install 'sidecar[receiver]'"
+)
+
+
+def cmd_receiver(argv: list[str]) -> int:
+    """Run the example webhook receiver; its own parser reads `argv`."""
+    try:
+        from .receiver import main as receiver_main  # needs the optional standardwebhooks
+    except ImportError as error:
+        if not (error.name or "").startswith("standardwebhooks"):
+            raise
+        print(RECEIVER_EXTRA_MISSING, file=sys.stderr)
+        return 1
+    receiver_main(argv, prog="sidecar receiver")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser."""
     parser = argparse.ArgumentParser(
@@ -99,11 +118,20 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
     p = sub.add_parser("schema", help="print the config's JSON Schema")
     p.set_defaults(func=cmd_schema)
+    # Listed for --help only: main() hands everything after `receiver` to the receiver's parser.
+    sub.add_parser(
+        "receiver",
+        add_help=False,
+        help="receive, verify and print webhooks (pip install 'sidecar[receiver]')",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sidecar` command."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["receiver"]:
+        return cmd_receiver(argv[1:])
     args = build_parser().parse_args(argv)
     return int(args.func(args))
 

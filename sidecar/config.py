@@ -481,12 +481,42 @@ class Webhooks(Model):
         description="Delays before each retry (±20% jitter). Default 5s,5m,30m,2h,5h,10h,10h.",
     )
     timeout: Duration = Field(15.0, gt=0, description="Per-attempt timeout. Default 15s.")
-    concurrency: int = Field(32, ge=1, description="Deliveries in flight per process.")
-    per_subscription: int = Field(4, ge=1, description="Deliveries in flight per subscription.")
+    concurrency: int = Field(32, ge=1, description="Deliveries in flight per process. Default 32.")
+    per_subscription: int = Field(
+        4,
+        ge=1,
+        description="Deliveries in flight per subscription (1 while its receiver is failing: "
+        "timeouts, refused connections, 5xx, 429). Default 4.",
+    )
+    per_tenant: int = Field(
+        0,
+        ge=0,
+        description="Deliveries in flight per owner (a client, or the operator) in a process, "
+        "so one tenant's slow receivers cannot take every slot. Default 0: half of concurrency "
+        "(at least twice per_subscription, at most concurrency).",
+    )
+    disable_after: Duration = Field(
+        5 * 86400.0,
+        gt=0,
+        description="A subscription whose attempts have all failed for this long is disabled "
+        "(logged, counted). Default 5 days.",
+    )
+    max_subscriptions_per_tenant: int = Field(
+        50,
+        ge=0,
+        description="Subscriptions one client may have (the operator is not limited); past it "
+        "a create answers 409. 0: no limit. Default 50.",
+    )
+    test_sends_per_minute: int = Field(
+        10,
+        ge=0,
+        description="Test messages one client may send per minute (sliding window; the "
+        "operator is not limited); past it 429 with Retry-After. 0: no limit. Default 10.",
+    )
     outbox_maxlen: int = Field(
         100_000,
         ge=100,
-        description="Outbox entries kept once delivered (approximate); also bounds dead letters.",
+        description="Dead letters kept (approximate). Default 100000.",
     )
     subscriptions: list[DeclaredSubscription] = Field(
         default_factory=list, description="Operator-owned subscriptions."

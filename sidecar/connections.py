@@ -37,11 +37,13 @@ class RedisConnections:
         )
         self.shared: Redis = Redis.from_pool(pool)
 
-    def reader(self, block_s: float) -> Redis:
-        """A single dedicated connection for a loop that blocks up to `block_s` per read."""
+    def reader(self, block_s: float, name: str) -> Redis:
+        """A single dedicated connection for a loop that blocks up to `block_s` per read,
+        named `name` in Redis's CLIENT LIST."""
         client: Redis = Redis.from_url(
             self.url,
             single_connection_client=True,
+            client_name=name,
             socket_connect_timeout=CONNECT_TIMEOUT_S,
             socket_timeout=block_s + BLOCKING_MARGIN_S,
             retry_on_timeout=False,

@@ -208,7 +208,7 @@ class CompletionHub:
         backoff = BACKOFF_INITIAL_S
         while True:
             checkpoint()
-            client = self.connections.reader(self.block_ms / 1000)
+            client = self.connections.reader(self.block_ms / 1000, "sidecar-completions")
             try:
                 while True:
                     checkpoint()

@@ -75,6 +75,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.correlation_replaced = Counter(
+            "sidecar_correlation_ids_replaced",
+            "Client correlation ids a synchronised call could not use (a new one was minted), "
+            "by route and reason (in_use, redis, no_redis).",
+            ["route", "reason"],
+            registry=r,
+        )
         self.waiting = Gauge(
             "sidecar_waiting_requests",
             "Requests held waiting now, by route.",

@@ -1,34 +1,81 @@
 """What the sidecar remembers about a 202'd call, in Redis with a TTL, so any replica (webhook
-fan-out, long-poll) can learn its route, owner and Location."""
+fan-out, long-poll) can learn its route, owner and Location; and who owns the ids calls wait on.
+
+A call waits under one id (`wait_id`: its correlation id, or the operation id its 202 named).
+That id belongs to the first call that claims it (`{prefix}:claim:{id}`, SET NX with the
+tracking TTL), and only that call writes its record, once: a later call with the same id can
+neither wait on it nor overwrite who it belongs to.
+
+Writes are group-committed: while one pipeline is in flight the next requests queue, and the
+whole queue goes in the next one, so a burst of 10,000 calls needs a few round trips, not 10,000.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from redis.asyncio import Redis
 from yarl import URL
 
-from .keys import call_key, location_key
+from .keys import call_key, claim_key, location_key
 
-WRITE_BATCH = 1000  # records per pipeline
+WRITE_BATCH = 1000  # requests per pipeline
 
 State = Literal["pending", "succeeded", "failed"]
+T = TypeVar("T")
+R = TypeVar("R")
+
+# KEYS: claim, call. ARGV: the call's token (its correlation id), ttl_ms, field, value, ...
+# The record is written when the id is unclaimed (claimed now) or claimed by this very call,
+# and only if no record exists yet. 1 when written, 0 when the id belongs to another call.
+_RECORD = """
+local owner = redis.call('GET', KEYS[1])
+if not owner then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+elseif owner ~= ARGV[1] then
+  return 0
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[2], unpack(ARGV, 3))
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
+return 1
+"""
+
+# KEYS: call. ARGV: state. Marks a tracked call done once; never creates a record.
+_FINISH = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[1], 'finished', ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'state', ARGV[1])
+return 1
+"""
 
 
 @dataclass(frozen=True, slots=True)
 class TrackedCall:
     """One call the upstream answered 202."""
 
-    correlation_id: str
+    wait_id: str  # the id its completion carries (the record's key)
     route: str
     tenant: str | None  # keyed hash of the caller's credential, None when it sent none
     location: str | None  # client-facing Location
     upstream_location: str | None  # absolute upstream URL of the Location
     state: State = "pending"
     created_at: float = 0.0
+    correlation_id: str = ""  # the call's identity; empty means the same as wait_id
+
+    @property
+    def identity(self) -> str:
+        """The call's correlation id."""
+        return self.correlation_id or self.wait_id
+
+    @property
+    def operation_id(self) -> str | None:
+        """The id the completion was matched on, when it is not the correlation id."""
+        return self.wait_id if self.wait_id != self.identity else None
 
 
 def location_lookup_path(url: str | URL) -> str:
@@ -36,103 +83,137 @@ def location_lookup_path(url: str | URL) -> str:
     return URL(url, encoded=True).raw_path_qs if isinstance(url, str) else url.raw_path_qs
 
 
-class CallTracker:
-    """Reads and writes tracked calls under `{prefix}:call:*` and `{prefix}:loc:*`."""
+class GroupCommit(Generic[T, R]):
+    """Runs `write` over every request queued meanwhile, one batch at a time."""
 
-    def __init__(self, redis: Redis, prefix: str, ttl_s: float) -> None:
-        self.redis = redis
-        self.prefix = prefix
-        self.ttl_ms = int(ttl_s * 1000)
-        self._queue: list[tuple[TrackedCall, asyncio.Future[None]]] = []
+    def __init__(self, write: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+        self._write = write
+        self._queue: list[tuple[T, asyncio.Future[R]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def record(self, call: TrackedCall) -> None:
-        """Remember a call. Concurrent records are written together ("group commit"): while
-        one pipeline is in flight the next calls queue, and the whole queue goes in the next
-        one, so a burst of 10,000 calls needs a few round trips and connections, not 10,000."""
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def submit(self, item: T) -> R:
+        """The result of writing `item` (with the others queued alongside)."""
+        done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         done.add_done_callback(_retrieve)  # a waiter that gave up leaves no "never retrieved"
-        self._queue.append((call, done))
+        self._queue.append((item, done))
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_queued())
-        await asyncio.shield(done)  # a caller that gives up does not cancel the others' write
+            self._writer = asyncio.create_task(self._drain())
+        return await asyncio.shield(done)  # a caller that gives up does not cancel the others
 
-    async def _write_queued(self) -> None:
+    async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:WRITE_BATCH], self._queue[WRITE_BATCH:]
             try:
-                await self._write([call for call, _ in batch])
+                results = await self._write([item for item, _ in batch])
             except Exception as exc:  # every waiter learns it; the writer goes on
                 for _, done in batch:
                     if not done.done():
                         done.set_exception(exc)
                 continue
-            for _, done in batch:
+            for (_, done), result in zip(batch, results, strict=True):
                 if not done.done():
-                    done.set_result(None)
+                    done.set_result(result)
 
-    async def _write(self, calls: list[TrackedCall]) -> None:
+
+class CallTracker:
+    """Claims ids and reads and writes tracked calls (`{prefix}:claim|call|loc:*`)."""
+
+    def __init__(self, redis: Redis, prefix: str, ttl_s: float) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.ttl_ms = int(ttl_s * 1000)
+        self._record_script = redis.register_script(_RECORD)
+        self._finish_script = redis.register_script(_FINISH)
+        self._claims: GroupCommit[tuple[str, str], bool] = GroupCommit(self._claim_batch)
+        self._records: GroupCommit[TrackedCall, bool] = GroupCommit(self._record_batch)
+
+    async def claim(self, wait_id: str, token: str) -> bool:
+        """Claim `wait_id` for the call `token` names; False when another call holds it."""
+        return await self._claims.submit((wait_id, token))
+
+    async def record(self, call: TrackedCall) -> bool:
+        """Write a call's record once; False when its id belongs to another call (or it was
+        written already). The id is claimed for the call if nobody holds it."""
+        return await self._records.submit(call)
+
+    async def _claim_batch(self, claims: list[tuple[str, str]]) -> list[bool]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for wait_id, token in claims:
+                pipe.set(claim_key(self.prefix, wait_id), token, nx=True, px=self.ttl_ms)
+            replies = await pipe.execute()
+        return [bool(reply) for reply in replies]
+
+    async def _record_batch(self, calls: list[TrackedCall]) -> list[bool]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for call in calls:
-                key = call_key(self.prefix, call.correlation_id)
-                mapping = {
+                fields = {
                     "route": call.route,
                     "tenant": call.tenant or "",
                     "location": call.location or "",
                     "upstream_location": call.upstream_location or "",
                     "state": call.state,
                     "created_at": repr(call.created_at or time.time()),
+                    "correlation_id": call.identity,
                 }
-                pipe.hset(key, mapping=mapping)
-                pipe.pexpire(key, self.ttl_ms)
-                if call.upstream_location:
-                    path = location_lookup_path(call.upstream_location)
-                    pipe.set(location_key(self.prefix, path), call.correlation_id, px=self.ttl_ms)
-            await pipe.execute()
+                await self._record_script(
+                    keys=[
+                        claim_key(self.prefix, call.wait_id),
+                        call_key(self.prefix, call.wait_id),
+                    ],
+                    args=[call.identity, self.ttl_ms, *(x for kv in fields.items() for x in kv)],
+                    client=pipe,
+                )
+            written = [bool(reply) for reply in await pipe.execute()]
+        located = [c for c, ok in zip(calls, written, strict=True) if ok and c.upstream_location]
+        if located:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for call in located:
+                    path = location_lookup_path(call.upstream_location or "")
+                    pipe.set(location_key(self.prefix, path), call.wait_id, nx=True, px=self.ttl_ms)
+                await pipe.execute()
+        return written
 
-    async def get(self, correlation_id: str) -> TrackedCall | None:
+    async def get(self, wait_id: str) -> TrackedCall | None:
         """The tracked call, or None when unknown or expired."""
-        raw = await self.redis.hgetall(call_key(self.prefix, correlation_id))  # type: ignore[misc]
-        return _decode(correlation_id, raw)
+        raw = await self.redis.hgetall(call_key(self.prefix, wait_id))  # type: ignore[misc]
+        return _decode(wait_id, raw)
 
-    async def get_many(self, correlation_ids: list[str]) -> list[TrackedCall | None]:
+    async def get_many(self, wait_ids: list[str]) -> list[TrackedCall | None]:
         """Several tracked calls in one round trip, in order."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            for cid in correlation_ids:
-                pipe.hgetall(call_key(self.prefix, cid))
+            for wait_id in wait_ids:
+                pipe.hgetall(call_key(self.prefix, wait_id))
             rows = await pipe.execute()
-        return [_decode(cid, raw) for cid, raw in zip(correlation_ids, rows, strict=True)]
+        return [_decode(wid, raw) for wid, raw in zip(wait_ids, rows, strict=True)]
 
     async def by_location(self, url: str | URL) -> TrackedCall | None:
         """The call whose upstream Location has this path and query, if tracked."""
-        cid = await self.redis.get(location_key(self.prefix, location_lookup_path(url)))
-        return await self.get(cid.decode()) if cid else None
+        wait_id = await self.redis.get(location_key(self.prefix, location_lookup_path(url)))
+        return await self.get(wait_id.decode()) if wait_id else None
 
-    async def finish(self, correlation_id: str, state: State) -> bool:
-        """Mark a tracked call done; True only for the first caller (deduplicates completions)."""
-        key = call_key(self.prefix, correlation_id)
-        first = await self.redis.hsetnx(key, "finished", state)  # type: ignore[misc]
-        if first:
-            await self.redis.hset(key, "state", state)  # type: ignore[misc]
-        return bool(first)
+    async def finish(self, wait_id: str, state: State) -> bool:
+        """Mark a tracked call done; True only for the first caller (deduplicates completions).
+        An untracked id is left alone (no record is created for it)."""
+        return bool(await self._finish_script(keys=[call_key(self.prefix, wait_id)], args=[state]))
 
 
-def _decode(correlation_id: str, raw: dict[bytes, bytes]) -> TrackedCall | None:
+def _decode(wait_id: str, raw: dict[bytes, bytes]) -> TrackedCall | None:
     if not raw:
         return None
     f = {k.decode(): v.decode() for k, v in raw.items()}
     state = f.get("state", "pending")
     return TrackedCall(
-        correlation_id=correlation_id,
+        wait_id=wait_id,
         route=f.get("route", ""),
         tenant=f.get("tenant") or None,
         location=f.get("location") or None,
         upstream_location=f.get("upstream_location") or None,
         state="succeeded" if state == "succeeded" else "failed" if state == "failed" else "pending",
         created_at=float(f.get("created_at") or 0),
+        correlation_id=f.get("correlation_id", ""),
     )
 
 
-def _retrieve(future: asyncio.Future[None]) -> None:
+def _retrieve(future: asyncio.Future[R]) -> None:
     if not future.cancelled():
         future.exception()

@@ -53,3 +53,35 @@ async def drained(redis: aioredis.Redis, stream: str, group: str) -> bool:
 async def acknowledged(redis: aioredis.Redis, stream: str, group: str) -> None:
     """Wait until a consumer group has read and acknowledged every entry of `stream`."""
     await until_true(lambda: drained(redis, stream, group))
+
+
+async def keys_like(redis: aioredis.Redis, pattern: str) -> list[str]:
+    """Every key matching a SCAN pattern."""
+    return [k.decode() async for k in redis.scan_iter(match=pattern, count=1000)]
+
+
+async def enqueued(redis: aioredis.Redis, prefix: str) -> list[dict[str, str]]:
+    """Every webhook message enqueued under `prefix` (its hash fields, decoded), oldest first."""
+    out = []
+    for key in await keys_like(redis, f"{prefix}:wh:*:msg:*"):
+        if key.endswith(":log"):
+            continue
+        fields = await redis.hgetall(key)  # type: ignore[misc]
+        out.append({k.decode(): v.decode("utf-8", "replace") for k, v in fields.items()})
+    return sorted(out, key=lambda m: int(m.get("created_ms", "0")))
+
+
+async def deliveries_settled(redis: aioredis.Redis, prefix: str) -> bool:
+    """True when every subscription queue is empty (each entry handled and deleted) and no
+    retry is scheduled: no further webhook attempt can start. Read in one transaction, so an
+    attempt moving between its queue and the due set is seen in one of them."""
+    queues = await keys_like(redis, f"{prefix}:wh:*:q:*")
+    owners = {q.split(":q:", 1)[0] for q in queues}  # `{prefix}:wh:{owner}`
+    dues = [f"{owner}:due" for owner in owners]
+    async with redis.pipeline(transaction=True) as pipe:
+        for key in queues:
+            pipe.xlen(key)
+        for key in dues:
+            pipe.zcard(key)
+        counts = await pipe.execute()
+    return not any(counts)

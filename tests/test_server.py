@@ -286,6 +286,10 @@ async def refused(url: str, timeout_s: float = 3.0) -> bool:
             _, writer = await asyncio.open_connection(host, int(port))
         except ConnectionRefusedError:
             return True
+        except ConnectionResetError:
+            # Caught in the listener's backlog as it closed: the next attempt tells.
+            await asyncio.sleep(0.01)
+            continue
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()

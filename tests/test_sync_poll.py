@@ -99,7 +99,10 @@ async def test_poll_only_route_runs_without_redis_status_based(start: Start) -> 
     resp = await post_job(client)
     assert resp.status == 200
     assert await resp.json() == {"id": 1}
-    assert resp.headers["Content-Location"] == "/jobs/job-1/status"
+    # Without Redis no client id can be claimed: the call runs under a minted one.
+    cid = resp.headers["X-Correlation-ID"]
+    assert cid != "job-1"
+    assert resp.headers["Content-Location"] == f"/jobs/{cid}/status"
     assert len(script.polls) == 3
     assert metric(client, "sidecar_polls_total", route="jobs", result="pending") == 2
     assert metric(client, "sidecar_poll_completions_total", route="jobs", status="succeeded") == 1
@@ -171,7 +174,7 @@ async def test_budget_spent_while_pending_answers_202(start: Start) -> None:
     client = await start(script, poll_route(budget="150ms"))
     resp = await post_job(client)
     assert resp.status == 202
-    assert resp.headers["Location"] == "/jobs/job-1/status"
+    assert resp.headers["Location"] == f"/jobs/{resp.headers['X-Correlation-ID']}/status"
     assert metric(client, "sidecar_fallbacks_total", route="jobs", reason="budget") == 1
 
 
@@ -189,7 +192,7 @@ async def test_unreachable_poll_target_degrades_to_202(start: Start) -> None:
     client = await start(script, poll_route(budget="200ms"))
     resp = await post_job(client, "dead")
     assert resp.status == 202
-    assert resp.headers["Location"].endswith("/jobs/dead/status")
+    assert resp.headers["Location"].endswith(f"/jobs/{resp.headers['X-Correlation-ID']}/status")
     assert metric(client, "sidecar_polls_total", route="jobs", result="error") >= 1
     assert metric(client, "sidecar_fallbacks_total", route="jobs", reason="budget") == 1
 

@@ -24,8 +24,40 @@ async def test_a_burst_of_records_shares_round_trips_and_all_land(
     ]
     try:
         await asyncio.gather(*(tracker.record(call) for call in calls))
-        got = await CallTracker(redis, key_prefix, 60).get_many([c.correlation_id for c in calls])
+        got = await CallTracker(redis, key_prefix, 60).get_many([c.wait_id for c in calls])
     finally:
         await client.aclose()
     assert [g.tenant if g else None for g in got] == [c.tenant for c in calls]
     assert await CallTracker(redis, key_prefix, 60).by_location("http://u/s/2999") == got[-1]
+
+
+async def test_a_record_is_written_once_by_the_call_that_owns_its_id(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    tracker = CallTracker(redis, key_prefix, 60)
+    assert await tracker.claim("op-1", "call-a")
+    assert not await tracker.claim("op-1", "call-b")  # held: in use, or used recently
+    first = TrackedCall("op-1", "r", "t_a", "/a", None, created_at=1.0, correlation_id="call-a")
+    assert await tracker.record(first)
+    later = TrackedCall("op-1", "r", "t_b", "/b", None, created_at=2.0, correlation_id="call-b")
+    assert not await tracker.record(later)  # another call's id: never overwritten
+    assert not await tracker.record(first)  # and written once even by its owner
+    got = await tracker.get("op-1")
+    assert got is not None and (got.tenant, got.identity, got.location) == ("t_a", "call-a", "/a")
+    # An unclaimed id is claimed by the record that names it.
+    fresh = TrackedCall("op-2", "r", None, None, None, created_at=1.0, correlation_id="call-c")
+    assert await tracker.record(fresh)
+    assert not await tracker.claim("op-2", "call-d")
+
+
+async def test_finishing_an_untracked_call_creates_nothing(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    tracker = CallTracker(redis, key_prefix, 60)
+    assert not await tracker.finish("nobody", "succeeded")
+    assert await tracker.get("nobody") is None
+    await tracker.record(TrackedCall("c", "r", None, None, None, created_at=1.0))
+    assert await tracker.finish("c", "succeeded")
+    assert not await tracker.finish("c", "failed")  # the first verdict stays
+    got = await tracker.get("c")
+    assert got is not None and got.state == "succeeded"

@@ -95,7 +95,8 @@ def failed(
         "completion-failed",
         "The operation failed",
         failure_detail(completion.data),
-        correlation_id=completion.correlation_id,
+        correlation_id=call.correlation_id,
+        **({"operation_id": call.operation_id} if call.operation_id else {}),
         event_type=completion.event_type,
         data=completion.data,
     )

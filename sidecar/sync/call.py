@@ -27,6 +27,7 @@ from ..prefer import Preferences, parse_prefer
 from ..state import HELD, HUB, METRICS
 from ..upstream import open_upstream, relay
 from .answers import Accepted, body_of, failed, fallback, succeeded
+from .identity import own_correlation_id
 from .polling import get_location, poll_outlives, start_poll
 from .track import TrackTask, settle, track_later
 from .wait import Verdict, Waits, wait_for_completion
@@ -112,9 +113,11 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
     waits = Waits(hub)
     track: TrackTask | None = None
     try:
+        await own_correlation_id(request, call)
         if holding and spec.stream and route.correlation.source == "request":
-            # Registered before forwarding: a fast backend's event cannot slip past us.
-            waits.listen(spec.stream, call.correlation_id, cached=True)
+            # Registered before forwarding: a fast backend's event cannot slip past us, and an
+            # event seen before (cached) cannot be this call's.
+            waits.listen(spec.stream, call.correlation_id, cached=False)
         accepted = await forward_command(request, call)
         if not isinstance(accepted, Accepted):
             return accepted
@@ -125,6 +128,8 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
                 extra={"route": route.name, "source": route.correlation.source},
             )
             return fallback(request, call, accepted, applied, "no_id")
+        if wait_id != call.correlation_id:
+            call.operation_id = wait_id
         track = track_later(request, call, route, wait_id, accepted)
         outlive = poll_outlives(app, route)
         location = accepted.upstream_location
@@ -133,8 +138,10 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
                 start_poll(request, route, wait_id, location, deadline, outlive=True, track=track)
             await settle(track)
             return fallback(request, call, accepted, applied, "shed" if shed else "prefer")
-        if spec.stream is not None:
-            waits.listen(spec.stream, wait_id, cached=True)
+        if spec.stream is not None and waits.waiter is None:
+            # An id learnt from the 202: its event may have come first (the hub caches recent
+            # ones), but only a call that owns the id may take a cached event.
+            waits.listen(spec.stream, wait_id, cached=await settle(track))
         poll = start_poll(request, route, wait_id, location, deadline, outlive=outlive, track=track)
         waits.follow(poll, owned=not outlive)
         if waits.empty:

@@ -53,9 +53,9 @@ async def long_poll(request: web.Request, call: CallContext) -> dict[str, str] |
     waits = Waits(request.app[HUB])
     try:
         if spec.stream is not None:
-            waits.listen(spec.stream, tracked.correlation_id, cached=True)
+            waits.listen(spec.stream, tracked.wait_id, cached=True)
         poll = start_poll(
-            request, route, tracked.correlation_id, target, loop.time() + budget, outlive=False
+            request, route, tracked.wait_id, target, loop.time() + budget, outlive=False
         )
         waits.follow(poll, owned=True)
         verdict, call.wait_s = await wait_for_completion(

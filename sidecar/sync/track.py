@@ -26,20 +26,22 @@ logger = logging.getLogger(__name__)
 SETTLE_S = 1.0  # longest a tracking write may delay a 202 (or a poll verdict)
 WRITE_TIMEOUT_S = 10.0  # longest a tracking write may take at all
 
-TrackTask = asyncio.Task[None]
+TrackTask = asyncio.Task[bool]
 
 
 def track_later(
     request: web.Request, call: CallContext, route: Route, wait_id: str, accepted: Accepted
 ) -> TrackTask | None:
-    """Start writing the call's tracking record in the background (None without Redis)."""
+    """Start writing the call's tracking record in the background (None without Redis). The
+    task's result says whether the record is this call's (False: its id belongs to another)."""
     app = request.app
     tracker = app[TRACKER]
     if tracker is None:
         return None
     credential = request.headers.get(app[RUNTIME].settings.tenancy.credential_header)
     record = TrackedCall(
-        correlation_id=wait_id,
+        wait_id=wait_id,
+        correlation_id=call.correlation_id,
         route=route.name,
         tenant=None,  # the keyed hash of `credential`, computed in the task
         # Absolute: a webhook receiver does not know the origin the caller used.
@@ -54,24 +56,40 @@ def track_later(
 
 async def _write(
     app: web.Application, tracker: CallTracker, record: TrackedCall, credential: str | None
-) -> None:
+) -> bool:
     try:
         async with asyncio.timeout(WRITE_TIMEOUT_S):
             tenant = await app[HASHER].tenant(credential)
-            await tracker.record(dataclasses.replace(record, tenant=tenant))
+            written = await tracker.record(dataclasses.replace(record, tenant=tenant))
     except (RedisError, OSError, TimeoutError) as exc:
         logger.warning(
             "could not track the call in Redis",
             extra={
                 "route": record.route,
-                "correlation_id": record.correlation_id,
+                "correlation_id": record.identity,
+                "operation_id": record.operation_id,
                 "error": repr(exc),
             },
         )
+        return False
+    if not written:
+        logger.warning(
+            "the call's id belongs to another call; not tracked",
+            extra={
+                "route": record.route,
+                "correlation_id": record.identity,
+                "operation_id": record.operation_id,
+            },
+        )
+    return written
 
 
-async def settle(track: TrackTask | None) -> None:
+async def settle(track: TrackTask | None) -> bool:
     """Give the call's tracking write up to `SETTLE_S` more to land (never raises, and never
-    cancels it: a client that leaves does not stop the write)."""
-    if track is not None and not track.done():
+    cancels it: a client that leaves does not stop the write). True when the record is this
+    call's."""
+    if track is None:
+        return False
+    if not track.done():
         await asyncio.wait({track}, timeout=SETTLE_S)
+    return track.done() and not track.cancelled() and track.exception() is None and track.result()

@@ -22,7 +22,7 @@ from ..tasks import TaskSet
 from .attempt import create_webhook_session
 from .delivery import DeliveryWorker, supervised
 from .dispatcher import Dispatcher
-from .keys import DELIVERY_GROUP, dispatch_group, outbox_key
+from .keys import DELIVERY_GROUP, dispatch_group
 from .metrics import WebhookMetrics
 from .runtime import WEBHOOKS, WebhookRuntime
 from .targets import TargetPolicy
@@ -46,7 +46,7 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     session = create_webhook_session(policy, config.concurrency)
     runtime = WebhookRuntime(
         settings,
-        connections.shared,
+        connections,
         tracker,
         session,
         policy,
@@ -68,8 +68,8 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await tasks.close()
     streams = [(s, dispatch_group(runtime.prefix)) for s in app[RUNTIME].settings.stream_keys]
-    groups = [*streams, (outbox_key(runtime.prefix), DELIVERY_GROUP)]
-    await _leave_groups(runtime.redis, groups, runtime.consumer)
+    queues = [(q, DELIVERY_GROUP) for q in sorted(worker.read_from)]
+    await _leave_groups(runtime.redis, [*streams, *queues], runtime.consumer)
     await session.close()
 
 
@@ -77,14 +77,25 @@ async def _leave_groups(redis: Redis, groups: list[tuple[str, str]], name: str) 
     """Remove this process's consumer from each group it has nothing pending in, so the groups'
     consumer lists do not grow with every deploy. One with pending entries stays: deleting it
     would make them unclaimable (another replica claims them after the claim timeout)."""
-    for stream, group in groups:
-        try:
-            consumers = await redis.xinfo_consumers(stream, group)
-            mine = [c for c in consumers if c["name"].decode() == name]
-            if mine and not mine[0]["pending"]:
-                await redis.xgroup_delconsumer(stream, group, name)
-        except RedisError as exc:
-            logger.info("consumer not removed", extra={"stream": stream, "error": str(exc)})
+    if not groups:
+        return
+    try:
+        async with redis.pipeline(transaction=False) as pipe:
+            for stream, group in groups:
+                pipe.xinfo_consumers(stream, group)
+            replies = await pipe.execute(raise_on_error=False)
+        idle = [
+            (stream, group)
+            for (stream, group), consumers in zip(groups, replies, strict=True)
+            if isinstance(consumers, list)
+            and any(c["name"].decode() == name and not c["pending"] for c in consumers)
+        ]
+        async with redis.pipeline(transaction=False) as pipe:
+            for stream, group in idle:
+                pipe.xgroup_delconsumer(stream, group, name)
+            await pipe.execute(raise_on_error=False)
+    except RedisError as exc:
+        logger.info("consumers not removed", extra={"error": str(exc)})
 
 
 async def _prepare(runtime: WebhookRuntime, dispatcher: Dispatcher, worker: DeliveryWorker) -> bool:

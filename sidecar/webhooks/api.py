@@ -16,8 +16,9 @@ and creates operator-owned subscriptions. Any other value of the credential head
 its own subscriptions: another's answers 404, like a missing one.
 
 Answers are JSON. Errors are problem+json, made by the admin listener's error boundary: 400
-malformed JSON, 401 no credential, 404, 409 a disabled subscription, 422 invalid fields (every
-problem listed), 503 without Redis or while it fails.
+malformed JSON, 401 no credential, 404, 409 a disabled subscription or the subscription quota
+reached, 422 invalid fields (every problem listed), 429 past the test-send quota, 503 without
+Redis or while it fails.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ..config import Settings
 from ..errors import (
     Conflict,
     NotFound,
+    TooManyRequests,
     Unauthorized,
     Unavailable,
 )
@@ -47,22 +49,23 @@ from .bodies import (
     MessageForTest,
     SubscriptionCreate,
     SubscriptionPatch,
-    check_changes,
     invalid,
     known_events,
     read_body,
+    subscription_changes,
 )
 from .fanout import event_body
 from .keys import attempts_key, message_key
 from .portal_auth import session_caller
 from .runtime import WEBHOOKS, WebhookRuntime
-from .store import Subscription
+from .store import QuotaExceeded, Subscription
 
 logger = logging.getLogger(__name__)
 
 ATTEMPTS_LIMIT_DEFAULT, ATTEMPTS_LIMIT_MAX = 50, 1000
 RESULTS = ("delivered", "retry", "dead", "disabled", "failed")  # `result` of an attempt log
 ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")  # any other id is unknown, without asking Redis
+DIGITS = re.compile(r"[0-9]{1,6}")  # ASCII digits only: str.isdigit() also takes "²"
 REALM = 'Bearer realm="sidecar-admin"'
 
 
@@ -153,11 +156,23 @@ async def create_subscription(request: web.Request) -> web.Response:
     """201 with the new subscription and its secret (the only answer but rotate that has it)."""
     runtime = webhooks_of(request)
     caller = await caller_of(request)
-    body = await read_body(request, SubscriptionCreate)
     live = request.app[PROXY_APP][RUNTIME].settings
-    fields = check_changes(body, runtime.policy, known_events(live))
-    sub = await runtime.store.create(caller, fields["url"], fields["events"], body.description)
-    if not body.enabled:
+    fields = await subscription_changes(
+        request, SubscriptionCreate, runtime.policy, known_events(live), runtime.resolver
+    )
+    limit = 0 if caller == OPERATOR else runtime.settings.webhooks.max_subscriptions_per_tenant
+    try:
+        sub = await runtime.store.create(
+            caller, fields["url"], fields["events"], fields.get("description", ""), limit=limit
+        )
+    except QuotaExceeded:
+        runtime.metrics.quota_refusals.labels("subscriptions").inc()
+        logger.info("subscription quota reached", extra={"owner": caller, "limit": limit})
+        raise Conflict(
+            f"this client has {limit} subscriptions, the most it may have; delete one first",
+            limit=limit,
+        ) from None
+    if not fields.get("enabled", True):
         sub = await changed(runtime, sub, enabled=False)
     logger.info(
         "webhook subscription created",
@@ -186,9 +201,13 @@ async def patch_subscription(request: web.Request) -> web.Response:
     runtime = webhooks_of(request)
     caller = await caller_of(request)
     sub = await subscription_of(request, runtime, caller)
-    body = await read_body(request, SubscriptionPatch)
     live = request.app[PROXY_APP][RUNTIME].settings
-    changes = check_changes(body, runtime.policy, known_events(live))
+    changes = await subscription_changes(
+        request, SubscriptionPatch, runtime.policy, known_events(live), runtime.resolver
+    )
+    if changes.get("enabled") and not sub.enabled:
+        # Enabled again by hand: its failing streak starts anew.
+        changes.update(disabled_reason="", failing_since=0.0)
     if changes:
         sub = await changed(runtime, sub, **changes)
         logger.info(
@@ -261,10 +280,20 @@ async def send_test(request: web.Request) -> web.Response:
     if not sub.enabled:
         raise Conflict(f"subscription {sub.id!r} is disabled; enable it to send a test")
     now = time.time()
+    if caller != OPERATOR:
+        wait_s = await runtime.quotas.test_send(caller, now)
+        if wait_s is not None:
+            runtime.metrics.quota_refusals.labels("test_sends").inc()
+            limit = runtime.settings.webhooks.test_sends_per_minute
+            raise TooManyRequests(
+                f"at most {limit} test messages a minute; try again in {wait_s} s",
+                headers={"Retry-After": str(wait_s)},
+                limit=limit,
+            )
     message_id = "msg_" + secrets.token_hex(13)
     payload = payload_for_test(live, body.type, body.data, now)
     await runtime.outbox.enqueue(
-        message_id, sub.id, body.type, payload, int(now * 1000), trigger="test"
+        message_id, sub.owner, sub.id, body.type, payload, int(now * 1000), trigger="test"
     )
     logger.info(
         "webhook test queued",
@@ -277,7 +306,7 @@ def attempts_query(request: web.Request) -> tuple[int, str | None]:
     """(limit, status) from the query; 422 naming every bad parameter."""
     problems = []
     raw_limit = request.query.get("limit", str(ATTEMPTS_LIMIT_DEFAULT))
-    limit = int(raw_limit) if raw_limit.strip().isdigit() else 0
+    limit = int(raw_limit) if DIGITS.fullmatch(raw_limit) else 0
     if not 1 <= limit <= ATTEMPTS_LIMIT_MAX:
         problems.append(
             f"limit: must be an integer from 1 to {ATTEMPTS_LIMIT_MAX} (got {raw_limit!r})"
@@ -298,7 +327,8 @@ async def list_attempts(request: web.Request) -> web.Response:
     limit, status = attempts_query(request)
     # The log is capped (1000), so a filtered read scans it whole.
     stop = -1 if status else limit - 1
-    raw = await runtime.redis.lrange(attempts_key(runtime.prefix, sub.id), 0, stop)  # type: ignore[misc]
+    key = attempts_key(runtime.prefix, sub.owner, sub.id)
+    raw = await runtime.redis.lrange(key, 0, stop)  # type: ignore[misc]
     attempts = []
     for item in raw:
         try:
@@ -318,15 +348,15 @@ async def redeliver(request: web.Request) -> web.Response:
     caller = await caller_of(request)
     sub = await subscription_of(request, runtime, caller)
     message_id = request.match_info["message_id"]
-    key = message_key(runtime.prefix, message_id)
+    key = message_key(runtime.prefix, sub.owner, message_id)
     raw = await runtime.redis.hmget(key, ["sub", "attempts"]) if ID_RE.match(message_id) else None  # type: ignore[misc]
     if not raw or raw[0] is None or raw[0].decode() != sub.id:
         raise NotFound(f"no message {message_id!r} for subscription {sub.id!r}")
     if not sub.enabled:
         raise Conflict(f"subscription {sub.id!r} is disabled; enable it to redeliver")
     attempt = int(raw[1] or 0) + 1
-    await runtime.redis.hset(key, "state", "queued")  # type: ignore[misc]
-    await runtime.outbox.requeue(message_id, attempt, "manual")
+    if not await runtime.outbox.requeue(sub.owner, sub.id, message_id, attempt, "manual"):
+        raise NotFound(f"no message {message_id!r} for subscription {sub.id!r}")
     logger.info(
         "webhook message redelivered",
         extra={"sub": sub.id, "owner": sub.owner, "by": caller, "message_id": message_id},

@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
@@ -38,6 +38,7 @@ class AttemptResult:
     detail: str = ""
     excerpt: str = ""
     retry_after_s: float | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # the webhook-* headers sent
 
     @property
     def delivered(self) -> bool:
@@ -67,16 +68,18 @@ async def post_once(
 ) -> AttemptResult:
     """POST the signed body once (freshly timestamped); never follows redirects."""
     started = time.perf_counter()
+    signed: dict[str, str] = {}
 
     def done(
         status: int | None, error: str | None, detail: str = "", **kw: object
     ) -> AttemptResult:
-        return AttemptResult(status, time.perf_counter() - started, error, detail, **kw)  # type: ignore[arg-type]
+        elapsed = time.perf_counter() - started
+        return AttemptResult(status, elapsed, error, detail, headers=signed, **kw)  # type: ignore[arg-type]
 
     try:
         policy.check_url(url)
-        headers = signature_headers(secrets_, message_id, body)
-        headers["Content-Type"] = "application/json"
+        signed = signature_headers(secrets_, message_id, body)
+        headers = {**signed, "Content-Type": "application/json"}
         async with session.post(
             url,
             data=body,

@@ -1,8 +1,9 @@
 """Request bodies of the webhook admin API and their validation (every problem reported at once).
 
 Bodies are pydantic models that forbid unknown fields and never coerce JSON types. What needs the
-running config (the target policy, the known event types) is checked after them, by
-`check_changes`. Problems read `field: reason`; `invalid()` turns them into one 422.
+running config (the target policy, the known event types) is checked beside them, by
+`subscription_changes`: every problem of a body is told at once. Problems read
+`field: reason`; `invalid()` turns them into one 422.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..config import Settings
 from ..errors import BadRequest, Unprocessable
 from ..validation import describe
-from .targets import TargetPolicy, TargetRefused
+from .targets import TargetPolicy, TargetRefused, resolve_refusal
 
 TEST_EVENT = "webhook.test"  # default type of a test message; subscribable like a route event
 MAX_URL_CHARS = 2048
@@ -85,11 +87,9 @@ def known_events(settings: Settings) -> set[str]:
 
 
 def url_problem(url: str, policy: TargetPolicy) -> str | None:
-    """Why `url` cannot be a webhook target, or None.
-
-    Only the static part of the target policy: scheme, port and IP literals. A host name's
-    addresses are checked when delivery connects (so DNS rebinding is caught there).
-    """
+    """Why `url` cannot be a webhook target by its form alone (scheme, port, IP literals), or
+    None. A host name's addresses are checked by `resolved_problem`, and again at every connect
+    (so DNS rebinding is caught there)."""
     if url != url.strip() or any(c.isspace() or ord(c) < 0x20 for c in url):
         return f"url: {url!r} contains whitespace or control characters"
     try:
@@ -102,48 +102,89 @@ def url_problem(url: str, policy: TargetPolicy) -> str | None:
     return None
 
 
-def check_changes(
-    body: SubscriptionCreate | SubscriptionPatch, policy: TargetPolicy, known: set[str]
-) -> dict[str, Any]:
-    """The fields the body sets, normalised; raises `Unprocessable` listing every problem."""
-    changes: dict[str, Any] = {}
-    problems: list[str] = []
-    given = body.model_fields_set  # a create's required url and events are always in it
-    if "url" in given:
-        reason = url_problem(body.url, policy)
-        if reason:
-            problems.append(reason)
-        changes["url"] = body.url
-    if "events" in given:
-        events = list(dict.fromkeys(body.events))
-        unknown = [e for e in events if e != "*" and e not in known]
-        if unknown:
-            choices = ", ".join(repr(e) for e in sorted(known))
-            problems.append(f"events: unknown event types {unknown} (use '*' or {choices})")
-        changes["events"] = events
-    if "description" in given:
-        if len(body.description.encode()) > MAX_DESCRIPTION_BYTES:
-            problems.append(f"description: longer than {MAX_DESCRIPTION_BYTES} bytes")
-        changes["description"] = body.description
-    if "enabled" in given:
-        changes["enabled"] = body.enabled
-    if problems:
-        raise invalid(problems)
-    return changes
-
-
-async def read_body(request: web.Request, model: type[B], optional: bool = False) -> B:
-    """The request's JSON object validated as `model` (an empty body is `{}` when optional)."""
+async def read_json(request: web.Request, optional: bool = False) -> dict[str, Any]:
+    """The request's JSON object (an empty body is `{}` when optional); 400 when it is not
+    JSON, 422 when it is not an object."""
     raw = await request.read()
     if optional and not raw.strip():
-        return model()
+        return {}
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise invalid(["<body>: must be a JSON object"])
+    return data
+
+
+def validated(model: type[B], data: dict[str, Any], problems: list[str]) -> B | None:
+    """`data` as `model`, or None with its problems appended to `problems`."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise invalid(validation_problems(exc)) from None
+        problems.extend(validation_problems(exc))
+        return None
+
+
+async def read_body(request: web.Request, model: type[B], optional: bool = False) -> B:
+    """The request's JSON object validated as `model`; 422 listing every problem."""
+    problems: list[str] = []
+    body = validated(model, await read_json(request, optional), problems)
+    if body is None:
+        raise invalid(problems)
+    return body
+
+
+async def subscription_changes(
+    request: web.Request,
+    model: type[SubscriptionCreate] | type[SubscriptionPatch],
+    policy: TargetPolicy,
+    known: set[str],
+    resolver: AbstractResolver,
+) -> dict[str, Any]:
+    """The fields a create or patch body sets, normalised; one 422 listing every problem:
+    the body's shape, the target policy (the URL's form and the addresses its host resolves
+    to now), the event types, the sizes."""
+    data = await read_json(request)
+    problems: list[str] = []
+    body = validated(model, data, problems)
+    bad = {p.partition(":")[0] for p in problems}
+    given = body.model_dump(exclude_unset=True) if body is not None else {}
+    if body is None:  # check what has the right type anyway, so every problem is told at once
+        kinds = {"url": str, "events": list, "description": str, "enabled": bool}
+        given = {
+            k: v
+            for k, v in data.items()
+            if k in kinds and isinstance(v, kinds[k]) and not any(b.startswith(k) for b in bad)
+        }
+        if "events" in given and not all(isinstance(e, str) for e in given["events"]):
+            del given["events"]
+    changes: dict[str, Any] = {}
+    if "url" in given:
+        reason = url_problem(given["url"], policy) or await _resolved(
+            given["url"], policy, resolver
+        )
+        if reason:
+            problems.append(reason)
+        changes["url"] = given["url"]
+    if "events" in given:
+        events = list(dict.fromkeys(given["events"]))
+        unknown = [e for e in events if e != "*" and e not in known]
+        if unknown:
+            choices = ", ".join(repr(e) for e in sorted(known))
+            problems.append(f"events: unknown event types {unknown} (use '*' or {choices})")
+        changes["events"] = events
+    if "description" in given:
+        if len(given["description"].encode()) > MAX_DESCRIPTION_BYTES:
+            problems.append(f"description: longer than {MAX_DESCRIPTION_BYTES} bytes")
+        changes["description"] = given["description"]
+    if "enabled" in given:
+        changes["enabled"] = given["enabled"]
+    if problems:
+        raise invalid(problems)
+    return changes
+
+
+async def _resolved(url: str, policy: TargetPolicy, resolver: AbstractResolver) -> str | None:
+    reason = await resolve_refusal(policy, url, resolver)
+    return f"url: {reason}" if reason else None

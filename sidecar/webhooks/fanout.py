@@ -28,6 +28,7 @@ def event_body(
     correlation_id: str,
     location: str | None,
     ts: float,
+    operation_id: str | None = None,
 ) -> bytes:
     """The bytes of one webhook payload (completions and test messages alike)."""
     body = {
@@ -35,6 +36,7 @@ def event_body(
         "timestamp": iso(ts),
         "data": data,
         "correlation_id": correlation_id,
+        "operation_id": operation_id,
         "route": route,
         "location": location,
         "status": status,
@@ -48,7 +50,13 @@ def event_type_of(route: Route, status: Status) -> str:
 
 
 def payload(
-    route: Route, status: Status, data: Any, correlation_id: str, location: str | None, ts: float
+    route: Route,
+    status: Status,
+    data: Any,
+    correlation_id: str,
+    location: str | None,
+    ts: float,
+    operation_id: str | None = None,
 ) -> tuple[str, bytes]:
     """(event type, body bytes) of a route's completion."""
     event_type = event_type_of(route, status)
@@ -60,6 +68,7 @@ def payload(
         correlation_id=correlation_id,
         location=location,
         ts=ts,
+        operation_id=operation_id,
     )
     return event_type, body
 
@@ -69,24 +78,33 @@ def messages_for(
     route: Route,
     status: Status,
     data: Any,
-    correlation_id: str,
+    wait_id: str,
     tracked: TrackedCall | None,
     completed_at: float,
     call_identity: str,
 ) -> list[Message]:
-    """The messages of one completion: for the caller's and operator-owned subscriptions of
-    `subs` (all of them) that want its type. Message ids derive from the call, so enqueueing the
-    same completion again (another path, another replica) is a no-op."""
+    """The messages of one completion (whose event or poll carried `wait_id`): for the
+    caller's and operator-owned subscriptions of `subs` (all of them) that want its type.
+    Message ids derive from the call, so enqueueing the same completion again (another path,
+    another replica) is a no-op."""
     event_type = event_type_of(route, status)
     targets = matching_in(subs, tracked.tenant if tracked else None, event_type)
     if not targets:
         return []
     _, body = payload(
-        route, status, data, correlation_id, tracked.location if tracked else None, completed_at
+        route,
+        status,
+        data,
+        tracked.identity if tracked else wait_id,
+        tracked.location if tracked else None,
+        completed_at,
+        tracked.operation_id if tracked else None,
     )
     identity = repr(tracked.created_at) if tracked else call_identity
     created_ms = int(completed_at * 1000)
     return [
-        Message(message_id_for(correlation_id, identity, s.id), s.id, event_type, body, created_ms)
+        Message(
+            message_id_for(wait_id, identity, s.id), s.owner, s.id, event_type, body, created_ms
+        )
         for s in targets
     ]

@@ -1,20 +1,39 @@
 """Every Redis key the webhook machinery owns; all live under `{prefix}:wh:`.
 
-{prefix}:wh:sub:{id}             hash: one subscription (owner, url, events, secrets, ...)
-{prefix}:wh:subs                 set: every subscription id (the operator's listing)
-{prefix}:wh:subs:version         string: a new random token on every subscription change
-{prefix}:wh:owner:{owner}        set: subscription ids of one owner (tenant hash or operator)
-{prefix}:wh:msg:{message_id}     hash, TTL: one message (subscription, type, body, state)
-{prefix}:wh:outbox               stream, trimmed of handled entries past outbox_maxlen: attempts
-{prefix}:wh:due                  sorted set, score = due time (ms): scheduled retries
-{prefix}:wh:attempts:{sub_id}    list, newest first, capped: the attempts log
-{prefix}:wh:dead                 stream, MAXLEN ~: dead letters (last attempt failed)
+Keys of one owner (a tenant hash `t_…`, or `operator`) share the hash tag `{owner}`, so every
+transaction and script of one owner's subscriptions, messages and queues touches one Redis
+Cluster slot, while different owners spread across the cluster.
+
+    {prefix}:wh:{owner}:sub:{id}         hash: one subscription (url, events, secrets, ...)
+    {prefix}:wh:{owner}:subs             set: the owner's subscription ids
+    {prefix}:wh:{owner}:q:{id}           stream, consumer group `delivery`: the subscription's
+                                         queue of attempts to make (`m` message, `n` attempt,
+                                         `t` trigger); an entry is deleted once handled
+    {prefix}:wh:{owner}:msg:{mid}        hash, TTL 7 days: one message (subscription, type, body,
+                                         state, attempts, last answer)
+    {prefix}:wh:{owner}:msg:{mid}:log    list, newest first, TTL 7 days: the message's attempts
+    {prefix}:wh:{owner}:attempts:{id}    list, newest first, the last 1000: a subscription's
+                                         attempts log
+    {prefix}:wh:{owner}:log              stream, MAXLEN ~ 10000: the owner's attempts, newest
+                                         last (the portal's message log)
+    {prefix}:wh:{owner}:due              sorted set, score = due time (ms): scheduled retries,
+                                         as `sub|message|attempt|trigger`
+    {prefix}:wh:{owner}:tests            sorted set: the owner's test sends of the last minute
+    {prefix}:wh:subs                     hash: every subscription id → its owner
+    {prefix}:wh:subs:version             string: a new random token on every subscription change
+    {prefix}:wh:ready                    sorted set: `owner|id` of queues holding work (score:
+                                         the last enqueue, µs), what delivery workers read
+    {prefix}:wh:dues                     sorted set: owner → its earliest scheduled retry (ms)
+    {prefix}:wh:bell                     stream, MAXLEN 1: rung on every enqueue (wakes readers)
+    {prefix}:wh:dead                     stream, MAXLEN ~ outbox_maxlen: dead letters
 
 Consumer groups: `{prefix}:webhooks` on every completion stream (the dispatcher), `delivery` on
-the outbox (the delivery workers).
+every subscription queue (the delivery workers).
 """
 
 from __future__ import annotations
+
+DELIVERY_GROUP = "delivery"
 
 
 def wh(prefix: str) -> str:
@@ -22,13 +41,58 @@ def wh(prefix: str) -> str:
     return f"{prefix}:wh"
 
 
-def subscription_key(prefix: str, sub_id: str) -> str:
+def owned(prefix: str, owner: str) -> str:
+    """Root of one owner's keys, hash-tagged by the owner."""
+    return f"{prefix}:wh:{{{owner}}}"
+
+
+def subscription_key(prefix: str, owner: str, sub_id: str) -> str:
     """Hash of one subscription."""
-    return f"{wh(prefix)}:sub:{sub_id}"
+    return f"{owned(prefix, owner)}:sub:{sub_id}"
+
+
+def owner_key(prefix: str, owner: str) -> str:
+    """Set of one owner's subscription ids."""
+    return f"{owned(prefix, owner)}:subs"
+
+
+def queue_key(prefix: str, owner: str, sub_id: str) -> str:
+    """Stream of one subscription's attempts to make."""
+    return f"{owned(prefix, owner)}:q:{sub_id}"
+
+
+def message_key(prefix: str, owner: str, message_id: str) -> str:
+    """Hash of one message."""
+    return f"{owned(prefix, owner)}:msg:{message_id}"
+
+
+def message_log_key(prefix: str, owner: str, message_id: str) -> str:
+    """List of one message's attempts, newest first."""
+    return f"{owned(prefix, owner)}:msg:{message_id}:log"
+
+
+def attempts_key(prefix: str, owner: str, sub_id: str) -> str:
+    """List of a subscription's attempts, newest first."""
+    return f"{owned(prefix, owner)}:attempts:{sub_id}"
+
+
+def owner_log_key(prefix: str, owner: str) -> str:
+    """Stream of an owner's attempts (oldest first)."""
+    return f"{owned(prefix, owner)}:log"
+
+
+def due_key(prefix: str, owner: str) -> str:
+    """Sorted set of an owner's scheduled retries (score: due time in ms)."""
+    return f"{owned(prefix, owner)}:due"
+
+
+def test_sends_key(prefix: str, owner: str) -> str:
+    """Sorted set of an owner's recent test sends (the per-minute quota)."""
+    return f"{owned(prefix, owner)}:tests"
 
 
 def all_subscriptions_key(prefix: str) -> str:
-    """Set of every subscription id."""
+    """Hash of every subscription id to its owner."""
     return f"{wh(prefix)}:subs"
 
 
@@ -37,37 +101,24 @@ def version_key(prefix: str) -> str:
     return f"{wh(prefix)}:subs:version"
 
 
-def owner_key(prefix: str, owner: str) -> str:
-    """Set of one owner's subscription ids."""
-    return f"{wh(prefix)}:owner:{owner}"
+def ready_key(prefix: str) -> str:
+    """Sorted set of `owner|sub` whose queue holds work."""
+    return f"{wh(prefix)}:ready"
 
 
-def message_key(prefix: str, message_id: str) -> str:
-    """Hash of one message."""
-    return f"{wh(prefix)}:msg:{message_id}"
+def dues_key(prefix: str) -> str:
+    """Sorted set of owners by their earliest scheduled retry."""
+    return f"{wh(prefix)}:dues"
 
 
-def outbox_key(prefix: str) -> str:
-    """Stream of attempts ready to run."""
-    return f"{wh(prefix)}:outbox"
-
-
-def due_key(prefix: str) -> str:
-    """Sorted set of scheduled retries (score: due time in ms)."""
-    return f"{wh(prefix)}:due"
-
-
-def attempts_key(prefix: str, sub_id: str) -> str:
-    """List of a subscription's attempts, newest first."""
-    return f"{wh(prefix)}:attempts:{sub_id}"
+def bell_key(prefix: str) -> str:
+    """A one-entry stream rung on every enqueue."""
+    return f"{wh(prefix)}:bell"
 
 
 def dead_key(prefix: str) -> str:
     """Stream of dead letters."""
     return f"{wh(prefix)}:dead"
-
-
-DELIVERY_GROUP = "delivery"
 
 
 def dispatch_group(prefix: str) -> str:

@@ -36,6 +36,14 @@ class WebhookMetrics:
         )
         self.disabled = Counter(
             "sidecar_webhook_subscriptions_disabled",
-            "Subscriptions disabled because the receiver answered 410.",
+            "Subscriptions the sidecar disabled, by reason (gone: the receiver answered 410; "
+            "failing: every attempt failed for webhooks.disable_after).",
+            ["reason"],
+            registry=r,
+        )
+        self.quota_refusals = Counter(
+            "sidecar_webhook_quota_refusals",
+            "Admin API requests refused by a tenant quota, by quota (subscriptions, test_sends).",
+            ["quota"],
             registry=r,
         )

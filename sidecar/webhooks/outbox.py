@@ -1,78 +1,87 @@
-"""The durable outbox: messages (hashes) and their attempts (a stream read by a consumer group).
+"""The durable outbox: messages (hashes) and, per subscription, a queue of attempts to make
+(a stream read by the `delivery` consumer group), plus the index of queues holding work.
 
 Message ids are derived from (correlation id, call identity, subscription), so enqueueing the
 same completion twice (a reclaimed dispatcher entry, poll and stream both seeing it) is a no-op.
+Everything one message touches is under its owner's hash tag (one script, one slot); the
+global indexes (`ready`, `dues`, the bell) are written after it, and a reconciler in the
+delivery workers repairs them if a process dies in between.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from .keys import DELIVERY_GROUP, due_key, message_key, outbox_key
+from .keys import (
+    DELIVERY_GROUP,
+    bell_key,
+    due_key,
+    dues_key,
+    message_key,
+    queue_key,
+    ready_key,
+)
 
 MESSAGE_TTL_S = 7 * 24 * 3600
 
-# Trims the outbox once it is longer than `maxlen`, but only of attempts the delivery group has
-# read and acknowledged: an unread or pending entry is the only record of its message's next
-# attempt, so a plain MAXLEN would lose messages whenever the backlog outgrew the bound.
-_TRIM = """
-local function trim(key, maxlen, group)
-  if redis.call('XLEN', key) <= maxlen then return end
-  local cutoff = nil
-  for _, g in ipairs(redis.call('XINFO', 'GROUPS', key)) do
-    local f = {}
-    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
-    if f['name'] == group then cutoff = f['last-delivered-id'] end
-  end
-  if not cutoff then return end
-  local pending = redis.call('XPENDING', key, group)
-  if pending[1] > 0 then cutoff = pending[2] end
-  redis.call('XTRIM', key, 'MINID', '~', cutoff)
-end
-"""
-
-# KEYS: msg, outbox. ARGV: sub, type, body, created_ms, trigger, maxlen, ttl_s, message_id, group.
-_ENQUEUE = (
-    _TRIM
-    + """
+# KEYS: msg, queue. ARGV: sub, type, body, created_ms, trigger, ttl_s, message_id, group.
+_ENQUEUE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'sub', ARGV[1], 'type', ARGV[2], 'body', ARGV[3],
   'created_ms', ARGV[4], 'trigger', ARGV[5], 'state', 'queued', 'attempts', '0')
-redis.call('EXPIRE', KEYS[1], ARGV[7])
-redis.call('XADD', KEYS[2], '*', 'm', ARGV[8], 'n', '1', 't', ARGV[5])
-trim(KEYS[2], tonumber(ARGV[6]), ARGV[9])
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.pcall('XGROUP', 'CREATE', KEYS[2], ARGV[8], '0', 'MKSTREAM')
+redis.call('XADD', KEYS[2], '*', 'm', ARGV[7], 'n', '1', 't', ARGV[5])
 return 1
 """
-)
 
-# KEYS: outbox. ARGV: message_id, attempt, trigger, maxlen, group. One more attempt, now.
-_REQUEUE = (
-    _TRIM
-    + """
-redis.call('XADD', KEYS[1], '*', 'm', ARGV[1], 'n', ARGV[2], 't', ARGV[3])
-trim(KEYS[1], tonumber(ARGV[4]), ARGV[5])
+# KEYS: msg, queue. ARGV: message_id, attempt, trigger, group. One more attempt, now, of a
+# message that still exists.
+_REQUEUE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'queued')
+redis.pcall('XGROUP', 'CREATE', KEYS[2], ARGV[4], '0', 'MKSTREAM')
+redis.call('XADD', KEYS[2], '*', 'm', ARGV[1], 'n', ARGV[2], 't', ARGV[3])
+return 1
 """
-)
 
-# KEYS: due, outbox. ARGV: now_ms, maxlen, group. Moves due retries back to the outbox atomically.
-_MOVE_DUE = (
-    _TRIM
-    + """
+# KEYS: the owner's due set. ARGV: now_ms, queue key prefix (`…:q:`), group. Moves the owner's
+# due retries to their subscriptions' queues; returns {next due ms or -1, sub, sub, ...}.
+_MOVE_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 200)
+local moved = {}
 for _, member in ipairs(due) do
-  local m, n, t = string.match(member, '^([^|]+)|([^|]+)|(.+)$')
-  redis.call('XADD', KEYS[2], '*', 'm', m, 'n', n, 't', t)
+  local sub, m, n, t = string.match(member, '^([^|]+)|([^|]+)|([^|]+)|(.+)$')
+  if sub then
+    local queue = ARGV[2] .. sub
+    redis.pcall('XGROUP', 'CREATE', queue, ARGV[3], '0', 'MKSTREAM')
+    redis.call('XADD', queue, '*', 'm', m, 'n', n, 't', t)
+    table.insert(moved, sub)
+  end
   redis.call('ZREM', KEYS[1], member)
 end
-if #due > 0 then trim(KEYS[2], tonumber(ARGV[2]), ARGV[3]) end
-return #due
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local nxt = -1
+if #first > 0 then nxt = tonumber(first[2]) end
+return {nxt, unpack(moved)}
 """
-)
+
+# KEYS: the ready set. ARGV: member, score seen. Forget a queue found empty, unless work was
+# enqueued since it was seen (the enqueue moved its score).
+_UNREADY = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+"""
 
 
 async def create_group(redis: Redis, stream: str, group: str, start: str) -> None:
@@ -96,6 +105,7 @@ class Message:
     """One message to enqueue: a completion (or a test) for one subscription."""
 
     message_id: str
+    owner: str
     sub_id: str
     event_type: str
     body: bytes
@@ -109,20 +119,26 @@ def message_id_for(correlation_id: str, call_identity: str, sub_id: str) -> str:
     return "msg_" + digest[:26]
 
 
-class Outbox:
-    """Enqueues messages and moves due retries back to the outbox stream."""
+def ready_member(owner: str, sub_id: str) -> str:
+    """The ready-set member naming one subscription's queue."""
+    return f"{owner}|{sub_id}"
 
-    def __init__(self, redis: Redis, prefix: str, maxlen: int) -> None:
+
+class Outbox:
+    """Enqueues messages, requeues attempts, and moves due retries back to their queues."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
         self.redis = redis
         self.prefix = prefix
-        self.maxlen = maxlen
         self._enqueue = redis.register_script(_ENQUEUE)
-        self._move = redis.register_script(_MOVE_DUE)
         self._requeue = redis.register_script(_REQUEUE)
+        self._move = redis.register_script(_MOVE_DUE)
+        self._unready = redis.register_script(_UNREADY)
 
     async def enqueue(
         self,
         message_id: str,
+        owner: str,
         sub_id: str,
         event_type: str,
         body: bytes,
@@ -131,24 +147,27 @@ class Outbox:
     ) -> bool:
         """Create the message and queue its first attempt; False when it already existed."""
         created = created_ms if created_ms is not None else int(time.time() * 1000)
-        message = Message(message_id, sub_id, event_type, body, created, trigger)
+        message = Message(message_id, owner, sub_id, event_type, body, created, trigger)
         return await self.enqueue_many([message]) == 1
 
     async def enqueue_many(self, messages: list[Message]) -> int:
-        """Enqueue messages in one round trip; how many were new (the others already existed)."""
+        """Enqueue messages (one round trip for the messages, one for the indexes); how many
+        were new (the others already existed)."""
         if not messages:
             return 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for m in messages:
                 await self._enqueue(
-                    keys=[message_key(self.prefix, m.message_id), outbox_key(self.prefix)],
+                    keys=[
+                        message_key(self.prefix, m.owner, m.message_id),
+                        queue_key(self.prefix, m.owner, m.sub_id),
+                    ],
                     args=[
                         m.sub_id,
                         m.event_type,
                         m.body,
                         m.created_ms,
                         m.trigger,
-                        self.maxlen,
                         MESSAGE_TTL_S,
                         m.message_id,
                         DELIVERY_GROUP,
@@ -156,19 +175,63 @@ class Outbox:
                     client=pipe,
                 )
             replies = await pipe.execute()
-        return sum(1 for reply in replies if reply)
+        new = [m for m, reply in zip(messages, replies, strict=True) if reply]
+        await self.mark_ready((m.owner, m.sub_id) for m in new)
+        return len(new)
 
-    async def requeue(self, message_id: str, attempt: int, trigger: str) -> None:
-        """Queue one more attempt of an existing message now (manual redelivery)."""
-        await self._requeue(
-            keys=[outbox_key(self.prefix)],
-            args=[message_id, attempt, trigger, self.maxlen, DELIVERY_GROUP],
+    async def requeue(
+        self, owner: str, sub_id: str, message_id: str, attempt: int, trigger: str
+    ) -> bool:
+        """Queue one more attempt of an existing message now (manual redelivery, recovery);
+        False when the message is gone."""
+        queued = await self._requeue(
+            keys=[
+                message_key(self.prefix, owner, message_id),
+                queue_key(self.prefix, owner, sub_id),
+            ],
+            args=[message_id, attempt, trigger, DELIVERY_GROUP],
         )
+        if queued:
+            await self.mark_ready([(owner, sub_id)])
+        return bool(queued)
 
-    async def move_due(self) -> int:
-        """Move every due retry to the outbox stream; the number moved."""
-        moved = await self._move(
-            keys=[due_key(self.prefix), outbox_key(self.prefix)],
-            args=[int(time.time() * 1000), self.maxlen, DELIVERY_GROUP],
-        )
-        return int(moved)
+    async def mark_ready(self, queues: Iterable[tuple[str, str]]) -> None:
+        """Say that these (owner, subscription) queues hold work, and ring the bell."""
+        members = {ready_member(owner, sub): None for owner, sub in queues}
+        if not members:
+            return
+        # A fresh score on every enqueue: a reader that found the queue empty before this
+        # enqueue cannot forget it (see `unready`).
+        score = time.time_ns() // 1000
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(ready_key(self.prefix), dict.fromkeys(members, score))
+            pipe.xadd(bell_key(self.prefix), {"r": "1"}, maxlen=1, approximate=False)
+            await pipe.execute()
+
+    async def unready(self, member: str, seen_score: float) -> None:
+        """Forget a queue found empty, unless work was enqueued since its score was read."""
+        await self._unready(keys=[ready_key(self.prefix)], args=[member, repr(int(seen_score))])
+
+    async def move_due(self, now_ms: int | None = None) -> int:
+        """Move every owner's due retries to their queues; the number moved."""
+        now = now_ms if now_ms is not None else int(time.time() * 1000)
+        owners = await self.redis.zrangebyscore(dues_key(self.prefix), "-inf", now, 0, 100)
+        moved = 0
+        for raw in owners:
+            owner = raw.decode()
+            queue_prefix = queue_key(self.prefix, owner, "")
+            reply = await self._move(
+                keys=[due_key(self.prefix, owner)], args=[now, queue_prefix, DELIVERY_GROUP]
+            )
+            nxt, subs = int(reply[0]), [s.decode() for s in reply[1:]]
+            moved += len(subs)
+            if nxt >= 0:
+                await self.redis.zadd(dues_key(self.prefix), {owner: nxt})
+            else:
+                await self.redis.zrem(dues_key(self.prefix), owner)
+            await self.mark_ready((owner, sub) for sub in subs)
+        return moved
+
+    async def scheduled(self, owner: str, due_ms: int) -> None:
+        """Note that `owner` has a retry due at `due_ms` (after the attempt's record wrote it)."""
+        await self.redis.zadd(dues_key(self.prefix), {owner: due_ms}, lt=True)

@@ -12,15 +12,20 @@ import time
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractResolver
+from aiohttp.resolver import DefaultResolver
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from ..completion import Completion
 from ..config import Route, Settings
+from ..connections import RedisConnections
 from ..tracking import CallTracker, TrackedCall
 from .fanout import messages_for
+from .messages import MessageLog
 from .metrics import WebhookMetrics
 from .outbox import Outbox
+from .quotas import Quotas
 from .store import SubscriptionStore
 from .targets import TargetPolicy
 
@@ -38,7 +43,7 @@ class WebhookRuntime:
     def __init__(
         self,
         settings: Settings,
-        redis: Redis,
+        connections: RedisConnections,
         tracker: CallTracker,
         session: aiohttp.ClientSession,
         policy: TargetPolicy,
@@ -46,13 +51,17 @@ class WebhookRuntime:
     ) -> None:
         self.settings = settings
         self.prefix = settings.key_prefix
-        self.redis = redis
+        self.connections = connections
+        self.redis: Redis = connections.shared
         self.tracker = tracker
         self.session = session
         self.policy = policy
         self.metrics = metrics
-        self.store = SubscriptionStore(redis, self.prefix)
-        self.outbox = Outbox(redis, self.prefix, settings.webhooks.outbox_maxlen)
+        self.store = SubscriptionStore(self.redis, self.prefix)
+        self.outbox = Outbox(self.redis, self.prefix)
+        self.messages = MessageLog(self.redis, self.prefix, self.store)
+        self.resolver: AbstractResolver = DefaultResolver()  # unfiltered: to judge a new URL
+        self.quotas = Quotas(self.redis, self.prefix, settings.webhooks.test_sends_per_minute)
         self.consumer = consumer_name()
 
     async def publish(

@@ -1,4 +1,9 @@
-"""Subscriptions in Redis, scoped by owner (a tenant hash, or `OPERATOR`)."""
+"""Subscriptions in Redis, scoped by owner (a tenant hash, or `OPERATOR`).
+
+A subscription's hash lives under its owner's hash tag; a global index maps every id to its
+owner (the operator's listing, and lookups by id). A tenant reaches only keys under its own
+tag, so another tenant's id is simply not there.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ from .keys import (
     all_subscriptions_key,
     attempts_key,
     owner_key,
+    queue_key,
     subscription_key,
     version_key,
 )
@@ -24,14 +30,26 @@ from .signing import new_secret
 
 ROTATION_GRACE_S = 24 * 3600.0  # the old secret keeps signing this long after a rotation
 
-# KEYS: the subscription hash, the version. ARGV: new version, field, value, ... Set only while
-# it exists.
+# KEYS: the subscription hash. ARGV: field, value, ... Set only while it exists.
 _PATCH = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('SET', KEYS[2], ARGV[1])
+redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
+
+# KEYS: the subscription hash, the owner's set. ARGV: id, max per owner (0: no limit), field,
+# value, ... Creates it unless the owner already has the maximum; 1 created, 0 over quota.
+_CREATE = """
+local limit = tonumber(ARGV[2])
+if limit > 0 and redis.call('SCARD', KEYS[2]) >= limit then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('SADD', KEYS[2], ARGV[1])
+return 1
+"""
+
+
+class QuotaExceeded(Exception):
+    """The owner has as many subscriptions as it may."""
 
 
 def new_version() -> str:
@@ -55,6 +73,8 @@ class Subscription:
     previous_until: float = 0.0
     created_at: float = field(default_factory=time.time)
     declared: bool = False  # from the YAML file: reset from it at startup
+    failing_since: float = 0.0  # first failed attempt since the last success (0: not failing)
+    disabled_reason: str = ""  # why it was disabled by the sidecar (gone, failing), if it was
 
     def wants(self, event_type: str) -> bool:
         """True when this subscription receives `event_type`."""
@@ -69,7 +89,7 @@ class Subscription:
 
     def public(self) -> dict[str, Any]:
         """The JSON view (no secret)."""
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "url": self.url,
             "events": self.events,
@@ -77,6 +97,11 @@ class Subscription:
             "enabled": self.enabled,
             "created_at": iso(self.created_at),
         }
+        if self.failing_since:
+            out["failing_since"] = iso(self.failing_since)
+        if self.disabled_reason and not self.enabled:
+            out["disabled_reason"] = self.disabled_reason
+        return out
 
     def fields(self) -> dict[str, str]:
         """The Redis hash fields."""
@@ -92,6 +117,8 @@ class Subscription:
             "previous_until": repr(self.previous_until),
             "created_at": repr(self.created_at),
             "declared": "1" if self.declared else "0",
+            "disabled_reason": self.disabled_reason,
+            "failing_since": repr(self.failing_since),
         }
 
     @classmethod
@@ -110,7 +137,13 @@ class Subscription:
             previous_until=float(f.get("previous_until") or 0),
             created_at=float(f.get("created_at") or 0),
             declared=f.get("declared") == "1",
+            failing_since=float(f.get("failing_since") or 0),
+            disabled_reason=f.get("disabled_reason", ""),
         )
+
+
+def _flat(fields: dict[str, str]) -> list[str]:
+    return [item for pair in fields.items() for item in pair]
 
 
 class SubscriptionStore:
@@ -120,23 +153,34 @@ class SubscriptionStore:
         self.redis = redis
         self.prefix = prefix
         self._patch = redis.register_script(_PATCH)
+        self._create = redis.register_script(_CREATE)
         self._snapshot: tuple[bytes | None, list[Subscription]] | None = None
         self._by_id: dict[str, Subscription] = {}
 
-    async def save(self, sub: Subscription) -> Subscription:
-        """Write a subscription and index it by owner."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(subscription_key(self.prefix, sub.id), mapping=sub.fields())
-            pipe.sadd(all_subscriptions_key(self.prefix), sub.id)
-            pipe.sadd(owner_key(self.prefix, sub.owner), sub.id)
+    def key(self, sub: Subscription) -> str:
+        """The subscription's hash."""
+        return subscription_key(self.prefix, sub.owner, sub.id)
+
+    async def _indexed(self, sub: Subscription) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(all_subscriptions_key(self.prefix), sub.id, sub.owner)
             pipe.set(version_key(self.prefix), new_version())
             await pipe.execute()
+
+    async def save(self, sub: Subscription) -> Subscription:
+        """Write a subscription whole (an upsert) and index it."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(self.key(sub), mapping=sub.fields())
+            pipe.sadd(owner_key(self.prefix, sub.owner), sub.id)
+            await pipe.execute()
+        await self._indexed(sub)
         return sub
 
     async def create(
-        self, owner: str, url: str, events: list[str], description: str = ""
+        self, owner: str, url: str, events: list[str], description: str = "", limit: int = 0
     ) -> Subscription:
-        """A new enabled subscription with a fresh secret."""
+        """A new enabled subscription with a fresh secret; `QuotaExceeded` when the owner has
+        `limit` already (0: no limit). Checked and created atomically."""
         sub = Subscription(
             id="sub_" + secrets.token_hex(12),
             owner=owner,
@@ -145,29 +189,51 @@ class SubscriptionStore:
             description=description,
             secret=new_secret(),
         )
-        return await self.save(sub)
+        keys = [self.key(sub), owner_key(self.prefix, owner)]
+        if not await self._create(keys=keys, args=[sub.id, limit, *_flat(sub.fields())]):
+            raise QuotaExceeded(owner)
+        await self._indexed(sub)
+        return sub
+
+    async def count(self, owner: str) -> int:
+        """How many subscriptions `owner` has."""
+        return int(await self.redis.scard(owner_key(self.prefix, owner)))  # type: ignore[misc]
+
+    async def owner_of(self, sub_id: str) -> str | None:
+        """The owner of a subscription id, from the index."""
+        owner = await self.redis.hget(all_subscriptions_key(self.prefix), sub_id)  # type: ignore[misc]
+        return owner.decode() if owner else None
+
+    async def get_owned(self, owner: str, sub_id: str) -> Subscription | None:
+        """The subscription `owner` has under this id, or None."""
+        raw = await self.redis.hgetall(subscription_key(self.prefix, owner, sub_id))  # type: ignore[misc]
+        return Subscription.from_fields(raw) if raw else None
 
     async def get(self, sub_id: str) -> Subscription | None:
-        """The subscription, or None."""
-        raw = await self.redis.hgetall(subscription_key(self.prefix, sub_id))  # type: ignore[misc]
-        return Subscription.from_fields(raw) if raw else None
+        """The subscription, whoever owns it, or None."""
+        owner = await self.owner_of(sub_id)
+        return await self.get_owned(owner, sub_id) if owner else None
 
     async def get_for(self, sub_id: str, caller: str) -> Subscription | None:
         """The subscription if `caller` may see it (the operator sees all), else None."""
-        sub = await self.get(sub_id)
-        if sub is None or (caller != OPERATOR and sub.owner != caller):
-            return None
-        return sub
+        if caller == OPERATOR:
+            return await self.get(sub_id)
+        return await self.get_owned(caller, sub_id)
 
     async def list_for(self, owners: list[str] | None) -> list[Subscription]:
         """Subscriptions of these owners (None: everyone's), oldest first."""
         if owners is None:
-            ids = await self.redis.smembers(all_subscriptions_key(self.prefix))  # type: ignore[misc]
+            index = await self.redis.hgetall(all_subscriptions_key(self.prefix))  # type: ignore[misc]
+            pairs = [(o.decode(), s.decode()) for s, o in index.items()]
         else:
-            ids = await self.redis.sunion([owner_key(self.prefix, o) for o in owners])  # type: ignore[misc]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for owner in owners:
+                    pipe.smembers(owner_key(self.prefix, owner))
+                sets = await pipe.execute()
+            pairs = [(o, s.decode()) for o, ids in zip(owners, sets, strict=True) for s in ids]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for sub_id in ids:
-                pipe.hgetall(subscription_key(self.prefix, sub_id.decode()))
+            for owner, sub_id in pairs:
+                pipe.hgetall(subscription_key(self.prefix, owner, sub_id))
             rows = await pipe.execute()
         subs = [Subscription.from_fields(row) for row in rows if row]
         return sorted(subs, key=lambda s: (s.created_at, s.id))
@@ -196,11 +262,10 @@ class SubscriptionStore:
         another field changed meanwhile (a 410 disabling it). None when it is gone."""
         changed = replace(sub, **changes)
         fields = {k: v for k, v in changed.fields().items() if k in changes}
-        args: list[str] = [new_version()] + [item for pair in fields.items() for item in pair]
-        keys = [subscription_key(self.prefix, sub.id), version_key(self.prefix)]
-        if not await self._patch(keys=keys, args=args):
+        if not await self._patch(keys=[self.key(sub)], args=_flat(fields)):
             return None
-        return await self.get(sub.id)
+        await self.redis.set(version_key(self.prefix), new_version())
+        return await self.get_owned(sub.owner, sub.id)
 
     async def rotate(self, sub: Subscription) -> Subscription | None:
         """A new secret; the old one keeps signing beside it for `ROTATION_GRACE_S`."""
@@ -212,13 +277,18 @@ class SubscriptionStore:
         )
 
     async def delete(self, sub: Subscription) -> None:
-        """Remove a subscription and its attempts log."""
+        """Remove a subscription, its queue and its attempts log (unindexed first, so fan-out
+        stops choosing it)."""
+        await self.redis.hdel(all_subscriptions_key(self.prefix), sub.id)  # type: ignore[misc]
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(subscription_key(self.prefix, sub.id), attempts_key(self.prefix, sub.id))
-            pipe.srem(all_subscriptions_key(self.prefix), sub.id)
+            pipe.delete(
+                self.key(sub),
+                attempts_key(self.prefix, sub.owner, sub.id),
+                queue_key(self.prefix, sub.owner, sub.id),
+            )
             pipe.srem(owner_key(self.prefix, sub.owner), sub.id)
-            pipe.set(version_key(self.prefix), new_version())
             await pipe.execute()
+        await self.redis.set(version_key(self.prefix), new_version())
 
     async def declare(self, declared: list[DeclaredSubscription]) -> None:
         """Make the YAML-declared operator subscriptions exactly the file's: upsert each (the
@@ -228,7 +298,7 @@ class SubscriptionStore:
             if old.declared and old.id not in wanted:
                 await self.delete(old)
         for d in declared:
-            existing = await self.get(d.id)
+            existing = await self.get_owned(OPERATOR, d.id)
             await self.save(
                 Subscription(
                     id=d.id,

@@ -228,6 +228,8 @@ async def test_another_clients_subscription_answers_404_everywhere(
         assert missing.status == 404
         assert missing.body["title"] == answer.body["title"]
     after = await admin.call("GET", one, A)
+    # Unchanged by B (its own test message failing may have started a failing streak).
+    after.body.pop("failing_since", None)
     assert after.body == {k: v for k, v in a.items() if k != "secret"}
 
 
@@ -404,10 +406,16 @@ async def test_patch_changes_fields_and_disables(
     assert "secret" not in answer.body
     refused = await admin.call("PATCH", path, A, {"url": "http://169.254.169.254/", "x": 1})
     assert_problem(refused, 422)
-    assert refused.body["errors"] == ["x: unknown field"]
+    assert refused.body["errors"] == [
+        "x: unknown field",
+        "url: 169.254.169.254 is a link-local, metadata or reserved address (always refused)",
+    ]
     refused = await admin.call("PATCH", path, A, {"url": "gopher://a", "description": None})
     assert_problem(refused, 422)
-    assert len(refused.body["errors"]) == 1  # null is no description
+    assert refused.body["errors"] == [  # null is no description; both are told at once
+        "description: Input should be a valid string (got null)",
+        "url: 'gopher://a' is not an http(s) URL",
+    ]
     refused = await admin.call("PATCH", path, A, {"url": "http://169.254.169.254/"})
     assert refused.body["errors"] == [
         "url: 169.254.169.254 is a link-local, metadata or reserved address (always refused)"
@@ -479,6 +487,7 @@ async def test_test_message_arrives_signed_and_is_logged(
         "timestamp": payload["timestamp"],
         "data": {"hello": "world"},
         "correlation_id": payload["correlation_id"],
+        "operation_id": None,
         "route": None,
         "location": None,
         "status": "test",
@@ -581,3 +590,59 @@ async def test_redis_down_answers_503_without_a_traceback(
     faults = [r for r in caplog.records if r.name == "sidecar.boundary"]
     assert faults
     assert all(r.exc_info is None for r in faults)
+
+
+async def test_subscriptions_per_client_are_capped(start_admin: StartAdmin) -> None:
+    admin = await start_admin(webhooks={"max_subscriptions_per_tenant": 2})
+    for n in range(2):
+        await admin.create(A, f"https://a.example.com/{n}")
+    over = await admin.call(
+        "POST", "/subscriptions", A, {"url": "https://a.example.com/x", "events": ["*"]}
+    )
+    assert_problem(over, 409)
+    assert "2 subscriptions" in over.body["detail"]
+    await admin.create(B, "https://b.example.com/")  # another client has its own quota
+    for n in range(3):  # and the operator none
+        await admin.create(OP, f"https://op.example.com/{n}")
+    listed = await admin.call("GET", "/subscriptions", A)
+    assert len(listed.body["subscriptions"]) == 2
+    async with admin.http.get(admin.url + "/metrics") as resp:
+        assert 'sidecar_webhook_quota_refusals_total{quota="subscriptions"} 1.0' in (
+            await resp.text()
+        )
+
+
+async def test_test_sends_per_client_are_rate_limited(
+    start_admin: StartAdmin, receiver: Receiver
+) -> None:
+    admin = await start_admin(webhooks={"test_sends_per_minute": 2, "allow_private_targets": True})
+    sub = await admin.create(A, receiver.url())
+    path = f"/subscriptions/{sub['id']}/test"
+    for _ in range(2):
+        assert (await admin.call("POST", path, A)).status == 202
+    refused = await admin.call("POST", path, A)
+    assert_problem(refused, 429)
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60
+    assert "at most 2 test messages a minute" in refused.body["detail"]
+    op = await admin.create(OP, receiver.url())
+    for _ in range(3):  # the operator is not limited
+        assert (await admin.call("POST", f"/subscriptions/{op['id']}/test", OP)).status == 202
+    async with admin.http.get(admin.url + "/metrics") as resp:
+        assert 'sidecar_webhook_quota_refusals_total{quota="test_sends"} 1.0' in await resp.text()
+
+
+async def test_a_host_name_resolving_only_to_refused_addresses_is_refused_at_once(
+    start_admin: StartAdmin,
+) -> None:
+    admin = await start_admin()  # private targets off
+    refused = await admin.call(
+        "POST", "/subscriptions", A, {"url": "http://localhost:8080/hook", "events": ["*"]}
+    )
+    assert_problem(refused, 422)
+    (problem,) = refused.body["errors"]
+    assert problem.startswith("url: localhost resolves only to refused addresses")
+    sub = await admin.create(A, "https://a.example.com/hook")
+    changed = await admin.call(
+        "PATCH", f"/subscriptions/{sub['id']}", A, {"url": "http://localhost/x"}
+    )
+    assert_problem(changed, 422)

@@ -15,29 +15,34 @@ from prometheus_client import CollectorRegistry
 from standardwebhooks.webhooks import Webhook
 
 from sidecar.config import Settings, Webhooks
+from sidecar.connections import RedisConnections
 from sidecar.tracking import CallTracker
 from sidecar.webhooks.attempt import create_webhook_session
 from sidecar.webhooks.delivery import DeliveryWorker
-from sidecar.webhooks.keys import attempts_key, outbox_key
+from sidecar.webhooks.keys import attempts_key, queue_key
 from sidecar.webhooks.metrics import WebhookMetrics
 from sidecar.webhooks.outbox import Outbox
 from sidecar.webhooks.runtime import WebhookRuntime
 from sidecar.webhooks.store import SubscriptionStore
 from sidecar.webhooks.targets import TargetPolicy
 
-from ..helpers import acknowledged
+from ..helpers import deliveries_settled, until_true
 
 CONFIG = Webhooks(allow_private_targets=True, schedule=[0.05, 0.1, 0.1], timeout=1.0)
 
 
 @contextlib.asynccontextmanager
-async def worker(redis: aioredis.Redis, prefix: str) -> AsyncIterator[DeliveryWorker]:
+async def worker(
+    redis: aioredis.Redis, prefix: str, redis_url: str
+) -> AsyncIterator[DeliveryWorker]:
     policy = TargetPolicy.from_settings(CONFIG)
     session = create_webhook_session(policy, 8)
     settings = Settings(key_prefix=prefix, webhooks=CONFIG)
     tracker = CallTracker(redis, prefix, settings.tracking_ttl)
     metrics = WebhookMetrics(CollectorRegistry())
-    w = DeliveryWorker(WebhookRuntime(settings, redis, tracker, session, policy, metrics))
+    connections = RedisConnections(redis_url)
+    runtime = WebhookRuntime(settings, connections, tracker, session, policy, metrics)
+    w = DeliveryWorker(runtime)
     task = asyncio.create_task(w.run())
     try:
         yield w
@@ -46,10 +51,11 @@ async def worker(redis: aioredis.Redis, prefix: str) -> AsyncIterator[DeliveryWo
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await session.close()
+        await connections.aclose()
 
 
 async def test_fail_then_succeed_keeps_one_webhook_id(
-    redis: aioredis.Redis, key_prefix: str, aiohttp_server: Any
+    redis: aioredis.Redis, key_prefix: str, redis_url: str, aiohttp_server: Any
 ) -> None:
     seen: list[tuple[dict[str, str], bytes]] = []
     delivered = asyncio.Event()
@@ -67,22 +73,27 @@ async def test_fail_then_succeed_keeps_one_webhook_id(
     store = SubscriptionStore(redis, key_prefix)
     sub = await store.create("t_a", str(server.make_url("/hook")), ["*"])
     body = orjson.dumps({"type": "user.created", "data": {"id": 7}})
-    outbox = Outbox(redis, key_prefix, 1000)
-    assert await outbox.enqueue("msg_one", sub.id, "user.created", body)
-    assert not await outbox.enqueue("msg_one", sub.id, "user.created", body)  # idempotent
-    async with worker(redis, key_prefix):
+    outbox = Outbox(redis, key_prefix)
+    assert await outbox.enqueue("msg_one", sub.owner, sub.id, "user.created", body)
+    assert not await outbox.enqueue(
+        "msg_one", sub.owner, sub.id, "user.created", body
+    )  # idempotent
+    async with worker(redis, key_prefix, redis_url):
         await asyncio.wait_for(delivered.wait(), 10)
     assert {h["webhook-id"] for h, _ in seen} == {"msg_one"}
     for headers, raw in seen:
         assert raw == body
         Webhook(sub.secret).verify(raw, headers)
-    log = [orjson.loads(x) for x in await redis.lrange(attempts_key(key_prefix, sub.id), 0, -1)]  # type: ignore[misc]
+    log = [
+        orjson.loads(x)
+        for x in await redis.lrange(attempts_key(key_prefix, sub.owner, sub.id), 0, -1)
+    ]  # type: ignore[misc]
     assert [e["result"] for e in log] == ["delivered", "retry", "retry"]
     assert [e["attempt"] for e in log] == [3, 2, 1]
 
 
 async def test_410_disables_and_last_attempt_dead_letters(
-    redis: aioredis.Redis, key_prefix: str, aiohttp_server: Any
+    redis: aioredis.Redis, key_prefix: str, redis_url: str, aiohttp_server: Any
 ) -> None:
     calls: asyncio.Queue[int] = asyncio.Queue()
 
@@ -101,13 +112,15 @@ async def test_410_disables_and_last_attempt_dead_letters(
     store = SubscriptionStore(redis, key_prefix)
     sub_gone = await store.create("t_a", str(server.make_url("/gone")), ["*"])
     sub_broken = await store.create("t_a", str(server.make_url("/broken")), ["*"])
-    outbox = Outbox(redis, key_prefix, 1000)
-    await outbox.enqueue("msg_g", sub_gone.id, "x", b"{}")
-    await outbox.enqueue("msg_b", sub_broken.id, "x", b"{}")
-    async with worker(redis, key_prefix):
+    outbox = Outbox(redis, key_prefix)
+    await outbox.enqueue("msg_g", sub_gone.owner, sub_gone.id, "x", b"{}")
+    await outbox.enqueue("msg_b", sub_broken.owner, sub_broken.id, "x", b"{}")
+    async with worker(redis, key_prefix, redis_url):
         statuses = [await asyncio.wait_for(calls.get(), 10) for _ in range(5)]
         for _ in range(50):
-            log = await redis.lrange(attempts_key(key_prefix, sub_broken.id), 0, 0)  # type: ignore[misc]
+            log = await redis.lrange(
+                attempts_key(key_prefix, sub_broken.owner, sub_broken.id), 0, 0
+            )  # type: ignore[misc]
             if log and orjson.loads(log[0])["result"] == "dead":
                 break
             await asyncio.sleep(0.05)
@@ -118,7 +131,7 @@ async def test_410_disables_and_last_attempt_dead_letters(
 
 
 async def test_a_replayed_outbox_entry_is_not_sent_again(
-    redis: aioredis.Redis, key_prefix: str, aiohttp_server: Any
+    redis: aioredis.Redis, key_prefix: str, redis_url: str, aiohttp_server: Any
 ) -> None:
     got: asyncio.Queue[str] = asyncio.Queue()
 
@@ -132,22 +145,23 @@ async def test_a_replayed_outbox_entry_is_not_sent_again(
     sub = await SubscriptionStore(redis, key_prefix).create(
         "t", str(server.make_url("/hook")), ["*"]
     )
-    outbox = Outbox(redis, key_prefix, 1000)
-    async with worker(redis, key_prefix):
-        await outbox.enqueue("msg_once", sub.id, "user.created", b"{}")
+    outbox = Outbox(redis, key_prefix)
+    async with worker(redis, key_prefix, redis_url):
+        await outbox.enqueue("msg_once", sub.owner, sub.id, "user.created", b"{}")
         assert await asyncio.wait_for(got.get(), 10) == "msg_once"
         # The same attempt again, as a consumer group recreated from the stream's start reads it.
-        await redis.xadd(outbox_key(key_prefix), {"m": "msg_once", "n": "1", "t": "scheduled"})
-        await outbox.enqueue("msg_next", sub.id, "user.created", b"{}")
+        queue = queue_key(key_prefix, sub.owner, sub.id)
+        await redis.xadd(queue, {"m": "msg_once", "n": "1", "t": "scheduled"})
+        await outbox.enqueue("msg_next", sub.owner, sub.id, "user.created", b"{}")
         assert await asyncio.wait_for(got.get(), 10) == "msg_next"
-        await acknowledged(redis, outbox_key(key_prefix), "delivery")  # the replay too
+        await until_true(lambda: deliveries_settled(redis, key_prefix))  # the replay too
     assert got.empty()
-    log = await redis.lrange(attempts_key(key_prefix, sub.id), 0, -1)  # type: ignore[misc]
+    log = await redis.lrange(attempts_key(key_prefix, sub.owner, sub.id), 0, -1)  # type: ignore[misc]
     assert [orjson.loads(e)["message_id"] for e in log] == ["msg_next", "msg_once"]
 
 
 async def test_retry_after_pushes_the_next_attempt_later(
-    redis: aioredis.Redis, key_prefix: str, aiohttp_server: Any
+    redis: aioredis.Redis, key_prefix: str, redis_url: str, aiohttp_server: Any
 ) -> None:
     arrivals: asyncio.Queue[float] = asyncio.Queue()
 
@@ -163,12 +177,12 @@ async def test_retry_after_pushes_the_next_attempt_later(
     sub = await SubscriptionStore(redis, key_prefix).create(
         "t", str(server.make_url("/hook")), ["*"]
     )
-    await Outbox(redis, key_prefix, 1000).enqueue("msg_later", sub.id, "user.created", b"{}")
-    async with worker(redis, key_prefix):
+    await Outbox(redis, key_prefix).enqueue("msg_later", sub.owner, sub.id, "user.created", b"{}")
+    async with worker(redis, key_prefix, redis_url):
         first = await asyncio.wait_for(arrivals.get(), 10)
         second = await asyncio.wait_for(arrivals.get(), 10)
     # The schedule says 50ms (±20 %); the receiver asked for 1 s, and got at least that.
     assert second - first >= 1.0
-    log = await redis.lrange(attempts_key(key_prefix, sub.id), 0, -1)  # type: ignore[misc]
+    log = await redis.lrange(attempts_key(key_prefix, sub.owner, sub.id), 0, -1)  # type: ignore[misc]
     retry = orjson.loads(log[-1])
     assert (retry["result"], retry["response_status"]) == ("retry", 503)

@@ -13,7 +13,8 @@ from standardwebhooks.webhooks import Webhook
 
 from sidecar.tracking import CallTracker, TrackedCall
 from sidecar.webhooks import WEBHOOKS
-from sidecar.webhooks.keys import message_key, outbox_key
+
+from ..helpers import enqueued
 
 ROUTE = {
     "name": "create-user",
@@ -74,14 +75,12 @@ async def test_stream_completion_fans_out_to_its_tenant_and_the_operator(
         "timestamp": orjson.loads(body)["timestamp"],
         "data": {"id": 7},
         "correlation_id": "c-1",
+        "operation_id": None,
         "route": "create-user",
         "location": "/api/users/7/status",
         "status": "succeeded",
     }
     # Tenant b never receives tenant a's completion: fan-out made exactly these two messages.
-    entries = await redis.xrange(outbox_key(key_prefix))
-    subs = {
-        (await redis.hget(message_key(key_prefix, f[b"m"].decode()), "sub")) for _, f in entries
-    }
-    assert subs == {sub_a.id.encode(), op.id.encode()}
+    subs = {m["sub"] for m in await enqueued(redis, key_prefix)}
+    assert subs == {sub_a.id, op.id}
     assert got.empty()

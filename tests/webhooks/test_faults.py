@@ -37,10 +37,10 @@ from standardwebhooks.webhooks import Webhook
 from sidecar.dev.redis_server import RedisServer
 from sidecar.tracking import CallTracker, TrackedCall
 from sidecar.webhooks import WEBHOOKS
-from sidecar.webhooks.keys import DELIVERY_GROUP, dispatch_group, due_key, outbox_key
+from sidecar.webhooks.keys import dispatch_group
 from sidecar.webhooks.store import SubscriptionStore
 
-from ..helpers import drained, until, until_true
+from ..helpers import deliveries_settled, drained, until, until_true
 from ..test_server import (
     SidecarProcess,
     StartProcess,
@@ -216,10 +216,8 @@ async def quiet(redis: aioredis.Redis, prefix: str, stream: str, timeout_s: floa
     acknowledged, no retry scheduled. No further webhook can be sent after this."""
 
     async def settled() -> bool:
-        return (
-            await drained(redis, stream, dispatch_group(prefix))
-            and await drained(redis, outbox_key(prefix), DELIVERY_GROUP)
-            and await redis.zcard(due_key(prefix)) == 0
+        return await drained(redis, stream, dispatch_group(prefix)) and await deliveries_settled(
+            redis, prefix
         )
 
     await until_true(settled, timeout_s)
@@ -429,7 +427,7 @@ async def test_delivery_resumes_after_a_redis_restart(
             for r in caplog.records
         )
 
-    await until(lambda: failed("outbox-read") and failed("dispatcher"), timeout_s=10)
+    await until(lambda: failed("delivery-read") and failed("dispatcher"), timeout_s=10)
     await asyncio.to_thread(own_redis.start)
 
     redis = aioredis.Redis.from_url(own_redis.url)

@@ -15,11 +15,18 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from standardwebhooks.webhooks import Webhook
 
+from sidecar.state import HUB
 from sidecar.webhooks import WEBHOOKS
-from sidecar.webhooks.keys import message_key, outbox_key
 
 from ..conftest import SidecarFactory, Upstream
-from ..helpers import acknowledged
+from ..helpers import (
+    acknowledged,
+    deliveries_settled,
+    enqueued,
+    keys_like,
+    until,
+    until_true,
+)
 
 OPERATOR_TOKEN = "op-token-0123456789"
 EVENTS = {"success": "user.created", "failure": "user.creation_failed"}
@@ -66,9 +73,8 @@ class Env:
     async def messages(self) -> list[str]:
         """The subscription url path of every message fan-out enqueued, sorted."""
         out = []
-        for _, fields in await self.redis.xrange(outbox_key(self.prefix)):
-            sub_id = await self.redis.hget(message_key(self.prefix, fields[b"m"].decode()), "sub")
-            sub = await self.client.app[WEBHOOKS].store.get(sub_id.decode())
+        for message in await enqueued(self.redis, self.prefix):
+            sub = await self.client.app[WEBHOOKS].store.get(message["sub"])
             assert sub is not None
             out.append(sub.url.rsplit("/", 1)[1])
         return sorted(out)
@@ -194,6 +200,7 @@ async def test_a_completion_after_the_202_reaches_the_callers_and_the_operators_
         "timestamp": got["a"]["timestamp"],
         "data": {"id": 7},
         "correlation_id": "c-1",
+        "operation_id": None,
         "route": "create-user",
         "location": str(env.client.make_url("/status/c-1")),
         "status": "succeeded",
@@ -219,7 +226,10 @@ async def test_a_synchronous_200_is_pushed_to_webhooks_too(make_env: EnvFactory)
     env = await make_env()
     await env.subscribe("Bearer key-a", "a")
     task = asyncio.ensure_future(call(env, "/api/users", "c-3", "Bearer key-a"))
-    await env.xadd("c-3", data={"id": 3})  # may beat the call: the hub keeps recent events
+    hub = env.client.app[HUB]
+    assert hub is not None
+    await until(lambda: hub.waiting == 1)  # an event sent before the call cannot be its own
+    await env.xadd("c-3", data={"id": 3})
     resp = await task
     assert resp.status == 200
     assert await resp.json() == {"id": 3}
@@ -283,8 +293,9 @@ async def test_a_stopped_sidecar_leaves_no_consumer_behind(make_env: EnvFactory)
     await env.xadd("c-5")
     assert (await env.hooks.next())[0] == "op"
     await env.dispatched()
-    await acknowledged(env.redis, outbox_key(env.prefix), "delivery")
-    groups = [(env.stream, f"{env.prefix}:webhooks"), (outbox_key(env.prefix), "delivery")]
+    await until_true(lambda: deliveries_settled(env.redis, env.prefix))
+    (queue,) = await keys_like(env.redis, f"{env.prefix}:wh:*:q:*")
+    groups = [(env.stream, f"{env.prefix}:webhooks"), (queue, "delivery")]
     for stream, group in groups:
         assert len(await env.redis.xinfo_consumers(stream, group)) == 1
     await env.client.close()  # a deploy stops this replica

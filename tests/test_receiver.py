@@ -1,10 +1,15 @@
-"""The example webhook receiver (examples/webhook_receiver.py) on a real aiohttp server, fed
-deliveries signed by the sidecar's own signing code, and once by the real sidecar."""
+"""The webhook receiver (`sidecar receiver`, sidecar/receiver.py; examples/webhook_receiver.py runs
+it from a checkout) on a real aiohttp server, fed deliveries signed by the sidecar's own signing
+code, once by the real sidecar, and as a real process."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,8 +20,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from standardwebhooks.webhooks import Webhook
 
-from examples import webhook_receiver
-from examples.webhook_receiver import RECEIVER, SeenIds, create_app, worker_ctx
+from examples import webhook_receiver as example_receiver
+from sidecar import receiver as webhook_receiver
+from sidecar.cli import main as sidecar_main
+from sidecar.dev.redis_server import free_port
+from sidecar.receiver import RECEIVER, SeenIds, create_app, worker_ctx
 from sidecar.state import ADMIN_URL
 from sidecar.webhooks.signing import new_secret, signature_headers
 
@@ -214,3 +222,98 @@ async def test_the_real_sidecar_delivers_to_it(
     assert event["type"] == "webhook.test"
     assert message_id in state.seen
     assert (state.processed, state.rejected) == (1, 0)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_example_in_a_checkout_is_the_package_receiver() -> None:
+    assert example_receiver.create_app is create_app
+    assert example_receiver.SeenIds is SeenIds
+
+
+def test_sidecar_receiver_without_the_extra_names_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # As in an installation without `sidecar[receiver]`: standardwebhooks cannot be imported.
+    monkeypatch.setitem(sys.modules, "standardwebhooks", None)
+    monkeypatch.setitem(sys.modules, "standardwebhooks.webhooks", None)
+    monkeypatch.delitem(sys.modules, "sidecar.receiver")
+    assert sidecar_main(["receiver", "--port", "0"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == (
+        "sidecar receiver needs the standardwebhooks package, which the 'receiver' extra "
+        "installs:\n  pip install 'sidecar[receiver]'\n"
+    )
+
+
+def test_sidecar_receiver_without_a_secret_says_how_to_give_one(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("WEBHOOK_SECRET", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        sidecar_main(["receiver"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: sidecar receiver ")
+    assert "--secret or $WEBHOOK_SECRET" in err
+
+
+def test_the_example_module_still_runs_as_a_script() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "WEBHOOK_SECRET"}
+    result = subprocess.run(
+        [sys.executable, "-m", "examples.webhook_receiver", "--secret", "whsec_"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: python -m examples.webhook_receiver ")
+    assert "unusable secret" in result.stderr
+
+
+async def test_the_installed_command_receives_a_signed_delivery() -> None:
+    """`sidecar receiver` as a real process: listens, verifies, answers 204, prints the event."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "sidecar.cli",
+        "receiver",
+        "--port",
+        str(port),
+        env={**os.environ, "WEBHOOK_SECRET": SECRET},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(10):
+            banner = await proc.stdout.readline()
+        assert banner.decode() == f"receiving webhooks on http://127.0.0.1:{port}/\n"
+        base = f"http://127.0.0.1:{port}"
+        body = orjson.dumps(EVENT)
+        async with aiohttp.ClientSession() as http:
+            async with asyncio.timeout(10):
+                while True:  # the banner comes just before it listens
+                    try:
+                        async with http.get(base + "/healthz") as r:
+                            if r.status == 200:
+                                break
+                    except aiohttp.ClientConnectionError:
+                        await asyncio.sleep(0.02)
+            async with http.post(base + "/hooks", data=body, headers=signed(body)) as r:
+                assert r.status == 204
+            forged = signed(body, secrets=[new_secret()])
+            async with http.post(base + "/hooks", data=body, headers=forged) as r:
+                assert r.status == 400
+        async with asyncio.timeout(10):
+            line = await proc.stdout.readline()
+        assert line.decode().startswith("msg_1 user.created status=succeeded route=create-user ")
+    finally:
+        proc.terminate()
+        await proc.wait()

@@ -1,0 +1,55 @@
+"""Whose id is it: a synchronised call waits under an id that belongs to it alone.
+
+A client's `X-Correlation-ID` (well formed: 1-128 of `[A-Za-z0-9._:-]`) is used on a sync route
+only once this call has claimed it in Redis (SET NX with the tracking TTL, so the claim holds on
+every replica and for as long as the call is remembered). When the claim fails (the id is in
+use, or was used recently), when Redis does not answer in time, or when there is no Redis at
+all, the sidecar mints a fresh UUID, forwards that one upstream and answers with it. A minted id
+is claimed by the call's tracking record. Nobody can thus wait on, or receive, another call's
+completion by sending its id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from ..context import CallContext
+from ..state import METRICS, RUNTIME, TRACKER
+
+logger = logging.getLogger(__name__)
+
+CLAIM_TIMEOUT_S = 2.0  # longest a claim may delay a call before the sidecar mints an id
+
+
+async def own_correlation_id(request: web.Request, call: CallContext) -> None:
+    """Keep the client's correlation id only if this call can claim it; else mint one."""
+    app = request.app
+    supplied = request.headers.get(app[RUNTIME].settings.correlation_header)
+    if supplied != call.correlation_id:
+        return  # minted already (none sent, or malformed): unguessable, claimed when tracked
+    tracker = app[TRACKER]
+    reason = "no_redis"
+    if tracker is not None:
+        try:
+            async with asyncio.timeout(CLAIM_TIMEOUT_S):
+                if await tracker.claim(supplied, supplied):
+                    return
+            reason = "in_use"
+        except (RedisError, OSError, TimeoutError):
+            reason = "redis"
+    call.correlation_id = str(uuid.uuid4())
+    app[METRICS].correlation_replaced.labels(call.route_name, reason).inc()
+    logger.info(
+        "client correlation id not used; minted one",
+        extra={
+            "route": call.route_name,
+            "supplied": supplied,
+            "correlation_id": call.correlation_id,
+            "reason": reason,
+        },
+    )

@@ -1,0 +1,207 @@
+"""The message log: every attempt of an owner's messages, newest first, and one message whole.
+
+Each owner's attempts are appended to its log stream (`{prefix}:wh:{owner}:log`, about the last
+10,000), whose entry ids are time-ordered, so a page is one `XREVRANGE` from a cursor (the last
+entry id seen, exclusive) or a time range. Filters (subscription, status, event type) are
+applied while scanning, at most `MAX_SCAN` entries per page: a page may come back short with a
+cursor to go on from. The operator's view merges every owner's log.
+
+Status: `succeeded` is an attempt that got a 2xx; `failed` any other, whether or not a retry
+is still due.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import orjson
+from redis.asyncio import Redis
+
+from ..tenancy import OPERATOR
+from ..timestamps import iso
+from .keys import message_key, message_log_key, owner_log_key
+from .store import SubscriptionStore
+
+Status = Literal["succeeded", "failed"]
+
+PAGE = 200  # entries read per XREVRANGE while scanning
+MAX_SCAN = 5000  # entries scanned at most per page of results
+MESSAGE_ATTEMPTS_SHOWN = 100
+
+
+def _matches(
+    attempt: dict[str, Any], sub_id: str | None, status: Status | None, event_type: str | None
+) -> bool:
+    if sub_id is not None and attempt.get("sub_id") != sub_id:
+        return False
+    if event_type is not None and attempt.get("type") != event_type:
+        return False
+    return status is None or (attempt.get("result") == "delivered") == (status == "succeeded")
+
+
+class MessageLog:
+    """Reads the attempts and messages of one owner (or, for the operator, of everyone)."""
+
+    def __init__(self, redis: Redis, prefix: str, store: SubscriptionStore) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.store = store
+
+    async def owners(self) -> list[str]:
+        """Every owner that has (or had) a subscription."""
+        subs = await self.store.snapshot()
+        return sorted({s.owner for s in subs} | {OPERATOR})
+
+    async def _scan(
+        self,
+        owner: str,
+        *,
+        sub_id: str | None,
+        status: Status | None,
+        event_type: str | None,
+        since_ms: int | None,
+        until_ms: int | None,
+        cursor: str | None,
+        limit: int,
+    ) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
+        key = owner_log_key(self.prefix, owner)
+        end = f"({cursor}" if cursor else (str(until_ms) if until_ms is not None else "+")
+        start = str(since_ms) if since_ms is not None else "-"
+        found: list[tuple[str, dict[str, Any]]] = []
+        scanned = 0
+        while len(found) < limit and scanned < MAX_SCAN:
+            rows = await self.redis.xrevrange(key, end, start, count=PAGE)
+            if not rows:
+                return found, None
+            for raw_id, fields in rows:
+                entry_id = raw_id.decode()
+                scanned += 1
+                end = f"({entry_id}"
+                try:
+                    attempt = orjson.loads(fields[b"a"])
+                except (KeyError, orjson.JSONDecodeError):
+                    continue
+                if _matches(attempt, sub_id, status, event_type):
+                    found.append((entry_id, attempt))
+                    if len(found) >= limit:
+                        return found, entry_id
+            if len(rows) < PAGE:
+                return found, None
+        return found, end.removeprefix("(")
+
+    async def attempts(
+        self,
+        owner: str | None,
+        *,
+        sub_id: str | None = None,
+        status: Status | None = None,
+        event_type: str | None = None,
+        since_ms: int | None = None,
+        until_ms: int | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of attempts, newest first, and the cursor of the next page (None: no more).
+        `owner` None is the operator's view: every owner's attempts, merged."""
+        owners = [owner] if owner is not None else await self.owners()
+        pages = []
+        for one in owners:
+            found, more = await self._scan(
+                one,
+                sub_id=sub_id,
+                status=status,
+                event_type=event_type,
+                since_ms=since_ms,
+                until_ms=until_ms,
+                cursor=cursor,
+                limit=limit,
+            )
+            pages.append((found, more))
+        merged = sorted(
+            (item for found, _ in pages for item in found),
+            key=lambda item: tuple(int(p) for p in item[0].split("-")),
+            reverse=True,
+        )[:limit]
+        unread = [more for _, more in pages if more is not None]
+        if len(merged) >= limit:
+            next_cursor: str | None = merged[-1][0]
+        elif unread:  # a scan stopped at its bound: go on from the newest place one stopped
+            next_cursor = max(unread, key=lambda c: tuple(int(p) for p in c.split("-")))
+        else:
+            next_cursor = None
+        return [attempt for _, attempt in merged], next_cursor
+
+    async def _owner_of(self, message_id: str) -> str | None:
+        owners = await self.owners()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for one in owners:
+                pipe.exists(message_key(self.prefix, one, message_id))
+            found = await pipe.execute()
+        return next((o for o, hit in zip(owners, found, strict=True) if hit), None)
+
+    async def message(self, owner: str | None, message_id: str) -> dict[str, Any] | None:
+        """One message with its payload, its last webhook headers and every attempt (newest
+        first); None when it is missing (or another owner's)."""
+        if owner is None:
+            owner = await self._owner_of(message_id)
+            if owner is None:
+                return None
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(message_key(self.prefix, owner, message_id))
+            pipe.lrange(message_log_key(self.prefix, owner, message_id), 0, -1)
+            raw, log = await pipe.execute()
+        if not raw:
+            return None
+        msg = {k.decode(): v for k, v in raw.items()}
+        attempts = []
+        for line in log[:MESSAGE_ATTEMPTS_SHOWN]:
+            try:
+                attempts.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                continue
+        try:
+            payload = orjson.loads(msg.get("body", b"null"))
+        except orjson.JSONDecodeError:
+            payload = msg.get("body", b"").decode("utf-8", "replace")
+        headers = orjson.loads(msg["headers"]) if msg.get("headers") else {}
+        return {
+            "message_id": message_id,
+            "sub_id": msg.get("sub", b"").decode(),
+            "type": msg.get("type", b"").decode(),
+            "created_at": iso(int(msg.get("created_ms") or 0) / 1000),
+            "state": msg.get("state", b"").decode(),
+            "trigger": msg.get("trigger", b"").decode(),
+            "attempts_made": int(msg.get("attempts") or 0),
+            "payload": payload,
+            "headers": headers,
+            "attempts": attempts,
+        }
+
+    async def failed_since(self, owner: str, sub_id: str, since_ms: int) -> list[str]:
+        """Ids of the subscription's messages attempted since `since_ms` whose last attempt
+        failed and that have no retry due (what "recover" redelivers), oldest first."""
+        ids: dict[str, None] = {}
+        cursor: str | None = None
+        while True:
+            found, cursor = await self._scan(
+                owner,
+                sub_id=sub_id,
+                status=None,
+                event_type=None,
+                since_ms=since_ms,
+                until_ms=None,
+                cursor=cursor,
+                limit=MAX_SCAN,
+            )
+            for _, attempt in found:
+                ids.setdefault(str(attempt["message_id"]), None)
+            if cursor is None:
+                break
+        candidates = list(reversed(ids))
+        if not candidates:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for mid in candidates:
+                pipe.hget(message_key(self.prefix, owner, mid), "state")
+            states = await pipe.execute()
+        return [mid for mid, st in zip(candidates, states, strict=True) if st == b"failed"]
