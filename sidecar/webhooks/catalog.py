@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from ..config import Settings
 from .bodies import TEST_EVENT
-from .log_view import MessageLogReader
+from .messages import MessageLog
 
 MAX_DEPTH = 8
 MAX_ITEMS = 50
@@ -92,7 +92,7 @@ def declared_types(settings: Settings) -> list[dict[str, Any]]:
     return out
 
 
-async def observed_data(log: MessageLogReader, owner: str | None, event_type: str) -> Any:
+async def observed_data(log: MessageLog, owner: str | None, event_type: str) -> Any:
     """The caller's last real payload's `data` of this type, elided; None when there is none."""
     attempts, _ = await log.attempts(owner, event_type=event_type, limit=LOOK_BACK)
     for attempt in attempts:
@@ -105,9 +105,7 @@ async def observed_data(log: MessageLogReader, owner: str | None, event_type: st
     return None
 
 
-async def catalog(
-    settings: Settings, log: MessageLogReader, owner: str | None
-) -> list[dict[str, Any]]:
+async def catalog(settings: Settings, log: MessageLog, owner: str | None) -> list[dict[str, Any]]:
     """The catalog as the API shows it to `owner` (None: the operator)."""
     out = []
     for item in declared_types(settings):

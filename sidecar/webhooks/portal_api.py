@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -32,7 +33,6 @@ from .api import ID_RE, caller_of, is_operator, json_response, subscription_of, 
 from .bodies import invalid, read_body
 from .catalog import catalog
 from .keys import message_key
-from .log_view import BadCursor, message_log
 from .openapi import openapi_document
 from .portal_auth import current_session, sessions_of
 from .portal_bodies import MessagesQuery, PortalSessionCreate, Recover, SignIn, ms, read_query
@@ -52,6 +52,30 @@ from .views import (
 logger = logging.getLogger(__name__)
 
 STATS_WINDOW = 100
+MAX_RECOVER = 1000  # messages one recover call queues at most
+BRIEF = (
+    "message_id",
+    "sub_id",
+    "type",
+    "attempt",
+    "time",
+    "error",
+    "duration_ms",
+    "trigger",
+    "result",
+)
+
+
+def attempt_view(attempt: dict[str, Any], whole: bool = False) -> dict[str, Any]:
+    """An attempt of the message log as the API shows it (`status`: the receiver's HTTP status);
+    `whole` adds what the receiver answered."""
+    out = {k: attempt.get(k) for k in BRIEF}
+    out["status"] = attempt.get("response_status")
+    if whole:
+        out["response_excerpt"] = attempt.get("response_excerpt")
+        out["error_detail"] = attempt.get("error_detail")
+        out["next_attempt_at"] = attempt.get("next_attempt_at")
+    return out
 
 
 def answer(model: BaseModel, status: int = 200) -> web.Response:
@@ -185,7 +209,7 @@ async def event_types(request: web.Request) -> web.Response:
     runtime = webhooks_of(request)
     caller = await caller_of(request)
     settings = request.app[PROXY_APP][RUNTIME].settings
-    items = await catalog(settings, message_log(runtime), owner_scope(caller))
+    items = await catalog(settings, runtime.messages, owner_scope(caller))
     return answer(EventTypeList.model_validate({"event_types": items}))
 
 
@@ -199,19 +223,17 @@ async def list_messages(request: web.Request) -> web.Response:
         sub = await runtime.store.get_for(query.subscription, caller)
         if sub is None:
             raise NotFound(f"no subscription {query.subscription!r}")
-    try:
-        attempts, next_cursor = await message_log(runtime).attempts(
-            owner,
-            sub_id=query.subscription,
-            status=query.status,
-            event_type=query.event_type,
-            since_ms=ms(query.since),
-            until_ms=ms(query.until),
-            cursor=query.cursor,
-            limit=query.limit,
-        )
-    except BadCursor:
-        raise invalid(["cursor: not a cursor of this log (use next_cursor as given)"]) from None
+    attempts, next_cursor = await runtime.messages.attempts(
+        owner,
+        sub_id=query.subscription,
+        status=query.status,
+        event_type=query.event_type,
+        since_ms=ms(query.since),
+        until_ms=ms(query.until),
+        cursor=query.cursor,
+        limit=query.limit,
+    )
+    attempts = [attempt_view(a) for a in attempts]
     return answer(AttemptsPage.model_validate({"attempts": attempts, "next_cursor": next_cursor}))
 
 
@@ -222,9 +244,10 @@ async def get_message(request: web.Request) -> web.Response:
     message_id = request.match_info["message_id"]
     found = None
     if ID_RE.match(message_id):
-        found = await message_log(runtime).message(owner_scope(caller), message_id)
+        found = await runtime.messages.message(owner_scope(caller), message_id)
     if found is None:
         raise NotFound(f"no message {message_id!r}")
+    found["attempts"] = [attempt_view(a, whole=True) for a in found["attempts"]]
     return answer(MessageDetail.model_validate(found))
 
 
@@ -257,7 +280,7 @@ async def subscription_stats(request: web.Request) -> web.Response:
     runtime = webhooks_of(request)
     caller = await caller_of(request)
     sub = await subscription_of(request, runtime, caller)
-    attempts, _ = await message_log(runtime).attempts(
+    attempts, _ = await runtime.messages.attempts(
         owner_scope(caller), sub_id=sub.id, limit=STATS_WINDOW
     )
     succeeded = sum(1 for a in attempts if a.get("result") == "delivered")
@@ -285,19 +308,19 @@ async def recover(request: web.Request) -> web.Response:
         raise Conflict(f"subscription {sub.id!r} is disabled; enable it to recover")
     since_ms = ms(body.since)
     assert since_ms is not None
-    ids = await message_log(runtime).failed_since(sub.owner, sub.id, since_ms)
+    ids = (await runtime.messages.failed_since(sub.owner, sub.id, since_ms))[:MAX_RECOVER]
     queued: list[str] = []
     if ids:
         async with runtime.redis.pipeline(transaction=False) as pipe:
             for message_id in ids:
-                pipe.hget(message_key(runtime.prefix, message_id), "attempts")
+                pipe.hget(message_key(runtime.prefix, sub.owner, message_id), "attempts")
             counts = await pipe.execute()
         for message_id, count in zip(ids, counts, strict=True):
             if count is None:  # expired meanwhile
                 continue
-            await runtime.redis.hset(message_key(runtime.prefix, message_id), "state", "queued")  # type: ignore[misc]
-            await runtime.outbox.requeue(message_id, int(count) + 1, "recover")
-            queued.append(message_id)
+            attempt = int(count) + 1
+            if await runtime.outbox.requeue(sub.owner, sub.id, message_id, attempt, "recover"):
+                queued.append(message_id)
     logger.info(
         "webhook messages recovered",
         extra={"sub": sub.id, "owner": sub.owner, "by": caller, "count": len(queued)},

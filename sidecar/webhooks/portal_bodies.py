@@ -21,7 +21,6 @@ from .sessions import DEFAULT_TTL_S, MAX_TTL_S, MIN_TTL_S
 ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
 TENANT_PATTERN = r"^(operator|t_[0-9a-f]{40})$"
 MAX_CREDENTIAL_CHARS = 4096
-MAX_CURSOR_CHARS = 512
 LIMIT_DEFAULT, LIMIT_MAX = 50, 200
 
 
@@ -126,7 +125,9 @@ class MessagesQuery(Query):
     since: datetime | None = Field(None, description="Attempts at or after (ISO 8601).")
     until: datetime | None = Field(None, description="Attempts before (ISO 8601).")
     cursor: str | None = Field(
-        None, max_length=MAX_CURSOR_CHARS, description="`next_cursor` of the previous page."
+        None,
+        pattern=r"^[0-9]{1,20}-[0-9]{1,20}$",
+        description="`next_cursor` of the previous page.",
     )
     limit: int = Field(LIMIT_DEFAULT, ge=1, le=LIMIT_MAX, description="Page size. Default 50.")
 

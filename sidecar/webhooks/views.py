@@ -187,16 +187,20 @@ class MessageAttempt(LogAttempt):
 
     response_excerpt: str | None = None
     error_detail: str | None = None
+    next_attempt_at: str | None = Field(None, description="When the next attempt is due.")
 
 
 class MessageDetail(View):
-    """One message: its payload, its webhook headers and every attempt (oldest first)."""
+    """One message: its payload, its webhook headers and its attempts (newest first, the last
+    100)."""
 
     message_id: str
     sub_id: str
     type: str
     created_at: str
-    state: str
+    state: str = Field(..., description="queued, scheduled, delivered, failed or skipped.")
+    trigger: str | None = Field(None, description="What made it: scheduled (a completion) or test.")
+    attempts_made: int | None = None
     payload: Any = Field(..., description="The JSON body as sent.")
     headers: dict[str, str | None] = Field(
         ..., description="webhook-id, webhook-timestamp, webhook-signature of the last attempt."

@@ -469,8 +469,8 @@ async def test_the_message_log_lists_attempts_newest_first_with_filters(
         ("limit=201", "limit: Input should be less than or equal to 200"),
         ("limit=ten", "limit: Input should be a valid integer"),
         ("since=yesterday", "since: Input should be a valid datetime"),
-        ("cursor=bm9wZQ", "cursor: not a cursor of this log"),
-        ("cursor=" + "x" * 513, "cursor: String should have at most 512 characters"),
+        ("cursor=bm9wZQ", "cursor: String should match pattern"),
+        ("cursor=1-" + "1" * 21, "cursor: String should match pattern"),
         ("subscription=a/b", "subscription: String should match pattern"),
     ],
 )
@@ -502,11 +502,13 @@ async def test_one_message_has_its_payload_headers_and_attempts(
     assert message["payload"] == orjson.loads(receiver.got[0][1])
     assert message["payload"]["data"] == {"n": 7}
     assert message["headers"]["webhook-id"] == message_id
-    assert [a["attempt"] for a in message["attempts"]] == [1, 2]
+    assert [a["attempt"] for a in message["attempts"]] == [2, 1]  # newest first
     assert all(
         a["status"] == 503 and a["response_excerpt"] == "answer 503" for a in message["attempts"]
     )
-    assert message["attempts"][1]["result"] == "dead"
+    assert message["attempts"][0]["result"] == "dead"
+    assert message["headers"]["webhook-timestamp"] == receiver.got[-1][0]["webhook-timestamp"]
+    assert message["headers"]["webhook-signature"] == receiver.got[-1][0]["webhook-signature"]
     assert message["state"] == "failed"
     # Another client's message, or none: 404 alike.
     for headers, mid in ((B, message_id), (A, "msg_missing"), (A, "bad/id")):
@@ -638,7 +640,10 @@ async def test_the_catalog_lists_every_type_with_an_example(
             "data": {"reason": "taken", "tries": 3, "ok": False, "tags": ["a", "b"], "who": None},
         }
     )
-    await runtime.outbox.enqueue("msg_realfailure01", sub["id"], "user.creation_failed", body)
+    owner = (await runtime.store.get(sub["id"])).owner  # type: ignore[union-attr]
+    await runtime.outbox.enqueue(
+        "msg_realfailure01", owner, sub["id"], "user.creation_failed", body
+    )
     await admin.attempts_until(A, lambda a: len(a) == 1)
     observed = {
         t["type"]: t for t in (await admin.call("GET", "/event-types", A)).body["event_types"]
