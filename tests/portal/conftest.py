@@ -78,6 +78,17 @@ class Receiver:
     got: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     status: int = 200
     url: str = ""
+    arrived: threading.Condition = field(default_factory=threading.Condition)
+
+    def record(self, headers: dict[str, str], body: bytes) -> None:
+        with self.arrived:
+            self.got.append((headers, body))
+            self.arrived.notify_all()
+
+    def wait_for(self, count: int, timeout_s: float = 5.0) -> None:
+        """Block until the receiver has had `count` deliveries (it runs in the server thread)."""
+        with self.arrived:
+            assert self.arrived.wait_for(lambda: len(self.got) >= count, timeout_s), self.got
 
 
 @dataclass
@@ -206,7 +217,7 @@ def receiver_app(receiver: Receiver) -> web.Application:
     app = web.Application()
 
     async def hook(request: web.Request) -> web.Response:
-        receiver.got.append((dict(request.headers), await request.read()))
+        receiver.record(dict(request.headers), await request.read())
         return web.Response(
             status=receiver.status, text="thanks" if receiver.status < 300 else "no"
         )

@@ -18,7 +18,7 @@ from playwright.sync_api import Page, expect
 
 from sidecar.config import Settings
 from sidecar.webhooks.openapi import openapi_document
-from tests.portal.conftest import OPERATOR_TOKEN, OpenPage, Portal, StartPortal
+from tests.portal.conftest import OPERATOR_TOKEN, OpenPage, StartPortal
 from tests.portal.test_openapi import documented
 
 ROOT = Path(__file__).parents[2]
@@ -297,13 +297,6 @@ def screenshot(page: Page) -> None:
         page.screenshot(path=str(SCREENSHOT))
 
 
-def wait_for_receiver(portal: Portal, count: int) -> None:
-    deadline = time.monotonic() + 5
-    while len(portal.receiver.got) < count and time.monotonic() < deadline:
-        time.sleep(0.01)  # the receiver's own record, in the server thread: nothing to await
-    assert len(portal.receiver.got) >= count
-
-
 def test_filter_the_log_by_status_and_event_type(
     start_portal: StartPortal, open_page: OpenPage
 ) -> None:
@@ -311,10 +304,10 @@ def test_filter_the_log_by_status_and_event_type(
     sub = portal.subscribe(A, description="Orders service")
     auth = {"Authorization": A}
     portal.call("POST", f"/subscriptions/{sub['id']}/test", auth, {"type": "user.created"})
-    wait_for_receiver(portal, 1)
+    portal.receiver.wait_for(1)
     status, _ = portal.call("POST", "/api/users", auth, {"username": "lin"}, base=portal.proxy_url)
     assert status == 200
-    wait_for_receiver(portal, 2)
+    portal.receiver.wait_for(2)
     portal.receiver.status = 500
     portal.call("POST", f"/subscriptions/{sub['id']}/test", auth, {"type": "webhook.test"})
     page = open_page(portal)
@@ -418,7 +411,7 @@ def test_verify_a_signature_in_the_page(start_portal: StartPortal, open_page: Op
     portal = start_portal()
     sub = portal.subscribe(A)
     portal.call("POST", f"/subscriptions/{sub['id']}/test", {"Authorization": A})
-    wait_for_receiver(portal, 1)
+    portal.receiver.wait_for(1)
     headers, body = portal.receiver.got[0]
     page = open_page(portal)
     sign_in(page)
@@ -487,6 +480,7 @@ def test_every_view_has_no_serious_accessibility_violation(
 
     def check(view: str) -> None:
         found[view] = axe_violations(page)
+        assert page.locator("h1").count() == 1, f"{view}: one h1 per view"
         overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{view}: the page is {overflow}px wider than the window"
 
