@@ -285,6 +285,7 @@ class Demo:
     env: Mapping[str, str]
     sections: str = SECTIONS
     portal: bool = False  # keep section f's subscription for the portal to show
+    kept: list[str] = field(default_factory=list)  # its URL, deleted when the portal closes
 
 
 async def run_calls(demo: Demo) -> None:
@@ -406,7 +407,8 @@ async def section_f(session: aiohttp.ClientSession, demo: Demo) -> None:
         await deliver_one(session, demo, client, f"{subscriptions}/{sub_id}", secret)
     finally:
         if demo.portal:
-            note("(the demo's subscription stays, for the portal; the next demo deletes it)")
+            note("(the demo's subscription stays while the portal is open)")
+            demo.kept.append(f"{subscriptions}/{sub_id}")
         else:
             async with session.delete(f"{subscriptions}/{sub_id}", headers=client) as resp:
                 note(f"(the demo's subscription is deleted again: DELETE -> {resp.status})")
@@ -530,6 +532,20 @@ async def show_metrics(session: aiohttp.ClientSession, admin_url: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+async def delete_kept(demo: Demo) -> None:
+    """Delete the subscriptions kept for the portal (its receiver stops with the demo)."""
+    timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for url in demo.kept:
+            try:
+                async with session.delete(
+                    url, headers={"Authorization": CLIENT_CREDENTIAL}
+                ) as resp:
+                    note(f"(the demo's subscription is deleted again: DELETE -> {resp.status})")
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                note(f"(the demo's subscription was not deleted: {exc.__class__.__name__})")
+
+
 def wait_in_portal(admin_url: str, sidecar: Child) -> None:
     """Say where the portal is and how to sign in; wait until Ctrl-C (or the sidecar exits)."""
     heading("the client portal")
@@ -644,7 +660,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         asyncio.run(run_calls(demo))
         if args.portal:
-            wait_in_portal(admin_url, sidecar)
+            try:
+                wait_in_portal(admin_url, sidecar)
+            finally:
+                asyncio.run(delete_kept(demo))
     except DemoFailed as exc:
         sys.stdout.flush()
         print(f"\ndemo failed: {exc}", file=sys.stderr)
