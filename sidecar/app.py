@@ -14,15 +14,18 @@ from prometheus_client import CollectorRegistry
 
 from . import __version__
 from .admin import create_admin_app
+from .body import expect_continue
 from .boundary import problem_middleware
 from .config import Settings
-from .connections import RedisConnections
+from .connections import RedisConnections, RedisHealth
 from .hub import CompletionHub
+from .listener import ClientGuard, GuardedAppRunner
 from .metrics import Metrics
 from .proxy import ProxyListener, proxy_handler
 from .state import (
     ADMIN_URL,
     HASHER,
+    HEALTH,
     HELD,
     HTTP,
     HUB,
@@ -59,13 +62,21 @@ async def http_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The Redis clients when `redis_url` is set; no I/O at startup, so Redis may be down."""
+    """The Redis clients and their health probe when `redis_url` is set (no metric without
+    it). Startup does not wait for Redis: the sidecar starts while it is down."""
     url = app[RUNTIME].settings.redis_url
-    app[REDIS] = RedisConnections(url) if url else None
+    if url is None:
+        app[REDIS] = app[HEALTH] = None
+        app[METRICS].registry.unregister(app[METRICS].redis_up)
+        yield
+        return
+    connections = app[REDIS] = RedisConnections(url)
+    health = app[HEALTH] = RedisHealth(connections, app[METRICS])
+    tasks = TaskSet("redis-health")
+    tasks.spawn(health.run())
     yield
-    connections = app[REDIS]
-    if connections is not None:
-        await connections.aclose()
+    await tasks.close()
+    await connections.aclose()
 
 
 async def tracking_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -102,10 +113,21 @@ async def pollers_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[POLLERS].close()
 
 
+def client_guard(app: web.Application, listener: str) -> ClientGuard:
+    """The client limits of one of the app's listeners (`proxy`, `admin`)."""
+    return ClientGuard(
+        listener,
+        app[RUNTIME].settings.clients,
+        lambda: app[RUNTIME].settings.correlation_header,
+        app[METRICS],
+    )
+
+
 async def admin_ctx(app: web.Application) -> AsyncIterator[None]:
     """Serve the admin app on its own listener."""
     host, port = split_host_port(app[RUNTIME].settings.admin_listen)
-    runner = web.AppRunner(create_admin_app(app), access_log=None)
+    admin = create_admin_app(app)
+    runner = GuardedAppRunner(admin, guard=client_guard(app, "admin"), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
@@ -136,7 +158,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app[RUNTIME].on_reload.append(lambda new: export_limits(app[METRICS], new))
     app[HELD] = HeldCalls()
     app[PUBLISHER] = NoPublisher()  # the webhooks capability replaces it when it runs
-    app.router.add_route("*", "/{tail:.*}", proxy_handler)
+    app.router.add_route("*", "/{tail:.*}", proxy_handler, expect_handler=expect_continue)
     app.cleanup_ctx.append(http_ctx)
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(tracking_ctx)

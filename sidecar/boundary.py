@@ -29,6 +29,7 @@ from redis.exceptions import RedisError
 
 from .context import CONTEXT, CallContext, RequestContext
 from .errors import InternalError, SidecarError, Unavailable, error_response
+from .listener import close_after_answer
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def problem_middleware(listener: Listener) -> Middleware:
                 error = _as_error(exc, request, context)
                 if context.response is not None and context.response.prepared:
                     return _abort(request, context)
-                response = answer_error(context, error)
+                response = answer_error(context, error, request)
             if not response.prepared:
                 response.headers[listener.correlation_header] = context.correlation_id
             context.status = response.status
@@ -118,7 +119,9 @@ def _as_error(exc: Exception, request: web.Request, context: RequestContext) -> 
     return InternalError()
 
 
-def answer_error(context: RequestContext, error: SidecarError) -> web.StreamResponse:
+def answer_error(
+    context: RequestContext, error: SidecarError, request: web.Request | None = None
+) -> web.StreamResponse:
     """The problem answer for `error`, recorded on the context. A response already started
     cannot be replaced: it is cut instead (see `_abort`)."""
     context.outcome = error.outcome
@@ -126,7 +129,12 @@ def answer_error(context: RequestContext, error: SidecarError) -> web.StreamResp
     extra: dict[str, str] = {"correlation_id": context.correlation_id}
     if isinstance(context, CallContext) and context.operation_id:
         extra["operation_id"] = context.operation_id
-    return error_response(error, **extra)
+    response = error_response(error, **extra)
+    if error.closes:
+        response.force_close()
+        if request is not None:
+            close_after_answer(request)
+    return response
 
 
 def _abort(request: web.Request, context: RequestContext) -> web.StreamResponse:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .advice import advice
 from .config import DEFAULT_CONFIG_PATH, ConfigError, Settings, json_schema, load_settings
 from .logs import setup_logging
 
@@ -70,6 +71,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{path}: OK, {len(settings.routes)} route(s); upstream {settings.upstream}")
     if settings.routes:
         print(routes_table(settings))
+    for said in advice(settings):
+        print(f"warning: {said}", file=sys.stderr)
     return 0
 
 

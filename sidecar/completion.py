@@ -23,16 +23,31 @@ class MalformedEvent(ValueError):
     """A stream entry that cannot be a completion (no id, undecodable, broken JSON)."""
 
 
+EVENT_OVERHEAD = 400  # bytes a cached event costs beyond its data and ids (objects, dict slot)
+
+
 @dataclass(frozen=True, slots=True)
 class StreamEvent:
-    """One decoded stream entry."""
+    """One decoded stream entry. Its data stays the raw bytes of the data field (validated,
+    parsed again only when used), so a cached event costs about its size, not a parsed tree."""
 
     stream: str
     entry_id: str
     correlation_id: str
     event_type: str | None
-    data: Any  # parsed JSON, or the text itself, or None when absent
+    raw: bytes | None  # the data field as sent, None when absent
     is_json: bool
+
+    @property
+    def data(self) -> Any:
+        """The data: parsed JSON, or the text itself, or None when absent."""
+        return parse_data(self.raw, self.is_json)
+
+    @property
+    def size(self) -> int:
+        """About how many bytes this event holds in memory."""
+        raw = len(self.raw) if self.raw else 0
+        return raw + len(self.correlation_id) + len(self.entry_id) + EVENT_OVERHEAD
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +60,7 @@ class Completion:
     is_json: bool
     event_type: str | None = None
     source: Literal["stream", "poll"] = "stream"
+    raw: bytes | None = None  # the data as sent (JSON text), when it came as bytes
 
     @property
     def succeeded(self) -> bool:
@@ -56,16 +72,36 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
-def decode_data(text: str | None) -> tuple[Any, bool]:
-    """(value, is_json): JSON when it parses, else the text itself (None stays None)."""
-    if text is None:
-        return None, False
+def _raw(value: bytes | str) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("utf-8")
+
+
+def parse_data(raw: bytes | None, is_json: bool) -> Any:
+    """The value of a data field: parsed JSON, or the text itself (None stays None)."""
+    if raw is None:
+        return None
+    return orjson.loads(raw) if is_json else raw.decode("utf-8", "replace")
+
+
+def check_data(raw: bytes | None) -> bool:
+    """Whether a data field is JSON; raises `MalformedEvent` for one that looks like JSON
+    (`{`, `[`) but does not parse. Other text is data too (not JSON)."""
+    if raw is None:
+        return False
     try:
-        return orjson.loads(text), True
+        orjson.loads(raw)
     except orjson.JSONDecodeError:
-        if text.lstrip()[:1] in ("{", "["):
+        if raw.lstrip()[:1] in (b"{", b"["):
             raise MalformedEvent("data is not valid JSON") from None
-        return text, False
+        return False
+    return True
+
+
+def _field(fields: Mapping[Any, Any], name: str) -> bytes | str | None:
+    value = fields.get(name)
+    if value is None:
+        value = fields.get(name.encode())
+    return value
 
 
 def decode_event(
@@ -79,14 +115,19 @@ def decode_event(
 ) -> StreamEvent:
     """Decode one entry; raise `MalformedEvent` saying why it cannot be a completion."""
     try:
-        decoded = {_text(k): _text(v) for k, v in fields.items()}
+        cid = _field(fields, id_field)
+        correlation_id = _text(cid) if cid is not None else ""
+        kind = _field(fields, type_field)
+        event_type = _text(kind) if kind is not None else None
+        data = _field(fields, data_field)
+        raw = _raw(data) if data is not None else None
+        if raw is not None:
+            raw.decode("utf-8")
     except UnicodeDecodeError:
         raise MalformedEvent("fields are not UTF-8") from None
-    correlation_id = decoded.get(id_field)
     if not correlation_id:
         raise MalformedEvent(f"no {id_field!r} field")
-    data, is_json = decode_data(decoded.get(data_field))
-    return StreamEvent(stream, entry_id, correlation_id, decoded.get(type_field), data, is_json)
+    return StreamEvent(stream, entry_id, correlation_id, event_type, raw, check_data(raw))
 
 
 def decode_for(
@@ -114,4 +155,11 @@ def classify(event: StreamEvent, spec: StreamWait) -> Status | None:
 
 def to_completion(event: StreamEvent, status: Status) -> Completion:
     """The completion an event means for a route."""
-    return Completion(event.correlation_id, status, event.data, event.is_json, event.event_type)
+    return Completion(
+        event.correlation_id,
+        status,
+        event.data,
+        event.is_json,
+        event.event_type,
+        raw=event.raw,
+    )

@@ -530,6 +530,85 @@ class Log(Model):
     format: Literal["json", "text"] = "json"
 
 
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB|k|K|M|G)?\s*$")
+_SIZE_UNITS = {
+    None: 1,
+    "B": 1,
+    "KiB": 1024,
+    "MiB": 1024**2,
+    "GiB": 1024**3,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "k": 1024,
+    "K": 1024,
+    "M": 1024**2,
+    "G": 1024**3,
+}
+
+
+def parse_size(value: object) -> int:
+    """Bytes from `10MiB`, `512KiB`, `1GB` or a plain number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    if isinstance(value, str):
+        match = _SIZE_RE.match(value)
+        if match:
+            return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    raise ValueError(f"invalid size {value!r} (use 10MiB, 512KiB, 1GB or bytes)")
+
+
+ByteSize = Annotated[
+    int,
+    BeforeValidator(parse_size),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {
+                    "type": "string",
+                    "pattern": r"^\s*\d+(\.\d+)?\s*(B|KiB|MiB|GiB|KB|MB|GB|k|K|M|G)?\s*$",
+                },
+            ],
+            "description": "Size: 10MiB, 512KiB, 1GB or bytes.",
+        }
+    ),
+]
+
+
+class Clients(Model):
+    """Limits on what a client may cost: time to send a request, connections, body size."""
+
+    header_timeout: Duration = Field(
+        10.0,
+        gt=0,
+        description="The request line and headers must arrive within this, else 408 and the "
+        "connection is closed. Default 10s.",
+    )
+    body_timeout: Duration = Field(
+        30.0,
+        gt=0,
+        description="A synchronised route's whole body must arrive within this (it is read in "
+        "full before the upstream is called); on other routes, the longest pause between two "
+        "parts of a streamed body. Else 408 and the connection is closed. Default 30s.",
+    )
+    idle_timeout: Duration = Field(
+        75.0, gt=0, description="How long an idle keep-alive connection is kept. Default 75s."
+    )
+    max_connections: int = Field(
+        10_000,
+        ge=1,
+        description="Client connections per process and listener; past it new ones are closed "
+        "at once (counted, logged at most once a second). Default 10000.",
+    )
+    max_body: ByteSize = Field(
+        10 * 1024 * 1024,
+        ge=0,
+        description="Largest body of a call on a synchronised route (larger: 413). Pass-through "
+        "bodies are streamed and not limited. Default 10MiB.",
+    )
+
+
 class Proxy(Model):
     """Upstream connection behaviour."""
 
@@ -554,6 +633,12 @@ class StreamReader(Model):
     block: Duration = Field(1.0, gt=0, description="XREAD BLOCK time. Default 1s.")
     count: int = Field(500, ge=1, description="Events per XREAD.")
     recent_size: int = Field(10_000, ge=0, description="Completions cached for late waiters.")
+    recent_bytes: ByteSize = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Bytes the cached completions may hold (their data, about); the oldest "
+        "go first. Default 64MiB.",
+    )
     recent_ttl: Duration = Field(60.0, gt=0, description="How long a completion stays cached.")
 
 
@@ -632,6 +717,7 @@ class Settings(BaseSettings):
         86400.0, gt=0, description="How long a 202'd call is remembered in Redis. Default 24h."
     )
     proxy: Proxy = Field(default_factory=Proxy)
+    clients: Clients = Field(default_factory=Clients)
     stream_reader: StreamReader = Field(default_factory=StreamReader)
     log: Log = Field(default_factory=Log)
     routes: list[Route] = Field(default_factory=list, description="Ordered; first match wins.")

@@ -40,6 +40,7 @@ class CallContext(RequestContext):
     operation_id: str | None = None  # the id the completion carries, when not the correlation id
     upstream_s: float | None = None
     wait_s: float | None = None
+    client_stalled: bool = False  # the client was too slow sending its body
 
     @property
     def route_name(self) -> str:

@@ -38,6 +38,7 @@ class SidecarError(Exception):
     code = "internal-error"
     title = "Internal error"
     outcome = "rejected"
+    closes = False  # the connection is closed after the answer (its request was not read whole)
 
     def __init__(
         self,
@@ -71,7 +72,7 @@ class NotFound(SidecarError):
 
 
 class RequestTimeout(SidecarError):
-    status, code, title = 408, "request-timeout", "Request timeout"
+    status, code, title, closes = 408, "request-timeout", "Request timeout", True
 
 
 class Conflict(SidecarError):
@@ -79,11 +80,11 @@ class Conflict(SidecarError):
 
 
 class PayloadTooLarge(SidecarError):
-    status, code, title = 413, "payload-too-large", "Payload too large"
+    status, code, title, closes = 413, "payload-too-large", "Payload too large", True
 
 
 class ExpectationFailed(SidecarError):
-    status, code, title = 417, "expectation-failed", "Expectation failed"
+    status, code, title, closes = 417, "expectation-failed", "Expectation failed", True
 
 
 class Unprocessable(SidecarError):

@@ -28,6 +28,10 @@ HOP_BY_HOP = frozenset(
     )
 )
 
+# Answered by the sidecar itself, never passed on: an upstream that does not send `100
+# Continue` would otherwise hold the call until its read timeout.
+NOT_FORWARDED = frozenset({"expect"})
+
 _CORRELATION_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -38,8 +42,10 @@ def correlation_id(supplied: str | None) -> str:
     return str(uuid.uuid4())
 
 
-def end_to_end(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """A copy without hop-by-hop headers, nor those the `Connection` header names."""
+def end_to_end(
+    headers: Mapping[str, str] | CIMultiDictProxy[str], also: frozenset[str] = frozenset()
+) -> CIMultiDict[str]:
+    """A copy without hop-by-hop headers, those the `Connection` header names, nor `also`."""
     named = {
         token.strip().lower()
         for value in (
@@ -50,7 +56,7 @@ def end_to_end(headers: Mapping[str, str] | CIMultiDictProxy[str]) -> CIMultiDic
         for token in value.split(",")
         if token.strip()
     }
-    drop = HOP_BY_HOP | named
+    drop = HOP_BY_HOP | named | also
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 
@@ -65,7 +71,7 @@ def upstream_request_headers(
     correlation: str,
 ) -> CIMultiDict[str]:
     """Headers to send upstream: end-to-end ones, X-Forwarded-*, the correlation id."""
-    headers = end_to_end(client_headers)
+    headers = end_to_end(client_headers, NOT_FORWARDED)
     headers.popall("Host", None)
     if not trust_forwarded:
         for name in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded"):
@@ -112,14 +118,54 @@ def upstream_location(value: str, upstream: URL) -> URL:
     return url if url.is_absolute() else upstream.join(url)
 
 
+URL_HEADERS = ("Location", "Content-Location")
+
+
+def encodable(value: str) -> bool:
+    """True when a header value can be sent as it came (it was valid UTF-8)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def percent_encoded(value: str) -> str:
+    """A URL header value whose raw bytes were not UTF-8, with those bytes percent-encoded."""
+    raw = value.encode("utf-8", "surrogateescape")
+    return "".join(chr(b) if b < 0x80 else f"%{b:02X}" for b in raw)
+
+
+def usable_location(value: str) -> bool:
+    """True when a `Location` is valid UTF-8 and parses as a URL reference."""
+    if not encodable(value) or any(c in value for c in "\r\n\x00"):
+        return False
+    try:
+        url = URL(value, encoded=True)
+        _ = url.origin() if url.is_absolute() else url.raw_path
+    except ValueError:
+        return False
+    return True
+
+
 def response_headers(
     upstream_headers: CIMultiDictProxy[str], *, upstream: URL, origin: str, skip: Iterable[str] = ()
 ) -> CIMultiDict[str]:
-    """Headers to relay to the client: end-to-end ones with Location/Content-Location rewritten."""
+    """Headers to relay to the client: end-to-end ones with Location/Content-Location rewritten.
+
+    A value that was not valid UTF-8 cannot be sent again byte for byte: a URL header gets its
+    raw bytes percent-encoded, any other such header is left out.
+    """
     headers = end_to_end(upstream_headers)
     for name in skip:
         headers.popall(name, None)
-    for name in ("Location", "Content-Location"):
+    if not all(encodable(v) for v in headers.values()):
+        headers = CIMultiDict(
+            (k, v if encodable(v) else percent_encoded(v))
+            for k, v in headers.items()
+            if encodable(v) or k.title() in URL_HEADERS
+        )
+    for name in URL_HEADERS:
         if name in headers:
             headers[name] = rewrite_location(headers[name], upstream, origin)
     return headers

@@ -27,15 +27,16 @@ from redis.exceptions import RedisError
 
 from .completion import Completion, MalformedEvent, StreamEvent, classify, decode_for, to_completion
 from .config import Settings, StreamWait
-from .connections import RedisConnections
+from .connections import Backoff, RedisConnections
+from .logs import Every
 from .metrics import Metrics
 from .tasks import cancelling, checkpoint
 
 logger = logging.getLogger(__name__)
 
 EVENTS_PER_ID = 4  # cached events per correlation id (progress events may precede the final one)
-BACKOFF_INITIAL_S = 0.05
-BACKOFF_MAX_S = 2.0
+BACKOFF_INITIAL_S = 0.1
+BACKOFF_MAX_S = 5.0
 
 
 def entry_age_s(entry_id: str) -> float:
@@ -66,6 +67,37 @@ class Waiter:
             return False
         self.future.set_result(to_completion(event, status))
         return True
+
+
+SUSPECT_WINDOW_S = 60.0  # what a misconfiguration diagnosis looks back on
+SUSPECT_UNMATCHED = 3  # events of a route's types for nobody, within the window
+
+
+@dataclass(slots=True)
+class StreamWatch:
+    """What one stream's events did lately: the clue to a route that waits on the wrong id."""
+
+    matched_at: float = -SUSPECT_WINDOW_S  # when an event last woke a waiter (monotonic)
+    window_start: float = 0.0
+    unmatched: int = 0  # events of a route's types nobody waited for, since window_start
+    example: str = ""  # the id one of them carried
+
+    def saw(self, result: str, correlation_id: str, now: float) -> None:
+        """Note one dispatched event."""
+        if result == "matched":
+            self.matched_at = now
+        elif result == "unmatched":
+            if now - self.window_start > SUSPECT_WINDOW_S:
+                self.window_start, self.unmatched = now, 0
+            self.unmatched += 1
+            self.example = correlation_id
+
+    def suspect(self, now: float) -> str | None:
+        """An id carried by events nobody waits for, when no event woke anyone for a while
+        but several went unmatched: calls probably wait on other ids than the events carry."""
+        recent = now - self.window_start <= SUSPECT_WINDOW_S
+        quiet = now - self.matched_at > SUSPECT_WINDOW_S
+        return self.example if recent and quiet and self.unmatched >= SUSPECT_UNMATCHED else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,12 +133,17 @@ class CompletionHub:
         self.block_ms = int(settings.stream_reader.block * 1000)
         self.count = settings.stream_reader.count
         self.recent_size = settings.stream_reader.recent_size
+        self.recent_bytes = settings.stream_reader.recent_bytes
         self.recent_ttl_s = settings.stream_reader.recent_ttl
+        self._recent_held = 0  # bytes the cached events hold
         self._decoders = decoders_for(settings)
         self._last_ids: dict[str, str] = {}
         self._waiters: dict[tuple[str, str], list[Waiter]] = {}
         self._recent: OrderedDict[tuple[str, str], tuple[float, list[StreamEvent]]] = OrderedDict()
+        self._watch: dict[str, StreamWatch] = {}
+        self._said: dict[str, Every] = {}
         self.connected = asyncio.Event()
+        self._said_down = False
         self._changed = asyncio.Event()
 
     # -- configuration ---------------------------------------------------------------------
@@ -174,24 +211,46 @@ class CompletionHub:
             for waiter in self._waiters.get((stream, event.correlation_id), ()):
                 woke = waiter.offer(event) or woke
             result = "matched" if woke else ("unmatched" if result != "matched" else result)
+            watch = self._watch.get(stream) or self._watch.setdefault(stream, StreamWatch())
+            watch.saw(result, event.correlation_id, time.monotonic())
         return result
 
+    def said(self, route: str) -> Every:
+        """The once-a-minute gate of a route's diagnosis line."""
+        return self._said.setdefault(route, Every(SUSPECT_WINDOW_S))
+
+    def suspect(self, stream: str) -> str | None:
+        """An example id of the events on `stream` nobody waits for, when calls on it likely
+        wait on other ids (see `StreamWatch.suspect`)."""
+        watch = self._watch.get(stream)
+        return watch.suspect(time.monotonic()) if watch else None
+
     def _remember(self, event: StreamEvent) -> None:
-        if self.recent_size <= 0:
+        if self.recent_size <= 0 or event.size > self.recent_bytes:
             return
         key = (event.stream, event.correlation_id)
         now = time.monotonic()
         entry = self._recent.pop(key, None)
-        events = [*(entry[1] if entry else [])[-(EVENTS_PER_ID - 1) :], event]
-        self._recent[key] = (now + self.recent_ttl_s, events)
-        while len(self._recent) > self.recent_size:
-            self._recent.popitem(last=False)
-        # Expired entries sit at the front (insertion order == expiry order).
+        kept = (entry[1] if entry else [])[-(EVENTS_PER_ID - 1) :]
+        if entry:
+            self._recent_held -= sum(e.size for e in entry[1]) - sum(e.size for e in kept)
+        self._recent[key] = (now + self.recent_ttl_s, [*kept, event])
+        self._recent_held += event.size
+        # Oldest first: past the count or the bytes, and whatever expired (insertion order is
+        # expiry order).
         while self._recent:
-            first = next(iter(self._recent.values()))
-            if first[0] > now:
+            expiry, events = next(iter(self._recent.values()))
+            over = len(self._recent) > self.recent_size or self._recent_held > self.recent_bytes
+            if not over and expiry > now:
                 break
             self._recent.popitem(last=False)
+            self._recent_held -= sum(e.size for e in events)
+        self.metrics.recent_bytes.set(self._recent_held)
+
+    @property
+    def recent_held(self) -> int:
+        """Bytes held by the recent-event cache."""
+        return self._recent_held
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -204,54 +263,63 @@ class CompletionHub:
             self._last_ids[stream] = last[0][0].decode() if last else "0-0"
 
     async def run(self) -> None:
-        """Read forever; reconnect with backoff on any Redis error. Cancel to stop."""
-        backoff = BACKOFF_INITIAL_S
+        """Read forever; reconnect with backoff on any Redis error. Cancel to stop.
+
+        "Connected" is said (and logged, once) only after a round trip succeeded; a lost
+        connection is logged once, not at every attempt to get it back."""
+        backoff = Backoff(BACKOFF_INITIAL_S, BACKOFF_MAX_S)
         while True:
             checkpoint()
             client = self.connections.reader(self.block_ms / 1000, "sidecar-completions")
             try:
+                await client.ping()
                 while True:
                     checkpoint()
                     streams = self.streams
                     if not streams:
-                        self.connected.set()
-                        self.metrics.redis_up.set(1)
+                        self._mark_connected(streams)
                         self._changed.clear()
                         await self._changed.wait()
                         continue
                     await self._resolve_start_ids(client, streams)
-                    if not self.connected.is_set():
-                        logger.info("completion reader connected", extra={"streams": streams})
-                    self.connected.set()
-                    self.metrics.redis_up.set(1)
-                    backoff = BACKOFF_INITIAL_S
+                    self._mark_connected(streams)
+                    backoff.reset()
                     reply = await client.xread(
                         {s: self._last_ids[s] for s in streams},
                         count=self.count,
                         block=self.block_ms,
                     )
-                    lagging: dict[str, float] = dict.fromkeys(streams, 0.0)
-                    for raw_stream, entries in reply or ():
-                        stream = raw_stream.decode()
-                        for raw_id, fields in entries:
-                            entry_id = raw_id.decode()
-                            self._last_ids[stream] = entry_id
-                            result = self.dispatch(stream, entry_id, fields)
-                            self.metrics.stream_events.labels(stream, result).inc()
-                        if entries:
-                            lagging[stream] = entry_age_s(self._last_ids[stream])
-                    for stream, lag in lagging.items():
-                        self.metrics.stream_lag.labels(stream).set(lag)
+                    self._handle(streams, reply)
             except (RedisError, OSError) as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc
+                if self.connected.is_set() or not self._said_down:
+                    logger.warning(
+                        "completion reader lost Redis; reconnecting quietly",
+                        extra={"error": f"{exc.__class__.__name__}: {exc}"},
+                    )
+                    self._said_down = True
                 self.connected.clear()
-                self.metrics.redis_up.set(0)
-                logger.warning(
-                    "completion reader lost Redis; reconnecting",
-                    extra={"error": f"{exc.__class__.__name__}: {exc}", "retry_in_s": backoff},
-                )
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
+                await asyncio.sleep(backoff.next())
             finally:
                 await client.aclose()
+
+    def _mark_connected(self, streams: list[str]) -> None:
+        if not self.connected.is_set():
+            logger.info("completion reader connected", extra={"streams": streams})
+            self._said_down = False
+        self.connected.set()
+
+    def _handle(self, streams: list[str], reply: Any) -> None:
+        lagging: dict[str, float] = dict.fromkeys(streams, 0.0)
+        for raw_stream, entries in reply or ():
+            stream = raw_stream.decode()
+            for raw_id, fields in entries:
+                entry_id = raw_id.decode()
+                self._last_ids[stream] = entry_id
+                result = self.dispatch(stream, entry_id, fields)
+                self.metrics.stream_events.labels(stream, result).inc()
+            if entries:
+                lagging[stream] = entry_age_s(self._last_ids[stream])
+        for stream, lag in lagging.items():
+            self.metrics.stream_lag.labels(stream).set(lag)

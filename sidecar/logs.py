@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -53,6 +54,31 @@ class TextFormatter(logging.Formatter):
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return text
+
+
+class Every:
+    """Lets something happen at most once every `interval_s`: a log line that would otherwise
+    repeat for every call while a dependency is down. `skipped` counts what it held back since
+    it last said yes."""
+
+    def __init__(self, interval_s: float = 1.0) -> None:
+        self.interval_s = interval_s
+        self._last = -interval_s
+        self.skipped = 0
+
+    def ready(self) -> bool:
+        """True at most once per interval (and then `skipped` restarts from 0 after use)."""
+        now = time.monotonic()
+        if now - self._last >= self.interval_s:
+            self._last = now
+            return True
+        self.skipped += 1
+        return False
+
+    def take_skipped(self) -> int:
+        """How many were held back since the last line, and start counting anew."""
+        skipped, self.skipped = self.skipped, 0
+        return skipped
 
 
 def setup_logging(level: str = "info", fmt: str = "json") -> None:

@@ -53,6 +53,32 @@ class Metrics:
             ["listener"],
             registry=r,
         )
+        self.client_connections = Gauge(
+            "sidecar_client_connections",
+            "Client connections open now, by listener (proxy, admin).",
+            ["listener"],
+            registry=r,
+        )
+        self.client_refused = Counter(
+            "sidecar_client_connections_refused",
+            "Client connections closed at once because clients.max_connections were open, "
+            "by listener.",
+            ["listener"],
+            registry=r,
+        )
+        self.client_timeouts = Counter(
+            "sidecar_client_timeouts",
+            "Clients too slow to send their request, by listener and phase (idle: nothing "
+            "sent; headers; body), answered 408 (idle: closed) and disconnected.",
+            ["listener", "phase"],
+            registry=r,
+        )
+        self.malformed_requests = Counter(
+            "sidecar_malformed_requests",
+            "Requests that could not be parsed (answered 400 problem+json), by listener.",
+            ["listener"],
+            registry=r,
+        )
         self.in_flight = Gauge(
             "sidecar_requests_in_flight", "Requests being handled now.", registry=r
         )
@@ -73,6 +99,14 @@ class Metrics:
             "Time a synchronised call waited for its completion, by route and outcome.",
             ["route", "outcome"],
             buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.misconfigured = Counter(
+            "sidecar_route_misconfiguration_suspected",
+            "Calls that ran out of budget while their stream carried completion events for ids "
+            "no call waited on (usually a wrong correlation.source or wait.stream.id_field), "
+            "by route.",
+            ["route"],
             registry=r,
         )
         self.correlation_replaced = Counter(
@@ -108,8 +142,15 @@ class Metrics:
             ["stream"],
             registry=r,
         )
+        self.recent_bytes = Gauge(
+            "sidecar_stream_cache_bytes",
+            "Bytes held by the recent-completion cache (bounded by stream_reader.recent_bytes).",
+            registry=r,
+        )
         self.redis_up = Gauge(
-            "sidecar_redis_up", "1 when the completion reader is connected to Redis.", registry=r
+            "sidecar_redis_up",
+            "1 when Redis answers a PING (probed every second), else 0. Absent without redis_url.",
+            registry=r,
         )
         self.config_reloads = Counter(
             "sidecar_config_reloads",

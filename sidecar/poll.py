@@ -23,10 +23,12 @@ from yarl import URL
 from .completion import Completion, Status
 from .config import PollWait
 from .headers import parse_retry_after
+from .logs import Every
 from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
+_failed_log = Every()  # one line a second at most while the upstream is down
 GROWTH = 1.5  # each pending poll waits this much longer, up to max_interval
 JITTER = 0.1  # ±10 % on every delay, so synchronised clients don't poll in lockstep
 MAX_REDIRECTS = 5
@@ -151,14 +153,16 @@ async def poll_location(
             answer = await fetch(session, url, headers, remaining)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             metrics.polls.labels(route, "error").inc()
-            logger.info(
-                "poll failed; retrying",
-                extra={
-                    "route": route,
-                    "correlation_id": correlation_id,
-                    "error": f"{exc.__class__.__name__}: {exc}",
-                },
-            )
+            if _failed_log.ready():
+                logger.info(
+                    "poll failed; retrying",
+                    extra={
+                        "route": route,
+                        "correlation_id": correlation_id,
+                        "error": f"{exc.__class__.__name__}: {exc}",
+                        "since_last_line": _failed_log.take_skipped(),
+                    },
+                )
         else:
             status = judge(spec, answer)
             if status is not None:

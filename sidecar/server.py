@@ -3,29 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import resource
 import signal
 from pathlib import Path
 
 from aiohttp import web
 
-from .app import create_app, split_host_port
+from .advice import advice
+from .app import client_guard, create_app, split_host_port
 from .config import ConfigError, Settings, load_settings
+from .listener import GuardedAppRunner
+from .logs import setup_logging
 from .state import METRICS, RUNTIME
 
 logger = logging.getLogger(__name__)
 
-# Settings a reload cannot change without a restart (listeners, connections).
-RESTART_ONLY = (
-    "listen",
-    "admin_listen",
-    "redis_url",
-    "key_prefix",
-    "proxy",
-    "stream_reader",
-    "tenancy",
-    "webhooks",
-)
+# What a reload changes; every other key (listeners, connections, limits, webhooks, ...) only
+# changes on restart, and a reload that changes one says so.
+RELOADABLE = frozenset({"routes", "upstream", "log", "correlation_header"})
+
+
+def restart_only_changes(old: Settings, new: Settings) -> list[str]:
+    """The keys `new` changes that a reload cannot apply."""
+    return [
+        key
+        for key in type(new).model_fields
+        if key not in RELOADABLE and getattr(new, key) != getattr(old, key)
+    ]
 
 
 def reload_config(app: web.Application, path: Path) -> bool:
@@ -40,21 +46,58 @@ def reload_config(app: web.Application, path: Path) -> bool:
             extra={"config": str(path), "problems": error.problems},
         )
         return False
-    ignored = [k for k in RESTART_ONLY if getattr(settings, k) != getattr(runtime.settings, k)]
+    ignored = restart_only_changes(runtime.settings, settings)
     if ignored:
-        logger.warning("these keys change only on restart", extra={"keys": ignored})
+        logger.warning(
+            "config reloaded, but these keys change only on restart; still running with the "
+            "old values",
+            extra={"keys": ignored},
+        )
+        settings = settings.model_copy(update={k: getattr(runtime.settings, k) for k in ignored})
+    if settings.log != runtime.settings.log:
+        setup_logging(settings.log.level, settings.log.format)
     runtime.reload(settings)
     metrics.config_reloads.labels("ok").inc()
     logger.info("config reloaded", extra={"config": str(path), "routes": len(settings.routes)})
     return True
 
 
+FILES_PER_CONNECTION = 2  # a client socket, and often an upstream one
+SPARE_FILES = 256  # Redis, logs, the admin listener, the event loop itself
+
+
+def raise_open_files_limit(settings: Settings) -> None:
+    """Raise the soft open-files limit to the hard one, and warn when even that is too low for
+    `clients.max_connections` (past the limit accept() fails and connections are dropped)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = settings.clients.max_connections * FILES_PER_CONNECTION + SPARE_FILES
+    if soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        logger.warning(
+            "the open-files limit is below what clients.max_connections needs; lower "
+            "max_connections or raise the limit (ulimit -n)",
+            extra={
+                "limit": soft,
+                "wanted": wanted,
+                "max_connections": settings.clients.max_connections,
+            },
+        )
+
+
 async def serve(settings: Settings, config_path: Path) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight calls within `shutdown_grace`."""
+    raise_open_files_limit(settings)
+    for said in advice(settings):
+        logger.warning(said)
     app = create_app(settings)
     # aiohttp reads a shutdown_timeout of 0 as "no limit"; a grace of 0 means "don't wait".
     grace_s = max(settings.shutdown_grace, 0.001)
-    runner = web.AppRunner(app, shutdown_timeout=grace_s, access_log=None)
+    runner = GuardedAppRunner(
+        app, guard=client_guard(app, "proxy"), shutdown_timeout=grace_s, access_log=None
+    )
     # Handlers first: a signal during startup must not kill the process with its default action.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

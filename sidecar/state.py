@@ -8,7 +8,7 @@ import aiohttp
 from aiohttp import web
 
 from .config import Settings
-from .connections import RedisConnections
+from .connections import RedisConnections, RedisHealth
 from .hub import CompletionHub
 from .metrics import Metrics
 from .routing import RouteTable
@@ -39,6 +39,7 @@ RUNTIME = web.AppKey("runtime", Runtime)
 METRICS = web.AppKey("metrics", Metrics)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
 REDIS: web.AppKey[RedisConnections | None] = web.AppKey("redis")
+HEALTH: web.AppKey[RedisHealth | None] = web.AppKey("redis_health")
 ADMIN_URL = web.AppKey("admin_url", str)
 HUB: web.AppKey[CompletionHub | None] = web.AppKey("hub")
 TRACKER: web.AppKey[CallTracker | None] = web.AppKey("tracker")

@@ -10,15 +10,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from yarl import URL
 
+from .body import paced
 from .config import Proxy
 from .context import CallContext
-from .errors import UpstreamTimeout, UpstreamUnreachable
+from .errors import BadRequest, RequestTimeout, SidecarError, UpstreamTimeout, UpstreamUnreachable
 from .headers import response_headers, upstream_request_headers
 from .state import HTTP, RUNTIME
 
@@ -64,13 +65,54 @@ def map_client_errors(what: str = "upstream") -> Iterator[None]:
         ) from exc
 
 
+def request_target(request: web.Request) -> str:
+    """The request's raw path and query, byte for byte. An absolute-form target
+    (`GET http://host/path`) gives its path and query; any other form is a 400."""
+    raw = request.raw_path
+    if raw.startswith("/"):
+        return raw
+    try:
+        url = URL(raw, encoded=True)
+    except ValueError:
+        url = URL()
+    if url.scheme in ("http", "https") and url.host:
+        return url.raw_path_qs or "/"
+    raise BadRequest(
+        f"unsupported request target {raw[:100]!r} (use a path, or an absolute http(s) URL)"
+    )
+
+
 def upstream_url(base: URL, request: web.Request) -> URL:
     """The upstream URL: its origin (and base path) plus the request's raw path and query."""
-    return URL(str(base).rstrip("/") + request.raw_path, encoded=True)
+    return URL(str(base).rstrip("/") + request_target(request), encoded=True)
 
 
-async def open_upstream(request: web.Request, call: CallContext) -> aiohttp.ClientResponse:
-    """Send the request upstream with its body streamed; return the response (headers read)."""
+class NoInventedHeaders:
+    """A response that adds no `Content-Type` and no `Server` of its own: a relayed answer
+    carries exactly the upstream's."""
+
+    async def _prepare_headers(self) -> None:
+        headers = self._headers  # type: ignore[attr-defined]
+        had = {name for name in (hdrs.CONTENT_TYPE, hdrs.SERVER) if name in headers}
+        await super()._prepare_headers()  # type: ignore[misc]
+        for name in (hdrs.CONTENT_TYPE, hdrs.SERVER):
+            if name not in had:
+                headers.popall(name, None)
+
+
+class Relayed(NoInventedHeaders, web.StreamResponse):
+    """A streamed answer relayed from the upstream."""
+
+
+class Replayed(NoInventedHeaders, web.Response):
+    """An upstream answer replayed from memory (the fallback 202)."""
+
+
+async def open_upstream(
+    request: web.Request, call: CallContext, body: bytes | None = None
+) -> aiohttp.ClientResponse:
+    """Send the request upstream, with `body` (read already) or the client's body streamed
+    within `clients.body_timeout` per part; return the response (headers read)."""
     settings = request.app[RUNTIME].settings
     headers = upstream_request_headers(
         request.headers,
@@ -81,16 +123,22 @@ async def open_upstream(request: web.Request, call: CallContext) -> aiohttp.Clie
         correlation_header=settings.correlation_header,
         correlation=call.correlation_id,
     )
-    data = request.content if request.body_exists else None
+    data: bytes | AsyncIterator[bytes] | None = body
+    if body is None and request.body_exists:
+        data = paced(request, call, settings.clients)
+    url = upstream_url(call.upstream, request)
     started = time.perf_counter()
-    with map_client_errors():
-        response = await request.app[HTTP].request(
-            request.method,
-            upstream_url(call.upstream, request),
-            headers=headers,
-            data=data,
-            allow_redirects=False,
-        )
+    try:
+        with map_client_errors():
+            response = await request.app[HTTP].request(
+                request.method, url, headers=headers, data=data, allow_redirects=False
+            )
+    except SidecarError:
+        if call.client_stalled:  # the client's body stalled, not the upstream
+            raise RequestTimeout(
+                f"each part of the body must arrive within {settings.clients.body_timeout:g}s"
+            ) from None
+        raise
     call.upstream_s = time.perf_counter() - started
     return response
 
@@ -106,7 +154,7 @@ async def relay(
     headers[request.app[RUNTIME].settings.correlation_header] = call.correlation_id
     if extra_headers:
         headers.update(extra_headers)
-    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    response = Relayed(status=upstream.status, reason=upstream.reason, headers=headers)
     call.status = upstream.status
     await response.prepare(request)
     call.response = response

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis as redis_lib
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -254,6 +255,11 @@ def test_the_demo_shows_a_signed_webhook_arriving(redis_url: str) -> None:
     if logs and proc.returncode == 0:
         shutil.rmtree(logs.group(1), ignore_errors=True)
     assert proc.returncode == 0, f"demo failed:\n{out}\n{proc.stderr}"
+    # It ran under a prefix of its own and left nothing behind in the shared Redis.
+    prefix = re.search(r"Redis keys   (\S+):\*", out)
+    assert prefix, out
+    leftover = redis_lib.Redis.from_url(redis_url).keys(f"{prefix.group(1)}:*")
+    assert leftover == []
     assert "== (f) webhooks" in out
     assert "-> 201 Created" in out  # the subscription
     assert "Preference-Applied: respond-async" in out  # the call was answered 202 at once

@@ -373,6 +373,43 @@ async def test_sighup_with_an_invalid_file_keeps_the_running_config(
     assert sidecar.proc.returncode is None
 
 
+async def test_sighup_says_which_keys_wait_for_a_restart_and_applies_log_at_once(
+    upstream: SlowUpstream, run_sidecar: Any, http: aiohttp.ClientSession
+) -> None:
+    config = base_config(upstream.url, OLD_ROUTES)
+    sidecar: SidecarProcess = await run_sidecar(config)
+    changed = {
+        **config,
+        "routes": NEW_ROUTES,
+        "log": {"level": "warning", "format": "json"},  # reloadable
+        "clients": {"max_body": "1KiB"},  # restart only
+        "webhooks": {"timeout": "3s"},  # restart only
+    }
+    write_config(sidecar.config_path, changed)
+    sidecar.send(signal.SIGHUP)
+    line = await sidecar.wait_log(
+        lambda line: str(line.get("message", "")).startswith("config reloaded, but")
+    )
+    assert line["level"] == "warning"
+    assert line["keys"] == ["clients", "webhooks"]
+    # The new log level holds at once: an info line (a call's access line) is no longer written.
+    before = len(sidecar.logs)
+    async with http.get(f"{sidecar.proxy_url}/things/4") as resp:
+        assert resp.status == 200
+    assert await route_count(http, sidecar.admin_url, "new-name") == 1
+    assert not [x for x in sidecar.logs[before:] if x.get("logger") == "sidecar.access"]
+
+
+async def test_start_warns_about_a_config_that_is_likely_wrong(
+    upstream: SlowUpstream, run_sidecar: Any
+) -> None:
+    sync = [{"name": "jobs", "method": "POST", "path": "/jobs", "wait": {"poll": {}}}]
+    sidecar: SidecarProcess = await run_sidecar(base_config(upstream.url, sync))
+    said = [x["message"] for x in sidecar.logs if x.get("level") == "warning"]
+    assert any(m.startswith("redis_url is unset: long-polling") for m in said), said
+    assert any(m.startswith("admin_token is unset") for m in said), said
+
+
 # --------------------------------------------------------------------------------------------
 # SIGTERM
 # --------------------------------------------------------------------------------------------

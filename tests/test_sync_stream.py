@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 import uuid
@@ -456,7 +457,7 @@ async def test_redis_restart_falls_back_to_202_then_recovers(
     assert replaced == 1
     await until(lambda: not hub.connected.is_set())
     assert metric(env.client, "sidecar_fallbacks_total", route="create-user", reason="redis") == 1
-    assert metric(env.client, "sidecar_redis_up") == 0
+    await until(lambda: metric(env.client, "sidecar_redis_up") == 0)
     admin = env.client.app[ADMIN_URL]
     async with env.client.session.get(f"{admin}/readyz") as ready:
         assert ready.status == 503
@@ -487,3 +488,98 @@ async def test_metrics_show_max_waiting_and_stream_lag(make_env: EnvFactory) -> 
     await until(lambda: metric(env.client, "sidecar_stream_lag_seconds", stream=env.stream) > 25)
     await env.publish("now")  # caught up again
     await until(lambda: metric(env.client, "sidecar_stream_lag_seconds", stream=env.stream) < 5)
+
+
+async def test_the_recent_event_cache_is_bounded_in_bytes(make_env: EnvFactory) -> None:
+    env = await make_env(
+        correlation={"source": "location", "pattern": "/users/(?P<id>[^/]+)"},
+    )
+    hub = env.client.app[HUB]
+    assert hub is not None
+    hub.recent_bytes = 3 * 1024 * 1024  # as stream_reader.recent_bytes: 3MiB would say
+    big = "x" * (1024 * 1024)
+    for n in range(10):  # 10 MB of completions nobody waits for yet
+        await env.publish(f"late-{n}", OK, {"blob": big, "n": n})
+    await until(
+        lambda: (
+            metric(env.client, "sidecar_stream_events_total", stream=env.stream, result="unmatched")
+            == 10
+        )
+    )
+    assert hub.recent_held <= 3 * 1024 * 1024
+    assert metric(env.client, "sidecar_stream_cache_bytes") == hub.recent_held
+    # The newest are still there for a waiter that learns its id from the 202 just now.
+    env.hooks["handler"] = lambda request: _accepted_as("late-9")
+    resp = await post_user(env, "ignored")
+    assert resp.status == 200
+    assert (await resp.json())["n"] == 9
+
+
+async def _accepted_as(op: str) -> web.Response:
+    return web.json_response({}, status=202, headers={"Location": f"/users/{op}"})
+
+
+async def test_redis_down_is_quiet_and_honest(
+    make_env: EnvFactory, own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    env = await make_env(url=own_redis.url)
+    hub = env.client.app[HUB]
+    assert hub is not None
+    await until(lambda: metric(env.client, "sidecar_redis_up") == 1)
+    await asyncio.to_thread(own_redis.stop)
+    await until(lambda: metric(env.client, "sidecar_redis_up") == 0)
+    await until(lambda: not hub.connected.is_set())
+    caplog.clear()
+    await asyncio.sleep(2.0)  # Redis stays down: what does the sidecar say meanwhile?
+    noisy = [r for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(noisy) <= 2, [r.getMessage() for r in noisy]  # state changes only, if any
+    assert not [r for r in caplog.records if r.getMessage() == "completion reader connected"]
+    assert metric(env.client, "sidecar_redis_up") == 0  # never a false "up" meanwhile
+    await asyncio.to_thread(own_redis.start)
+    await asyncio.wait_for(hub.connected.wait(), 10)
+    await until(lambda: metric(env.client, "sidecar_redis_up") == 1)
+    back = [r.getMessage() for r in caplog.records]
+    assert back.count("completion reader connected") == 1
+    assert back.count("Redis answers") == 1
+
+
+async def test_a_route_waiting_on_the_wrong_id_is_diagnosed(
+    make_env: EnvFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The backend puts its own id in `correlation_id`, not the one the sidecar sent: no call
+    # ever wakes, and the sidecar says why it probably is so.
+    env = await make_env(budget="150ms")
+
+    async def own_ids(cid: str, request: web.Request) -> None:
+        await env.publish(f"backend-{cid}", OK, {"id": 1})
+
+    env.hooks["before_202"] = own_ids
+    for n in range(5):
+        resp = await post_user(env, f"u-wrong-{n}")
+        assert resp.status == 202
+    said = [r for r in caplog.records if "time out while its stream carries" in r.getMessage()]
+    assert len(said) == 1  # once a minute at most
+    assert said[0].levelno == logging.WARNING
+    assert said[0].route == "create-user"  # type: ignore[attr-defined]
+    assert said[0].example_id.startswith("backend-")  # type: ignore[attr-defined]
+    assert said[0].id_field == "correlation_id"  # type: ignore[attr-defined]
+    suspected = metric(
+        env.client, "sidecar_route_misconfiguration_suspected_total", route="create-user"
+    )
+    assert suspected >= 2
+
+
+async def test_no_diagnosis_while_calls_do_complete(make_env: EnvFactory) -> None:
+    env = await make_env(budget="150ms")
+
+    async def complete_some(cid: str, request: web.Request) -> None:
+        await env.publish(cid if cid.endswith("0") else f"other-{cid}", OK, {"id": 1})
+
+    env.hooks["before_202"] = complete_some
+    statuses = [(await post_user(env, f"u-{n}")).status for n in range(5)]
+    assert statuses == [200, 202, 202, 202, 202]  # another replica's events are normal too
+    assert (
+        metric(env.client, "sidecar_route_misconfiguration_suspected_total", route="create-user")
+        == 0
+    )

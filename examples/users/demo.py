@@ -34,6 +34,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -47,6 +48,7 @@ from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
+import redis
 
 from sidecar.dev.redis_server import RedisServer, RedisUnavailable, answers, free_port
 
@@ -285,7 +287,6 @@ class Demo:
     env: Mapping[str, str]
     sections: str = SECTIONS
     portal: bool = False  # keep section f's subscription for the portal to show
-    kept: list[str] = field(default_factory=list)  # its URL, deleted when the portal closes
 
 
 async def run_calls(demo: Demo) -> None:
@@ -408,7 +409,6 @@ async def section_f(session: aiohttp.ClientSession, demo: Demo) -> None:
     finally:
         if demo.portal:
             note("(the demo's subscription stays while the portal is open)")
-            demo.kept.append(f"{subscriptions}/{sub_id}")
         else:
             async with session.delete(f"{subscriptions}/{sub_id}", headers=client) as resp:
                 note(f"(the demo's subscription is deleted again: DELETE -> {resp.status})")
@@ -532,20 +532,6 @@ async def show_metrics(session: aiohttp.ClientSession, admin_url: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-async def delete_kept(demo: Demo) -> None:
-    """Delete the subscriptions kept for the portal (its receiver stops with the demo)."""
-    timeout = aiohttp.ClientTimeout(total=CALL_TIMEOUT_S)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        for url in demo.kept:
-            try:
-                async with session.delete(
-                    url, headers={"Authorization": CLIENT_CREDENTIAL}
-                ) as resp:
-                    note(f"(the demo's subscription is deleted again: DELETE -> {resp.status})")
-            except (TimeoutError, aiohttp.ClientError) as exc:
-                note(f"(the demo's subscription was not deleted: {exc.__class__.__name__})")
-
-
 def wait_in_portal(admin_url: str, sidecar: Child) -> None:
     """Say where the portal is and how to sign in; wait until Ctrl-C (or the sidecar exits)."""
     heading("the client portal")
@@ -557,6 +543,18 @@ def wait_in_portal(admin_url: str, sidecar: Child) -> None:
     except KeyboardInterrupt:
         return
     raise sidecar.died("exited while the portal was open")
+
+
+def forget(redis_url: str, prefix: str) -> None:
+    """Delete every key of this demo run from a Redis that outlives it."""
+    try:
+        client = redis.Redis.from_url(redis_url, socket_timeout=5)
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+        client.close()
+    except redis.RedisError as exc:
+        print(f"   could not delete the demo's keys ({prefix}:*): {exc}", file=sys.stderr)
 
 
 def pick_redis() -> tuple[str, RedisServer | None]:
@@ -598,6 +596,9 @@ def main(argv: list[str] | None = None) -> int:
     sidecar = Child("the sidecar", logs / "sidecar.log")
     receiver = Child("the webhook receiver", logs / "receiver.log")
     redis_server: RedisServer | None = None
+    prefix = f"demo-{secrets.token_hex(4)}"
+    redis_url: str | None = None
+    redis_server: RedisServer | None = None
     try:
         heading("starting")
         try:
@@ -615,7 +616,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"   sidecar      {sidecar_url}, admin {admin_url}  ({CONFIG.relative_to(REPO)})")
         if "f" in args.sections:
             print(f"   receiver     http://127.0.0.1:{receiver_port}  (started by section f)")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # Every key and stream of this run under a prefix of its own, deleted at the end: the
+        # demo shares a Redis with anything else on it (another demo run, a test, an app) and
+        # leaves nothing behind.
+        print(f"   Redis keys   {prefix}:*  (deleted when the demo ends)")
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "USERS_EVENTS_STREAM": f"{prefix}:users.events",
+        }
         api.start(
             [
                 sys.executable,
@@ -627,6 +636,12 @@ def main(argv: list[str] | None = None) -> int:
                 redis_url,
                 "--slow-delay",
                 "4",
+                "--prefix",
+                f"{prefix}:api",
+                "--commands-stream",
+                f"{prefix}:users.commands",
+                "--events-stream",
+                f"{prefix}:users.events",
             ],
             env,
         )
@@ -638,7 +653,7 @@ def main(argv: list[str] | None = None) -> int:
                 "SIDECAR_ADMIN_LISTEN": f"127.0.0.1:{admin_port}",
                 "SIDECAR_UPSTREAM": api_url,
                 "SIDECAR_REDIS_URL": redis_url,
-                "SIDECAR_KEY_PREFIX": "users-example-sidecar",
+                "SIDECAR_KEY_PREFIX": f"{prefix}:sidecar",
                 "SIDECAR_SHUTDOWN_GRACE": "2s",
                 # (f) delivers to a receiver on 127.0.0.1, which the webhook target policy refuses
                 # by default (SSRF). Allowed here for this local demo only, by an override rather
@@ -660,10 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         asyncio.run(run_calls(demo))
         if args.portal:
-            try:
-                wait_in_portal(admin_url, sidecar)
-            finally:
-                asyncio.run(delete_kept(demo))
+            wait_in_portal(admin_url, sidecar)
     except DemoFailed as exc:
         sys.stdout.flush()
         print(f"\ndemo failed: {exc}", file=sys.stderr)
@@ -682,6 +694,8 @@ def main(argv: list[str] | None = None) -> int:
         api.stop()
         if redis_server is not None:
             redis_server.close()
+        elif redis_url is not None:
+            forget(redis_url, prefix)
         print(f"\n   stopped everything; the logs are in {logs}")
     return 0
 

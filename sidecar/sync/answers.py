@@ -23,6 +23,7 @@ from ..config import Route
 from ..context import CallContext
 from ..errors import PROBLEM_JSON, problem_body
 from ..state import METRICS
+from ..upstream import Replayed
 
 
 @dataclass(slots=True)
@@ -58,7 +59,7 @@ def fallback(
     call.outcome, call.reason, call.status = "fallback_async", reason, accepted.status
     if route is not None:
         request.app[METRICS].fallbacks.labels(route.name, reason).inc()
-    return web.Response(
+    return Replayed(
         status=accepted.status, reason=accepted.reason, body=accepted.body, headers=headers
     )
 
@@ -68,7 +69,9 @@ def body_of(completion: Completion) -> tuple[bytes, str | None]:
     if completion.data is None:
         return b"", None
     if completion.is_json:
-        return orjson.dumps(completion.data), "application/json"
+        # The JSON text as the backend wrote it, when it came as such: nothing re-serialised.
+        body = completion.raw if completion.raw is not None else orjson.dumps(completion.data)
+        return body, "application/json"
     return str(completion.data).encode(), "text/plain; charset=utf-8"
 
 
@@ -123,4 +126,4 @@ def succeeded(
     if content_type:
         headers["Content-Type"] = content_type
     call.outcome, call.status = "sync_success", route.respond.success_status
-    return web.Response(status=call.status, body=payload, headers=headers)
+    return Replayed(status=call.status, body=payload, headers=headers)

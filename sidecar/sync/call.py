@@ -19,13 +19,21 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from ..body import read_whole
 from ..config import Route
 from ..context import CallContext
-from ..headers import end_to_end, rewrite_location, upstream_location
+from ..headers import (
+    end_to_end,
+    response_headers,
+    rewrite_location,
+    upstream_location,
+    usable_location,
+)
+from ..logs import Every
 from ..poll import json_pointer
 from ..prefer import Preferences, parse_prefer
-from ..state import HELD, HUB, METRICS
-from ..upstream import open_upstream, relay
+from ..state import HELD, HUB, METRICS, RUNTIME
+from ..upstream import Replayed, open_upstream, relay
 from .answers import Accepted, body_of, failed, fallback, succeeded
 from .identity import own_correlation_id
 from .polling import get_location, poll_outlives, start_poll
@@ -74,12 +82,14 @@ async def read_accepted(upstream: aiohttp.ClientResponse) -> tuple[bytes, bool]:
     return b"".join(chunks), True
 
 
-async def forward_command(request: web.Request, call: CallContext) -> Accepted | web.StreamResponse:
+async def forward_command(
+    request: web.Request, call: CallContext, body: bytes | None
+) -> Accepted | web.StreamResponse:
     """Forward the call; a non-202 answer is relayed (and returned), a 202 is held as `Accepted`.
 
     The upstream response object is released here, so a waiting call keeps only what it needs.
     """
-    async with await open_upstream(request, call) as upstream:
+    async with await open_upstream(request, call, body) as upstream:
         if upstream.status != 202:
             return await relay(request, call, upstream)
         body, whole = await read_accepted(upstream)
@@ -87,6 +97,15 @@ async def forward_command(request: web.Request, call: CallContext) -> Accepted |
             logger.warning("202 body too large to hold; relayed", extra={"route": call.route_name})
             return await relay(request, call, upstream)
         location = upstream.headers.get("Location")
+        if location is not None and not usable_location(location):
+            logger.warning(
+                "the 202's Location is malformed; relayed as is, not tracked",
+                extra={"route": call.route_name, "correlation_id": call.correlation_id},
+            )
+            headers = response_headers(upstream.headers, upstream=call.upstream, origin=call.origin)
+            call.outcome, call.reason, call.status = "fallback_async", "bad_location", 202
+            request.app[METRICS].fallbacks.labels(call.route_name, "bad_location").inc()
+            return Replayed(status=202, reason=upstream.reason, body=body, headers=headers)
         headers = end_to_end(upstream.headers)
         reason = upstream.reason
     upstream_loc = upstream_location(location, call.upstream) if location else None
@@ -107,6 +126,9 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
     budget, applied = preferences(route, prefs)
     deadline = loop.time() + budget
     hub = app[HUB]
+    # Read whole before anything else: a slow client costs a socket, not a held slot, an id
+    # claim or a pooled upstream connection.
+    body = await read_whole(request, call, app[RUNTIME].settings.clients)
     # The slot is taken before forwarding, so a burst cannot overshoot max_waiting.
     holding = not prefs.respond_async and app[HELD].take(route.name, route.max_waiting)
     shed = not prefs.respond_async and not holding
@@ -118,7 +140,7 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
             # Registered before forwarding: a fast backend's event cannot slip past us, and an
             # event seen before (cached) cannot be this call's.
             waits.listen(spec.stream, call.correlation_id, cached=False)
-        accepted = await forward_command(request, call)
+        accepted = await forward_command(request, call, body)
         if not isinstance(accepted, Accepted):
             return accepted
         wait_id = completion_id(route, call, accepted)
@@ -155,9 +177,33 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
         waits.close()
     if verdict is None:
         reason = "redis" if hub is not None and not hub.connected.is_set() else "budget"
+        if reason == "budget" and hub is not None and spec.stream is not None:
+            diagnose(app, route, hub.said(route.name), hub.suspect(spec.stream.key))
         await settle(track)
         return fallback(request, call, accepted, applied, reason)
     return await answer(request, call, route, accepted, verdict, applied)
+
+
+def diagnose(app: web.Application, route: Route, every: Every, example: str | None) -> None:
+    """A call that timed out while its stream carries events for ids nobody waits on: say so
+    (at most once a minute per route), since that is usually a misconfiguration."""
+    if example is None or route.wait is None or route.wait.stream is None:
+        return
+    app[METRICS].misconfigured.labels(route.name).inc()
+    if every.ready():
+        spec = route.wait.stream
+        logger.warning(
+            "calls of this route time out while its stream carries completion events for ids "
+            "no call waits on: check correlation.source and wait.stream.id_field",
+            extra={
+                "route": route.name,
+                "stream": spec.key,
+                "id_field": spec.id_field,
+                "correlation_source": route.correlation.source,
+                "example_id": example,
+                "since_last_line": every.take_skipped(),
+            },
+        )
 
 
 async def answer(

@@ -19,10 +19,12 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from ..context import CallContext
+from ..logs import Every
 from ..state import METRICS, RUNTIME, TRACKER
 
 logger = logging.getLogger(__name__)
 
+_replaced_log = Every()  # one line a second at most (the metric counts every one)
 CLAIM_TIMEOUT_S = 2.0  # longest a claim may delay a call before the sidecar mints an id
 
 
@@ -44,12 +46,14 @@ async def own_correlation_id(request: web.Request, call: CallContext) -> None:
             reason = "redis"
     call.correlation_id = str(uuid.uuid4())
     app[METRICS].correlation_replaced.labels(call.route_name, reason).inc()
-    logger.info(
-        "client correlation id not used; minted one",
-        extra={
-            "route": call.route_name,
-            "supplied": supplied,
-            "correlation_id": call.correlation_id,
-            "reason": reason,
-        },
-    )
+    if _replaced_log.ready():
+        logger.info(
+            "client correlation id not used; minted one",
+            extra={
+                "route": call.route_name,
+                "supplied": supplied,
+                "correlation_id": call.correlation_id,
+                "reason": reason,
+                "since_last_line": _replaced_log.take_skipped(),
+            },
+        )

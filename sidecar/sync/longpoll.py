@@ -11,6 +11,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from ..context import CallContext
+from ..logs import Every
 from ..prefer import parse_prefer
 from ..state import HELD, HUB, METRICS, RUNTIME, TRACKER
 from ..upstream import upstream_url
@@ -19,6 +20,7 @@ from .wait import Waits, wait_for_completion
 
 logger = logging.getLogger(__name__)
 
+_lookup_log = Every()
 LOOKUP_TIMEOUT_S = 0.5  # longest the tracking lookup may delay a GET before we pass it through
 
 
@@ -36,7 +38,11 @@ async def long_poll(request: web.Request, call: CallContext) -> dict[str, str] |
         async with asyncio.timeout(LOOKUP_TIMEOUT_S):
             tracked = await tracker.by_location(target)
     except (RedisError, OSError, TimeoutError) as exc:
-        logger.warning("long-poll lookup failed; passing through", extra={"error": repr(exc)})
+        if _lookup_log.ready():
+            logger.warning(
+                "long-poll lookup failed; passing through",
+                extra={"error": repr(exc), "since_last_line": _lookup_log.take_skipped()},
+            )
         return None
     compiled = request.app[RUNTIME].table.by_name.get(tracked.route) if tracked else None
     if tracked is None or compiled is None or compiled.route.wait is None:

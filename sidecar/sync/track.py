@@ -17,6 +17,7 @@ from yarl import URL
 
 from ..config import Route
 from ..context import CallContext
+from ..logs import Every
 from ..state import HASHER, POLLERS, RUNTIME, TRACKER
 from ..tracking import CallTracker, TrackedCall
 from .answers import Accepted
@@ -27,6 +28,7 @@ SETTLE_S = 1.0  # longest a tracking write may delay a 202 (or a poll verdict)
 WRITE_TIMEOUT_S = 10.0  # longest a tracking write may take at all
 
 TrackTask = asyncio.Task[bool]
+_untracked_log = Every()  # while Redis is down, one line a second, not one per call
 
 
 def track_later(
@@ -62,15 +64,17 @@ async def _write(
             tenant = await app[HASHER].tenant(credential)
             written = await tracker.record(dataclasses.replace(record, tenant=tenant))
     except (RedisError, OSError, TimeoutError) as exc:
-        logger.warning(
-            "could not track the call in Redis",
-            extra={
-                "route": record.route,
-                "correlation_id": record.identity,
-                "operation_id": record.operation_id,
-                "error": repr(exc),
-            },
-        )
+        if _untracked_log.ready():
+            logger.warning(
+                "could not track the call in Redis (its webhooks go to operator subscriptions)",
+                extra={
+                    "route": record.route,
+                    "correlation_id": record.identity,
+                    "operation_id": record.operation_id,
+                    "error": repr(exc),
+                    "since_last_line": _untracked_log.take_skipped(),
+                },
+            )
         return False
     if not written:
         logger.warning(

@@ -98,17 +98,21 @@ async def _leave_groups(redis: Redis, groups: list[tuple[str, str]], name: str) 
         logger.info("consumers not removed", extra={"error": str(exc)})
 
 
-async def _prepare(runtime: WebhookRuntime, dispatcher: Dispatcher, worker: DeliveryWorker) -> bool:
+async def _prepare(
+    runtime: WebhookRuntime, dispatcher: Dispatcher, worker: DeliveryWorker, say: bool = True
+) -> bool:
     """Save YAML-declared subscriptions and create the consumer groups, so that completions
-    published from now on are dispatched; False (logged) while Redis is unreachable."""
+    published from now on are dispatched; False (logged when `say`) while Redis is down."""
     try:
         await runtime.store.declare(runtime.settings.webhooks.subscriptions)
         await dispatcher.ensure_groups()
         await worker.ensure_group()
-    except RedisError as exc:
-        logger.warning(
-            "webhooks not prepared yet (Redis down); retrying", extra={"error": str(exc)}
-        )
+    except (RedisError, OSError) as exc:
+        if say:
+            logger.warning(
+                "webhooks not prepared yet (Redis down); retrying quietly",
+                extra={"error": str(exc)},
+            )
         return False
     return True
 
@@ -116,5 +120,6 @@ async def _prepare(runtime: WebhookRuntime, dispatcher: Dispatcher, worker: Deli
 async def _prepare_until_done(
     runtime: WebhookRuntime, dispatcher: Dispatcher, worker: DeliveryWorker
 ) -> None:
-    while not await _prepare(runtime, dispatcher, worker):  # noqa: ASYNC110 - polls Redis
+    while not await _prepare(runtime, dispatcher, worker, say=False):  # noqa: ASYNC110
         await asyncio.sleep(PREPARE_RETRY_S)
+    logger.info("webhooks prepared")

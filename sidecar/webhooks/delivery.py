@@ -37,6 +37,7 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError, ResponseError
 
+from ..connections import Backoff
 from ..tasks import cancelling, checkpoint
 from ..timestamps import iso
 from .attempt import AttemptResult, next_delay, post_once
@@ -83,24 +84,37 @@ return ARGV[2]
 """
 
 
+QUIET_AFTER_S = 10.0  # a loop that ran this long without a fault starts a new episode
+
+
 async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
-    """Run `loop` forever; log and back off on Redis faults (no traceback) and on bugs (one)."""
-    backoff = 0.1
+    """Run `loop` forever; back off (with jitter) on Redis faults and on bugs. A run of Redis
+    faults is logged once (no traceback) until the loop has run well again; a bug is logged
+    each time, with its traceback."""
+    backoff = Backoff(0.1, 5.0)
+    faulty = False
     while True:
         checkpoint()
+        started = time.monotonic()
         try:
             await loop()
-            backoff = 0.1
         except (RedisError, OSError) as exc:
             if cancelling():
                 raise asyncio.CancelledError from exc
-            logger.warning("webhook loop: Redis fault", extra={"loop": name, "error": str(exc)})
+            if time.monotonic() - started > QUIET_AFTER_S:
+                faulty = False
+                backoff.reset()
+            if not faulty:
+                logger.warning(
+                    "webhook loop: Redis fault; retrying quietly",
+                    extra={"loop": name, "error": str(exc)},
+                )
+                faulty = True
         except Exception:
             if cancelling():
                 raise asyncio.CancelledError from None
             logger.exception("webhook loop crashed", extra={"loop": name})
-        await asyncio.sleep(backoff)
-        backoff = min(backoff * 2, 2.0)
+        await asyncio.sleep(backoff.next())
 
 
 def is_slow(result: AttemptResult) -> bool:

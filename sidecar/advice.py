@@ -1,0 +1,30 @@
+"""What a valid configuration may still get wrong: said at start (and by `sidecar check`),
+never fatal."""
+
+from __future__ import annotations
+
+from .config import Settings
+
+
+def advice(settings: Settings) -> list[str]:
+    """Warnings about a valid configuration, each naming the key and what follows from it."""
+    said: list[str] = []
+    sync_routes = [r.name for r in settings.routes if r.is_sync]
+    if settings.redis_url is None and sync_routes:
+        said.append(
+            "redis_url is unset: long-polling (GET of a Location with Prefer: wait) is off, "
+            "no call is tracked for webhooks, and clients' correlation ids are replaced by "
+            "minted ones on synchronised routes"
+        )
+    if settings.admin_token is None:
+        said.append(
+            "admin_token is unset: the admin API has no operator (only clients, each with its "
+            "own subscriptions)"
+        )
+    if settings.redis_url is not None and settings.tenancy.hash_key is None:
+        origin = "admin_token" if settings.admin_token is not None else "a random key in Redis"
+        said.append(
+            f"tenancy.hash_key is unset: credential hashes derive from {origin}; set it, or "
+            "clients lose their subscriptions when that changes"
+        )
+    return said
