@@ -13,7 +13,7 @@ only its SHA-256, the owner and the scope, never the credential it was made from
 
 A session is kept a day past its expiry so that a late request learns it *expired* (or was
 *revoked*) rather than that it is unknown. An owner holds at most `MAX_SESSIONS_PER_OWNER` live
-sessions; minting one more revokes the oldest.
+sessions; minting one more revokes the one that would expire first.
 """
 
 from __future__ import annotations
@@ -141,14 +141,6 @@ class PortalSessions:
         if len(token) > MAX_TOKEN_CHARS:
             return None
         raw = await self.redis.hgetall(session_key(self.prefix, token_hash(token)))  # type: ignore[misc]
-        return self._decode(raw)
-
-    async def get(self, session_id: str) -> PortalSession | None:
-        """The session with this id, or None."""
-        digest = await self.redis.get(session_id_key(self.prefix, session_id))
-        if digest is None:
-            return None
-        raw = await self.redis.hgetall(session_key(self.prefix, digest.decode()))  # type: ignore[misc]
         return self._decode(raw)
 
     async def revoke(self, session_id: str, owner: str | None) -> bool:

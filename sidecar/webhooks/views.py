@@ -37,6 +37,8 @@ class SubscriptionView(View):
     description: str
     enabled: bool
     created_at: str = Field(..., description="ISO 8601, UTC.")
+    failing_since: str | None = Field(None, description="Since when its attempts keep failing.")
+    disabled_reason: str | None = Field(None, description="Why it was disabled, if not by hand.")
     owner: str | None = Field(
         None, description="Operator only: operator, or a client's t_... hash."
     )

@@ -178,6 +178,7 @@ def test_a_read_only_session_shows_no_control_that_changes_anything(
     expect(page.get_by_role("link", name=portal.receiver.url)).to_be_visible()
     mutating = [
         "Add endpoint",
+        "Edit",
         "Send test event",
         "Rotate secret",
         "Disable",
@@ -211,8 +212,12 @@ def test_another_tenants_endpoint_id_shows_not_found(
     page.goto(f"{portal.page_url}#/endpoints/{theirs['id']}")
     expect(page.get_by_role("heading", name="Endpoint not found", level=1)).to_be_visible()
     expect(page.get_by_text("secret plans")).to_have_count(0)
-    page.goto(f"{portal.page_url}#/messages/msg_not_mine")
+    nav(page, "Messages")
+    page.get_by_label("Message id").fill("msg_not_mine")
+    page.get_by_role("button", name="Open message").click()
     expect(page.get_by_role("heading", name="Message not found", level=1)).to_be_visible()
+    page.goto(f"{portal.page_url}#/endpoints/{theirs['id']}/edit")
+    expect(page.get_by_role("heading", name="Endpoint not found", level=1)).to_be_visible()
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,6 +374,20 @@ def test_rotate_disable_enable_recover_and_delete(
         is True
     )
 
+    page.get_by_role("button", name="Edit").click()
+    expect(page.get_by_role("heading", name="Edit endpoint", level=1)).to_be_focused()
+    expect(page.get_by_label("URL")).to_have_value(portal.receiver.url)
+    page.get_by_label("Description").fill("Billing")
+    events = page.get_by_role("group", name="Events")
+    events.get_by_label("All events").uncheck()
+    events.get_by_label("user.creation_failed").check()
+    page.get_by_role("button", name="Save").click()
+    expect(page.get_by_role("heading", name=portal.receiver.url, level=1)).to_be_visible()
+    expect(page.get_by_text("Endpoint saved.")).to_be_visible()
+    expect(page.get_by_text("Billing")).to_be_visible()
+    _, edited = portal.call("GET", f"/subscriptions/{sub['id']}", {"Authorization": A})
+    assert (edited["description"], edited["events"]) == ("Billing", ["user.creation_failed"])
+
     page.get_by_role("button", name="Recover").click()
     dialog = page.get_by_role("dialog", name="Recover failed messages")
     expect(dialog.get_by_label("Since")).to_be_focused()
@@ -504,6 +523,9 @@ def test_every_view_has_no_serious_accessibility_violation(
     check("Delete dialog")
     page.keyboard.press("Escape")
     expect(page.get_by_role("dialog")).to_have_count(0)
+    page.get_by_role("button", name="Edit").click()
+    expect(page.get_by_role("heading", name="Edit endpoint")).to_be_visible()
+    check("Edit endpoint")
     nav(page, "Messages")
     expect(attempts_table(page).get_by_role("link", name=sent["message_id"])).to_be_visible()
     check("Messages")

@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.app import create_app
 from sidecar.state import ADMIN_URL
+from sidecar.webhooks import sessions as sessions_module
 from sidecar.webhooks.runtime import WEBHOOKS
 from sidecar.webhooks.sessions import session_key, token_hash
 from tests.conftest import make_settings
@@ -371,6 +372,21 @@ async def test_a_real_one_second_session_expires(start_admin: StartAdmin) -> Non
 
     await until_true(expired, timeout_s=3)
     assert (await admin.call("GET", "/me", bearer(session))).body["reason"] == "expired"
+
+
+async def test_an_owner_holds_a_bounded_number_of_live_sessions(
+    start_admin: StartAdmin, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sessions_module, "MAX_SESSIONS_PER_OWNER", 3)
+    admin = await start_admin()
+    first = await admin.sign_in("Bearer client-a", ttl="10m")  # expires first
+    later = [await admin.sign_in("Bearer client-a", ttl="1h") for _ in range(3)]
+    other = await admin.sign_in("Bearer client-b", ttl="10m")
+    gone = await admin.call("GET", "/me", bearer(first))
+    assert_problem(gone, 401)
+    assert gone.body["reason"] == "revoked"
+    for session in [*later, other]:
+        assert (await admin.call("GET", "/me", bearer(session))).status == 200
 
 
 async def test_another_tenants_session_answers_404(start_admin: StartAdmin) -> None:

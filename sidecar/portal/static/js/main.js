@@ -4,7 +4,7 @@
 
 import { api, ApiError, onUnauthorized, session } from "./api.js";
 import { append, clear, h } from "./dom.js";
-import { renderEndpoint, renderEndpoints, renderNewEndpoint } from "./views/endpoints.js";
+import { renderEditEndpoint, renderEndpoint, renderEndpoints, renderNewEndpoint } from "./views/endpoints.js";
 import { renderEventTypes } from "./views/event-types.js";
 import { renderMessage, renderMessages } from "./views/messages.js";
 import { renderSignIn } from "./views/sign-in.js";
@@ -18,6 +18,7 @@ const noticeEl = document.getElementById("notice");
 
 const ROUTES = [
   [/^#\/endpoints\/new$/, renderNewEndpoint, "Add endpoint"],
+  [/^#\/endpoints\/([^/]+)\/edit$/, renderEditEndpoint, "Edit endpoint"],
   [/^#\/endpoints\/([^/]+)$/, renderEndpoint, "Endpoint"],
   [/^#\/endpoints$/, renderEndpoints, "Endpoints"],
   [/^#\/messages\/([^/]+)$/, renderMessage, "Message"],

@@ -118,20 +118,14 @@ function secretBox(label, secret) {
   return row;
 }
 
-export async function renderNewEndpoint(root, ctx) {
-  const types = await ctx.catalog();
-  if (!ctx.live()) return;
-  clear(root);
-  append(root, title("Add endpoint"));
-  if (ctx.readOnly) {
-    append(root, h("p", {}, "This session is read-only: it cannot add endpoints."));
-    return;
-  }
-  const url = h("input", { type: "url", name: "url", required: true, maxlength: "2048", placeholder: "https://example.com/webhooks" });
-  const description = h("input", { type: "text", name: "description", maxlength: "1024" });
-  const events = eventsFieldset(types);
+/** The form of Add endpoint and Edit endpoint: URL, Description, Events. */
+function endpointForm(ctx, types, { sub = null, submitLabel, onSubmit }) {
+  const url = h("input", { type: "url", name: "url", required: true, maxlength: "2048", placeholder: "https://example.com/webhooks", value: sub ? sub.url : "" });
+  const description = h("input", { type: "text", name: "description", maxlength: "1024", value: sub ? sub.description : "" });
+  const events = eventsFieldset(types, sub ? sub.events : ["*"]);
   const errorBox = h("div", { class: "form-error" });
-  const create = h("button", { type: "submit", class: "primary" }, "Create");
+  const submit = h("button", { type: "submit", class: "primary" }, submitLabel);
+  const cancel = sub ? `#/endpoints/${encodeURIComponent(sub.id)}` : "#/endpoints";
   const form = h(
     "form",
     { class: "card", novalidate: true },
@@ -139,7 +133,7 @@ export async function renderNewEndpoint(root, ctx) {
     field("Description", description, "Optional: what this endpoint is for.").row,
     events.fieldset,
     errorBox,
-    h("div", { class: "actions" }, create, link("#/endpoints", "Cancel")),
+    h("div", { class: "actions" }, submit, link(cancel, "Cancel")),
   );
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
@@ -155,10 +149,31 @@ export async function renderNewEndpoint(root, ctx) {
       events.focus();
       return;
     }
-    create.disabled = true;
+    submit.disabled = true;
     try {
-      const sub = await api.createSubscription({ url: url.value.trim(), description: description.value, events: chosen });
-      const heading = h("h2", { tabindex: "-1" }, "Endpoint created");
+      await onSubmit({ url: url.value.trim(), description: description.value, events: chosen }, form);
+    } catch (error) {
+      append(errorBox, ctx.problem(error));
+      submit.disabled = false;
+    }
+  });
+  return form;
+}
+
+export async function renderNewEndpoint(root, ctx) {
+  const types = await ctx.catalog();
+  if (!ctx.live()) return;
+  clear(root);
+  append(root, title("Add endpoint"));
+  if (ctx.readOnly) {
+    append(root, h("p", {}, "This session is read-only: it cannot add endpoints."));
+    return;
+  }
+  const form = endpointForm(ctx, types, {
+    submitLabel: "Create",
+    async onSubmit(body) {
+      const sub = await api.createSubscription(body);
+      const heading = h("h2", { tabindex: "-1", id: "created-heading" }, "Endpoint created");
       form.replaceWith(
         h(
           "section",
@@ -169,14 +184,41 @@ export async function renderNewEndpoint(root, ctx) {
           h("p", {}, link(`#/endpoints/${encodeURIComponent(sub.id)}`, "Open the endpoint"), " · ", link("#/endpoints", "Back to endpoints")),
         ),
       );
-      heading.id = "created-heading";
       heading.focus();
-    } catch (error) {
-      append(errorBox, ctx.problem(error));
-      create.disabled = false;
-    }
+    },
   });
   append(root, form);
+}
+
+export async function renderEditEndpoint(root, ctx, id) {
+  let sub;
+  try {
+    sub = await api.subscription(id);
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 404) {
+      if (ctx.live()) notFound(root, id);
+      return;
+    }
+    throw error;
+  }
+  const types = await ctx.catalog();
+  if (!ctx.live()) return;
+  clear(root);
+  append(root, h("p", { class: "crumbs" }, link("#/endpoints", "Endpoints"), " / ", link(`#/endpoints/${encodeURIComponent(sub.id)}`, sub.url), " / edit"));
+  append(root, title("Edit endpoint"));
+  if (ctx.readOnly) {
+    append(root, h("p", {}, "This session is read-only: it cannot change endpoints."));
+    return;
+  }
+  append(root, endpointForm(ctx, types, {
+    sub,
+    submitLabel: "Save",
+    async onSubmit(body) {
+      await api.updateSubscription(sub.id, body);
+      ctx.flash("Endpoint saved.");
+      ctx.navigate(`#/endpoints/${encodeURIComponent(sub.id)}`);
+    },
+  }));
 }
 
 function notFound(root, id) {
@@ -216,7 +258,8 @@ export async function renderEndpoint(root, ctx, id) {
     add("URL", h("dd", {}, h("code", {}, sub.url)));
     add("Description", sub.description || "—");
     add("Events", eventsText(sub.events));
-    add("Status", sub.enabled ? "Enabled" : "Disabled");
+    add("Status", sub.enabled ? "Enabled" : sub.disabled_reason ? `Disabled: ${sub.disabled_reason}` : "Disabled");
+    if (sub.failing_since) add("Failing since", when(sub.failing_since));
     add("Created", when(sub.created_at));
     add("Recent success rate", rateValue);
     add("Endpoint id", h("dd", {}, h("code", {}, sub.id)));
@@ -320,6 +363,9 @@ export async function renderEndpoint(root, ctx, id) {
       }
     });
 
+    const editButton = h("button", { type: "button" }, "Edit");
+    editButton.addEventListener("click", () => ctx.navigate(`#/endpoints/${encodeURIComponent(sub.id)}/edit`));
+
     const deleteButton = h("button", { type: "button", class: "danger" }, "Delete");
     deleteButton.addEventListener("click", async () => {
       const ok = await confirmDialog({
@@ -340,7 +386,7 @@ export async function renderEndpoint(root, ctx, id) {
 
     append(root, 
       h("div", { class: "toolbar", role: "group", "aria-label": "Endpoint actions" },
-        revealButton, testButton, rotateButton, toggleButton, recoverButton, deleteButton),
+        editButton, revealButton, testButton, rotateButton, toggleButton, recoverButton, deleteButton),
       secretArea,
       panel,
     );

@@ -164,6 +164,19 @@ export async function renderMessages(root, ctx) {
   clear(root);
   const endpoints = new Map(subscriptions.map((s) => [s.id, s.url]));
   append(root, attemptsPanel(ctx, { heading: "Messages", level: "h1", types, endpoints }));
+  const messageId = h("input", { type: "text", name: "message_id", spellcheck: "false", autocomplete: "off", maxlength: "128" });
+  const find = h(
+    "form",
+    { class: "find", role: "search", "aria-label": "Find a message" },
+    field("Message id", messageId, "A webhook-id your receiver logged, e.g. msg_…").row,
+    h("div", { class: "actions" }, h("button", { type: "submit" }, "Open message")),
+  );
+  find.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const id = messageId.value.trim();
+    if (id) ctx.navigate(`#/messages/${encodeURIComponent(id)}`);
+  });
+  append(root, find);
 }
 
 function notFound(root, id) {
