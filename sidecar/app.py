@@ -141,6 +141,7 @@ async def admin_ctx(app: web.Application) -> AsyncIterator[None]:
 def export_limits(metrics: Metrics, settings: Settings) -> None:
     """Publish each sync route's `max_waiting`, so a dashboard can set held calls against it."""
     metrics.max_waiting.clear()
+    metrics.initialise(settings.routes)
     for route in settings.routes:
         if route.is_sync:
             metrics.max_waiting.labels(route.name).set(route.max_waiting)

@@ -523,6 +523,17 @@ class Webhooks(Model):
     )
 
 
+class Readiness(Model):
+    """What `/readyz` requires."""
+
+    require_redis: bool = Field(
+        True,
+        description="Not ready while Redis does not answer (or the completion reader is not "
+        "connected). false: /readyz still names the problem but answers 200, so a load balancer "
+        "keeps sending calls, which fall back to 202 until Redis is back. Default true.",
+    )
+
+
 class Log(Model):
     """Logging."""
 
@@ -720,6 +731,7 @@ class Settings(BaseSettings):
     clients: Clients = Field(default_factory=Clients)
     stream_reader: StreamReader = Field(default_factory=StreamReader)
     log: Log = Field(default_factory=Log)
+    readiness: Readiness = Field(default_factory=Readiness)
     routes: list[Route] = Field(default_factory=list, description="Ordered; first match wins.")
     webhooks: Webhooks = Field(default_factory=Webhooks)
     portal: Portal = Field(default_factory=Portal)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
+from .config import Route
+
 # Buckets in seconds: sub-millisecond proxying up to the longest sensible budget.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -20,6 +22,18 @@ OUTCOMES = (
     "rejected",
     "internal_error",
 )
+
+
+FALLBACK_REASONS = (
+    "budget",
+    "prefer",
+    "shed",
+    "redis",
+    "no_id",
+    "location",
+    "bad_location",
+)
+STREAM_RESULTS = ("matched", "unmatched", "ignored", "malformed")
 
 
 def status_class(status: int) -> str:
@@ -177,3 +191,21 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+    def initialise(self, routes: list[Route]) -> None:
+        """Create the series every sync route will have at 0, so that `rate()` and
+        `increase()` see their first event and dashboards show 0, not "no data"."""
+        for route in routes:
+            if not route.is_sync or route.wait is None:
+                continue
+            for reason in FALLBACK_REASONS:
+                self.fallbacks.labels(route.name, reason)
+            for outcome in ("sync_success", "sync_failure", "fallback_async"):
+                self.requests.labels(
+                    route.name, outcome, "2xx" if outcome != "sync_failure" else "5xx"
+                )
+            self.waiting.labels(route.name)
+            self.misconfigured.labels(route.name)
+            if route.wait.stream is not None:
+                for result in STREAM_RESULTS:
+                    self.stream_events.labels(route.wait.stream.key, result)

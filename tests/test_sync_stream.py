@@ -108,6 +108,7 @@ async def make_env(
         *,
         routes: list[dict[str, Any]] | None = None,
         url: str | None = None,
+        readiness: dict[str, Any] | None = None,
         **route_overrides: Any,
     ) -> Env:
         stream = f"{key_prefix}:users.events"
@@ -119,6 +120,7 @@ async def make_env(
             key_prefix=key_prefix,
             stream_reader={"block": "50ms"},
             routes=routes or [route(stream, **route_overrides)],
+            **({"readiness": readiness} if readiness else {}),
         )
         hub = client.app[HUB]
         assert hub is not None
@@ -583,3 +585,15 @@ async def test_no_diagnosis_while_calls_do_complete(make_env: EnvFactory) -> Non
         metric(env.client, "sidecar_route_misconfiguration_suspected_total", route="create-user")
         == 0
     )
+
+
+async def test_readiness_can_leave_redis_out(make_env: EnvFactory, own_redis: RedisServer) -> None:
+    env = await make_env(url=own_redis.url, readiness={"require_redis": False})
+    await asyncio.to_thread(own_redis.stop)
+    await until(lambda: metric(env.client, "sidecar_redis_up") == 0)
+    admin = env.client.app[ADMIN_URL]
+    async with env.client.session.get(f"{admin}/readyz") as ready:
+        assert ready.status == 200  # calls still go through, falling back to 202
+        body = await ready.json()
+    assert body["status"] == "ready (degraded)"
+    assert "redis" in body["reasons"]

@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from ..state import METRICS, PUBLISHER, REDIS, RUNTIME, TRACKER
 from ..tasks import TaskSet
 from .attempt import create_webhook_session
+from .bodies import known_events
 from .delivery import DeliveryWorker, supervised
 from .dispatcher import Dispatcher
 from .keys import DELIVERY_GROUP, dispatch_group
@@ -54,6 +55,7 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[WEBHOOKS] = runtime
     app[PUBLISHER] = runtime
+    runtime.metrics.initialise(sorted(known_events(settings)))
     worker = DeliveryWorker(runtime)
     dispatcher = Dispatcher(runtime, app[RUNTIME])
     tasks = TaskSet("webhooks")

@@ -47,3 +47,15 @@ class WebhookMetrics:
             ["quota"],
             registry=r,
         )
+
+    def initialise(self, event_types: list[str]) -> None:
+        """Create the series of known event types at 0 (see `Metrics.initialise`)."""
+        for event_type in event_types:
+            for result in ("delivered", "retry", "dead", "disabled", "failed"):
+                self.attempts.labels(event_type, result)
+        for reason in ("gone", "failing"):
+            self.disabled.labels(reason)
+        for quota in ("subscriptions", "test_sends"):
+            self.quota_refusals.labels(quota)
+        for queue in ("outbox", "scheduled"):
+            self.queue_depth.labels(queue)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
 
+from sidecar.webhooks.keys import owner_log_key
 from sidecar.webhooks.messages import MessageLog
 from sidecar.webhooks.outbox import Outbox
 from sidecar.webhooks.store import SubscriptionStore
@@ -45,8 +47,11 @@ async def test_the_log_pages_filters_and_shows_one_message_whole(
     assert end is None
     every = page + rest
     assert len(every) == 6 + 4  # six delivered, and four attempts of the failing one
-    times = [a["time"] for a in every]
-    assert times == sorted(times, reverse=True)  # newest first
+    # Newest first: in the order the attempts were recorded, latest first.
+    recorded = await redis.xrevrange(owner_log_key(key_prefix, "t_a"))
+    assert [(a["message_id"], a["attempt"]) for a in every] == [
+        (orjson.loads(f[b"a"])["message_id"], orjson.loads(f[b"a"])["attempt"]) for _, f in recorded
+    ]
     assert {a["sub_id"] for a in every} == {ok.id, bad.id}  # never another owner's
 
     failed, _ = await log.attempts("t_a", status="failed")
