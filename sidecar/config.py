@@ -697,6 +697,13 @@ class Portal(Model):
         description="Origins allowed to embed the portal in a frame (CSP frame-ancestors), "
         "e.g. ['https://app.example.com'] or ['self']. Default []: no framing.",
     )
+    sign_ins_per_minute: int = Field(
+        60,
+        ge=1,
+        le=100_000,
+        description="Sign-ins (POST /admin/api/sign-in) allowed per client address and minute, "
+        "across replicas; past it 429 with Retry-After. Default 60.",
+    )
 
 
 class Settings(BaseSettings):

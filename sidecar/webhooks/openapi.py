@@ -58,7 +58,7 @@ _STATUS_TEXT = {
     409: "The subscription is disabled (or a quota is reached).",
     413: "The body is too large.",
     422: "Invalid fields or parameters; `errors` lists every problem.",
-    429: "Too many test sends; see Retry-After.",
+    429: "Too many test sends, or sign-ins; see Retry-After.",
     503: "Redis is not configured or does not answer.",
 }
 
@@ -93,6 +93,7 @@ OPERATIONS: tuple[Operation, ...] = (
         body=SignIn,
         status=201,
         answer=SessionCreated,
+        errors=frozenset({429}),
     ),
     Operation(
         "post",

@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from ..errors import Conflict, Forbidden, NotFound
+from ..errors import Conflict, Forbidden, NotFound, TooManyRequests
 from ..state import HASHER, PROXY_APP, RUNTIME
 from ..tenancy import OPERATOR
 from ..timestamps import iso
@@ -117,9 +117,18 @@ def owner_scope(caller: str) -> str | None:
 async def sign_in(request: web.Request) -> web.Response:
     """Exchange a credential for a session of its owner: the admin token (bare or as `Bearer`)
     is the operator; any other value a client, hashed as the proxy hashes it."""
-    body = await read_body(request, SignIn)
     sessions = sessions_of(request)
     settings = request.app[PROXY_APP][RUNTIME].settings
+    wait_s = await sessions.sign_in_wait(
+        request.remote or "unknown", settings.portal.sign_ins_per_minute
+    )
+    if wait_s:
+        raise TooManyRequests(
+            f"at most {settings.portal.sign_ins_per_minute} sign-ins a minute from one address; "
+            f"try again in {wait_s} s",
+            headers={"Retry-After": str(wait_s)},
+        )
+    body = await read_body(request, SignIn)
     credential = body.credential
     if credential.strip().removeprefix("Bearer ").strip().startswith(TOKEN_PREFIX):
         raise invalid(["credential: this is a portal session token; open the portal link instead"])

@@ -10,6 +10,7 @@ only its SHA-256, the owner and the scope, never the credential it was made from
                                              created_at, expires_at, state (live | revoked)
     {prefix}:portal:id:{id}                  string, same TTL: the token's hash (for revoking)
     {prefix}:portal:owner:{owner}            sorted set, score = expiry: an owner's sessions
+    {prefix}:portal:sign-ins:{address}:{min} counter, TTL 61 s: sign-ins from one address
 
 A session is kept a day past its expiry so that a late request learns it *expired* (or was
 *revoked*) rather than that it is unknown. An owner holds at most `MAX_SESSIONS_PER_OWNER` live
@@ -89,6 +90,11 @@ class PortalSession:
         return None
 
 
+def sign_ins_key(prefix: str, address: str, minute: int) -> str:
+    """Counter of one client address's sign-ins in one minute."""
+    return f"{prefix}:portal:sign-ins:{address}:{minute}"
+
+
 class PortalSessions:
     """Mints, resolves and revokes portal sessions in Redis."""
 
@@ -135,6 +141,19 @@ class PortalSessions:
             for old in oldest:
                 await self.revoke(old.decode(), owner)
         return session, token
+
+    async def sign_in_wait(self, address: str, per_minute: int) -> int:
+        """Count a sign-in from `address`; 0 while within `per_minute`, else the seconds until
+        the next minute (a fixed window)."""
+        now = time.time()
+        key = sign_ins_key(self.prefix, address[:64], int(now // 60))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, 61)
+            count, _ = await pipe.execute()
+        if int(count) <= per_minute:
+            return 0
+        return max(1, 60 - int(now % 60))
 
     async def resolve(self, token: str) -> PortalSession | None:
         """The session a token names (live, expired or revoked), or None when unknown."""

@@ -251,6 +251,18 @@ def _epoch(iso_text: str) -> float:
     return datetime.fromisoformat(iso_text.replace("Z", "+00:00")).timestamp()
 
 
+async def test_sign_ins_are_rate_limited_per_address(start_admin: StartAdmin) -> None:
+    admin = await start_admin(portal={"sign_ins_per_minute": 2})
+    await admin.sign_in("Bearer client-a")
+    await admin.sign_in("Bearer client-b")
+    answer = await admin.call("POST", "/sign-in", None, {"credential": "Bearer client-c"})
+    assert_problem(answer, 429)
+    assert 1 <= int(answer.headers["Retry-After"]) <= 60
+    assert answer.body["detail"].startswith("at most 2 sign-ins a minute from one address")
+    # Sessions already made, and portal links, are not affected.
+    assert (await admin.link(credential="Bearer client-c"))["token"].startswith("psess_")
+
+
 async def test_only_the_operator_mints_portal_links(start_admin: StartAdmin) -> None:
     admin = await start_admin()
     body = {"credential": "Bearer client-a"}
