@@ -83,6 +83,16 @@ def answer(model: BaseModel, status: int = 200) -> web.Response:
     return json_response(model.model_dump(mode="json"), status=status)
 
 
+def client_address(request: web.Request) -> str:
+    """The caller's address: the first `X-Forwarded-For` entry when forwarded headers are
+    trusted (`proxy.trust_forwarded_headers`), else the peer's."""
+    settings = request.app[PROXY_APP][RUNTIME].settings
+    forwarded = request.headers.get("X-Forwarded-For", "")
+    if settings.proxy.trust_forwarded_headers and forwarded.strip():
+        return forwarded.split(",")[0].strip()[:64] or "unknown"
+    return request.remote or "unknown"
+
+
 def portal_url(request: web.Request, token: str) -> str:
     """The portal with the session token in its fragment (never sent to a server)."""
     configured = request.app[PROXY_APP][RUNTIME].settings.portal.public_url
@@ -120,7 +130,7 @@ async def sign_in(request: web.Request) -> web.Response:
     sessions = sessions_of(request)
     settings = request.app[PROXY_APP][RUNTIME].settings
     wait_s = await sessions.sign_in_wait(
-        request.remote or "unknown", settings.portal.sign_ins_per_minute
+        client_address(request), settings.portal.sign_ins_per_minute
     )
     if wait_s:
         raise TooManyRequests(

@@ -261,6 +261,18 @@ async def test_sign_ins_are_rate_limited_per_address(start_admin: StartAdmin) ->
     assert answer.body["detail"].startswith("at most 2 sign-ins a minute from one address")
     # Sessions already made, and portal links, are not affected.
     assert (await admin.link(credential="Bearer client-c"))["token"].startswith("psess_")
+    # X-Forwarded-For names the client only when forwarded headers are trusted.
+    spoofed = {"X-Forwarded-For": "203.0.113.9"}
+    body = {"credential": "Bearer client-c"}
+    assert (await admin.call("POST", "/sign-in", spoofed, body)).status == 429
+    behind = await start_admin(
+        portal={"sign_ins_per_minute": 1}, proxy={"trust_forwarded_headers": True}
+    )
+    for address in ("203.0.113.9", "203.0.113.10"):
+        forwarded = {"X-Forwarded-For": f"{address}, 10.0.0.1"}
+        assert (await behind.call("POST", "/sign-in", forwarded, body)).status == 201
+    again = await behind.call("POST", "/sign-in", {"X-Forwarded-For": "203.0.113.9"}, body)
+    assert again.status == 429
 
 
 async def test_only_the_operator_mints_portal_links(start_admin: StartAdmin) -> None:
