@@ -1,4 +1,5 @@
-"""The admin listener: health, readiness, metrics and the admin API (`/admin/api/`).
+"""The admin listener: health, readiness, metrics, the admin API (`/admin/api/`) and the portal
+page (`/admin/`).
 
 It shares the proxy's error boundary: every error is problem+json with the correlation header
 (the client's `X-Correlation-ID` when well formed, else a new one).
@@ -13,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from .boundary import problem_middleware
 from .context import RequestContext
 from .headers import correlation_id
+from .portal import setup_portal
 from .state import HUB, METRICS, PROXY_APP, REDIS, RUNTIME
 from .webhooks.api import setup_admin_routes
 
@@ -81,4 +83,5 @@ def create_admin_app(proxy_app: web.Application) -> web.Application:
     admin.router.add_get("/readyz", readyz)
     admin.router.add_get("/metrics", metrics)
     setup_admin_routes(admin)
+    setup_portal(admin)  # the page at /admin/
     return admin

@@ -341,11 +341,53 @@ class Respond(Model):
     retry_after: Duration = Field(2.0, description="Retry-After on the fallback 202. Default 2s.")
 
 
-class WebhookEvents(Model):
-    """Webhook event types a route's completions are published as."""
+EVENT_TYPE_PATTERN = r"^\S{1,200}$"  # no whitespace: a type is one token in logs and filters
+EventTypeName = Annotated[str, Field(pattern=EVENT_TYPE_PATTERN)]
 
-    success: str | None = Field(None, description="Type on success. Default <route>.succeeded.")
-    failure: str | None = Field(None, description="Type on failure. Default <route>.failed.")
+
+class EventType(Model):
+    """An event type with what the portal's catalog shows of it."""
+
+    type: EventTypeName = Field(..., description="The event type, e.g. user.created. Required.")
+    description: str = Field(
+        "", max_length=1024, description="What the event means (shown in the portal). Default ''."
+    )
+    example: Any = Field(
+        None,
+        description="Example `data` of the payload (shown in the portal and prefilled in its test "
+        "form). Default: the last real payload of this type with its values elided.",
+    )
+
+
+def _name_as_type(value: object) -> object:
+    # The plain form `success: user.created` is the described form without a description.
+    return {"type": value} if isinstance(value, str) else value
+
+
+DescribedEventType = Annotated[
+    EventType | None,
+    BeforeValidator(_name_as_type, json_schema_input_type=EventTypeName | EventType | None),
+]
+
+
+class WebhookEvents(Model):
+    """Webhook event types a route's completions are published as: a name, or a name with a
+    description and an example."""
+
+    success: DescribedEventType = Field(
+        None,
+        description="Type on success (a name, or {type, description, example}). "
+        "Default <route>.succeeded.",
+    )
+    failure: DescribedEventType = Field(
+        None,
+        description="Type on failure (a name, or {type, description, example}). "
+        "Default <route>.failed.",
+    )
+
+    def spec(self, outcome: Literal["success", "failure"]) -> EventType | None:
+        """The declared event type of one outcome, or None."""
+        return self.success if outcome == "success" else self.failure
 
 
 class Route(Model):
@@ -391,12 +433,14 @@ class Route(Model):
     @property
     def success_event(self) -> str:
         """Webhook type for a success."""
-        return self.webhook_events.success or f"{self.name}.succeeded"
+        spec = self.webhook_events.spec("success")
+        return spec.type if spec else f"{self.name}.succeeded"
 
     @property
     def failure_event(self) -> str:
         """Webhook type for a failure."""
-        return self.webhook_events.failure or f"{self.name}.failed"
+        spec = self.webhook_events.spec("failure")
+        return spec.type if spec else f"{self.name}.failed"
 
 
 # --------------------------------------------------------------------------------------------
@@ -674,6 +718,59 @@ class StreamReader(Model):
     recent_ttl: Duration = Field(60.0, gt=0, description="How long a completion stays cached.")
 
 
+_HOST_SOURCE = re.compile(r"^(\*\.)?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$|^\[[0-9A-Fa-f:.]+\]$")
+
+
+def _check_frame_ancestor(value: str) -> str:
+    if value in ("'self'", "self"):
+        return "'self'"
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError:
+        parts = None
+    host = (
+        parts.netloc.rpartition(":")[0] if parts and parts.port else (parts.netloc if parts else "")
+    )
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not _HOST_SOURCE.match(host)
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise ValueError(
+            f"invalid frame ancestor {value!r} (use 'self' or an origin, e.g. "
+            "https://app.example.com)"
+        )
+    return value.rstrip("/")
+
+
+class Portal(Model):
+    """The client portal served at /admin/ on the admin listener."""
+
+    public_url: Annotated[HttpUrl | None, BeforeValidator(_blank_is_none)] = Field(
+        None,
+        description="Origin (and path prefix) clients reach the admin listener at, for the "
+        "portal links minted by POST /admin/api/portal-sessions, e.g. https://hooks.example.com. "
+        "Default: the origin the minting request was made to.",
+    )
+    frame_ancestors: list[Annotated[str, AfterValidator(_check_frame_ancestor)]] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Origins allowed to embed the portal in a frame (CSP frame-ancestors), "
+        "e.g. ['https://app.example.com'] or ['self']. Default []: no framing.",
+    )
+    sign_ins_per_minute: int = Field(
+        60,
+        ge=1,
+        le=100_000,
+        description="Sign-ins (POST /admin/api/sign-in) allowed per client address and minute, "
+        "across replicas; past it 429 with Retry-After. Default 60.",
+    )
+
+
 class Settings(BaseSettings):
     """The whole process configuration."""
 
@@ -726,6 +823,7 @@ class Settings(BaseSettings):
     readiness: Readiness = Field(default_factory=Readiness)
     routes: list[Route] = Field(default_factory=list, description="Ordered; first match wins.")
     webhooks: Webhooks = Field(default_factory=Webhooks)
+    portal: Portal = Field(default_factory=Portal)
 
     @classmethod
     def settings_customise_sources(

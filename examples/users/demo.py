@@ -19,7 +19,10 @@ and a few lines of the sidecar's metrics. Whatever the answers are, it prints th
 without its synchronous wait simply shows 202s. Everything started is stopped on exit, Ctrl-C
 included. The processes' logs go to files in a temporary directory, named at the end.
 
-`--sections cf` runs only those sections (default: all; the tests run `f` alone).
+`--sections cf` runs only those sections (default: all; the tests run `f` alone). `--portal`
+keeps everything running afterwards (and section f's subscription, with its delivery) so that the
+client portal at the admin listener's /admin/ shows it: sign in with the demo client's credential;
+Ctrl-C stops everything.
 
 Exit status: 0 when the calls were made; 1 when something did not start or died on the way.
 """
@@ -283,6 +286,7 @@ class Demo:
     receiver_port: int
     env: Mapping[str, str]
     sections: str = SECTIONS
+    portal: bool = False  # keep section f's subscription for the portal to show
 
 
 async def run_calls(demo: Demo) -> None:
@@ -403,8 +407,11 @@ async def section_f(session: aiohttp.ClientSession, demo: Demo) -> None:
     try:
         await deliver_one(session, demo, client, f"{subscriptions}/{sub_id}", secret)
     finally:
-        async with session.delete(f"{subscriptions}/{sub_id}", headers=client) as resp:
-            note(f"(the demo's subscription is deleted again: DELETE -> {resp.status})")
+        if demo.portal:
+            note("(the demo's subscription stays while the portal is open)")
+        else:
+            async with session.delete(f"{subscriptions}/{sub_id}", headers=client) as resp:
+                note(f"(the demo's subscription is deleted again: DELETE -> {resp.status})")
 
 
 async def delete_leftovers(
@@ -525,6 +532,19 @@ async def show_metrics(session: aiohttp.ClientSession, admin_url: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+def wait_in_portal(admin_url: str, sidecar: Child) -> None:
+    """Say where the portal is and how to sign in; wait until Ctrl-C (or the sidecar exits)."""
+    heading("the client portal")
+    print(f"   open {admin_url}/admin/ and sign in with the Credential {CLIENT_CREDENTIAL}")
+    print("   (the demo client's endpoint and its delivery are there; Ctrl-C stops everything)")
+    try:
+        while sidecar.alive():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        return
+    raise sidecar.died("exited while the portal was open")
+
+
 def forget(redis_url: str, prefix: str) -> None:
     """Delete every key of this demo run from a Redis that outlives it."""
     try:
@@ -556,6 +576,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--sections",
         default=SECTIONS,
         help=f"the sections to run, e.g. 'af' (default: all, {SECTIONS!r})",
+    )
+    parser.add_argument(
+        "--portal",
+        action="store_true",
+        help="keep everything running afterwards for the portal at /admin/ (Ctrl-C stops)",
     )
     args = parser.parse_args(argv)
     if not args.sections or set(args.sections) - set(SECTIONS):
@@ -646,8 +671,11 @@ def main(argv: list[str] | None = None) -> int:
             receiver_port,
             env,
             args.sections,
+            args.portal,
         )
         asyncio.run(run_calls(demo))
+        if args.portal:
+            wait_in_portal(admin_url, sidecar)
     except DemoFailed as exc:
         sys.stdout.flush()
         print(f"\ndemo failed: {exc}", file=sys.stderr)

@@ -56,6 +56,7 @@ from .bodies import (
 )
 from .fanout import event_body
 from .keys import attempts_key, message_key
+from .portal_auth import session_caller
 from .runtime import WEBHOOKS, WebhookRuntime
 from .store import QuotaExceeded, Subscription
 
@@ -89,6 +90,10 @@ async def caller_of(request: web.Request) -> str:
     settings = proxy_app[RUNTIME].settings
     if is_operator(request.headers.get("Authorization"), settings):
         return OPERATOR
+    # A portal session (`Authorization: Bearer psess_...`) stands for its owner; see portal_auth.
+    session_owner = await session_caller(request)
+    if session_owner is not None:
+        return session_owner
     header = settings.tenancy.credential_header
     tenant = await proxy_app[HASHER].tenant(request.headers.get(header) or None)
     if tenant is None:
@@ -373,4 +378,7 @@ def setup_admin_routes(admin: web.Application) -> None:
     api.router.add_post(one + "/test", send_test)
     api.router.add_get(one + "/attempts", list_attempts)
     api.router.add_post(one + "/messages/{message_id}/redeliver", redeliver)
+    from .portal_api import setup_portal_routes  # it builds on this module's helpers
+
+    setup_portal_routes(api)  # portal sessions, the message log, the catalog, openapi.json
     admin.add_subapp("/admin/api", api)

@@ -1,0 +1,231 @@
+"""Answers of the admin API as pydantic models: what the OpenAPI document says each endpoint
+returns. The portal's endpoints build their answers through these models, so the two cannot
+drift; the subscription endpoints' answers are checked against them by the API tests and the
+schema-driven fuzz run. Answers may gain fields (extra members are allowed)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+
+class View(BaseModel):
+    """Base of every answer model."""
+
+
+class Problem(View):
+    """An RFC 9457 problem document (`application/problem+json`)."""
+
+    type: str = Field(..., description="urn:sidecar:problem:<code>")
+    title: str
+    status: int
+    detail: str | None = None
+    correlation_id: str | None = None
+    errors: list[str] | None = Field(None, description="422: every problem, one by one.")
+    reason: str | None = Field(
+        None, description="401 of a portal session: expired, revoked, unknown."
+    )
+
+
+class SubscriptionView(View):
+    """A subscription (never its secret, except where an answer says so)."""
+
+    id: str
+    url: str
+    events: list[str]
+    description: str
+    enabled: bool
+    created_at: str = Field(..., description="ISO 8601, UTC.")
+    failing_since: str | None = Field(None, description="Since when its attempts keep failing.")
+    disabled_reason: str | None = Field(None, description="Why it was disabled, if not by hand.")
+    owner: str | None = Field(
+        None, description="Operator only: operator, or a client's t_... hash."
+    )
+    declared: bool | None = Field(None, description="Operator only: declared in the YAML file.")
+
+
+class SubscriptionCreated(SubscriptionView):
+    """A new subscription, with its signing secret (shown here and by rotate-secret)."""
+
+    secret: str = Field(..., description="whsec_<base64>")
+
+
+class SubscriptionList(View):
+    """The caller's subscriptions, oldest first."""
+
+    subscriptions: list[SubscriptionView]
+
+
+class SecretRotated(View):
+    """A rotated secret: the previous one keeps signing until `previous_secret_valid_until`."""
+
+    id: str
+    secret: str
+    previous_secret_valid_until: str
+
+
+class SecretView(View):
+    """A subscription's signing secret(s), for the portal's Reveal secret."""
+
+    id: str
+    secret: str
+    previous_secret: str | None = Field(None, description="Still signing during a rotation.")
+    previous_secret_valid_until: str | None = None
+
+
+class MessageQueued(View):
+    """A message queued for delivery."""
+
+    message_id: str
+
+
+class Redelivered(View):
+    """One more attempt of a message, queued."""
+
+    message_id: str
+    attempt: int
+
+
+class AttemptLogEntry(View):
+    """One attempt in a subscription's attempts log."""
+
+    message_id: str
+    type: str
+    attempt: int
+    time: str
+    trigger: str
+    result: str
+    response_status: int | None
+    duration_ms: float
+    error: str | None
+    error_detail: str | None = None
+    response_excerpt: str | None = None
+    next_attempt_at: str | None = None
+
+
+class AttemptsLog(View):
+    """A subscription's attempts, newest first."""
+
+    attempts: list[AttemptLogEntry]
+
+
+# --- the portal's endpoints ---------------------------------------------------------------------
+
+
+class SessionCreated(View):
+    """A portal session: open `url` (the token is in its fragment), or send `token` as
+    `Authorization: Bearer <token>`. Neither is shown again."""
+
+    id: str = Field(..., description="ps_...: names the session for revoking it.")
+    token: str = Field(..., description="psess_...: the bearer token.")
+    url: str = Field(..., description="The portal with the token in its fragment.")
+    expires_at: str
+    read_only: bool
+
+
+class SessionInfo(View):
+    """The session a request was made with."""
+
+    id: str
+    expires_at: str
+    read_only: bool
+
+
+class Me(View):
+    """Who the caller is."""
+
+    kind: Literal["operator", "client"]
+    tenant: str = Field(..., description="operator, or the client's t_... hash.")
+    read_only: bool
+    session: SessionInfo | None = Field(None, description="When signed in with a session.")
+
+
+class EventTypeView(View):
+    """One event type the routes emit, with an example payload."""
+
+    type: str
+    description: str
+    route: str | None = Field(None, description="The route that emits it (null: the test type).")
+    outcome: Literal["success", "failure", "test"]
+    example: dict[str, Any] = Field(..., description="A whole payload as delivered.")
+    example_source: Literal["declared", "observed", "generic"] = Field(
+        ...,
+        description="declared in the config, observed (the caller's last real payload of "
+        "this type, values elided), or generic.",
+    )
+
+
+class EventTypeList(View):
+    """The catalog."""
+
+    event_types: list[EventTypeView]
+
+
+class LogAttempt(View):
+    """One delivery attempt in the message log."""
+
+    message_id: str
+    sub_id: str
+    type: str
+    attempt: int
+    time: str
+    status: int | None = Field(..., description="The receiver's HTTP status; null: no answer.")
+    error: str | None = Field(..., description="Error class: http, timeout, connect, dns, ...")
+    duration_ms: float
+    trigger: str = Field(..., description="scheduled, test, manual or recover.")
+    result: str = Field(..., description="delivered, retry, dead, disabled or failed.")
+
+
+class AttemptsPage(View):
+    """A page of the message log, newest first."""
+
+    attempts: list[LogAttempt]
+    next_cursor: str | None = Field(..., description="Pass as `cursor` for the next page.")
+
+
+class MessageAttempt(LogAttempt):
+    """An attempt of one message, with what the receiver answered."""
+
+    response_excerpt: str | None = None
+    error_detail: str | None = None
+    next_attempt_at: str | None = Field(None, description="When the next attempt is due.")
+
+
+class MessageDetail(View):
+    """One message: its payload, its webhook headers and its attempts (newest first, the last
+    100)."""
+
+    message_id: str
+    sub_id: str
+    type: str
+    created_at: str
+    state: str = Field(..., description="queued, scheduled, delivered, failed or skipped.")
+    trigger: str | None = Field(None, description="What made it: scheduled (a completion) or test.")
+    attempts_made: int | None = None
+    payload: Any = Field(..., description="The JSON body as sent.")
+    headers: dict[str, str | None] = Field(
+        ..., description="webhook-id, webhook-timestamp, webhook-signature of the last attempt."
+    )
+    attempts: list[MessageAttempt]
+
+
+class Recovered(View):
+    """Failed messages queued again."""
+
+    subscription_id: str
+    since: str
+    message_ids: list[str]
+    count: int
+
+
+class SubscriptionStats(View):
+    """A subscription's recent attempts (the last `window`)."""
+
+    subscription_id: str
+    window: int
+    attempts: int
+    succeeded: int
+    failed: int
+    success_rate: float | None = Field(..., description="0-1; null with no attempts.")
+    last_attempt_at: str | None
