@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-from redis.asyncio import Redis
+from ..connections import Client
 
 TOKEN_PREFIX = "psess_"
 ID_PREFIX = "ps_"
@@ -98,7 +98,7 @@ def sign_ins_key(prefix: str, address: str, minute: int) -> str:
 class PortalSessions:
     """Mints, resolves and revokes portal sessions in Redis."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Client, prefix: str) -> None:
         self.redis = redis
         self.prefix = prefix
 
