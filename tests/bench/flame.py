@@ -139,9 +139,12 @@ def _depth(node: _Node) -> int:
 
 
 def write_profile(collapsed: Path, out_dir: Path, name: str, title: str) -> str:
-    """`name.svg` and `name-top.md` in `out_dir` from a collapsed-stack file; returns the tables."""
-    stacks = parse_collapsed(collapsed.read_text())
+    """`name.svg`, `name-top.md` and the stacks themselves (`name.collapsed.txt`) in `out_dir`
+    from a collapsed-stack file; returns the tables."""
+    text = collapsed.read_text()
+    stacks = parse_collapsed(text)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"{name}.collapsed.txt").write_text(text)
     (out_dir / f"{name}.svg").write_text(render_svg(stacks, title))
     tables = top_tables(stacks)
     (out_dir / f"{name}-top.md").write_text(f"# {title}\n\n{tables}")

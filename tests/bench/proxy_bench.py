@@ -706,6 +706,9 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="record flame graphs instead of figures"
     )
+    parser.add_argument(
+        "--native", action="store_true", help="with --profile: C frames too (py-spy --native)"
+    )
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     args = parser.parse_args()
     if args.quick:

@@ -48,12 +48,12 @@ def py_spy() -> str | None:
 class Recorder:
     """py-spy attached to `pid` until `stop()`, or, with `cprofile`, nothing to do here."""
 
-    def __init__(self, env: Env, pid: int, name: str) -> None:
+    def __init__(self, env: Env, pid: int, name: str, native: bool = False) -> None:
         self.path = env.tmp / f"{name}.collapsed"
         binary = py_spy()
         assert binary is not None
         command = [binary, "record", "-p", str(pid), "-r", str(RATE_HZ), "-f", "raw"]
-        command += ["--function", "-o", str(self.path)]
+        command += ["--function", "-o", str(self.path), *(["--native"] if native else [])]
         self.proc = spawn(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     async def stop(self) -> Path:
@@ -91,6 +91,7 @@ async def profile(args: argparse.Namespace) -> int:
             "sync-intake": f"sidecar synchronised intake: {args.intake:,} calls opened at once, "
             "until all are held",
         }
+        suffix = "-native" if args.native else ""
         for name in titles:
             cprofile = None if use_pyspy else env.tmp / f"{name}.pstats"
             timeout = aiohttp.ClientTimeout(total=600)
@@ -105,7 +106,7 @@ async def profile(args: argparse.Namespace) -> int:
                     await passthrough_load(env, sc, 1)
                 else:
                     await latency_point(session, r, sc, env, 0, 1000, args.rate)
-                recorder = Recorder(env, sc.pid, name) if use_pyspy else None
+                recorder = Recorder(env, sc.pid, name, args.native) if use_pyspy else None
                 await asyncio.sleep(0.5)  # py-spy attached
                 if name == "passthrough":
                     await passthrough_load(env, sc, args.seconds)
@@ -113,7 +114,7 @@ async def profile(args: argparse.Namespace) -> int:
                     await intake_load(env, sc, session, args.intake)
                 if recorder is not None:
                     collapsed = await recorder.stop()
-                    tables = write_profile(collapsed, OUT, name, titles[name])
+                    tables = write_profile(collapsed, OUT, name + suffix, titles[name] + suffix)
                     print(f"\n# {titles[name]}\n{tables}", flush=True)
                 if name == "sync-intake":
                     await until_held_zero(session, sc)
