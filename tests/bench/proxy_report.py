@@ -221,6 +221,7 @@ def write_chart(report: dict[str, Any], path: Path) -> Path | None:
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        import matplotlib.ticker
     except ImportError:
         print("matplotlib is not installed (pip install -e '.[bench]'): no chart")
         return None
@@ -299,6 +300,9 @@ def write_chart(report: dict[str, Any], path: Path) -> Path | None:
         ]
         ax3.errorbar(xs, meds, yerr=err, fmt=style, capsize=4, label=q[:3], alpha=0.85)
     ax3.set_yscale("log")
+    ax3.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax3.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+    ax3.tick_params(axis="y", which="minor", labelsize=7)
     ax3.axhline(5, color="#e15759", linestyle="--", linewidth=1, label="p99 must")
     ax3.axhline(2, color="#59a14f", linestyle="--", linewidth=1, label="p99 goal")
     ax3.set_xlabel("calls held when the completions start")
