@@ -9,10 +9,11 @@ run starts everything afresh) to show the spread:
    pinned to a core of its own, with `wrk -t1 -c50` (or an aiohttp client) and the upstream on
    the other core(s); the upstream alone first, to show it is not the limit. CPU per request =
    the proxy process's user+sys time (psutil) / requests completed.
-2. synchronised intake: N calls (default 9,000) on a stream route opened at once (`wrk -c N`
-   POSTs, else aiohttp); sidecar CPU from the first call until `sidecar_waiting_requests` reaches
-   N (the 202 received and the waiter registered), per call; the rate at which held calls rose
-   (10 % → 90 % of N); RSS growth per held call.
+2. synchronised intake: N calls (default 9,000) on a stream route, 500 connections at a time
+   (one `wrk -c500` POSTing each, else aiohttp), keeping at most 1,000 sent but not yet held;
+   sidecar CPU from the first call until `sidecar_waiting_requests` reaches N (the 202 received
+   and the waiter registered), per call, less the bench's own /metrics scrapes; calls held per
+   second (N / that time); RSS growth per held call.
 3. event → answer at 1,000 completions/s with those N still held (3,000 more calls with known
    ids, their completions XADDed at 1,000/s), and with only 1,000 held.
 4. capacity: 15,000 and 30,000 calls held by a fresh sidecar, then completed; held with 0 errors
@@ -20,8 +21,9 @@ run starts everything afresh) to show the spread:
 5. `workers: 2` vs `workers: 1` pass-through, when the sidecar accepts the `workers` key.
 
 Writes `docs/bench/proxy-<label>.json` and `.png`, and prints the figures against the targets.
-`--profile` instead records py-spy flame graphs of the pass-through and of the intake under
-load into `docs/bench/profiles/` (or cProfile tables when py-spy cannot attach).
+`--profile` instead records py-spy flame graphs of the pass-through (sidecar and minimal proxy)
+and of the intake under load into `docs/bench/profiles/` (cProfile tables without py-spy), and
+times the garbage collector under three settings (`tests/bench/gc_probe.py`).
 """
 
 from __future__ import annotations
@@ -147,9 +149,14 @@ class Sidecar:
     """`sidecar run -c <config>` as a child process pinned to `cores`."""
 
     def __init__(
-        self, env: Env, cores: list[int] | None, extra: str = "", cprofile: Path | None = None
+        self,
+        env: Env,
+        cores: list[int] | None,
+        extra: str = "",
+        cprofile: Path | None = None,
+        gc_probe: list[str] | None = None,
     ) -> None:
-        self.env, self.cores, self.cprofile = env, cores, cprofile
+        self.env, self.cores, self.cprofile, self.gc_probe = env, cores, cprofile, gc_probe
         self.port, self.admin_port = free_port(), free_port()
         self.config = env.tmp / f"sidecar-{self.port}.yaml"
         self.config.write_text(sidecar_yaml(env, self.port, self.admin_port, extra))
@@ -175,7 +182,8 @@ class Sidecar:
         """Start and wait until /readyz answers."""
         log = (self.env.tmp / f"sidecar-{self.port}.log").open("wb")
         profiler = ("-m", "cProfile", "-o", str(self.cprofile)) if self.cprofile else ()
-        command = python_command(*profiler, "-m", "sidecar.cli", "run", "-c", str(self.config))
+        main = ("tests.bench.gc_probe", *self.gc_probe, "--") if self.gc_probe else ("sidecar.cli",)
+        command = python_command(*profiler, "-m", *main, "run", "-c", str(self.config))
         self.proc = spawn(pinned(command, self.cores), cwd=ROOT, stderr=log)
         log.close()
         await wait_http(f"{self.admin}/readyz", timeout_s=30)

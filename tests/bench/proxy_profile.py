@@ -11,20 +11,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import pstats
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
+
+from sidecar.dev.redis_server import free_port
 
 from . import loadgen
 from .flame import write_profile
-from .harness import spawn
+from .harness import ROOT, cpu_seconds, pinned, python_command, spawn, stop_process, wait_http
 from .proxy_bench import (
     DOCS,
+    Background,
     Env,
     Sidecar,
     environment,
@@ -55,6 +63,7 @@ class Recorder:
         command = [binary, "record", "-p", str(pid), "-r", str(RATE_HZ), "-f", "raw"]
         command += ["--function", "-o", str(self.path), *(["--native"] if native else [])]
         self.proc = spawn(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.started = time.monotonic()
 
     async def stop(self) -> Path:
         """Stop sampling (py-spy writes its file on SIGINT)."""
@@ -62,6 +71,9 @@ class Recorder:
         _, err = await asyncio.to_thread(self.proc.communicate, None, 60)
         if not self.path.exists():
             raise RuntimeError(f"py-spy wrote nothing: {err.decode()[-500:]}")
+        said = err.decode().strip().splitlines()
+        elapsed = time.monotonic() - self.started
+        print(f"py-spy sampled for {elapsed:.1f} s: {said[-1] if said else ''}", flush=True)
         return self.path
 
 
@@ -72,12 +84,28 @@ async def passthrough_load(env: Env, sc: Sidecar, seconds: float) -> None:
     )
 
 
-async def intake_load(env: Env, sc: Sidecar, session: aiohttp.ClientSession, n: int) -> None:
-    """What is sampled for (b): `n` calls opened at once, until all are held."""
+_OPEN: dict[int, Background] = {}  # a sidecar's held background calls, by its pid
+
+
+async def intake_load(
+    env: Env, sc: Sidecar, session: aiohttp.ClientSession, n: int, close: bool = True
+) -> None:
+    """What is sampled for (b): `n` calls opened, until all are held (then hung up, or left
+    for `sc_background_close`)."""
     background = await open_background(env, sc, session, n)
     try:
         await until_held(session, sc, n, timeout_s=180)
     finally:
+        if close:
+            await background.close()
+        else:
+            _OPEN[sc.pid] = background
+
+
+async def sc_background_close(sc: Sidecar) -> None:
+    """Hang up the calls `intake_load(close=False)` left held."""
+    background = _OPEN.pop(sc.pid, None)
+    if background is not None:
         await background.close()
 
 
@@ -88,8 +116,8 @@ async def profile(args: argparse.Namespace) -> int:
         clients = env.optional_keys.get("clients", "")
         titles = {
             "passthrough": f"sidecar pass-through, wrk -c50 for {args.seconds:g} s",
-            "sync-intake": f"sidecar synchronised intake: {args.intake:,} calls opened at once, "
-            "until all are held",
+            "sync-intake": f"sidecar synchronised intake: {args.intake:,} calls, 500 connections "
+            "at a time, until all are held",
         }
         suffix = "-native" if args.native else ""
         for name in titles:
@@ -121,8 +149,126 @@ async def profile(args: argparse.Namespace) -> int:
             if cprofile is not None:  # the sidecar has exited: its profile is written
                 print(f"\n# {titles[name]} (cProfile; py-spy is not installed)\n")
                 print(cprofile_tables(cprofile, OUT / f"{name}-top.md", titles[name]))
+        if use_pyspy:
+            name, title = (
+                f"passthrough-minimal{suffix}",
+                (f"minimal aiohttp proxy, the same pass-through load{suffix}"),
+            )
+            print(f"\n# {title}\n{await profile_minimal(env, args, name, title)}", flush=True)
+        if not args.native:
+            print("\n# the cyclic garbage collector (gc.callbacks timing, no sampling)\n")
+            table = await gc_experiment(env, r, args)
+            (OUT / "gc.md").write_text(table)
+            print(table)
     print(f"profiles written to {OUT}")
     return 0
+
+
+async def profile_minimal(env: Env, args: argparse.Namespace, name: str, title: str) -> str:
+    """The minimal proxy under the same pass-through load: the baseline to diff against."""
+    port = free_port()
+    command = python_command(
+        "-m", "tests.bench.minimal_proxy", "--port", str(port), "--upstream", env.upstream
+    )
+    with (env.tmp / "minimal-profile.log").open("wb") as log:
+        proc = spawn(pinned(command, env.proxy_cores), cwd=ROOT, stderr=log)
+    try:
+        url = f"http://127.0.0.1:{port}/pass"
+        await wait_http(url)
+        await loadgen.closed_loop(
+            url, connections=50, seconds=1, cores=env.load_cores, workdir=env.tmp
+        )
+        recorder = Recorder(env, proc.pid, name, args.native)
+        await asyncio.sleep(0.5)
+        await loadgen.closed_loop(
+            url, connections=50, seconds=args.seconds, cores=env.load_cores, workdir=env.tmp
+        )
+        return write_profile(await recorder.stop(), OUT, name, title)
+    finally:
+        stop_process(proc)
+
+
+# What-if settings of the collector, set by tests/bench/gc_probe.py before the sidecar starts.
+GC_SETTINGS = (
+    ("default thresholds (700, 10, 10)", []),
+    ("gc.freeze() at startup", ["--freeze"]),
+    ("gc.freeze() + thresholds (50000, 20, 100)", ["--freeze", "--threshold", "50000,20,100"]),
+)
+
+
+def _load_totals(path: Path) -> dict[str, Any] | None:
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except (OSError, ValueError):  # not written yet, or half written
+        return None
+    return data
+
+
+def _ask_totals(pid: int, path: Path) -> None:
+    path.unlink(missing_ok=True)
+    os.kill(pid, signal.SIGUSR1)
+
+
+async def read_gc(pid: int, path: Path) -> dict[str, Any]:
+    """The probe's totals now (SIGUSR1 makes it write them)."""
+    _ask_totals(pid, path)
+    for _ in range(100):
+        data = _load_totals(path)
+        if data is not None:
+            return data
+        await asyncio.sleep(0.02)
+    raise RuntimeError("the GC probe did not answer")
+
+
+async def gc_experiment(env: Env, r: aioredis.Redis, args: argparse.Namespace) -> str:
+    """Per collector setting: GC share of the sidecar's CPU and CPU per request / per held call,
+    in the pass-through (wrk -c50) and the intake (`--intake` calls until held)."""
+    rows = [
+        "| collector | pass-through: CPU per request, of which GC | intake: CPU per held call, "
+        "of which GC | collections (gen 0/1/2) during the intake |",
+        "|---|---|---|---|",
+    ]
+    for label, options in GC_SETTINGS:
+        out = env.tmp / f"gc-{len(rows)}.json"
+        clients = env.optional_keys.get("clients", "")
+        sidecar = Sidecar(env, env.proxy_cores, clients, gc_probe=[str(out), *options])
+        timeout = aiohttp.ClientTimeout(total=600)
+        async with (
+            running(sidecar) as sc,
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0), timeout=timeout
+            ) as session,
+        ):
+            await passthrough_load(env, sc, 1)
+            g0, cpu0 = await read_gc(sc.pid, out), cpu_seconds(sc.pid)
+            load = await loadgen.closed_loop(
+                f"{sc.base}/pass",
+                connections=50,
+                seconds=args.seconds,
+                cores=env.load_cores,
+                workdir=env.tmp,
+            )
+            g1, cpu1 = await read_gc(sc.pid, out), cpu_seconds(sc.pid)
+            pt_cpu = (cpu1 - cpu0) / load.requests * 1e6
+            pt_gc = (sum(g1["seconds"]) - sum(g0["seconds"])) / load.requests * 1e6
+            await latency_point(session, r, sc, env, 0, 50, args.rate)
+            g2, cpu2 = await read_gc(sc.pid, out), cpu_seconds(sc.pid)
+            await intake_load(env, sc, session, args.intake, close=False)
+            g3, cpu3 = await read_gc(sc.pid, out), cpu_seconds(sc.pid)
+            await sc_background_close(sc)
+            await until_held_zero(session, sc)
+        n = args.intake
+        in_cpu = (cpu3 - cpu2) / n * 1e6
+        in_gc = (sum(g3["seconds"]) - sum(g2["seconds"])) / n * 1e6
+        counts = "/".join(
+            str(b - a) for a, b in zip(g2["collections"], g3["collections"], strict=True)
+        )
+        rows.append(
+            f"| {label} | {pt_cpu:.0f} µs, GC {pt_gc:.1f} µs ({pt_gc / pt_cpu:.0%}) | "
+            f"{in_cpu:.0f} µs, GC {in_gc:.0f} µs ({in_gc / in_cpu:.0%}) | {counts} |"
+        )
+        print(rows[-1], flush=True)
+    return "\n".join(rows) + "\n"
 
 
 def cprofile_tables(path: Path, out: Path, title: str, limit: int = 30) -> str:
