@@ -731,7 +731,18 @@ def main() -> None:
         "--native", action="store_true", help="with --profile: C frames too (py-spy --native)"
     )
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
+    parser.add_argument(
+        "--without",
+        nargs="+",
+        choices=("wrk", "nginx"),
+        default=[],
+        help="act as if these were not installed (to check the fallbacks)",
+    )
     args = parser.parse_args()
+    if "wrk" in args.without:
+        loadgen.have_wrk = lambda: False  # type: ignore[assignment]
+    if "nginx" in args.without:
+        nginx.binary = lambda: None  # type: ignore[assignment]
     if args.quick:
         args.runs, args.seconds, args.intake, args.latency_calls = 1, 2.0, 2000, 1000
         args.hold_levels = [3000]
