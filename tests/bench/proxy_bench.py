@@ -740,9 +740,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     if "wrk" in args.without:
-        loadgen.have_wrk = lambda: False  # type: ignore[assignment]
+        loadgen.have_wrk = lambda: False
     if "nginx" in args.without:
-        nginx.binary = lambda: None  # type: ignore[assignment]
+        nginx.binary = lambda: None
     if args.quick:
         args.runs, args.seconds, args.intake, args.latency_calls = 1, 2.0, 2000, 1000
         args.hold_levels = [3000]

@@ -189,7 +189,7 @@ async def profile_minimal(env: Env, args: argparse.Namespace, name: str, title: 
 
 
 # What-if settings of the collector, set by tests/bench/gc_probe.py before the sidecar starts.
-GC_SETTINGS = (
+GC_SETTINGS: tuple[tuple[str, list[str]], ...] = (
     ("default thresholds (700, 10, 10)", []),
     ("gc.freeze() at startup", ["--freeze"]),
     ("gc.freeze() + thresholds (50000, 20, 100)", ["--freeze", "--threshold", "50000,20,100"]),

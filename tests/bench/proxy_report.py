@@ -115,7 +115,7 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
 
 def _why_missing(fig: Figure, runs: list[Run]) -> str:
     if fig.value is _workers:
-        return runs[0]["workers"].get("reason", "not measured")
+        return str(runs[0]["workers"].get("reason", "not measured"))
     if fig.value is _max_held:
         return "; ".join(c["skipped"] for c in runs[0]["capacity"] if "skipped" in c)
     if "nginx" in fig.label:
@@ -247,8 +247,8 @@ def write_chart(report: dict[str, Any], path: Path) -> Path | None:
         cpus.append(statistics.median(cpu) if cpu else None)
     colours = ["#bbbbbb", "#59a14f", "#4e79a7", "#f28e2b"][-len(labels) :]
     bars = ax1.bar(labels, medians, yerr=[lows, highs], capsize=5, color=colours)
-    for bar, med, cpu in zip(bars, medians, cpus, strict=True):
-        note = f"{med:,.0f}/s" + (f"\n{cpu:.0f} µs CPU/req" if cpu else "")
+    for bar, med, cpu_us in zip(bars, medians, cpus, strict=True):
+        note = f"{med:,.0f}/s" + (f"\n{cpu_us:.0f} µs CPU/req" if cpu_us else "")
         x = bar.get_x() + bar.get_width() / 2
         ax1.annotate(
             note,
