@@ -39,6 +39,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -536,19 +537,33 @@ async def bench_capacity(
                     return resp.status
 
             t0 = time.perf_counter()
-            tasks = [asyncio.create_task(call(i, cid)) for i, cid in enumerate(cids)]
-            samples, reached = await until_held(
-                sessions[0], sc, level, timeout_s=300, interval_s=0.25
-            )
+            tasks: list[asyncio.Task[int]] = []
+            held, early, max_held = 0.0, 0, 0.0
+            deadline = time.monotonic() + 300
+            # As in the intake: BATCH calls at a time, at most WINDOW sent but not yet held, so
+            # what is measured is holding, not a listen backlog flooded by `level` SYNs at once.
+            while time.monotonic() < deadline:
+                held = await waiting_now(sessions[0], sc.admin)
+                max_held = max(max_held, held)
+                early = sum(t.done() for t in tasks)  # answered before their event: failures
+                if held >= level or (len(tasks) == level and held + early >= level):
+                    break
+                if len(tasks) < level and len(tasks) - held - early < WINDOW:
+                    first_new = len(tasks)
+                    for i in range(first_new, min(level, first_new + BATCH)):
+                        tasks.append(asyncio.create_task(call(i, cids[i])))
+                    continue
+                await asyncio.sleep(0.05)
+            reached = held >= level
             out.update(
                 reached=reached,
-                max_held=max((h for _, h in samples), default=0),
+                max_held=max_held,
                 seconds_to_hold=time.perf_counter() - t0,
                 kib_per_held=(rss_bytes(sc.pid) - rss0) / level / 1024,
-                early=sum(t.done() for t in tasks),
+                early=early,
             )
+            await asyncio.sleep(SETTLE_S)
             if reached:
-                await asyncio.sleep(SETTLE_S)
                 first = cids[:latency_calls]
                 published = await publish_at_rate(r, env.stream, first, rate)
                 await publish_all(r, env.stream, cids[latency_calls:])
@@ -558,15 +573,25 @@ async def bench_capacity(
                     "calls": len(first),
                     **latency_summary(published, done),
                 }
-            else:
+            else:  # complete what is held, so every call has an outcome to count
+                await publish_all(r, env.stream, cids[: len(tasks)])
                 for task in tasks:
-                    task.cancel()
+                    if not task.done():
+                        task.cancel()
             statuses = await asyncio.gather(*tasks, return_exceptions=True)
+            statuses += ["never sent"] * (level - len(tasks))
     finally:
         for session in sessions:
             await session.close()
     out["ok"] = sum(s == 200 for s in statuses)
     out["errors"] = level - out["ok"]
+    out["failures"] = dict(
+        Counter(
+            f"status {s}" if isinstance(s, int) else s if isinstance(s, str) else repr(s)[:80]
+            for s in statuses
+            if s != 200
+        )
+    )
     out["passed"] = bool(out.get("reached")) and out["errors"] == 0
     return out
 
@@ -677,6 +702,8 @@ def _capacity(c: dict[str, Any]) -> str:
         return f"not tried: {c['skipped']}"
     lat = c.get("latency")
     text = f"{c['max_held']:.0f} held, {c['errors']} errors"
+    if c.get("failures"):
+        text += f" {c['failures']}"
     if lat:
         text += f"; event→answer p99 {lat['p99_ms']:.2f} ms at {lat['rate']:.0f}/s"
     return text + f"; {c['kib_per_held']:.1f} KiB per held call"
