@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import platform
 import shutil
@@ -385,6 +386,7 @@ async def bench_sync(
             "kib_per_held": rss / n / 1024,
             "timeline": samples,
         }
+        out["intake"]["counters"] = await counters(session, sc)
         print("  intake:", _intake(out["intake"]), flush=True)
         try:
             if reached:
@@ -394,7 +396,10 @@ async def bench_sync(
                 print(f"  event→answer, {n:,} held:", _lat(out["latency_held"]), flush=True)
         finally:
             await background.close()
+            out["intake"]["generator_saw"] = background.answered_early()
             await until_held_zero(session, sc)
+        if not reached:
+            print("  intake short:", out["intake"]["counters"], out["intake"]["generator_saw"])
         out["latency_low"] = await latency_point(session, r, sc, env, 0, 1000, rate)
         print("  event→answer, 1,000 held:", _lat(out["latency_low"]), flush=True)
     return out
@@ -416,6 +421,21 @@ def _intake(i: dict[str, Any]) -> str:
     )
 
 
+COUNTERS = ("sidecar_requests_total", "sidecar_fallbacks_total", "sidecar_upstream_errors_total")
+
+
+async def counters(session: aiohttp.ClientSession, sc: Sidecar) -> dict[str, float]:
+    """The sidecar's request, fallback and upstream-error counters (to explain a shortfall)."""
+    async with session.get(f"{sc.admin}/metrics") as resp:
+        text = await resp.text()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(COUNTERS):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
 async def until_held_zero(
     session: aiohttp.ClientSession, sc: Sidecar, timeout_s: float = 60
 ) -> None:
@@ -434,6 +454,18 @@ class Background:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
     scrapes: int = 0
+    outputs: list[Path] = field(default_factory=list)
+
+    def answered_early(self) -> dict[str, int]:
+        """After `close()`: what the wrk processes saw (an answer to a held call is a failure)."""
+        totals: dict[str, int] = {}
+        for path in self.outputs:
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("WRKJSON "):
+                    data = json.loads(line[len("WRKJSON ") :])
+                    for key in ("requests", "connect", "read", "write", "status", "timeout"):
+                        totals[key] = totals.get(key, 0) + int(data[key])
+        return totals
 
     async def close(self) -> None:
         """Hang up every call (the sidecar sees its clients go)."""
@@ -483,9 +515,9 @@ async def open_background(
                 workdir=env.tmp,
                 post=True,
             )
-            background.procs.append(
-                spawn(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            )
+            with (env.tmp / f"intake-wrk-{started}.out").open("wb") as out:
+                background.procs.append(spawn(cmd, stdout=out, stderr=subprocess.STDOUT))
+            background.outputs.append(env.tmp / f"intake-wrk-{started}.out")
         else:
             background.tasks += [asyncio.create_task(call()) for _ in range(k)]
         started += k
