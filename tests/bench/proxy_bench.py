@@ -226,21 +226,39 @@ def start_upstream(env: Env, procs: list[subprocess.Popen[bytes]]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+SATURATED = 0.9  # a proxy below this share of its core was held back by the load side
+ATTEMPTS = 3  # loads per proxy at most, while it stays below SATURATED
+
+
 async def measure(env: Env, url: str, pid: int | None, seconds: float) -> dict[str, Any]:
-    """Warm up 1 s, then a closed-loop load of `seconds`; the proxy's CPU per request."""
+    """Warm up 1 s, then a closed-loop load of `seconds`; the proxy's CPU per request.
+
+    Throughput compares proxies only while each keeps its core busy: on this shared machine the
+    load side is sometimes slowed for seconds, and the proxy then idles. So a load that left the
+    proxy below `SATURATED` is repeated (up to `ATTEMPTS` in all) and the busiest kept.
+    """
     await loadgen.closed_loop(url, connections=50, seconds=1, cores=env.load_cores, workdir=env.tmp)
-    cpu0 = cpu_seconds(pid) if pid else 0.0
-    t0 = time.perf_counter()
-    result = await loadgen.closed_loop(
-        url, connections=50, seconds=seconds, cores=env.load_cores, workdir=env.tmp
-    )
-    wall = time.perf_counter() - t0
-    out: dict[str, Any] = result.as_dict()
-    if pid:
+    best: dict[str, Any] = {}
+    for attempt in range(1, ATTEMPTS + 1):
+        cpu0 = cpu_seconds(pid) if pid else 0.0
+        t0 = time.perf_counter()
+        result = await loadgen.closed_loop(
+            url, connections=50, seconds=seconds, cores=env.load_cores, workdir=env.tmp
+        )
+        wall = time.perf_counter() - t0
+        out: dict[str, Any] = result.as_dict()
+        out["attempts"] = attempt
+        if not pid:
+            return out
         cpu = cpu_seconds(pid) - cpu0
         out["cpu_us_per_request"] = cpu / max(1, result.requests) * 1e6
         out["cpu_utilisation"] = cpu / wall  # 1.0 = one core busy all the time
-    return out
+        if not best or out["cpu_utilisation"] > best["cpu_utilisation"]:
+            best = out
+        if out["cpu_utilisation"] >= SATURATED:
+            break
+    best["attempts"] = attempt
+    return best
 
 
 async def bench_passthrough(

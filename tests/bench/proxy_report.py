@@ -39,11 +39,29 @@ def _pt(run: Run, name: str) -> dict[str, Any] | None:
     return row
 
 
-def _ratio(run: Run, other: str) -> float | None:
+SATURATED = 0.9  # as in proxy_bench: below this share of its core a proxy was load-bound
+
+
+def _ratio(run: Run, other: str, valid_only: bool = False) -> float | None:
+    """sidecar req/s / anchor req/s; with `valid_only`, None unless both kept their core busy."""
     sidecar, anchor = _pt(run, "sidecar"), _pt(run, other)
     if not sidecar or not anchor or not anchor["rps"]:
         return None
+    if valid_only and not (_saturated(sidecar) and _saturated(anchor)):
+        return None
     return float(sidecar["rps"] / anchor["rps"])
+
+
+def _saturated(row: dict[str, Any]) -> bool:
+    return float(row.get("cpu_utilisation", 0.0)) >= SATURATED
+
+
+def _cpu_ratio(run: Run, other: str) -> float | None:
+    """anchor CPU per request / sidecar's: the req/s ratio both would have if CPU-bound."""
+    sidecar, anchor = _pt(run, "sidecar"), _pt(run, other)
+    if not sidecar or not anchor or "cpu_us_per_request" not in anchor:
+        return None
+    return float(anchor["cpu_us_per_request"] / sidecar["cpu_us_per_request"])
 
 
 def _intake(run: Run, key: str) -> float | None:
@@ -73,9 +91,9 @@ def _workers(run: Run) -> float | None:
 
 FIGURES = (
     Figure("pass-through req/s vs minimal aiohttp proxy", 0.9, 1.2, True, "x",
-           lambda r: _ratio(r, "minimal"), 2),
+           lambda r: _ratio(r, "minimal", valid_only=True), 2),
     Figure("pass-through req/s vs nginx (1 worker)", 0.25, 0.45, True, "x",
-           lambda r: _ratio(r, "nginx"), 3),
+           lambda r: _ratio(r, "nginx", valid_only=True), 3),
     Figure("pass-through CPU per request (sidecar)", 120, 80, False, " µs",
            lambda r: (_pt(r, "sidecar") or {}).get("cpu_us_per_request")),
     Figure("CPU per synchronised call, arrival → held", 300, 150, False, " µs",
@@ -138,12 +156,21 @@ def print_table(report: dict[str, Any]) -> None:
                 f"| {fig.label} | {cmp} {must} | {cmp} {goal} | n/a | {_why_missing(fig, runs)} | |"
             )
             continue
+        k = len(row["values"])
+        valid = f" ({k} of {n} runs valid)" if k < n else ""
         mark = "goal ✓" if row["meets_goal"] == n else "must ✓" if row["meets_must"] == n else "✗"
         print(
             f"| {fig.label} | {cmp} {must} | {cmp} {goal} | **{fig.fmt(row['median'])}** {mark} "
-            f"| {fig.fmt(row['min'])} to {fig.fmt(row['max'])} | {row['meets_must']}/{n} / "
+            f"| {fig.fmt(row['min'])} to {fig.fmt(row['max'])}{valid} | {row['meets_must']}/{n} / "
             f"{row['meets_goal']}/{n} |"
         )
+    print(
+        f"\nThe req/s ratios count only runs where both proxies kept their core >= "
+        f"{SATURATED:.0%} busy (else the load side set the pace). CPU-per-request ratios "
+        f"(anchor µs / sidecar µs: the req/s ratio if both were CPU-bound): vs minimal "
+        f"{_xs([_cpu_ratio(r, 'minimal') for r in runs])}, vs nginx "
+        f"{_xs([_cpu_ratio(r, 'nginx') for r in runs])}."
+    )
     print("\n## Pass-through side by side (per run)\n")
     print("| run | upstream alone | sidecar | minimal proxy | nginx | sidecar / minimal | "
           "sidecar / nginx |")  # fmt: skip
@@ -151,8 +178,11 @@ def print_table(report: dict[str, Any]) -> None:
     for i, run in enumerate(runs, 1):
         pt = run["passthrough"]
         cells = [_cell(pt.get(k)) for k in ("upstream", "sidecar", "minimal", "nginx")]
-        r_min, r_ngx = _ratio(run, "minimal"), _ratio(run, "nginx")
-        print(f"| {i} | " + " | ".join(cells) + f" | {_x(r_min)} | {_x(r_ngx)} |")
+        ratios = []
+        for anchor in ("minimal", "nginx"):
+            valid = _ratio(run, anchor, valid_only=True) is not None
+            ratios.append(_x(_ratio(run, anchor)) + ("" if valid else " (not saturated)"))
+        print(f"| {i} | " + " | ".join(cells) + f" | {ratios[0]} | {ratios[1]} |")
     print("\n## Synchronised calls (per run)\n")
     print("| run | intake | event→answer, 1,000 held | event→answer, N held | capacity |")
     print("|---|---|---|---|---|")
@@ -166,6 +196,11 @@ def print_table(report: dict[str, Any]) -> None:
         )
 
 
+def _xs(values: list[float | None]) -> str:
+    got = [v for v in values if v is not None]
+    return " / ".join(f"{v:.3f}x" for v in got) if got else "n/a"
+
+
 def _x(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}x"
 
@@ -176,6 +211,8 @@ def _cell(row: dict[str, Any] | None) -> str:
     text = f"{row['rps']:,.0f} req/s"
     if "cpu_us_per_request" in row:
         text += f", {row['cpu_us_per_request']:.0f} µs/req, {row['cpu_utilisation']:.0%} core"
+        if row.get("attempts", 1) > 1:
+            text += f" (best of {row['attempts']} loads)"
     text += f", p99 {row['p99_ms']:.1f} ms"
     return text + (f", **{row['errors']} errors**" if row["errors"] else "")
 
