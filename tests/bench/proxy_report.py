@@ -136,6 +136,14 @@ def _why_missing(fig: Figure, runs: list[Run]) -> str:
         return str(runs[0]["workers"].get("reason", "not measured"))
     if fig.value is _max_held:
         return "; ".join(c["skipped"] for c in runs[0]["capacity"] if "skipped" in c)
+    for anchor in ("nginx", "minimal"):
+        if anchor in fig.label and any(anchor in r["passthrough"] for r in runs):
+            raw = _xs([_ratio(r, anchor) for r in runs])
+            cpu = _xs([_cpu_ratio(r, anchor) for r in runs])
+            return (
+                f"no run with both proxies >= {SATURATED:.0%} of their core; measured req/s "
+                f"ratio {raw} (the anchor was held back), by CPU per request {cpu}"
+            )
     if "nginx" in fig.label:
         return "nginx is not installed"
     return "not measured (see the log above)"
@@ -180,8 +188,8 @@ def print_table(report: dict[str, Any]) -> None:
         cells = [_cell(pt.get(k)) for k in ("upstream", "sidecar", "minimal", "nginx")]
         ratios = []
         for anchor in ("minimal", "nginx"):
-            valid = _ratio(run, anchor, valid_only=True) is not None
-            ratios.append(_x(_ratio(run, anchor)) + ("" if valid else " (not saturated)"))
+            both_busy = _ratio(run, anchor, valid_only=True) is not None
+            ratios.append(_x(_ratio(run, anchor)) + ("" if both_busy else " (not saturated)"))
         print(f"| {i} | " + " | ".join(cells) + f" | {ratios[0]} | {ratios[1]} |")
     print("\n## Synchronised calls (per run)\n")
     print("| run | intake | event→answer, 1,000 held | event→answer, N held | capacity |")
