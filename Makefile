@@ -45,7 +45,7 @@ bench: install
 	$(BIN)/python -m tests.bench.webhook_bench
 
 # The proxy benchmark (docs/benchmarks.md): pass-through against a minimal aiohttp proxy and nginx,
-# synchronised intake, held calls, event->answer; 3 runs (~10 min), figures against the targets,
+# synchronised intake, held calls, event->answer; 3 runs (~7 min), figures against the targets,
 # docs/bench/proxy-latest.json/.png. Uses wrk and nginx when installed (apt-get install nginx wrk).
 # BENCH_ARGS="--label before" names the output; "--quick" is a 1-minute smoke run.
 bench-proxy: install
