@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/sidecar.yaml
 
-.PHONY: install test lint format demo run check schema bench clean
+.PHONY: install test lint format demo run check schema bench bench-proxy bench-profile clean
 
 $(BIN)/sidecar: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,19 @@ schema: install
 bench: install
 	$(BIN)/python -m tests.bench.sync_bench
 	$(BIN)/python -m tests.bench.webhook_bench
+
+# The proxy benchmark (docs/benchmarks.md): pass-through against a minimal aiohttp proxy and nginx,
+# synchronised intake, held calls, event->answer; 3 runs (~7 min), figures against the targets,
+# docs/bench/proxy-latest.json/.png. Uses wrk and nginx when installed (apt-get install nginx wrk).
+# BENCH_ARGS="--label before" names the output; "--quick" is a 1-minute smoke run.
+bench-proxy: install
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m tests.bench.proxy_bench $(BENCH_ARGS)
+
+# py-spy flame graphs of the pass-through and of the synchronised intake, in docs/bench/profiles/.
+bench-profile: install
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m tests.bench.proxy_bench --profile $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

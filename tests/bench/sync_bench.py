@@ -18,15 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,39 +32,16 @@ import redis.asyncio as aioredis
 
 from sidecar.dev.redis_server import RedisServer, answers, free_port
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def raise_open_files_limit() -> int:
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    return target
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def spawn(args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
-    """Start a child process (Popen returns at once; nothing here waits on it)."""
-    return subprocess.Popen(args, **kwargs)
-
-
-@contextlib.contextmanager
-def processes() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    try:
-        yield procs
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+from .harness import (
+    ROOT,
+    hold,
+    percentile,
+    processes,
+    publish_at_rate,
+    raise_open_files_limit,
+    spawn,
+    wait_http,
+)
 
 
 def sidecar_config(
@@ -110,48 +83,6 @@ routes:
     )
 
 
-async def wait_http(url: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(url) as resp:
-                    if resp.status < 500:
-                        return
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up")
-
-
-async def waiting_now(session: aiohttp.ClientSession, admin: str) -> float:
-    async with session.get(f"{admin}/metrics") as resp:
-        for line in (await resp.text()).splitlines():
-            if line.startswith('sidecar_waiting_requests{route="bench-stream"}'):
-                return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
-async def hold(
-    session: aiohttp.ClientSession, base: str, admin: str, cids: list[str], done: dict[str, float]
-) -> list[asyncio.Task[int]]:
-    """Start one held call per id; return once the sidecar holds them all."""
-
-    async def call(cid: str) -> int:
-        async with session.post(
-            f"{base}/jobs", data=b"{}", headers={"X-Correlation-ID": cid}
-        ) as resp:
-            await resp.read()
-            done[cid] = time.perf_counter()
-            return resp.status
-
-    tasks = [asyncio.create_task(call(cid)) for cid in cids]
-    deadline = time.monotonic() + 120
-    while await waiting_now(session, admin) < len(cids):
-        if time.monotonic() > deadline:
-            raise RuntimeError("the sidecar never held every call")
-        await asyncio.sleep(0.1)
-    return tasks
-
-
 async def bench_latency(
     session: aiohttp.ClientSession,
     r: aioredis.Redis,
@@ -165,14 +96,8 @@ async def bench_latency(
     cids = [f"lat-{rate}-{i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
     done: dict[str, float] = {}
     tasks = await hold(session, base, admin, cids, done)
-    published: dict[str, float] = {}
     start = time.perf_counter()
-    for i, cid in enumerate(cids):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        published[cid] = time.perf_counter()
-        await r.xadd(stream, {"correlation_id": cid, "type": "Done", "payload": '{"ok":true}'})
+    published = await publish_at_rate(r, stream, cids, rate)
     statuses = await asyncio.gather(*tasks)
     lat_ms = [(done[c] - published[c]) * 1000 for c in cids]
     return {

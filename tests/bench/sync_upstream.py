@@ -3,6 +3,7 @@
 POST /jobs, /pjobs  → 202 + Location /jobs/{id} (id = X-Correlation-ID)
 GET  /jobs/{id}     → 202 until `--done-after` seconds after creation, then 200 {"id": ...}
 POST /plain         → 200 at once (the pass-through baseline)
+GET  /pass          → 200 with a 50-byte JSON (the proxy benchmark's pass-through)
 GET  /stats         → {"polls": n}
 """
 
@@ -38,6 +39,13 @@ async def plain(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+PASS_BODY = b'{"id":"bench-0001","status":"done","value":123456}'
+
+
+async def passthrough(request: web.Request) -> web.Response:
+    return web.Response(body=PASS_BODY, content_type="application/json")
+
+
 async def stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATS])
 
@@ -56,6 +64,7 @@ def main() -> None:
     app.router.add_get("/jobs/{id}", status)
     app.router.add_post("/plain", plain)
     app.router.add_get("/stats", stats)
+    app.router.add_get("/pass", passthrough)
     web.run_app(app, host="127.0.0.1", port=args.port, print=None, access_log=None, backlog=4096)
 
 

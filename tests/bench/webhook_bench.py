@@ -57,7 +57,7 @@ from sidecar.webhooks.keys import dispatch_group, message_key, outbox_key
 from sidecar.webhooks.outbox import Outbox, message_id_for
 from sidecar.webhooks.store import Subscription, SubscriptionStore
 
-from .sync_bench import wait_http
+from .harness import wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 ROUTE = "bench-hook"
