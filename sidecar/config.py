@@ -507,6 +507,13 @@ class Webhooks(Model):
         description="Delays before each retry (±20% jitter). Default 5s,5m,30m,2h,5h,10h,10h.",
     )
     timeout: Duration = Field(15.0, gt=0, description="Per-attempt timeout. Default 15s.")
+    claim_after: Duration | None = Field(
+        None,
+        gt=0,
+        description="How long an attempt may stay in flight on one replica before another "
+        "takes it over (the replica is presumed dead). Must exceed timeout, so a live attempt "
+        "is never made twice this way. Default: timeout + 5s.",
+    )
     concurrency: int = Field(32, ge=1, description="Deliveries in flight per process. Default 32.")
     per_subscription: int = Field(
         4,
@@ -547,6 +554,20 @@ class Webhooks(Model):
     subscriptions: list[DeclaredSubscription] = Field(
         default_factory=list, description="Operator-owned subscriptions."
     )
+
+    @model_validator(mode="after")
+    def _claim_after_timeout(self) -> Webhooks:
+        if self.claim_after is not None and self.claim_after <= self.timeout:
+            raise ValueError(
+                f"claim_after ({self.claim_after:g}s) must exceed timeout ({self.timeout:g}s): "
+                "else an attempt still in flight would be made a second time"
+            )
+        return self
+
+    @property
+    def claim_after_s(self) -> float:
+        """Seconds before an attempt in flight on a silent replica is taken over."""
+        return self.claim_after if self.claim_after is not None else self.timeout + 5.0
 
 
 class RedisTls(Model):

@@ -134,7 +134,7 @@ class DeliveryWorker:
         self.session, self.metrics = webhooks.session, webhooks.metrics
         self.consumer, self.policy = webhooks.consumer, webhooks.policy
         self.store, self.outbox = webhooks.store, webhooks.outbox
-        self.claim_idle_s = config.timeout * 1.5 + 1.0
+        self.claim_idle_s = config.claim_after_s
         self.due_interval_s = min(max(min(config.schedule) / 4, 0.01), 0.5)
         # Half the slots by default, but room for two endpoints' worth: one slow endpoint of an
         # owner must not starve the owner's others.

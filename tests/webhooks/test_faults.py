@@ -301,9 +301,15 @@ async def test_killed_mid_attempt_the_abandoned_attempt_is_claimed_and_delivered
     key_prefix: str,
 ) -> None:
     stream = f"{key_prefix}:users.events"
-    # timeout 1s: an attempt read but never acknowledged is claimed after 1s * 1.5 + 1s idle.
+    # timeout 1s, claim_after 2s: an attempt read but never acknowledged is claimed after 2s.
     config = process_config(
-        receiver, redis_url, key_prefix, stream, schedule=["200ms", "200ms"], timeout="1s"
+        receiver,
+        redis_url,
+        key_prefix,
+        stream,
+        schedule=["200ms", "200ms"],
+        timeout="1s",
+        claim_after="2s",
     )
     receiver.modes["a"] = "hang"
     first = await run_sidecar(config)
