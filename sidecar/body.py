@@ -14,7 +14,6 @@ sent at all.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -28,6 +27,7 @@ from .errors import (
     SidecarError,
     error_response,
 )
+from .ids import new_id
 from .listener import close_after_answer
 from .metrics import status_class
 from .state import METRICS, RUNTIME
@@ -53,6 +53,11 @@ async def read_whole(request: web.Request, call: CallContext, limits: Clients) -
     length = declared_length(request)
     if length is not None and length > limits.max_body:
         raise too_large(limits.max_body, length)
+    if request.content.is_eof():  # all here already (a small body): no timer needed
+        body = await request.content.read()
+        if len(body) > limits.max_body:
+            raise too_large(limits.max_body, len(body))
+        return body
     chunks: list[bytes] = []
     size = 0
     try:
@@ -112,7 +117,7 @@ async def expect_continue(request: web.Request) -> web.StreamResponse | None:
         if request.transport is not None:
             request.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         return None
-    cid = str(uuid.uuid4())
+    cid = new_id()
     route = compiled.route.name if compiled else UNMATCHED
     request.app[METRICS].requests.labels(route, error.outcome, status_class(error.status)).inc()
     response = error_response(error, correlation_id=cid)

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
@@ -60,8 +61,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     path = _config_path(args.config)
     settings = _load_or_exit(path)
     setup_logging(settings.log.level, settings.log.format)
-    asyncio.run(serve(settings, path))
+    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+        runner.run(serve(settings, path))
     return 0
+
+
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop to run on: uvloop's when asked for (or, with `auto`, when installed)."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            print("event_loop: uvloop is not installed (pip install uvloop)", file=sys.stderr)
+            raise SystemExit(1) from None
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -834,6 +834,11 @@ class Settings(BaseSettings):
     tenancy: Tenancy = Field(default_factory=Tenancy)
     correlation_header: HeaderName = Field("X-Correlation-ID", description="Correlation header.")
     shutdown_grace: Duration = Field(30.0, ge=0, description="Drain time on SIGTERM.")
+    event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
+        "auto",
+        description="The event loop: uvloop (faster, less memory per connection) or asyncio's "
+        "own. auto: uvloop when installed. Default auto.",
+    )
     tracking_ttl: Duration = Field(
         86400.0, gt=0, description="How long a 202'd call is remembered in Redis. Default 24h."
     )

@@ -6,11 +6,12 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
+
+from .ids import new_id
 
 # RFC 9110 §7.6.1 plus the legacy ones every proxy drops.
 HOP_BY_HOP = frozenset(
@@ -39,25 +40,27 @@ def correlation_id(supplied: str | None) -> str:
     """The client's id when it is 1-128 chars of `[A-Za-z0-9._:-]`, else a new UUID."""
     if supplied and _CORRELATION_RE.match(supplied):
         return supplied
-    return str(uuid.uuid4())
+    return new_id()
 
 
 def end_to_end(
     headers: Mapping[str, str] | CIMultiDictProxy[str], also: frozenset[str] = frozenset()
 ) -> CIMultiDict[str]:
     """A copy without hop-by-hop headers, those the `Connection` header names, nor `also`."""
-    named = {
-        token.strip().lower()
-        for value in (
+    drop = HOP_BY_HOP | also if also else HOP_BY_HOP
+    if "Connection" in headers:
+        values = (
             headers.getall("Connection", [])
             if isinstance(headers, CIMultiDictProxy | CIMultiDict)
             else [headers.get("Connection", "")]
         )
-        for token in value.split(",")
-        if token.strip()
-    }
-    drop = HOP_BY_HOP | named | also
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+        named = {t.strip().lower() for v in values for t in v.split(",") if t.strip()}
+        drop = drop | named
+    kept: CIMultiDict[str] = CIMultiDict()
+    for k, v in headers.items():
+        if k.lower() not in drop:
+            kept.add(k, v)
+    return kept
 
 
 def upstream_request_headers(

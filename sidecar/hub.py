@@ -55,7 +55,8 @@ class Waiter:
     def __init__(self, spec: StreamWait, correlation_id: str) -> None:
         self.spec = spec
         self.key = (spec.key, correlation_id)
-        self.future: asyncio.Future[Completion] = asyncio.get_running_loop().create_future()
+        # None: the wait ended without a completion (its budget, see `sync.wait`).
+        self.future: asyncio.Future[Completion | None] = asyncio.get_running_loop().create_future()
 
     def offer(self, event: StreamEvent) -> bool:
         """Resolve with `event` if it means success or failure for this route."""

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -34,6 +33,7 @@ from aiohttp.web_server import Server
 
 from .config import Clients
 from .errors import PROBLEM_JSON, problem_body
+from .ids import new_id
 from .logs import Every
 from .metrics import Metrics
 
@@ -109,7 +109,7 @@ class ClientGuard:
 
     def problem(self, status: int, code: str, title: str, detail: str) -> tuple[bytes, str]:
         """A problem document and the correlation id it carries (a new one)."""
-        cid = str(uuid.uuid4())
+        cid = new_id()
         return orjson.dumps(problem_body(status, code, title, detail, correlation_id=cid)), cid
 
 

@@ -5,6 +5,9 @@ Labels are bounded: route names (from config), outcomes, reasons, status classes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from .config import Route
@@ -41,11 +44,20 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
+@dataclass(frozen=True, slots=True)
+class CallSeries:
+    """The series one finished call updates (looked up once per route, outcome and class)."""
+
+    requests: Any
+    duration: Any
+
+
 class Metrics:
     """Every metric the sidecar exports, registered on `registry`."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self._call_series: dict[tuple[str, str, int], CallSeries] = {}
         r = self.registry
         self.build_info = Info("sidecar_build", "Sidecar version.", registry=r)
         self.requests = Counter(
@@ -191,6 +203,19 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+    def call_series(self, route: str, outcome: str, status: int) -> CallSeries:
+        """The request counter and duration histogram of (route, outcome, status class),
+        looked up in prometheus_client once and kept (labels are bounded)."""
+        key = (route, outcome, status // 100)
+        series = self._call_series.get(key)
+        if series is None:
+            series = CallSeries(
+                self.requests.labels(route, outcome, status_class(status)),
+                self.request_duration.labels(route, outcome),
+            )
+            self._call_series[key] = series
+        return series
 
     def initialise(self, routes: list[Route]) -> None:
         """Create the series every sync route will have at 0, so that `rate()` and

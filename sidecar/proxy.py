@@ -15,7 +15,6 @@ from aiohttp import web
 
 from .context import CONTEXT, CallContext, RequestContext
 from .headers import client_origin, correlation_id
-from .metrics import status_class
 from .state import METRICS, RUNTIME
 from .sync.call import synchronise
 from .sync.longpoll import long_poll
@@ -62,12 +61,15 @@ class ProxyListener:
         metrics.in_flight.dec()
         elapsed = time.perf_counter() - context.started
         route = context.route_name
-        metrics.requests.labels(route, context.outcome, status_class(context.status)).inc()
-        metrics.request_duration.labels(route, context.outcome).observe(elapsed)
+        counted = metrics.call_series(route, context.outcome, context.status)
+        counted.requests.inc()
+        counted.duration.observe(elapsed)
         if context.outcome == "upstream_error":
             metrics.upstream_errors.labels(route, context.error_kind or "other").inc()
         if context.outcome == "internal_error":
             metrics.internal_errors.labels("proxy").inc()
+        if not access_log.isEnabledFor(logging.INFO):
+            return
         access_log.info(
             "call",
             extra={

@@ -64,6 +64,17 @@ class TenantHasher:
             self._key = await load_hash_key(self.settings, self.redis)
         return self._key
 
+    def known(self, credential: str | None) -> bool:
+        """True when `tenant_now` can answer for this credential (none, or the key loaded)."""
+        return not credential or self._key is not None
+
+    def tenant_now(self, credential: str | None) -> str | None:
+        """`tenant`, without waiting (see `known`)."""
+        if not credential:
+            return None
+        assert self._key is not None
+        return tenant_of(credential, self._key)
+
     async def tenant(self, credential: str | None) -> str | None:
         """The tenant of a credential, or None when there is none."""
         if not credential:

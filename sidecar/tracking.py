@@ -84,27 +84,36 @@ def location_lookup_path(url: str | URL) -> str:
 
 
 class GroupCommit(Generic[T, R]):
-    """Runs `write` over every request queued meanwhile, one batch at a time."""
+    """Runs `write` over every request queued meanwhile, one batch at a time, each batch within
+    `timeout_s` (its requests then fail with TimeoutError): callers need no timer of their own.
+    """
 
-    def __init__(self, write: Callable[[list[T]], Awaitable[list[R]]]) -> None:
+    def __init__(self, write: Callable[[list[T]], Awaitable[list[R]]], timeout_s: float) -> None:
         self._write = write
+        self.timeout_s = timeout_s
         self._queue: list[tuple[T, asyncio.Future[R]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def submit(self, item: T) -> R:
-        """The result of writing `item` (with the others queued alongside)."""
+    def soon(self, item: T) -> asyncio.Future[R]:
+        """A future of the result of writing `item` (with the others queued alongside). A
+        caller that stops waiting for it does not cancel anyone's write."""
         done: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         done.add_done_callback(_retrieve)  # a waiter that gave up leaves no "never retrieved"
         self._queue.append((item, done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._drain())
-        return await asyncio.shield(done)  # a caller that gives up does not cancel the others
+        return done
+
+    async def submit(self, item: T) -> R:
+        """The result of writing `item`."""
+        return await asyncio.shield(self.soon(item))
 
     async def _drain(self) -> None:
         while self._queue:
             batch, self._queue = self._queue[:WRITE_BATCH], self._queue[WRITE_BATCH:]
             try:
-                results = await self._write([item for item, _ in batch])
+                async with asyncio.timeout(self.timeout_s):
+                    results = await self._write([item for item, _ in batch])
             except Exception as exc:  # every waiter learns it; the writer goes on
                 for _, done in batch:
                     if not done.done():
@@ -118,14 +127,26 @@ class GroupCommit(Generic[T, R]):
 class CallTracker:
     """Claims ids and reads and writes tracked calls (`{prefix}:claim|call|loc:*`)."""
 
-    def __init__(self, redis: Client, prefix: str, ttl_s: float) -> None:
+    def __init__(
+        self,
+        redis: Client,
+        prefix: str,
+        ttl_s: float,
+        *,
+        claim_timeout_s: float = 2.0,
+        record_timeout_s: float = 10.0,
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.ttl_ms = int(ttl_s * 1000)
         self._record_script = register(redis, _RECORD)
         self._finish_script = register(redis, _FINISH)
-        self._claims: GroupCommit[tuple[str, str], bool] = GroupCommit(self._claim_batch)
-        self._records: GroupCommit[TrackedCall, bool] = GroupCommit(self._record_batch)
+        self._claims: GroupCommit[tuple[str, str], bool] = GroupCommit(
+            self._claim_batch, claim_timeout_s
+        )
+        self._records: GroupCommit[TrackedCall, bool] = GroupCommit(
+            self._record_batch, record_timeout_s
+        )
 
     async def claim(self, wait_id: str, token: str) -> bool:
         """Claim `wait_id` for the call `token` names; False when another call holds it."""
@@ -135,6 +156,10 @@ class CallTracker:
         """Write a call's record once; False when its id belongs to another call (or it was
         written already). The id is claimed for the call if nobody holds it."""
         return await self._records.submit(call)
+
+    def record_soon(self, call: TrackedCall) -> asyncio.Future[bool]:
+        """`record` as a future: no task of its own per call."""
+        return self._records.soon(call)
 
     async def _claim_batch(self, claims: list[tuple[str, str]]) -> list[bool]:
         async with self.redis.pipeline(transaction=False) as pipe:

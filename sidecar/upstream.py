@@ -7,6 +7,7 @@ upstream that fails after its answer started is cut off (the client sees a trunc
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -26,6 +27,7 @@ from .state import HTTP, RUNTIME
 logger = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
+SMALL_BODY = 64 * 1024  # answers up to this size (with a Content-Length) are relayed whole
 
 
 def create_session(proxy: Proxy) -> aiohttp.ClientSession:
@@ -154,6 +156,18 @@ async def relay(
     headers[request.app[RUNTIME].settings.correlation_header] = call.correlation_id
     if extra_headers:
         headers.update(extra_headers)
+    length = upstream.content_length
+    if request.method != "HEAD" and length is not None and length <= SMALL_BODY:
+        # Small and of known length: read whole, and answered in one write (status line,
+        # headers and body together), not streamed in pieces.
+        try:
+            body = await upstream.content.readexactly(length) if length else b""
+        except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError) as exc:
+            raise UpstreamUnreachable(
+                f"upstream failed mid-answer: {exc.__class__.__name__}", kind="protocol"
+            ) from exc
+        call.status = upstream.status
+        return Replayed(status=upstream.status, reason=upstream.reason, body=body, headers=headers)
     response = Relayed(status=upstream.status, reason=upstream.reason, headers=headers)
     call.status = upstream.status
     await response.prepare(request)

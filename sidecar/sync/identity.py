@@ -11,14 +11,13 @@ completion by sending its id.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import uuid
 
 from aiohttp import web
 from redis.exceptions import RedisError
 
 from ..context import CallContext
+from ..ids import new_id
 from ..logs import Every
 from ..state import METRICS, RUNTIME, TRACKER
 
@@ -37,14 +36,13 @@ async def own_correlation_id(request: web.Request, call: CallContext) -> None:
     tracker = app[TRACKER]
     reason = "no_redis"
     if tracker is not None:
-        try:
-            async with asyncio.timeout(CLAIM_TIMEOUT_S):
-                if await tracker.claim(supplied, supplied):
-                    return
+        try:  # the claim's batch is bounded by the tracker (CLAIM_TIMEOUT_S): no timer here
+            if await tracker.claim(supplied, supplied):
+                return
             reason = "in_use"
         except (RedisError, OSError, TimeoutError):
             reason = "redis"
-    call.correlation_id = str(uuid.uuid4())
+    call.correlation_id = new_id()
     app[METRICS].correlation_replaced.labels(call.route_name, reason).inc()
     if _replaced_log.ready():
         logger.info(

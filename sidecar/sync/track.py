@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 SETTLE_S = 1.0  # longest a tracking write may delay a 202 (or a poll verdict)
 WRITE_TIMEOUT_S = 10.0  # longest a tracking write may take at all
 
-TrackTask = asyncio.Task[bool]
+TrackTask = asyncio.Future[bool]
 _untracked_log = Every()  # while Redis is down, one line a second, not one per call
 
 
@@ -53,7 +53,58 @@ def track_later(
         upstream_location=str(accepted.upstream_location) if accepted.upstream_location else None,
         created_at=time.time(),
     )
-    return app[POLLERS].spawn(_write(app, tracker, record, credential))
+    hasher = app[HASHER]
+    if not hasher.known(credential):  # the key is still to be loaded from Redis: a task does both
+        return app[POLLERS].spawn(_write(app, tracker, record, credential))
+    # The common case, kept lean: the record joins the next batch; no task of its own.
+    record = dataclasses.replace(record, tenant=hasher.tenant_now(credential))
+    written = tracker.record_soon(record)
+    outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    written.add_done_callback(lambda done: _settled(done, outcome, record))
+    return outcome
+
+
+def _settled(
+    done: asyncio.Future[bool], outcome: asyncio.Future[bool], record: TrackedCall
+) -> None:
+    if outcome.done():
+        return
+    exc = None if done.cancelled() else done.exception()
+    if done.cancelled() or isinstance(exc, RedisError | OSError | TimeoutError):
+        _untracked(record, exc)
+        outcome.set_result(False)
+    elif exc is not None:
+        outcome.set_exception(exc)
+    else:
+        written = done.result()
+        if not written:
+            _foreign(record)
+        outcome.set_result(written)
+
+
+def _untracked(record: TrackedCall, exc: BaseException | None) -> None:
+    if _untracked_log.ready():
+        logger.warning(
+            "could not track the call in Redis (its webhooks go to operator subscriptions)",
+            extra={
+                "route": record.route,
+                "correlation_id": record.identity,
+                "operation_id": record.operation_id,
+                "error": repr(exc),
+                "since_last_line": _untracked_log.take_skipped(),
+            },
+        )
+
+
+def _foreign(record: TrackedCall) -> None:
+    logger.warning(
+        "the call's id belongs to another call; not tracked",
+        extra={
+            "route": record.route,
+            "correlation_id": record.identity,
+            "operation_id": record.operation_id,
+        },
+    )
 
 
 async def _write(
@@ -64,27 +115,10 @@ async def _write(
             tenant = await app[HASHER].tenant(credential)
             written = await tracker.record(dataclasses.replace(record, tenant=tenant))
     except (RedisError, OSError, TimeoutError) as exc:
-        if _untracked_log.ready():
-            logger.warning(
-                "could not track the call in Redis (its webhooks go to operator subscriptions)",
-                extra={
-                    "route": record.route,
-                    "correlation_id": record.identity,
-                    "operation_id": record.operation_id,
-                    "error": repr(exc),
-                    "since_last_line": _untracked_log.take_skipped(),
-                },
-            )
+        _untracked(record, exc)
         return False
     if not written:
-        logger.warning(
-            "the call's id belongs to another call; not tracked",
-            extra={
-                "route": record.route,
-                "correlation_id": record.identity,
-                "operation_id": record.operation_id,
-            },
-        )
+        _foreign(record)
     return written
 
 

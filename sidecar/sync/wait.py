@@ -90,15 +90,23 @@ class Waits:
             self.poll.cancel()
 
 
+def _expire(future: asyncio.Future[Any]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 async def _first(waits: Waits, timeout_s: float) -> Verdict | None:
     waiter, poll = waits.waiter, waits.poll
     if poll is None and waiter is not None:
-        # The common case, kept lean: no extra task or set per waiting call.
+        # The common case, kept lean: no task, set or timeout context per waiting call, just
+        # one timer that ends the waiter's future with None when the budget is spent.
+        future = waiter.future
+        timer = asyncio.get_running_loop().call_later(timeout_s, _expire, future)
         try:
-            async with asyncio.timeout(timeout_s):
-                return Verdict(await waiter.future)
-        except TimeoutError:
-            return None
+            completion = await future
+        finally:
+            timer.cancel()
+        return None if completion is None else Verdict(completion)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
     pending: set[asyncio.Future[Any]] = {f for f in (waiter and waiter.future, poll) if f}
@@ -112,7 +120,8 @@ async def _first(waits: Waits, timeout_s: float) -> Verdict | None:
         if not done:
             return None
         if waiter is not None and waiter.future in done:
-            return Verdict(waiter.future.result())
+            completion = waiter.future.result()
+            return None if completion is None else Verdict(completion)
         if poll is not None and poll in done and not poll.cancelled() and not poll.exception():
             verdict = poll.result()
             if verdict is not None:

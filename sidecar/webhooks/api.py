@@ -28,7 +28,6 @@ import logging
 import re
 import secrets
 import time
-import uuid
 from typing import Any
 
 import orjson
@@ -42,6 +41,7 @@ from ..errors import (
     Unauthorized,
     Unavailable,
 )
+from ..ids import new_id
 from ..state import HASHER, PROXY_APP, RUNTIME
 from ..tenancy import OPERATOR
 from ..timestamps import iso
@@ -260,7 +260,7 @@ def payload_for_test(settings: Settings, event_type: str, data: Any, ts: float) 
         route=route,
         status=status,
         data=data,
-        correlation_id=str(uuid.uuid4()),
+        correlation_id=new_id(),
         location=None,
         ts=ts,
     )
