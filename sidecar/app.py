@@ -21,6 +21,7 @@ from .connections import RedisConnections, RedisHealth
 from .hub import CompletionHub
 from .listener import ClientGuard, GuardedAppRunner
 from .metrics import Metrics
+from .pool import UpstreamPool
 from .proxy import ProxyListener, proxy_handler
 from .state import (
     ADMIN_URL,
@@ -31,6 +32,7 @@ from .state import (
     HUB,
     METRICS,
     POLLERS,
+    POOL,
     PUBLISHER,
     REDIS,
     RUNTIME,
@@ -55,9 +57,16 @@ def split_host_port(address: str) -> tuple[str, int]:
 
 
 async def http_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The pooled upstream session."""
-    app[HTTP] = create_session(app[RUNTIME].settings.proxy)
+    """The upstream clients: the pool calls go through, and a session for polls."""
+    proxy = app[RUNTIME].settings.proxy
+    app[HTTP] = create_session(proxy)
+    app[POOL] = UpstreamPool(
+        limit=proxy.max_connections,
+        connect_timeout_s=proxy.connect_timeout,
+        read_timeout_s=proxy.read_timeout,
+    )
     yield
+    await app[POOL].close()
     await app[HTTP].close()
 
 

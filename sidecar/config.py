@@ -714,6 +714,11 @@ class Proxy(Model):
         60.0, gt=0, description="Longest silence while reading the upstream's answer."
     )
     max_connections: int = Field(1000, ge=1, description="Pooled upstream connections.")
+    client: Literal["pool", "session"] = Field(
+        "pool",
+        description="The upstream client: pool (the sidecar's own keep-alive pool on aiohttp's "
+        "HTTP parser; leaner) or session (aiohttp's ClientSession). Default pool.",
+    )
     trust_forwarded_headers: bool = Field(
         False, description="Keep clients' X-Forwarded-* (behind a trusted load balancer)."
     )

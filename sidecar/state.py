@@ -11,6 +11,7 @@ from .config import Settings
 from .connections import RedisConnections, RedisHealth
 from .hub import CompletionHub
 from .metrics import Metrics
+from .pool import UpstreamPool
 from .routing import RouteTable
 from .sync.publish import CompletionPublisher
 from .sync.wait import HeldCalls
@@ -38,6 +39,7 @@ class Runtime:
 RUNTIME = web.AppKey("runtime", Runtime)
 METRICS = web.AppKey("metrics", Metrics)
 HTTP = web.AppKey("http", aiohttp.ClientSession)
+POOL = web.AppKey("pool", UpstreamPool)
 REDIS: web.AppKey[RedisConnections | None] = web.AppKey("redis")
 HEALTH: web.AppKey[RedisHealth | None] = web.AppKey("redis_health")
 ADMIN_URL = web.AppKey("admin_url", str)

@@ -22,7 +22,8 @@ from .config import Proxy
 from .context import CallContext
 from .errors import BadRequest, RequestTimeout, SidecarError, UpstreamTimeout, UpstreamUnreachable
 from .headers import response_headers, upstream_request_headers
-from .state import HTTP, RUNTIME
+from .pool import PoolError, UpstreamResponse
+from .state import HTTP, POOL, RUNTIME
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,7 @@ class Replayed(NoInventedHeaders, web.Response):
 
 async def open_upstream(
     request: web.Request, call: CallContext, body: bytes | None = None
-) -> aiohttp.ClientResponse:
+) -> aiohttp.ClientResponse | UpstreamResponse:
     """Send the request upstream, with `body` (read already) or the client's body streamed
     within `clients.body_timeout` per part; return the response (headers read)."""
     settings = request.app[RUNTIME].settings
@@ -130,17 +131,25 @@ async def open_upstream(
         data = paced(request, call, settings.clients)
     url = upstream_url(call.upstream, request)
     started = time.perf_counter()
-    try:
-        with map_client_errors():
-            response = await request.app[HTTP].request(
-                request.method, url, headers=headers, data=data, allow_redirects=False
-            )
-    except SidecarError:
-        if call.client_stalled:  # the client's body stalled, not the upstream
-            raise RequestTimeout(
-                f"each part of the body must arrive within {settings.clients.body_timeout:g}s"
-            ) from None
-        raise
+    response: aiohttp.ClientResponse | UpstreamResponse
+    if settings.proxy.client == "pool":
+        try:
+            response = await request.app[POOL].request(request.method, url, headers, data)
+        except PoolError as exc:
+            error = UpstreamTimeout if exc.kind == "timeout" else UpstreamUnreachable
+            raise error(str(exc), kind=exc.kind) from None
+    else:
+        try:
+            with map_client_errors():
+                response = await request.app[HTTP].request(
+                    request.method, url, headers=headers, data=data, allow_redirects=False
+                )
+        except SidecarError:
+            if call.client_stalled:  # the client's body stalled, not the upstream
+                raise RequestTimeout(
+                    f"each part of the body must arrive within {settings.clients.body_timeout:g}s"
+                ) from None
+            raise
     call.upstream_s = time.perf_counter() - started
     return response
 
@@ -148,7 +157,7 @@ async def open_upstream(
 async def relay(
     request: web.Request,
     call: CallContext,
-    upstream: aiohttp.ClientResponse,
+    upstream: aiohttp.ClientResponse | UpstreamResponse,
     extra_headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
     """Relay an upstream answer unchanged (status, headers, body), streamed."""

@@ -31,6 +31,7 @@ from ..headers import (
 )
 from ..logs import Every
 from ..poll import json_pointer
+from ..pool import UpstreamResponse
 from ..prefer import Preferences, parse_prefer
 from ..state import HELD, HUB, METRICS, RUNTIME
 from ..upstream import Replayed, open_upstream, relay
@@ -71,7 +72,7 @@ def preferences(route: Route, prefs: Preferences) -> tuple[float, list[str]]:
     return route.budget, []
 
 
-async def read_accepted(upstream: aiohttp.ClientResponse) -> tuple[bytes, bool]:
+async def read_accepted(upstream: aiohttp.ClientResponse | UpstreamResponse) -> tuple[bytes, bool]:
     """The 202 body and whether it was read whole (bodies past MAX_ACCEPTED_BODY are not)."""
     chunks, size = [], 0
     async for chunk in upstream.content.iter_any():
