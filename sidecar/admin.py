@@ -7,9 +7,12 @@ It shares the proxy's error boundary: every error is problem+json with the corre
 
 from __future__ import annotations
 
+import os
+
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from .boundary import problem_middleware
 from .context import RequestContext
@@ -17,6 +20,7 @@ from .headers import correlation_id
 from .portal import setup_portal
 from .state import HUB, METRICS, PROXY_APP, REDIS, RUNTIME
 from .webhooks.api import setup_admin_routes
+from .workers import METRICS_ENV
 
 
 class AdminListener:
@@ -68,8 +72,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition of this app's own registry."""
+    """Prometheus text exposition: this app's own registry, or, with workers, every worker's
+    samples summed (whichever worker answers)."""
     registry = request.app[PROXY_APP][METRICS].registry
+    if METRICS_ENV in os.environ:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     response = web.Response(body=generate_latest(registry))
     response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return response

@@ -46,6 +46,7 @@ from .tenancy import TenantHasher
 from .tracking import CallTracker
 from .upstream import create_session
 from .webhooks import webhooks_ctx
+from .workers import in_worker
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +77,6 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     url = app[RUNTIME].settings.redis_url
     if url is None:
         app[REDIS] = app[HEALTH] = None
-        app[METRICS].registry.unregister(app[METRICS].redis_up)
         yield
         return
     connections = app[REDIS] = RedisConnections(app[RUNTIME].settings)
@@ -139,7 +139,7 @@ async def admin_ctx(app: web.Application) -> AsyncIterator[None]:
     admin = create_admin_app(app)
     runner = GuardedAppRunner(admin, guard=client_guard(app, "admin"), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    site = web.TCPSite(runner, host, port, reuse_port=in_worker() or None)
     await site.start()
     bound = runner.addresses[0]
     app[ADMIN_URL] = f"http://{host if ':' not in host else f'[{host}]'}:{bound[1]}"
@@ -163,8 +163,8 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app = web.Application(handler_args={"handler_cancellation": True})
     app.middlewares.append(problem_middleware(ProxyListener(app)))
     app[RUNTIME] = Runtime(settings)
-    app[METRICS] = Metrics(registry)
-    app[METRICS].build_info.info({"version": __version__})
+    app[METRICS] = Metrics(registry, redis=settings.redis_url is not None)
+    app[METRICS].build_info.labels(__version__).set(1)
     export_limits(app[METRICS], settings)
     app[RUNTIME].on_reload.append(lambda new: export_limits(app[METRICS], new))
     app[HELD] = HeldCalls()

@@ -839,6 +839,11 @@ class Settings(BaseSettings):
     tenancy: Tenancy = Field(default_factory=Tenancy)
     correlation_header: HeaderName = Field("X-Correlation-ID", description="Correlation header.")
     shutdown_grace: Duration = Field(30.0, ge=0, description="Drain time on SIGTERM.")
+    workers: Annotated[int, Field(ge=1, le=256)] | Literal["auto"] = Field(
+        1,
+        description="Worker processes sharing the listeners (SO_REUSEPORT, Linux); auto: one "
+        "per core. Held calls and max_waiting are per worker. Default 1.",
+    )
     event_loop: Literal["auto", "asyncio", "uvloop"] = Field(
         "auto",
         description="The event loop: uvloop (faster, less memory per connection) or asyncio's "

@@ -324,7 +324,8 @@ class RedisHealth:
                     extra={"url": redacted(self.connections.url), "nodes": down},
                 )
         self.up, self.down = up, down
-        self.metrics.redis_up.set(1 if up else 0)
+        if self.metrics.redis_up is not None:
+            self.metrics.redis_up.set(1 if up else 0)
         self.checked.set()
         return up
 

@@ -7,6 +7,7 @@ JSON formatter emits them as keys. The per-call access line goes to the `sidecar
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -81,10 +82,25 @@ class Every:
         return skipped
 
 
+class WorkerField(logging.Filter):
+    """Adds `worker` (its index) to every line a worker process writes."""
+
+    def __init__(self, worker: str) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True
+
+
 def setup_logging(level: str = "info", fmt: str = "json") -> None:
     """Route the root logger to stderr in the chosen format; quiet aiohttp's own access log."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    worker = os.environ.get("SIDECAR_WORKER_INDEX")
+    if worker is not None:
+        handler.addFilter(WorkerField(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

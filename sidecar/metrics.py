@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .config import Route
 
@@ -55,11 +55,18 @@ class CallSeries:
 class Metrics:
     """Every metric the sidecar exports, registered on `registry`."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, redis: bool = True) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._call_series: dict[tuple[str, str, int], CallSeries] = {}
         r = self.registry
-        self.build_info = Info("sidecar_build", "Sidecar version.", registry=r)
+        # A gauge, not an Info: it is the same sample, and works across worker processes.
+        self.build_info = Gauge(
+            "sidecar_build_info",
+            "Sidecar version.",
+            ["version"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.requests = Counter(
             "sidecar_requests",
             "Proxied requests by route and outcome.",
@@ -83,6 +90,7 @@ class Metrics:
             "sidecar_client_connections",
             "Client connections open now, by listener (proxy, admin).",
             ["listener"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.client_refused = Counter(
@@ -106,7 +114,10 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            "sidecar_requests_in_flight", "Requests being handled now.", registry=r
+            "sidecar_requests_in_flight",
+            "Requests being handled now.",
+            multiprocess_mode="livesum",
+            registry=r,
         )
         self.upstream_errors = Counter(
             "sidecar_upstream_errors",
@@ -146,6 +157,7 @@ class Metrics:
             "sidecar_waiting_requests",
             "Requests held waiting now, by route.",
             ["route"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.stream_events = Counter(
@@ -159,6 +171,7 @@ class Metrics:
             "sidecar_route_max_waiting",
             "The route's max_waiting: held calls past this are answered 202 at once, by route.",
             ["route"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.stream_lag = Gauge(
@@ -166,18 +179,25 @@ class Metrics:
             "Age of the newest completion event the reader has handled when it read it (0 when "
             "caught up), by stream.",
             ["stream"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.recent_bytes = Gauge(
             "sidecar_stream_cache_bytes",
             "Bytes held by the recent-completion cache (bounded by stream_reader.recent_bytes).",
+            multiprocess_mode="livesum",
             registry=r,
         )
-        self.redis_up = Gauge(
-            "sidecar_redis_up",
-            "1 when Redis answers a PING (probed every second), else 0. Absent without redis_url.",
-            registry=r,
-        )
+        # Only with a Redis to watch (absent, not a false 0, without redis_url).
+        self.redis_up: Gauge | None = None
+        if redis:
+            self.redis_up = Gauge(
+                "sidecar_redis_up",
+                "1 when Redis answers a PING (probed every second), else 0. Absent without "
+                "redis_url.",
+                multiprocess_mode="livemin",
+                registry=r,
+            )
         self.config_reloads = Counter(
             "sidecar_config_reloads",
             "Config reloads by result (ok, failed).",

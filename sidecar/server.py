@@ -18,6 +18,7 @@ from .config import ConfigError, Settings, load_settings
 from .listener import GuardedAppRunner
 from .logs import setup_logging
 from .state import METRICS, RUNTIME
+from .workers import die_with_supervisor, in_worker
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ def settle_memory() -> None:
 
 async def serve(settings: Settings, config_path: Path) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight calls within `shutdown_grace`."""
+    die_with_supervisor()
     raise_open_files_limit(settings)
     for said in advice(settings):
         logger.warning(said)
@@ -133,7 +135,7 @@ async def _serve_until(stop: asyncio.Event, runner: web.AppRunner, settings: Set
     if stop.is_set():  # told to stop while starting up: never listen
         return
     host, port = split_host_port(settings.listen)
-    site = web.TCPSite(runner, host, port, backlog=4096)
+    site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=in_worker() or None)
     await site.start()
     logger.info(
         "sidecar listening",

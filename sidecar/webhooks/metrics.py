@@ -29,6 +29,7 @@ class WebhookMetrics:
             "sidecar_webhook_queue_depth",
             "Attempts waiting, by queue (outbox, scheduled).",
             ["queue"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.dead_letters = Counter(
