@@ -10,6 +10,7 @@ from aiohttp import web
 from yarl import URL
 
 from .routing import CompiledRoute
+from .trace import Trace
 
 UNMATCHED = "-"  # route label of proxied requests no route matched
 _NO_URL = URL()
@@ -38,6 +39,7 @@ class CallContext(RequestContext):
     origin: str = ""
     outcome: str = "passthrough"
     operation_id: str | None = None  # the id the completion carries, when not the correlation id
+    trace: Trace | None = None  # the sidecar's span of the call
     upstream_s: float | None = None
     wait_s: float | None = None
     client_stalled: bool = False  # the client was too slow sending its body

@@ -72,8 +72,10 @@ def upstream_request_headers(
     trust_forwarded: bool,
     correlation_header: str,
     correlation: str,
+    trace: Mapping[str, str] | None = None,
 ) -> CIMultiDict[str]:
-    """Headers to send upstream: end-to-end ones, X-Forwarded-*, the correlation id."""
+    """Headers to send upstream: end-to-end ones, X-Forwarded-*, the correlation id, and the
+    call's trace context (in place of the client's)."""
     headers = end_to_end(client_headers, NOT_FORWARDED)
     headers.popall("Host", None)
     if not trust_forwarded:
@@ -86,6 +88,10 @@ def upstream_request_headers(
     if host:
         headers.setdefault("X-Forwarded-Host", host)
     headers[correlation_header] = correlation
+    if trace is not None:
+        headers.popall("traceparent", None)
+        headers.popall("tracestate", None)
+        headers.extend(trace)
     return headers
 
 

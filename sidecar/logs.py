@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from .timestamps import iso
+from .trace import TraceFields
 
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",
@@ -98,6 +99,7 @@ def setup_logging(level: str = "info", fmt: str = "json") -> None:
     """Route the root logger to stderr in the chosen format; quiet aiohttp's own access log."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(TraceFields())
     worker = os.environ.get("SIDECAR_WORKER_INDEX")
     if worker is not None:
         handler.addFilter(WorkerField(worker))

@@ -18,6 +18,7 @@ from .headers import client_origin, correlation_id
 from .state import METRICS, RUNTIME
 from .sync.call import synchronise
 from .sync.longpoll import long_poll
+from .trace import TRACEPARENT, TRACESTATE, begin, current
 from .upstream import pass_through
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class ProxyListener:
         compiled = runtime.table.match(request.method, request.path)
         trusted = request.headers if settings.proxy.trust_forwarded_headers else None
         self.app[METRICS].in_flight.inc()
+        trace = begin(request.headers.get(TRACEPARENT), request.headers.get(TRACESTATE))
+        current.set(trace)  # every line logged for the call carries it
         return CallContext(
             correlation_id=correlation_id(request.headers.get(settings.correlation_header)),
             route=compiled,
@@ -52,11 +55,13 @@ class ProxyListener:
                 host=request.host,
                 forwarded=trusted,
             ),
+            trace=trace,
         )
 
     def end(self, request: web.Request, context: RequestContext) -> None:
         """Count the call and write its access log line."""
         assert isinstance(context, CallContext)
+        current.set(None)  # the connection's next request is another call
         metrics = self.app[METRICS]
         metrics.in_flight.dec()
         elapsed = time.perf_counter() - context.started
@@ -84,6 +89,8 @@ class ProxyListener:
                 "duration_ms": round(elapsed * 1000, 3),
                 "upstream_ms": _ms(context.upstream_s),
                 "wait_ms": _ms(context.wait_s),
+                "trace_id": context.trace.trace_id if context.trace else None,
+                "span_id": context.trace.span_id if context.trace else None,
             },
         )
 

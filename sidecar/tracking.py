@@ -13,6 +13,7 @@ whole queue goes in the next one, so a burst of 10,000 calls needs a few round t
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -66,6 +67,7 @@ class TrackedCall:
     state: State = "pending"
     created_at: float = 0.0
     correlation_id: str = ""  # the call's identity; empty means the same as wait_id
+    traceparent: str = ""  # the sidecar's span of the call: its deliveries are its children
 
     @property
     def identity(self) -> str:
@@ -101,7 +103,8 @@ class GroupCommit(Generic[T, R]):
         done.add_done_callback(_retrieve)  # a waiter that gave up leaves no "never retrieved"
         self._queue.append((item, done))
         if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._drain())
+            # A context of its own: the writer is nobody's call (its log lines no call's trace).
+            self._writer = asyncio.create_task(self._drain(), context=contextvars.Context())
         return done
 
     async def submit(self, item: T) -> R:
@@ -179,6 +182,7 @@ class CallTracker:
                 "state": call.state,
                 "created_at": repr(call.created_at or time.time()),
                 "correlation_id": call.identity,
+                "traceparent": call.traceparent,
             }
             keys = [claim_key(self.prefix, call.wait_id), call_key(self.prefix, call.wait_id)]
             args = [call.identity, self.ttl_ms, *(x for kv in fields.items() for x in kv)]
@@ -233,6 +237,7 @@ def _decode(wait_id: str, raw: dict[bytes, bytes]) -> TrackedCall | None:
         state="succeeded" if state == "succeeded" else "failed" if state == "failed" else "pending",
         created_at=float(f.get("created_at") or 0),
         correlation_id=f.get("correlation_id", ""),
+        traceparent=f.get("traceparent", ""),
     )
 
 

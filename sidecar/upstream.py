@@ -125,6 +125,7 @@ async def open_upstream(
         trust_forwarded=settings.proxy.trust_forwarded_headers,
         correlation_header=settings.correlation_header,
         correlation=call.correlation_id,
+        trace=call.trace.headers() if call.trace else None,
     )
     data: bytes | AsyncIterator[bytes] | None = body
     if body is None and request.body_exists:

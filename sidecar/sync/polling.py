@@ -18,6 +18,7 @@ from yarl import URL
 
 from ..completion import Completion
 from ..config import Route
+from ..context import CONTEXT, CallContext
 from ..poll import PollAnswer, fetch, poll_location
 from ..state import HTTP, METRICS, POLLERS, PUBLISHER, RUNTIME, TRACKER
 from .answers import Accepted
@@ -35,6 +36,9 @@ def poll_headers(request: web.Request, route: Route) -> dict[str, str]:
     allowed.append(settings.tenancy.credential_header)
     headers = {name: request.headers[name] for name in allowed if name in request.headers}
     headers[settings.correlation_header] = request.headers.get(settings.correlation_header, "")
+    call = request.get(CONTEXT)
+    if isinstance(call, CallContext) and call.trace is not None:
+        headers.update(call.trace.headers())  # a poll is part of the call
     return {k: v for k, v in headers.items() if v}
 
 

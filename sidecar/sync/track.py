@@ -52,6 +52,7 @@ def track_later(
         else None,
         upstream_location=str(accepted.upstream_location) if accepted.upstream_location else None,
         created_at=time.time(),
+        traceparent=call.trace.traceparent if call.trace else "",
     )
     hasher = app[HASHER]
     if not hasher.known(credential):  # the key is still to be loaded from Redis: a task does both

@@ -11,7 +11,7 @@ import binascii
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -65,8 +65,10 @@ async def post_once(
     body: bytes,
     secrets_: Sequence[str],
     timeout_s: float,
+    trace: Mapping[str, str] | None = None,
 ) -> AttemptResult:
-    """POST the signed body once (freshly timestamped); never follows redirects."""
+    """POST the signed body once (freshly timestamped), with the `trace` headers when it has
+    any; never follows redirects."""
     started = time.perf_counter()
     signed: dict[str, str] = {}
 
@@ -79,6 +81,8 @@ async def post_once(
     try:
         policy.check_url(url)
         signed = signature_headers(secrets_, message_id, body)
+        if trace:
+            signed.update(trace)  # recorded with the attempt, like the signature
         headers = {**signed, "Content-Type": "application/json"}
         async with session.post(
             url,

@@ -40,6 +40,7 @@ from redis.exceptions import RedisError, ResponseError
 from ..connections import Backoff, close, register
 from ..tasks import cancelling, checkpoint
 from ..timestamps import iso
+from ..trace import current, from_traceparent
 from .attempt import AttemptResult, next_delay, post_once
 from .keys import (
     DELIVERY_GROUP,
@@ -401,6 +402,10 @@ class DeliveryWorker:
                 await self.redis.hset(mkey, "state", "skipped")  # type: ignore[misc]
             await self._finish_entry(owner, sub_id, entry_id)
             return
+        # The attempt is a span of the call's trace: its lines and its request say so.
+        call_span = from_traceparent(msg.get("trace", b"").decode())
+        span = call_span.child() if call_span else None
+        current.set(span)  # this task's own context: one attempt
         result = await post_once(
             self.session,
             self.policy,
@@ -409,6 +414,7 @@ class DeliveryWorker:
             msg["body"],
             sub.active_secrets(),
             self.config.timeout,
+            trace=span.headers() if span else None,
         )
         if result.delivered:
             self._slow.discard(sub.id)

@@ -104,7 +104,13 @@ def messages_for(
     created_ms = int(completed_at * 1000)
     return [
         Message(
-            message_id_for(wait_id, identity, s.id), s.owner, s.id, event_type, body, created_ms
+            message_id_for(wait_id, identity, s.id),
+            s.owner,
+            s.id,
+            event_type,
+            body,
+            created_ms,
+            traceparent=tracked.traceparent if tracked else "",
         )
         for s in targets
     ]

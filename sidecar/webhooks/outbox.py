@@ -30,11 +30,13 @@ from .keys import (
 
 MESSAGE_TTL_S = 7 * 24 * 3600
 
-# KEYS: msg, queue. ARGV: sub, type, body, created_ms, trigger, ttl_s, message_id, group.
+# KEYS: msg, queue. ARGV: sub, type, body, created_ms, trigger, ttl_s, message_id, group,
+# traceparent (of the call the message tells of; may be empty).
 _ENQUEUE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'sub', ARGV[1], 'type', ARGV[2], 'body', ARGV[3],
-  'created_ms', ARGV[4], 'trigger', ARGV[5], 'state', 'queued', 'attempts', '0')
+  'created_ms', ARGV[4], 'trigger', ARGV[5], 'state', 'queued', 'attempts', '0',
+  'trace', ARGV[9])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.pcall('XGROUP', 'CREATE', KEYS[2], ARGV[8], '0', 'MKSTREAM')
 redis.call('XADD', KEYS[2], '*', 'm', ARGV[7], 'n', '1', 't', ARGV[5])
@@ -111,6 +113,7 @@ class Message:
     body: bytes
     created_ms: int
     trigger: str = "scheduled"
+    traceparent: str = ""  # the call's span: each delivery is sent as a child of it
 
 
 def message_id_for(correlation_id: str, call_identity: str, sub_id: str) -> str:
@@ -170,6 +173,7 @@ class Outbox:
                     MESSAGE_TTL_S,
                     m.message_id,
                     DELIVERY_GROUP,
+                    m.traceparent,
                 ],
             )
             for m in messages
