@@ -15,8 +15,10 @@ A queue that cannot start anything now is not read at all: its entries stay in R
 backlog of one tenant never delays another's first message. Loops per process: `read`, `bell`
 (wakes the reader on enqueues), `claim` (XAUTOCLAIM of attempts a dead process left pending
 longer than `claim_idle_s`, which exceeds the per-attempt timeout, so a live attempt is never
-duplicated), `due` (moves due retries back to their queues, samples queue depths) and
-`reconcile` (repairs the ready and due indexes if a process died between two writes).
+duplicated; a claimed attempt whose endpoint has no free slot is held, and made before anything
+new is read for that endpoint, so a backlog does not put it last), `due` (moves due retries
+back to their queues, samples queue depths) and `reconcile` (repairs the ready and due indexes
+if a process died between two writes).
 
 Every outcome is written in one MULTI under the owner's hash tag: the queue entry acked and
 deleted, the attempts logs, the message state, the next retry, the endpoint's failing time.
@@ -147,6 +149,8 @@ class DeliveryWorker:
         self._by_sub: dict[str, int] = {}
         self._by_owner: dict[str, int] = {}
         self._slow: set[str] = set()
+        # Attempts taken over from a dead process, waiting for a slot (made first), by sub.
+        self._claimed: dict[str, list[tuple[str, str, dict[bytes, bytes]]]] = {}
         self._wake = asyncio.Event()
         self._turn = itertools.count()
         self.read_from: set[str] = set()  # queues this consumer joined (left at shutdown)
@@ -173,9 +177,26 @@ class DeliveryWorker:
     def _free(self) -> int:
         return self.config.concurrency - len(self._tasks)
 
+    def _sub_cap(self, sub_id: str) -> int:
+        return 1 if sub_id in self._slow else self.config.per_subscription
+
     def _sub_free(self, sub_id: str) -> int:
-        cap = 1 if sub_id in self._slow else self.config.per_subscription
-        return cap - self._by_sub.get(sub_id, 0)
+        return self._sub_cap(sub_id) - self._by_sub.get(sub_id, 0)
+
+    def _can_start(self, owner: str, sub_id: str) -> bool:
+        return self._free() > 0 and self._sub_free(sub_id) > 0 and self._owner_free(owner) > 0
+
+    def _start_claimed(self) -> int:
+        """Start the held taken-over attempts that now have a slot; how many."""
+        started = 0
+        for sub_id, held in list(self._claimed.items()):
+            while held and self._can_start(held[0][0], sub_id):
+                owner, entry_id, fields = held.pop(0)
+                self._spawn(owner, sub_id, entry_id, fields)
+                started += 1
+            if not held:
+                del self._claimed[sub_id]
+        return started
 
     def _owner_free(self, owner: str) -> int:
         return self.per_tenant - self._by_owner.get(owner, 0)
@@ -236,13 +257,15 @@ class DeliveryWorker:
         return planned
 
     async def read_once(self) -> bool:
-        """One planned read; True when it started at least one attempt."""
+        """One planned read (after the taken-over attempts waiting for a slot); True when it
+        started at least one attempt."""
+        claimed = self._start_claimed()
         if self._free() <= 0:
-            return False
+            return claimed > 0
         rows = await self.redis.zrange(ready_key(self.prefix), 0, READY_SCAN - 1, withscores=True)
-        planned = self.plan(rows)
+        planned = [p for p in self.plan(rows) if p[2] not in self._claimed]
         if not planned:
-            return False
+            return claimed > 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for _member, owner, sub, _score, count in planned:
                 queue = queue_key(self.prefix, owner, sub)
@@ -264,7 +287,7 @@ class DeliveryWorker:
             for entry_id, fields in entries:
                 self._spawn(owner, sub, entry_id.decode(), fields)
                 started += 1
-        return started > 0
+        return started + claimed > 0
 
     async def _claim_forever(self) -> None:
         while True:
@@ -273,9 +296,14 @@ class DeliveryWorker:
             await self.claim_once()
 
     async def claim_once(self) -> int:
-        """Take over attempts another (dead) process left pending too long; how many."""
-        subs = [s for s in await self.store.snapshot() if self._sub_free(s.id) > 0]
-        if not subs or self._free() <= 0:
+        """Take over attempts another (dead) process left pending too long; how many. Each
+        endpoint takes up to its slot count, whether or not a slot is free now: one that is not
+        is held and made at the endpoint's next free slot, before anything new."""
+        snapshot = await self.store.snapshot()
+        room = {s.id: self._sub_cap(s.id) - len(self._claimed.get(s.id, ())) for s in snapshot}
+        subs = [s for s in snapshot if room[s.id] > 0]
+        await self._keep_claimed()
+        if not subs:
             return 0
         async with self.redis.pipeline(transaction=False) as pipe:
             for sub in subs:
@@ -284,7 +312,7 @@ class DeliveryWorker:
                     DELIVERY_GROUP,
                     self.consumer,
                     min_idle_time=int(self.claim_idle_s * 1000),
-                    count=self._sub_free(sub.id),
+                    count=room[sub.id],
                 )
             replies = await pipe.execute(raise_on_error=False)
         claimed = 0
@@ -292,15 +320,35 @@ class DeliveryWorker:
             if isinstance(reply, Exception) or not reply:
                 continue  # no queue (or group) yet
             for entry_id, fields in reply[1]:
-                if fields and self._free() > 0 and self._sub_free(sub.id) > 0:
-                    logger.info(
-                        "claimed an abandoned attempt",
-                        extra={"sub": sub.id, "entry": entry_id.decode()},
-                    )
-                    self.read_from.add(queue_key(self.prefix, sub.owner, sub.id))
-                    self._spawn(sub.owner, sub.id, entry_id.decode(), fields)
-                    claimed += 1
+                if not fields:
+                    continue  # deleted meanwhile
+                logger.info(
+                    "claimed an abandoned attempt",
+                    extra={"sub": sub.id, "entry": entry_id.decode()},
+                )
+                self.read_from.add(queue_key(self.prefix, sub.owner, sub.id))
+                self._claimed.setdefault(sub.id, []).append((sub.owner, entry_id.decode(), fields))
+                claimed += 1
+        self._start_claimed()
         return claimed
+
+    async def _keep_claimed(self) -> None:
+        """Reset the idle time of the held taken-over attempts, so no other process takes
+        them over again while they wait for a slot here."""
+        if not self._claimed:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sub_id, held in self._claimed.items():
+                for owner, entry_id, _fields in held:
+                    pipe.xclaim(
+                        queue_key(self.prefix, owner, sub_id),
+                        DELIVERY_GROUP,
+                        self.consumer,
+                        min_idle_time=0,
+                        message_ids=[entry_id],
+                        justid=True,
+                    )
+            await pipe.execute(raise_on_error=False)
 
     async def _due_forever(self) -> None:
         last_sample = 0.0
