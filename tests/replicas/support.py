@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import struct
 import time
@@ -41,6 +42,9 @@ OK_TYPE, FAILED_TYPE = "JobDone", "JobFailed"  # what the backend publishes
 DONE, FAILED = "job.done", "job.failed"  # the webhook event types
 READY_TIMEOUT_S = 15.0
 HOLD_CAP_S = 20.0  # the longest the receiver holds a request nobody releases
+SLOW_ANSWER_S = 0.05  # how long a `slow` endpoint takes to answer
+TIMEOUT_S, CLAIM_AFTER_S = 1.0, 2.0  # webhooks.timeout and claim_after of the SIGKILL tests
+TAKEOVER_SLACK_S = 0.5  # beyond claim_after x 1.5, for the claim and the request themselves
 
 
 # --------------------------------------------------------------------------------------------
@@ -88,7 +92,7 @@ class RedisUnderTest:
     async def publish(self, events: list[tuple[str, str, bytes]]) -> None:
         """XADD (correlation id, type, payload) events to the stream, all in one script."""
         args = [part for event in events for part in event]
-        await self.client.eval(_PUBLISH, 1, self.stream, *args)  # type: ignore[no-untyped-call]
+        await self.client.eval(_PUBLISH, 1, self.stream, *args)  # type: ignore[misc,arg-type]
 
     async def keys(self, pattern: str) -> list[tuple[aioredis.Redis, str]]:
         """Every key matching `pattern`, with the server holding it."""
@@ -97,13 +101,14 @@ class RedisUnderTest:
             found += [(node, k.decode()) async for k in node.scan_iter(match=pattern, count=1000)]
         return found
 
-    async def settled(self) -> bool:
-        """Nothing left to do: every completion dispatched (read and acknowledged by the
-        dispatch group), every subscription queue empty (each attempt handled and deleted), no
-        retry scheduled. An owner's queues and due set share a slot, so each owner is read in
-        one transaction: an attempt moving between its queue and the due set is seen once."""
+    async def unsettled(self) -> str | None:
+        """What is left to do, or None when nothing is: every completion dispatched (read and
+        acknowledged by the dispatch group), every subscription queue empty (each attempt
+        handled and deleted), no retry scheduled. An owner's queues and due set share a slot,
+        so each owner is read in one transaction: an attempt moving between its queue and the
+        due set is seen in one of them."""
         if not await drained(self.client, self.stream, dispatch_group(self.prefix)):  # type: ignore[arg-type]
-            return False
+            return "completions not dispatched yet"
         by_owner: dict[tuple[aioredis.Redis, str], list[str]] = {}
         for node, queue in await self.keys(f"{self.prefix}:wh:*:q:*"):
             by_owner.setdefault((node, queue.split(":q:", 1)[0]), []).append(queue)
@@ -112,15 +117,17 @@ class RedisUnderTest:
                 for queue in queues:
                     pipe.xlen(queue)
                 pipe.zcard(f"{owner}:due")
-                if any(await pipe.execute()):
-                    return False
-        return True
+                *lengths, due = await pipe.execute()
+            if any(lengths) or due:
+                return f"{owner}: {sum(lengths)} attempts queued or in flight, {due} scheduled"
+        return None
 
     async def quiet(self, timeout_s: float = 15.0) -> None:
-        """Wait until `settled()`: no further webhook attempt can start after this."""
-        async with asyncio.timeout(timeout_s):
-            while not await self.settled():  # noqa: ASYNC110 - the state is in Redis
-                await asyncio.sleep(0.05)
+        """Wait until nothing is left to do: no further webhook attempt can start after this."""
+        deadline = time.monotonic() + timeout_s
+        while (left := await self.unsettled()) is not None:
+            assert time.monotonic() < deadline, f"Redis not quiet after {timeout_s}s: {left}"
+            await asyncio.sleep(0.05)
 
     async def pending(self, sub_id: str) -> list[PendingAttempt]:
         """Every attempt of the subscription's queue that a replica has read and not yet
@@ -293,7 +300,8 @@ def owner_of_socket(inode: int, pids: Iterable[int]) -> int | None:
 
 @dataclass
 class Receiver:
-    """Webhook endpoints `/hook/{name}`: each answers 200 at once, or 500 in mode `fail`.
+    """Webhook endpoints `/hook/{name}`: each answers 200 at once, or 500 in mode `fail`, or
+    200 after `SLOW_ANSWER_S` in mode `slow`.
 
     With `hold_first_sender`, the replica that sends the first request becomes the `victim`:
     its requests are held unanswered (until `release`), every live replica's are answered.
@@ -348,7 +356,10 @@ class Receiver:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.release.wait(), HOLD_CAP_S)
                 return web.Response(status=503)  # at teardown: nobody is listening any more
-            hit.status = 500 if self.modes.get(name) == "fail" else 200
+            mode = self.modes.get(name, "ok")
+            if mode == "slow":
+                await asyncio.sleep(SLOW_ANSWER_S)  # a receiver that takes its time
+            hit.status = 500 if mode == "fail" else 200
             await self._changed()
             return web.Response(status=hit.status)
 
@@ -356,10 +367,20 @@ class Receiver:
         app.router.add_post("/hook/{name}", hook)
         return app
 
-    async def wait_for(self, predicate: Callable[[], bool], timeout_s: float = 15.0) -> None:
-        """Wait until `predicate()` holds (checked on every request and answer)."""
-        async with asyncio.timeout(timeout_s), self.changed:
-            await self.changed.wait_for(predicate)
+    async def wait_for(
+        self,
+        predicate: Callable[[], bool],
+        timeout_s: float = 15.0,
+        what: Callable[[], str] | None = None,
+    ) -> None:
+        """Wait until `predicate()` holds (checked on every request and answer); on timeout,
+        fail saying `what()` (what was seen)."""
+        try:
+            async with asyncio.timeout(timeout_s), self.changed:
+                await self.changed.wait_for(predicate)
+        except TimeoutError:
+            seen = what() if what else f"{len(self.hits)} requests"
+            raise AssertionError(f"receiver: not there after {timeout_s}s: {seen}") from None
 
     def of(self, hook: str) -> list[Hit]:
         return [h for h in self.hits if h.hook == hook]
@@ -497,3 +518,23 @@ async def call(
 
 def attempt_lines(sidecar: SidecarProcess) -> list[dict[str, Any]]:
     return [line for line in sidecar.logs if line.get("message") == "webhook attempt"]
+
+
+async def kill(sidecar: SidecarProcess) -> None:
+    """SIGKILL: nothing is acknowledged, handed back or closed by the process itself."""
+    sidecar.send(signal.SIGKILL)
+    assert await sidecar.wait_exit(5.0) == -signal.SIGKILL
+
+
+async def all_delivered(
+    receiver: Receiver, expected: dict[str, dict[str, Any]], timeout_s: float
+) -> None:
+    """Wait until each hook has had as many 2xx deliveries as it expects."""
+
+    def done() -> bool:
+        return all(len(receiver.delivered(h)) >= len(e) for h, e in expected.items())
+
+    def seen() -> str:
+        return ", ".join(f"{h} {len(receiver.delivered(h))}/{len(e)}" for h, e in expected.items())
+
+    await receiver.wait_for(done, timeout_s, what=seen)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -30,20 +29,25 @@ import aiohttp
 
 from ..test_server import SidecarProcess
 from .support import (
+    CLAIM_AFTER_S,
     CLIENT_A,
     CLIENT_B,
     DONE,
     FAILED,
     OPERATOR,
+    TAKEOVER_SLACK_S,
+    TIMEOUT_S,
     Answer,
     JobsApi,
     Receiver,
     RedisUnderTest,
     Replicas,
+    all_delivered,
     attempt_lines,
     attempts_log,
     call,
     expected_result,
+    kill,
     metric_total,
     replica_config,
     subscribe,
@@ -52,8 +56,6 @@ from .support import (
 REPLICAS = 3
 # Calls each replica holds at once in the first test (more: REPLICAS_HELD_PER_REPLICA=1000).
 HELD_PER_REPLICA = int(os.environ.get("REPLICAS_HELD_PER_REPLICA", "100"))
-TIMEOUT_S, CLAIM_AFTER_S = 1.0, 2.0  # the fault test's webhooks.timeout and claim_after
-TAKEOVER_SLACK_S = 0.5
 
 
 async def until_async(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
@@ -98,12 +100,6 @@ def check_exactly_once(
             assert p["data"] == expected_result(body, p["correlation_id"])
         assert p["route"] == "jobs"
     return payloads
-
-
-async def kill(sidecar: SidecarProcess) -> None:
-    """SIGKILL: nothing is acknowledged, handed back or closed by the process itself."""
-    sidecar.send(signal.SIGKILL)
-    assert await sidecar.wait_exit(5.0) == -signal.SIGKILL
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,10 +193,7 @@ async def test_each_completion_reaches_each_matching_subscription_exactly_once(
         "b": {c: b for c, b in by_id.items() if b["n"] % 2 == 1},
     }
 
-    def all_delivered() -> bool:
-        return all(len(receiver.delivered(h)) >= len(e) for h, e in expected.items())
-
-    await receiver.wait_for(all_delivered, timeout_s=20)
+    await all_delivered(receiver, expected, timeout_s=20)
     await redis_under_test.quiet()
 
     assert all(h.delivered for h in receiver.hits)  # nothing failed, nothing held
@@ -289,10 +282,7 @@ async def test_a_replica_killed_mid_delivery_loses_nothing(
         if f"-{victim.proc.pid}-" in attempt.consumer
     ]
 
-    def all_delivered() -> bool:
-        return all(len(receiver.delivered(h)) >= len(e) for h, e in expected.items())
-
-    await receiver.wait_for(all_delivered, timeout_s=10)
+    await all_delivered(receiver, expected, timeout_s=10)
     await redis_under_test.quiet()
 
     # The requests the receiver never answered: the victim's, in flight when it was killed
@@ -405,10 +395,7 @@ async def test_a_replica_started_later_catches_up_and_takes_part(
         await receiver.wait_for(lambda: len(receiver.delivered("op")) == len(expected["op"]))
     assert await metric_total(http, third, "sidecar_webhook_attempts_total") > 0
 
-    def all_delivered() -> bool:
-        return all(len(receiver.delivered(h)) >= len(e) for h, e in expected.items())
-
-    await receiver.wait_for(all_delivered, timeout_s=15)
+    await all_delivered(receiver, expected, timeout_s=15)
     await redis_under_test.quiet()
 
     for hook, sub in (("op", op), ("a", sub_a)):
