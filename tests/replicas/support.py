@@ -42,7 +42,6 @@ OK_TYPE, FAILED_TYPE = "JobDone", "JobFailed"  # what the backend publishes
 DONE, FAILED = "job.done", "job.failed"  # the webhook event types
 READY_TIMEOUT_S = 15.0
 HOLD_CAP_S = 20.0  # the longest the receiver holds a request nobody releases
-SLOW_ANSWER_S = 0.05  # how long a `slow` endpoint takes to answer
 TIMEOUT_S, CLAIM_AFTER_S = 1.0, 2.0  # webhooks.timeout and claim_after of the SIGKILL tests
 TAKEOVER_SLACK_S = 0.5  # beyond claim_after x 1.5, for the claim and the request themselves
 
@@ -301,13 +300,14 @@ def owner_of_socket(inode: int, pids: Iterable[int]) -> int | None:
 @dataclass
 class Receiver:
     """Webhook endpoints `/hook/{name}`: each answers 200 at once, or 500 in mode `fail`, or
-    200 after `SLOW_ANSWER_S` in mode `slow`.
+    200 after `slow_s` in mode `slow`.
 
     With `hold_first_sender`, the replica that sends the first request becomes the `victim`:
     its requests are held unanswered (until `release`), every live replica's are answered.
     """
 
     modes: dict[str, str] = field(default_factory=dict)
+    slow_s: float = 0.05
     pids: set[int] = field(default_factory=set)  # the replicas' pids, to name senders
     hold_first_sender: bool = False
     victim: int | None = None
@@ -358,7 +358,7 @@ class Receiver:
                 return web.Response(status=503)  # at teardown: nobody is listening any more
             mode = self.modes.get(name, "ok")
             if mode == "slow":
-                await asyncio.sleep(SLOW_ANSWER_S)  # a receiver that takes its time
+                await asyncio.sleep(self.slow_s)  # a receiver that takes its time
             hit.status = 500 if mode == "fail" else 200
             await self._changed()
             return web.Response(status=hit.status)
