@@ -105,4 +105,4 @@ async def replicas(
     """Starts replicas; any still running is killed at teardown, before the test's keys are
     deleted (a live replica would create some again)."""
     async with sidecar_processes(tmp_path, http) as start:
-        yield Replicas(start, http, receiver)
+        yield Replicas(start, http)

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import psutil
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -285,10 +286,10 @@ def socket_inode(local: tuple[str, int], remote: tuple[str, int]) -> int | None:
     return inode
 
 
-def owner_of_socket(inode: int, pids: Iterable[int]) -> int | None:
-    """Which of `pids` holds the socket `inode` open."""
+def owner_of_socket(inode: int) -> int | None:
+    """Which child process of this one (the replicas are) holds the socket `inode` open."""
     target = f"socket:[{inode}]"
-    for pid in pids:
+    for pid in (child.pid for child in psutil.Process().children()):
         with contextlib.suppress(OSError):
             for fd in os.listdir(f"/proc/{pid}/fd"):
                 with contextlib.suppress(OSError):
@@ -308,7 +309,6 @@ class Receiver:
 
     modes: dict[str, str] = field(default_factory=dict)
     slow_s: float = 0.05
-    pids: set[int] = field(default_factory=set)  # the replicas' pids, to name senders
     hold_first_sender: bool = False
     victim: int | None = None
     release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -322,14 +322,14 @@ class Receiver:
         return str(self.server.make_url(path))
 
     def sender_of(self, request: web.Request) -> int | None:
-        """The replica whose socket is the other end of this request's connection (looked up
-        once per connection: the replicas keep theirs alive)."""
+        """The replica whose socket is the other end of this request's connection (once
+        found, remembered for the connection: the replicas keep theirs alive)."""
         transport = request.transport
         assert transport is not None
-        if transport not in self._senders:
+        if self._senders.get(transport) is None:
             peer = transport.get_extra_info("peername")[:2]
             inode = socket_inode(peer, transport.get_extra_info("sockname")[:2])
-            self._senders[transport] = owner_of_socket(inode, self.pids) if inode else None
+            self._senders[transport] = owner_of_socket(inode) if inode else None
         return self._senders[transport]
 
     async def _changed(self) -> None:
@@ -350,7 +350,7 @@ class Receiver:
             if self.hold_first_sender and self.victim is None:
                 self.victim = hit.sender
             await self._changed()
-            if self.victim is not None and hit.sender not in self.pids - {self.victim}:
+            if self.victim is not None and hit.sender in (self.victim, None):
                 # The victim's, or one nobody can name any more: sent by the victim just
                 # before it died (a live replica's socket is always found).
                 with contextlib.suppress(TimeoutError):
@@ -420,16 +420,14 @@ def replica_config(api: JobsApi, **webhooks: Any) -> dict[str, Any]:
 @dataclass
 class Replicas:
     """Starts replicas (`sidecar run`) and waits until each is ready (Redis answering, the
-    completion reader connected); tells the receiver their pids."""
+    completion reader connected)."""
 
     run: StartProcess
     http: aiohttp.ClientSession
-    receiver: Receiver
     started: list[SidecarProcess] = field(default_factory=list)
 
     async def start(self, config: dict[str, Any]) -> SidecarProcess:
         sidecar = await self.run(config)
-        self.receiver.pids.add(sidecar.proc.pid)
         await ready(self.http, sidecar)
         self.started.append(sidecar)
         return sidecar
