@@ -402,8 +402,15 @@ async def test_a_replica_started_later_catches_up_and_takes_part(
         check_exactly_once(receiver, hook, sub["secret"], expected[hook])
     assert all(h.status == 500 for h in receiver.of("a") if not h.delivered)
     made_by_third = [h for h in receiver.hits if h.sender == third.proc.pid and h.delivered]
-    logged_by_third = [x for x in attempt_lines(third) if x["result"] == "delivered"]
-    assert made_by_third and len(made_by_third) == len(logged_by_third)
+
+    def logged_by_third() -> list[dict[str, Any]]:
+        return [x for x in attempt_lines(third) if x["result"] == "delivered"]
+
+    async def all_logged() -> bool:  # a line is written just after the outcome
+        return len(logged_by_third()) >= len(made_by_third)
+
+    await until_async(all_logged, timeout_s=5)
+    assert made_by_third and len(made_by_third) == len(logged_by_third())
     print(
         f"\n[{redis_under_test.mode}] the late replica delivered {len(made_by_third)} of "
         f"{sum(len(e) for e in expected.values())} messages"
