@@ -54,12 +54,13 @@ from .support import (
 )
 
 REPLICAS = 3
-# Calls each replica holds at once in the first test (more: REPLICAS_HELD_PER_REPLICA=1000).
+# Calls each replica holds at once in the first test; more by hand, e.g.
+# REPLICAS_HELD_PER_REPLICA=3000 (9,000 held: this process then needs ~19,000 open files).
 HELD_PER_REPLICA = int(os.environ.get("REPLICAS_HELD_PER_REPLICA", "100"))
 
 
 async def until_async(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
-    """Wait for an async `check()` on the replicas' own state (their /metrics) to hold."""
+    """Wait for an async `check()` of a replica's state (its /metrics, its log lines)."""
     async with asyncio.timeout(timeout_s):
         while not await check():  # noqa: ASYNC110 - the state is in another process
             await asyncio.sleep(0.05)
