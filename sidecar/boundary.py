@@ -25,8 +25,8 @@ from typing import Protocol
 import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
-from redis.exceptions import RedisError
 
+from .connections import REDIS_FAULTS
 from .context import CONTEXT, CallContext, RequestContext
 from .errors import InternalError, SidecarError, Unavailable, error_response
 from .listener import close_after_answer
@@ -107,7 +107,7 @@ def _as_error(exc: Exception, request: web.Request, context: RequestContext) -> 
         return exc
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
         return framework_error(exc, request)
-    if isinstance(exc, RedisError | OSError):
+    if isinstance(exc, REDIS_FAULTS):
         logger.warning(
             "Redis fault while answering",
             extra={**_fields(request, context), "error": exc.__class__.__name__},

@@ -27,17 +27,24 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .config import Settings
 from .metrics import Metrics
 from .tasks import cancelling, checkpoint
 
 logger = logging.getLogger(__name__)
+
+ROLE_CHECK_S = 1.0  # how often a loop on a Sentinel-guarded primary asks where it is
+REDIS_FAULTS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
+"""What a Redis command raises when Redis is away, slow (TimeoutError is an OSError) or its
+topology changes (redis-py's cluster client raises `RedisClusterException`, not a
+`RedisError`, when it reaches no node)."""
 
 CONNECT_TIMEOUT_S = 2.0  # TCP (and TLS) connect to Redis
 COMMAND_TIMEOUT_S = 5.0  # longest a (non-blocking) command may take before it counts as a fault
@@ -105,7 +112,7 @@ async def detect_cluster(url: str, kwargs: dict[str, Any]) -> bool | None:
         async with asyncio.timeout(DETECT_TIMEOUT_S * 2):
             info = await client.info("cluster")
         return bool(info.get("cluster_enabled"))
-    except (RedisError, OSError, TimeoutError):
+    except REDIS_FAULTS:
         return None
     finally:
         await client.aclose()
@@ -122,6 +129,8 @@ class RedisConnections:
         self.kwargs = connection_kwargs(settings)
         self.mode: Mode = "sentinel" if settings.redis_sentinel else "plain"
         self._sentinel: Sentinel | None = None
+        self._known_nodes: set[tuple[str, int]] = set()  # cluster nodes seen (to reseed)
+        self._primary: tuple[str, int] | None = None  # the Sentinel-named primary last seen
         self.shared: Client = self._plain_shared()
 
     @property
@@ -168,6 +177,8 @@ class RedisConnections:
             health_check_interval=HEALTH_CHECK_S,
             **self.kwargs,
         )
+        seeds = client.nodes_manager.startup_nodes.values()
+        self._known_nodes.update((n.host, int(n.port)) for n in seeds)
         return client
 
     def _sentinels(self) -> Sentinel:
@@ -239,30 +250,101 @@ class RedisConnections:
         """Every node the sidecar needs that does not answer a PING now, with why."""
         down: dict[str, str] = {}
         if isinstance(self.shared, RedisCluster):
+            reseed(self.shared, self._known_nodes)
             try:
-                await self.shared.initialize()
+                async with asyncio.timeout(PROBE_TIMEOUT_S * 2):
+                    await self.shared.initialize()
                 nodes = self.shared.get_nodes()
-            except (RedisError, OSError) as exc:
+            except REDIS_FAULTS as exc:
                 return {redacted(self.url): f"{exc.__class__.__name__}: {exc}"}
+            self._known_nodes.update((n.host, int(n.port)) for n in nodes)
             for node in nodes:
                 try:
                     async with asyncio.timeout(PROBE_TIMEOUT_S):
                         await self.shared.ping(target_nodes=node)
-                except (RedisError, OSError, TimeoutError) as exc:
+                except REDIS_FAULTS as exc:
                     down[node.name] = f"{exc.__class__.__name__}: {exc}"
             return down
         try:
             async with asyncio.timeout(PROBE_TIMEOUT_S):
+                if self.mode == "sentinel":
+                    await self._follow_primary()
                 await self.shared.ping()
-        except (RedisError, OSError, TimeoutError) as exc:
+        except REDIS_FAULTS as exc:
             down[redacted(self.url) if self.mode == "plain" else "primary"] = (
                 f"{exc.__class__.__name__}: {exc}"
             )
         return down
 
+    async def primary_address(self) -> tuple[str, int]:
+        """The primary the sentinels name now (Sentinel mode)."""
+        spec = self.settings.redis_sentinel
+        assert spec is not None
+        host, port = await self._sentinels().discover_master(spec.master)
+        return str(host), int(port)
+
+    async def _follow_primary(self) -> None:
+        """After a failover, drop the shared pool's connections to the old primary (it still
+        takes writes until it is demoted, and loses them then): new ones go to the new one."""
+        primary = await self.primary_address()
+        if self._primary is not None and primary != self._primary:
+            logger.warning(
+                "the Redis primary moved (a failover); reconnecting",
+                extra={"primary": f"{primary[0]}:{primary[1]}"},
+            )
+            assert isinstance(self.shared, Redis)
+            await self.shared.connection_pool.disconnect()
+        self._primary = primary
+
     async def aclose(self) -> None:
         """Close the shared clients (readers are closed by their loops, with `close`)."""
         await close(self.shared)
+
+
+class PrimaryCheck:
+    """For a loop on a Sentinel-guarded primary. After a failover the old primary goes on
+    answering, as a primary, until the sentinels demote it (about ten seconds), and a demoted
+    one answers reads (XREAD) as a replica: a loop on it would miss what is written to the new
+    one. So the loop asks the sentinels, once a second, which node is the primary; `ensure()`
+    raises ConnectionError when that is no longer the one the loop started on, and the loop
+    reconnects (to the new one). A no-op without Sentinel."""
+
+    def __init__(self, connections: RedisConnections) -> None:
+        self.connections = connections
+        self._next = 0.0
+        self._primary: tuple[str, int] | None = None
+
+    async def ensure(self) -> None:
+        """Ask at most once a second; raise when the primary moved since the first answer."""
+        if self.connections.mode != "sentinel":
+            return
+        now = asyncio.get_running_loop().time()
+        if now < self._next:
+            return
+        self._next = now + ROLE_CHECK_S
+        primary = await self.connections.primary_address()
+        if self._primary is None:
+            self._primary = primary
+        elif primary != self._primary:
+            raise RedisConnectionError(
+                f"the primary moved to {primary[0]}:{primary[1]} (a failover): reconnecting"
+            )
+
+
+def reseed(cluster: RedisCluster, nodes: set[tuple[str, int]]) -> None:
+    """Give a cluster client that lost every startup node the nodes it knew.
+
+    redis-py before 7.2 drops a node from its startup nodes at each connection error and
+    repopulates them only when it reaches the cluster again, so once every node failed in turn
+    (a node restart under load) it never reconnects (redis/redis-py#3693). The health probe
+    calls this every second, so the shared client recovers once any known node answers."""
+    manager = cluster.nodes_manager
+    if manager.startup_nodes:
+        return
+    for host, port in nodes:
+        node = ClusterNode(host, port, **manager.connection_kwargs)
+        manager.startup_nodes[node.name] = node
+    logger.info("cluster client reseeded", extra={"nodes": sorted(f"{h}:{p}" for h, p in nodes)})
 
 
 async def close(client: Client) -> None:
@@ -310,7 +392,7 @@ class RedisHealth:
         """PING once; record and log the state when it changed."""
         try:
             down = await self.connections.nodes_down()
-        except (RedisError, OSError) as exc:
+        except REDIS_FAULTS as exc:
             if cancelling():
                 raise asyncio.CancelledError from exc
             down = {"redis": f"{exc.__class__.__name__}: {exc}"}

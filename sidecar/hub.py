@@ -22,11 +22,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from .completion import Completion, MalformedEvent, StreamEvent, classify, decode_for, to_completion
 from .config import Settings, StreamWait
-from .connections import Backoff, Client, RedisConnections, close
+from .connections import REDIS_FAULTS, Backoff, Client, PrimaryCheck, RedisConnections, close
 from .logs import Every
 from .metrics import Metrics
 from .tasks import cancelling, checkpoint
@@ -302,6 +300,7 @@ class CompletionHub:
         while True:
             checkpoint()
             client = self.connections.reader(self.block_ms / 1000, "sidecar-completions")
+            primary = PrimaryCheck(self.connections)
             try:
                 await self._resolve_start_ids(client, streams)
                 self._up[n] = True
@@ -315,7 +314,8 @@ class CompletionHub:
                         block=self.block_ms,
                     )
                     self._handle(streams, reply)
-            except (RedisError, OSError) as exc:
+                    await primary.ensure()
+            except REDIS_FAULTS as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc
                 self._up[n] = False

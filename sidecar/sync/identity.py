@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
+from ..connections import REDIS_FAULTS
 from ..context import CallContext
 from ..ids import new_id
 from ..logs import Every
@@ -40,7 +40,7 @@ async def own_correlation_id(request: web.Request, call: CallContext) -> None:
             if await tracker.claim(supplied, supplied):
                 return
             reason = "in_use"
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_FAULTS:
             reason = "redis"
     call.correlation_id = new_id()
     app[METRICS].correlation_replaced.labels(call.route_name, reason).inc()

@@ -8,8 +8,8 @@ import asyncio
 import logging
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
+from ..connections import REDIS_FAULTS
 from ..context import CallContext
 from ..logs import Every
 from ..prefer import parse_prefer
@@ -37,7 +37,7 @@ async def long_poll(request: web.Request, call: CallContext) -> dict[str, str] |
     try:
         async with asyncio.timeout(LOOKUP_TIMEOUT_S):
             tracked = await tracker.by_location(target)
-    except (RedisError, OSError, TimeoutError) as exc:
+    except REDIS_FAULTS as exc:
         if _lookup_log.ready():
             logger.warning(
                 "long-poll lookup failed; passing through",

@@ -13,11 +13,11 @@ from contextlib import suppress
 
 import aiohttp
 from aiohttp import web
-from redis.exceptions import RedisError
 from yarl import URL
 
 from ..completion import Completion
 from ..config import Route
+from ..connections import REDIS_FAULTS
 from ..context import CONTEXT, CallContext
 from ..poll import PollAnswer, fetch, poll_location
 from ..state import HTTP, METRICS, POLLERS, PUBLISHER, RUNTIME, TRACKER
@@ -77,13 +77,13 @@ async def completion_learnt(app: web.Application, route: Route, completion: Comp
         return
     try:
         await tracker.finish(completion.correlation_id, completion.status)
-    except RedisError as exc:
+    except REDIS_FAULTS as exc:
         logger.warning(
             "could not record a completion",
             extra={"correlation_id": completion.correlation_id, "error": repr(exc)},
         )
     tracked = None
-    with suppress(RedisError):
+    with suppress(*REDIS_FAULTS):
         tracked = await tracker.get(completion.correlation_id)
     await app[PUBLISHER].publish(route, completion, tracked)
 

@@ -12,10 +12,10 @@ import logging
 import time
 
 from aiohttp import web
-from redis.exceptions import RedisError
 from yarl import URL
 
 from ..config import Route
+from ..connections import REDIS_FAULTS
 from ..context import CallContext
 from ..logs import Every
 from ..state import HASHER, POLLERS, RUNTIME, TRACKER
@@ -71,7 +71,7 @@ def _settled(
     if outcome.done():
         return
     exc = None if done.cancelled() else done.exception()
-    if done.cancelled() or isinstance(exc, RedisError | OSError | TimeoutError):
+    if done.cancelled() or isinstance(exc, REDIS_FAULTS):
         _untracked(record, exc)
         outcome.set_result(False)
     elif exc is not None:
@@ -115,7 +115,7 @@ async def _write(
         async with asyncio.timeout(WRITE_TIMEOUT_S):
             tenant = await app[HASHER].tenant(credential)
             written = await tracker.record(dataclasses.replace(record, tenant=tenant))
-    except (RedisError, OSError, TimeoutError) as exc:
+    except REDIS_FAULTS as exc:
         _untracked(record, exc)
         return False
     if not written:

@@ -14,9 +14,8 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
-from ..connections import Client
+from ..connections import REDIS_FAULTS, Client
 from ..state import METRICS, PUBLISHER, REDIS, RUNTIME, TRACKER
 from ..tasks import TaskSet
 from .attempt import create_webhook_session
@@ -96,7 +95,7 @@ async def _leave_groups(redis: Client, groups: list[tuple[str, str]], name: str)
             for stream, group in idle:
                 pipe.xgroup_delconsumer(stream, group, name)
             await pipe.execute(raise_on_error=False)
-    except RedisError as exc:
+    except REDIS_FAULTS as exc:
         logger.info("consumers not removed", extra={"error": str(exc)})
 
 
@@ -109,7 +108,7 @@ async def _prepare(
         await runtime.store.declare(runtime.settings.webhooks.subscriptions)
         await dispatcher.ensure_groups()
         await worker.ensure_group()
-    except (RedisError, OSError) as exc:
+    except REDIS_FAULTS as exc:
         if say:
             logger.warning(
                 "webhooks not prepared yet (Redis down); retrying quietly",

@@ -37,9 +37,9 @@ from contextlib import suppress
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ResponseError
 
-from ..connections import Backoff, close, register
+from ..connections import REDIS_FAULTS, Backoff, PrimaryCheck, close, register
 from ..tasks import cancelling, checkpoint
 from ..timestamps import iso
 from ..trace import current, from_traceparent
@@ -101,7 +101,7 @@ async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
         started = time.monotonic()
         try:
             await loop()
-        except (RedisError, OSError) as exc:
+        except REDIS_FAULTS as exc:
             if cancelling():
                 raise asyncio.CancelledError from exc
             if time.monotonic() - started > QUIET_AFTER_S:
@@ -213,6 +213,7 @@ class DeliveryWorker:
     async def _bell_forever(self) -> None:
         """Wake the reader whenever anything is enqueued (on any replica)."""
         reader = self.webhooks.connections.reader(IDLE_WAIT_S, "sidecar-webhook-bell")
+        primary = PrimaryCheck(self.webhooks.connections)
         last = "$"
         try:
             while True:
@@ -221,6 +222,7 @@ class DeliveryWorker:
                 for _stream, entries in reply or []:
                     last = entries[-1][0].decode()
                     self._wake.set()
+                await primary.ensure()
         finally:
             await close(reader)
 

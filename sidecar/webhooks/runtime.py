@@ -14,11 +14,10 @@ import aiohttp
 from aiohttp import web
 from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
-from redis.exceptions import RedisError
 
 from ..completion import Completion
 from ..config import Route, Settings
-from ..connections import Client, RedisConnections
+from ..connections import REDIS_FAULTS, Client, RedisConnections
 from ..tracking import CallTracker, TrackedCall
 from .fanout import messages_for
 from .messages import MessageLog
@@ -83,7 +82,7 @@ class WebhookRuntime:
                 f"poll/{cid}",
             )
             await self.outbox.enqueue_many(messages)
-        except RedisError as exc:
+        except REDIS_FAULTS as exc:
             logger.warning(
                 "poll completion not published (Redis fault)",
                 extra={"route": route.name, "correlation_id": cid, "error": str(exc)},

@@ -21,7 +21,7 @@ from sidecar.state import ADMIN_URL, HUB, REDIS
 from sidecar.webhooks import WEBHOOKS
 
 from ..conftest import SidecarFactory, Upstream
-from ..helpers import metric, until
+from ..helpers import metric, until, until_true
 from .conftest import TlsRedis
 
 OK = "Done"
@@ -167,13 +167,19 @@ async def test_a_cluster_node_restart_is_ridden_out(
         async with client.session.get(f"{admin}/readyz") as ready:
             assert ready.status == 503
         await asyncio.to_thread(node.start)  # and comes back with its data (AOF)
+        restarted = time.monotonic()
         await asyncio.to_thread(cluster.wait_ok)
         await asyncio.wait_for(hub.connected.wait(), 15)
+        print(f"\nreader back {time.monotonic() - restarted:.2f}s after the node restarted")
         await events.xadd(stream, {"correlation_id": "held-1", "type": OK, "payload": "{}"})
         resp = await call  # the held call rode it out within its budget
         assert resp.status == 200
-        async with client.session.get(f"{admin}/readyz") as ready:
-            assert ready.status == 200
+
+        async def ready_again() -> bool:  # once the next health probe (every second) answers
+            async with client.session.get(f"{admin}/readyz") as ready:
+                return ready.status == 200
+
+        await until_true(ready_again, timeout_s=5)
     finally:
         await events.aclose()
         await client.close()
@@ -202,17 +208,14 @@ async def test_a_sentinel_failover_is_followed_without_a_restart(
     assert resp.status == 200
     new_primary = await asyncio.to_thread(sentinel.failover)
     assert new_primary == sentinel.replica.port
-    hub = client.app[HUB]
-    assert hub is not None
-    deadline = time.monotonic() + 20
-    while True:  # the reader may take a reconnect to find the new primary
-        try:
-            resp = await held_then_completed(client, publish, stream, f"after-{time.monotonic()}")
-            if resp.status == 200:
-                break
-        except TimeoutError:
-            pass
-        assert time.monotonic() < deadline, "the sidecar did not follow the failover"
+    failed_over = time.monotonic()
+    # The old primary answers as a primary until the sentinels demote it (~10 s): the sidecar
+    # must not wait for that. A call made at once is answered from the new primary.
+    resp = await held_then_completed(client, publish, stream, "after")
+    assert resp.status == 200
+    assert (await resp.json()) == {"c": "after"}
+    # Reported (pytest -s), not asserted: the ride-through figure of the docs.
+    print(f"\nfirst synchronised answer {time.monotonic() - failed_over:.2f}s after the failover")
     await until(lambda: metric(client, "sidecar_redis_up") == 1, timeout_s=10)
 
 
