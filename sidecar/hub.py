@@ -235,8 +235,11 @@ class CompletionHub:
             self._recent_held -= sum(e.size for e in entry[1]) - sum(e.size for e in kept)
         self._recent[key] = (now + self.recent_ttl_s, [*kept, event])
         self._recent_held += event.size
-        # Oldest first: past the count or the bytes, and whatever expired (insertion order is
-        # expiry order).
+        self._evict(now)
+
+    def _evict(self, now: float) -> None:
+        """Drop cached events, oldest first: past the count or the bytes, and whatever expired
+        (insertion order is expiry order)."""
         while self._recent:
             expiry, events = next(iter(self._recent.values()))
             over = len(self._recent) > self.recent_size or self._recent_held > self.recent_bytes
@@ -338,6 +341,8 @@ class CompletionHub:
         self.connected.set()
 
     def _handle(self, streams: list[str], reply: Any) -> None:
+        if not reply and self._recent:  # a quiet read: let expired events go all the same
+            self._evict(time.monotonic())
         lagging: dict[str, float] = dict.fromkeys(streams, 0.0)
         for raw_stream, entries in reply or ():
             stream = raw_stream.decode()

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import gc
 import logging
+import os
 import resource
 import signal
+import sys
 from pathlib import Path
 
 from aiohttp import web
@@ -64,15 +67,20 @@ def reload_config(app: web.Application, path: Path) -> bool:
     return True
 
 
-FILES_PER_CONNECTION = 2  # a client socket, and often an upstream one
-SPARE_FILES = 256  # Redis, logs, the admin listener, the event loop itself
+SPARE_FILES = 256  # Redis, logs, the admin listener's few clients, the event loop itself
+
+
+def files_wanted(settings: Settings) -> int:
+    """Open files a busy process may need: every client connection the proxy listener admits,
+    every pooled upstream connection, and a spare for the rest."""
+    return settings.clients.max_connections + settings.proxy.max_connections + SPARE_FILES
 
 
 def raise_open_files_limit(settings: Settings) -> None:
     """Raise the soft open-files limit to the hard one, and warn when even that is too low for
     `clients.max_connections` (past the limit accept() fails and connections are dropped)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = settings.clients.max_connections * FILES_PER_CONNECTION + SPARE_FILES
+    wanted = files_wanted(settings)
     if soft < hard:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -103,9 +111,29 @@ def settle_memory() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, kept instead of raised
+
+
+def give_back_large_blocks() -> None:
+    """glibc serves allocations over its mmap threshold with their own mappings, returned to
+    the system when freed, but raises the threshold (up to 32 MiB) each time such a block is
+    freed: after a burst of large events or bodies, later ones come from the heap and the
+    process keeps hundreds of MiB it no longer uses. Fixing the threshold keeps it lean.
+    `MALLOC_MMAP_THRESHOLD_` in the environment overrides this; elsewhere than glibc a no-op."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or not sys.platform.startswith("linux"):
+        return
+    m_mmap_threshold = -3
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)
+    except (OSError, AttributeError):
+        return  # not glibc (musl, say): its allocator has no such threshold
+
+
 async def serve(settings: Settings, config_path: Path) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight calls within `shutdown_grace`."""
     die_with_supervisor()
+    give_back_large_blocks()
     raise_open_files_limit(settings)
     for said in advice(settings):
         logger.warning(said)

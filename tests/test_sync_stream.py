@@ -517,6 +517,20 @@ async def test_the_recent_event_cache_is_bounded_in_bytes(make_env: EnvFactory) 
     assert (await resp.json())["n"] == 9
 
 
+async def test_expired_cached_events_leave_while_the_stream_is_quiet(make_env: EnvFactory) -> None:
+    env = await make_env(
+        correlation={"source": "location", "pattern": "/users/(?P<id>[^/]+)"},
+    )
+    hub = env.client.app[HUB]
+    assert hub is not None
+    hub.recent_ttl_s = 0.2  # as stream_reader.recent_ttl: 200ms would say
+    await env.publish("nobody-waits", OK, {"blob": "x" * 100_000})
+    await until(lambda: metric(env.client, "sidecar_stream_cache_bytes") > 100_000)
+    # No event comes after it: the next empty reads (every 50 ms here) let it go.
+    await until(lambda: metric(env.client, "sidecar_stream_cache_bytes") == 0, timeout_s=3)
+    assert hub.recent_held == 0
+
+
 async def _accepted_as(op: str) -> web.Response:
     return web.json_response({}, status=202, headers={"Location": f"/users/{op}"})
 
