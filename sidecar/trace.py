@@ -33,27 +33,41 @@ _random = random.Random()  # ids need to be unique, not secret (they are sent in
 
 @dataclass(frozen=True, slots=True)
 class Trace:
-    """One span's place in a trace: its trace id, its own span id, the flags, the tracestate."""
+    """One span's place in a trace: its `traceparent` (trace id, its own span id, the flags)
+    and the tracestate. One string, sliced on demand: a held call keeps one of these."""
 
-    trace_id: str
-    span_id: str
-    flags: str = "01"
+    traceparent: str
     state: str | None = None
 
     @property
-    def traceparent(self) -> str:
-        """The `traceparent` naming this span as the parent."""
-        return f"00-{self.trace_id}-{self.span_id}-{self.flags}"
+    def trace_id(self) -> str:
+        """The trace's id (32 hex digits)."""
+        return self.traceparent[3:35]
+
+    @property
+    def span_id(self) -> str:
+        """This span's id (16 hex digits)."""
+        return self.traceparent[36:52]
+
+    @property
+    def flags(self) -> str:
+        """The trace flags (2 hex digits; 01: sampled)."""
+        return self.traceparent[53:55]
 
     def child(self) -> Trace:
         """A new span of the same trace (a delivery of a call's result)."""
-        return Trace(self.trace_id, new_span_id(), self.flags, self.state)
+        return span(self.trace_id, self.flags, self.state)
 
     def headers(self) -> dict[str, str]:
         """`traceparent` (and `tracestate`) for a request made within this span."""
         if self.state:
             return {TRACEPARENT: self.traceparent, TRACESTATE: self.state}
         return {TRACEPARENT: self.traceparent}
+
+
+def span(trace_id: str, flags: str = "01", state: str | None = None) -> Trace:
+    """A new span (its own random id) of the trace `trace_id`."""
+    return Trace(f"00-{trace_id}-{new_span_id()}-{flags}", state)
 
 
 def new_span_id() -> str:
@@ -86,11 +100,11 @@ def begin(traceparent: str | None, tracestate: str | None) -> Trace:
     """The sidecar's span of a call: a child of the client's span, else a new trace's root."""
     parent = parse(traceparent)
     if parent is None:
-        return Trace(new_trace_id(), new_span_id())
+        return span(new_trace_id())
     state = tracestate.strip() if tracestate else None
     if state and (len(state) > MAX_TRACESTATE or not state.isascii()):
         state = None
-    return Trace(parent[0], new_span_id(), parent[1], state or None)
+    return span(parent[0], parent[1], state or None)
 
 
 def from_traceparent(value: str | None) -> Trace | None:
@@ -98,7 +112,7 @@ def from_traceparent(value: str | None) -> Trace | None:
     parsed = parse(value)
     if parsed is None or value is None:
         return None
-    return Trace(parsed[0], value.split("-")[2], parsed[1])
+    return Trace(f"00-{parsed[0]}-{value.split('-')[2]}-{parsed[1]}")
 
 
 current: ContextVar[Trace | None] = ContextVar("trace", default=None)
