@@ -33,7 +33,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from .config import Settings
 from .metrics import Metrics
@@ -395,15 +395,35 @@ async def run_scripts(
     redis: Client, script: AsyncScript, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
 ) -> list[Any]:
     """Run `script` for each (keys, args): one pipeline on one server; on a cluster
-    concurrently, each on the node its keys live on (every call keeps its keys in one slot)."""
+    concurrently, each on the node its keys live on (every call keeps its keys in one slot).
+
+    On one server the pipeline sends EVALSHA only (redis-py would first ask SCRIPT EXISTS,
+    one more round trip per batch); a Redis that lost its scripts (restarted, flushed) answers
+    NOSCRIPT, and the script is loaded and those calls sent again."""
     if not calls:
         return []
     if isinstance(redis, RedisCluster):
         return list(await asyncio.gather(*(script(keys=list(k), args=list(a)) for k, a in calls)))
+    replies = await _evalsha_batch(redis, script, calls)
+    missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if missing:
+        await redis.script_load(script.script)
+        again = await _evalsha_batch(redis, script, [calls[n] for n in missing])
+        for n, reply in zip(missing, again, strict=True):
+            replies[n] = reply
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
+async def _evalsha_batch(
+    redis: Redis, script: AsyncScript, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
+) -> list[Any]:
     async with redis.pipeline(transaction=False) as pipe:
         for keys, args in calls:
-            await script(keys=list(keys), args=list(args), client=pipe)
-        return list(await pipe.execute())
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
 
 
 class RedisHealth:

@@ -7,6 +7,7 @@ import time
 
 import redis.asyncio as aioredis
 
+from sidecar.dev.redis_server import RedisServer
 from sidecar.tracking import CallTracker, TrackedCall
 
 
@@ -61,3 +62,17 @@ async def test_finishing_an_untracked_call_creates_nothing(
     assert not await tracker.finish("c", "failed")  # the first verdict stays
     got = await tracker.get("c")
     assert got is not None and got.state == "succeeded"
+
+
+async def test_records_are_written_after_redis_lost_its_scripts(own_redis: RedisServer) -> None:
+    client = aioredis.Redis.from_url(own_redis.url)
+    tracker = CallTracker(client, "scripts", 60)
+    try:
+        assert await tracker.record(TrackedCall("a", "r", "t", "/a", None, created_at=1.0))
+        await client.script_flush()  # as after a restart without persistence of scripts
+        assert await tracker.record(TrackedCall("b", "r", "t", "/b", None, created_at=1.0))
+        assert not await tracker.record(TrackedCall("b", "r", "t", "/b", None, created_at=1.0))
+        got = await tracker.get_many(["a", "b"])
+        assert [g.location if g else None for g in got] == ["/a", "/b"]
+    finally:
+        await client.aclose()
