@@ -351,7 +351,10 @@ class UpstreamPool:
             conn.writer.exception()  # seen
         conn.awaiting = False
         if conn.reusable() and not self._closed:
+            # An idle connection keeps nothing of its last answer (a pool of 1,000 would hold
+            # 1,000 answers' headers).
             conn._parser = None
+            conn.answer = conn.payload = conn.writer = None
             conn.last_active = asyncio.get_running_loop().time()
             self._idle.setdefault(conn.key, []).append(conn)
             self._wake()
