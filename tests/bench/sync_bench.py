@@ -150,10 +150,11 @@ async def bench_cpu(
     concurrency: int = 50,
 ) -> dict[str, Any]:
     async def sync_call(cid: str) -> int:
-        # The event is published first: the hub caches it, the call is answered on arrival.
-        await r.xadd(stream, {"correlation_id": cid, "type": "Done", "payload": "{}"})
+        # The upstream publishes the completion before its 202: answered at once.
         async with session.post(
-            f"{base}/jobs", data=b"{}", headers={"X-Correlation-ID": cid}
+            f"{base}/jobs",
+            data=b"{}",
+            headers={"X-Correlation-ID": cid, "X-Bench-Complete": stream},
         ) as resp:
             await resp.read()
             return resp.status
@@ -257,6 +258,8 @@ async def run(args: argparse.Namespace) -> None:
                         sys.executable,
                         "-m",
                         "tests.bench.sync_upstream",
+                        "--redis-url",
+                        redis_url,
                         "--port",
                         str(up_port),
                         "--done-after",
