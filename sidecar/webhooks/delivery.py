@@ -39,7 +39,7 @@ from typing import Any
 import orjson
 from redis.exceptions import ResponseError
 
-from ..connections import REDIS_FAULTS, Backoff, PrimaryCheck, close, register
+from ..connections import REDIS_FAULTS, Backoff, PrimaryCheck, close
 from ..tasks import cancelling, checkpoint
 from ..timestamps import iso
 from ..trace import current, from_traceparent
@@ -144,7 +144,6 @@ class DeliveryWorker:
         self.per_tenant = config.per_tenant or max(
             1, min(config.concurrency, max(config.concurrency // 2, 2 * config.per_subscription))
         )
-        self._failing = register(self.redis, _FAILING)
         self._tasks: set[asyncio.Task[None]] = set()
         self._by_sub: dict[str, int] = {}
         self._by_owner: dict[str, int] = {}
@@ -536,9 +535,7 @@ class DeliveryWorker:
             pipe.lpush(mlog, line)
             pipe.ltrim(mlog, 0, MESSAGE_ATTEMPTS_KEPT - 1)
             pipe.expire(mlog, MESSAGE_TTL_S)
-            summary = {
-                k: v for k, v in log.items() if k not in ("response_excerpt", "error_detail")
-            }
+            summary = {k: v for k, v in log.items() if k not in DETAIL_ONLY}
             pipe.xadd(
                 owner_log_key(prefix, owner),
                 {"a": orjson.dumps(summary)},
@@ -548,25 +545,23 @@ class DeliveryWorker:
             if next_at is not None:
                 member = f"{sub.id}|{message_id}|{attempt + 1}|{trigger}"
                 pipe.zadd(due_key(prefix, owner), {member: int(next_at * 1000)})
-            await pipe.execute()
-        # After the record, on its own: the script keeps a deleted subscription deleted.
-        since = await self._failing(
-            keys=[subscription_key(prefix, owner, sub.id)],
-            args=["1" if result.delivered else "0", repr(now)],
-        )
-        failing_since = float(since or 0)
+            # Last, in the same transaction: the script keeps a deleted subscription deleted.
+            # EVAL, not EVALSHA: a pipeline cannot load a script the server has forgotten.
+            pipe.eval(
+                _FAILING,
+                1,
+                subscription_key(prefix, owner, sub.id),
+                "1" if result.delivered else "0",
+                repr(now),
+            )
+            replies = await pipe.execute()
+        failing_since = float(replies[-1] or 0)
         if next_at is not None:
             await self.outbox.scheduled(owner, int(next_at * 1000))
         if outcome == "dead":
             await self.redis.xadd(
                 dead_key(prefix),
-                {
-                    "m": message_id,
-                    "owner": owner,
-                    "sub": sub.id,
-                    "type": event_type,
-                    "at": iso(now),
-                },
+                dead_letter(message_id, owner, sub.id, event_type, now),  # type: ignore[arg-type]
                 maxlen=self.config.outbox_maxlen,
                 approximate=True,
             )
