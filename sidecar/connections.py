@@ -385,6 +385,11 @@ async def close(client: Client) -> None:
         await client.nodes_manager.aclose()
 
 
+def is_cluster(redis: Client) -> bool:
+    """True for a Redis Cluster client (keys of one command must then share a slot)."""
+    return isinstance(redis, RedisCluster)
+
+
 def register(redis: Client, text: str) -> AsyncScript:
     """A Lua script bound to `redis` (a server, or a cluster: each node loads it on first use)."""
     script: AsyncScript = redis.register_script(text)  # type: ignore[misc]
