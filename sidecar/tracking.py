@@ -17,7 +17,7 @@ import contextvars
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 import orjson
 from yarl import URL
@@ -26,38 +26,49 @@ from .connections import Client, is_cluster, register, run_scripts
 from .keys import call_key, claim_key, location_key
 
 WRITE_BATCH = 1000  # requests per pipeline
-RECORD_CHUNK = 32  # records per script on one server: each holds Redis for well under 1 ms
+RECORD_CHUNK = 32  # records per script on one server: each holds Redis well under 1 ms
 
 State = Literal["pending", "succeeded", "failed"]
 T = TypeVar("T")
 R = TypeVar("R")
 
-# KEYS: claim, call, for each call. ARGV: ttl_ms, then the call's token (its correlation id)
-# and its fields as a JSON object, for each call. A call's record is written when its id is
-# unclaimed (claimed now) or claimed by this very call, and only if no record exists yet: 1
-# when written, 0 when the id belongs to another call; one reply per call, in order. One call
-# per script on a cluster (its two keys share a slot); on one server up to RECORD_CHUNK calls,
-# so a burst costs the client one command per chunk rather than one per call.
+# KEYS, for each call: its claim, its record and, when it has one, its Location's lookup key.
+# ARGV: ttl_ms, then for each call: its token (its correlation id), its fields as a JSON object,
+# and the id its Location leads to ('' when no lookup key follows). A call's record is written
+# when its id is unclaimed (claimed now) or claimed by this very call, and only if no record
+# exists yet; its Location then leads to it, unless it leads to another call already. One
+# reply per call, in order: 1 when written, 0 when the id belongs to another call.
+# On a cluster, one call per script without its lookup key (keys of one script share a slot);
+# on one server up to RECORD_CHUNK calls, so a burst costs one command per chunk, not per call.
 _RECORD = """
 local ttl = ARGV[1]
 local written = {}
-for i = 1, #KEYS, 2 do
-  local token, ok = ARGV[i + 1], 1
-  local owner = redis.call('GET', KEYS[i])
+local k = 1
+for a = 2, #ARGV, 3 do
+  local claim, record, token, leads_to = KEYS[k], KEYS[k + 1], ARGV[a], ARGV[a + 2]
+  k = k + 2
+  local lookup = nil
+  if leads_to ~= '' then
+    lookup = KEYS[k]
+    k = k + 1
+  end
+  local ok = 1
+  local owner = redis.call('GET', claim)
   if not owner then
-    redis.call('SET', KEYS[i], token, 'PX', ttl)
+    redis.call('SET', claim, token, 'PX', ttl)
   elseif owner ~= token then
     ok = 0
   end
-  if ok == 1 and redis.call('EXISTS', KEYS[i + 1]) == 1 then ok = 0 end
+  if ok == 1 and redis.call('EXISTS', record) == 1 then ok = 0 end
   if ok == 1 then
     local flat = {}
-    for field, value in pairs(cjson.decode(ARGV[i + 2])) do
+    for field, value in pairs(cjson.decode(ARGV[a + 1])) do
       flat[#flat + 1] = field
       flat[#flat + 1] = value
     end
-    redis.call('HSET', KEYS[i + 1], unpack(flat))
-    redis.call('PEXPIRE', KEYS[i + 1], ttl)
+    redis.call('HSET', record, unpack(flat))
+    redis.call('PEXPIRE', record, ttl)
+    if lookup then redis.call('SET', lookup, leads_to, 'NX', 'PX', ttl) end
   end
   written[#written + 1] = ok
 end
@@ -190,36 +201,46 @@ class CallTracker:
         return [bool(reply) for reply in replies]
 
     async def _record_batch(self, calls: list[TrackedCall]) -> list[bool]:
-        keys: list[str] = []
-        args: list[str | bytes] = []
-        for call in calls:
-            fields = {
-                "route": call.route,
-                "tenant": call.tenant or "",
-                "location": call.location or "",
-                "upstream_location": call.upstream_location or "",
-                "state": call.state,
-                "created_at": repr(call.created_at or time.time()),
-                "correlation_id": call.identity,
-                "traceparent": call.traceparent,
-            }
-            keys += (claim_key(self.prefix, call.wait_id), call_key(self.prefix, call.wait_id))
-            args += (call.identity, orjson.dumps(fields))
-        chunk = 1 if is_cluster(self.redis) else RECORD_CHUNK
-        batch = [
-            (keys[2 * n : 2 * (n + chunk)], [self.ttl_ms, *args[2 * n : 2 * (n + chunk)]])
-            for n in range(0, len(calls), chunk)
-        ]
+        cluster = is_cluster(self.redis)
+        items = [self._record_item(call, with_lookup=not cluster) for call in calls]
+        chunk = 1 if cluster else RECORD_CHUNK
+        batch = []
+        for n in range(0, len(items), chunk):
+            part = items[n : n + chunk]
+            keys = [key for keys, _ in part for key in keys]
+            batch.append((keys, [self.ttl_ms, *(arg for _, args in part for arg in args)]))
         replies = await run_scripts(self.redis, self._record_script, batch)
         written = [bool(ok) for reply in replies for ok in reply]
         located = [c for c, ok in zip(calls, written, strict=True) if ok and c.upstream_location]
-        if located:
+        if cluster and located:  # the lookup keys live in slots of their own
             async with self.redis.pipeline(transaction=False) as pipe:
                 for call in located:
-                    path = location_lookup_path(call.upstream_location or "")
-                    pipe.set(location_key(self.prefix, path), call.wait_id, nx=True, px=self.ttl_ms)
+                    key = self._lookup_key(call.upstream_location or "")
+                    pipe.set(key, call.wait_id, nx=True, px=self.ttl_ms)
                 await pipe.execute()
         return written
+
+    def _record_item(self, call: TrackedCall, *, with_lookup: bool) -> tuple[list[str], list[Any]]:
+        """One call's keys and arguments of the record script."""
+        fields = {
+            "route": call.route,
+            "tenant": call.tenant or "",
+            "location": call.location or "",
+            "upstream_location": call.upstream_location or "",
+            "state": call.state,
+            "created_at": repr(call.created_at or time.time()),
+            "correlation_id": call.identity,
+            "traceparent": call.traceparent,
+        }
+        keys = [claim_key(self.prefix, call.wait_id), call_key(self.prefix, call.wait_id)]
+        leads_to = ""
+        if with_lookup and call.upstream_location:
+            keys.append(self._lookup_key(call.upstream_location))
+            leads_to = call.wait_id
+        return keys, [call.identity, orjson.dumps(fields), leads_to]
+
+    def _lookup_key(self, upstream_location: str) -> str:
+        return location_key(self.prefix, location_lookup_path(upstream_location))
 
     async def get(self, wait_id: str) -> TrackedCall | None:
         """The tracked call, or None when unknown or expired."""
