@@ -245,6 +245,10 @@ class GuardedAppRunner(web.AppRunner):
 
     def __init__(self, app: web.Application, *, guard: ClientGuard, **kwargs: Any) -> None:
         kwargs.setdefault("keepalive_timeout", guard.limits.idle_timeout)
+        # No SO_KEEPALIVE (a system call per connection): its first probe comes after the
+        # kernel's 2 hours, while an idle or a held connection lives at most `idle_timeout`
+        # or its route's budget here.
+        kwargs.setdefault("tcp_keepalive", False)
         super().__init__(app, **kwargs)
         self._guard = guard
 

@@ -41,11 +41,14 @@ def track_later(
     if tracker is None:
         return None
     credential = request.headers.get(app[RUNTIME].settings.tenancy.credential_header)
+    hasher = app[HASHER]
+    known = hasher.known(credential)
     record = TrackedCall(
         wait_id=wait_id,
         correlation_id=call.correlation_id,
         route=route.name,
-        tenant=None,  # the keyed hash of `credential`, computed in the task
+        # The keyed hash of `credential`; while its key is still to be loaded, in the task.
+        tenant=hasher.tenant_now(credential) if known else None,
         # Absolute: a webhook receiver does not know the origin the caller used.
         location=str(URL(call.origin).join(URL(accepted.client_location)))
         if accepted.client_location
@@ -54,11 +57,9 @@ def track_later(
         created_at=time.time(),
         traceparent=call.trace.traceparent if call.trace else "",
     )
-    hasher = app[HASHER]
-    if not hasher.known(credential):  # the key is still to be loaded from Redis: a task does both
+    if not known:  # the key is still to be loaded from Redis: a task does both
         return app[POLLERS].spawn(_write(app, tracker, record, credential))
     # The common case, kept lean: the record joins the next batch; no task of its own.
-    record = dataclasses.replace(record, tenant=hasher.tenant_now(credential))
     written = tracker.record_soon(record)
     outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
     written.add_done_callback(lambda done: _settled(done, outcome, record))
