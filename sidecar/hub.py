@@ -350,8 +350,8 @@ class CompletionHub:
                 entry_id = raw_id.decode()
                 self._last_ids[stream] = entry_id
                 result = self.dispatch(stream, entry_id, fields)
-                self.metrics.stream_events.labels(stream, result).inc()
+                self.metrics.series(self.metrics.stream_events, stream, result).inc()
             if entries:
                 lagging[stream] = entry_age_s(self._last_ids[stream])
         for stream, lag in lagging.items():
-            self.metrics.stream_lag.labels(stream).set(lag)
+            self.metrics.series(self.metrics.stream_lag, stream).set(lag)

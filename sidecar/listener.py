@@ -54,7 +54,8 @@ class ClientGuard:
         self.limits = limits
         self.correlation_header = correlation_header
         self.refused, self.timeouts = metrics.client_refused, metrics.client_timeouts
-        self.malformed, self.open = metrics.malformed_requests, metrics.client_connections
+        self.malformed = metrics.malformed_requests
+        self.open = metrics.client_connections.labels(listener)
         self.connections = 0
         self._refused_log = Every()
         self._timeout_log = Every()
@@ -75,13 +76,13 @@ class ClientGuard:
                 )
             return False
         self.connections += 1
-        self.open.labels(self.listener).set(self.connections)
+        self.open.set(self.connections)
         return True
 
     def left(self) -> None:
         """A connection closed."""
         self.connections -= 1
-        self.open.labels(self.listener).set(self.connections)
+        self.open.set(self.connections)
 
     def timed_out(self, phase: str, remote: str | None) -> None:
         """Count (and now and then log) a client too slow to send its request."""

@@ -6,9 +6,10 @@ Labels are bounded: route names (from config), outcomes, reasons, status classes
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
 
 from .config import Route
 
@@ -44,6 +45,9 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
 @dataclass(frozen=True, slots=True)
 class CallSeries:
     """The series one finished call updates (looked up once per route, outcome and class)."""
@@ -58,6 +62,7 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, redis: bool = True) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._call_series: dict[tuple[str, str, int], CallSeries] = {}
+        self._series: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         # A gauge, not an Info: it is the same sample, and works across worker processes.
         self.build_info = Gauge(
@@ -236,6 +241,15 @@ class Metrics:
             )
             self._call_series[key] = series
         return series
+
+    def series(self, metric: M, *labels: str) -> M:
+        """`metric.labels(*labels)`, looked up in prometheus_client once and kept: for the hot
+        path, where labels come from the config and fixed sets (so they are bounded)."""
+        key = (id(metric), labels)
+        child = self._series.get(key)
+        if child is None:
+            child = self._series[key] = metric.labels(*labels)
+        return child
 
     def initialise(self, routes: list[Route]) -> None:
         """Create the series every sync route will have at 0, so that `rate()` and

@@ -137,7 +137,7 @@ async def wait_for_completion(
     """The first verdict within `timeout_s` (None: the budget ran out) and the time waited;
     counted in `sidecar_waiting_requests` meanwhile and in the wait-duration histogram."""
     loop = asyncio.get_running_loop()
-    gauge = metrics.waiting.labels(route)
+    gauge = metrics.series(metrics.waiting, route)
     gauge.inc()
     started = loop.time()
     outcome = "client_gone"
@@ -147,4 +147,4 @@ async def wait_for_completion(
         return verdict, loop.time() - started
     finally:
         gauge.dec()
-        metrics.wait_duration.labels(route, outcome).observe(loop.time() - started)
+        metrics.series(metrics.wait_duration, route, outcome).observe(loop.time() - started)
