@@ -51,6 +51,36 @@ async def test_a_record_is_written_once_by_the_call_that_owns_its_id(
     assert not await tracker.claim("op-2", "call-d")
 
 
+async def test_one_batch_of_mixed_records_leads_each_location_to_its_own_call(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    # Calls with and without a Location, and one whose id another call owns, written together
+    # (several chunks of the record script): each Location leads to the call that wrote it.
+    tracker = CallTracker(redis, key_prefix, 60)
+    assert await tracker.claim("taken", "someone-else")
+    calls = [
+        TrackedCall(
+            "taken" if i == 40 else f"m-{i}",
+            "r",
+            f"t_{i}",
+            f"/s/{i}",
+            f"http://u/s/{i}?n={i}" if i % 3 else None,
+            created_at=1.0,
+            correlation_id=f"call-{i}",
+        )
+        for i in range(100)
+    ]
+    written = await asyncio.gather(*(tracker.record(call) for call in calls))
+    assert written == [i != 40 for i in range(100)]
+    for i in (1, 2, 41, 98):
+        got = await tracker.by_location(f"http://u/s/{i}?n={i}")
+        assert got is not None and (got.wait_id, got.tenant) == (f"m-{i}", f"t_{i}")
+    assert await tracker.by_location("http://u/s/40?n=40") is None  # not this call's id
+    assert await tracker.by_location("http://u/s/3?n=3") is None  # it had no Location
+    got = await tracker.get("m-3")
+    assert got is not None and got.upstream_location is None and got.location == "/s/3"
+
+
 async def test_finishing_an_untracked_call_creates_nothing(
     redis: aioredis.Redis, key_prefix: str
 ) -> None:
