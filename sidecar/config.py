@@ -698,6 +698,14 @@ class Clients(Model):
         description="Client connections per process and listener; past it new ones are closed "
         "at once (counted, logged at most once a second). Default 10000.",
     )
+    max_connections_per_address: int = Field(
+        0,
+        ge=0,
+        description="Client connections one client address (IP) may hold open per process and "
+        "listener; past it that address's new ones are closed at once (counted, logged at most "
+        "once a second), so one client cannot take every connection. 0: no limit per address "
+        "(the default: behind a load balancer or a NAT, many clients share one address).",
+    )
     max_body: ByteSize = Field(
         10 * 1024 * 1024,
         ge=0,

@@ -8,7 +8,8 @@ aiohttp's protocol gets three things added (`GuardedRequestHandler`):
                      connection that sends nothing at all within it is closed silently
     connection cap   past `clients.max_connections` open connections, a new one is closed at
                      once, counted and logged at most once a second (file descriptors are never
-                     exhausted, so asyncio never spins on a failing accept())
+                     exhausted, so asyncio never spins on a failing accept()); likewise past
+                     `clients.max_connections_per_address` from one client address, when set
     bad requests     a request aiohttp cannot parse is answered 400 problem+json with the
                      correlation header, logged at WARNING without a traceback, at most once a
                      second (counted always)
@@ -56,13 +57,17 @@ class ClientGuard:
         self.refused, self.timeouts = metrics.client_refused, metrics.client_timeouts
         self.malformed = metrics.malformed_requests
         self.open = metrics.client_connections.labels(listener)
+        self.address_refused = metrics.client_address_refused.labels(listener)
         self.connections = 0
+        self._by_address: dict[str, int] = {}  # open connections per client address, when capped
         self._refused_log = Every()
+        self._address_log = Every()
         self._timeout_log = Every()
         self._malformed_log = Every()
 
-    def admit(self) -> bool:
-        """Count a new connection; False (refused, counted, logged) past the cap."""
+    def admit(self, address: str | None = None) -> bool:
+        """Count a new connection (from `address`, when the per-address cap is on); False
+        (refused, counted, logged) past a cap."""
         if self.connections >= self.limits.max_connections:
             self.refused.labels(self.listener).inc()
             if self._refused_log.ready():
@@ -75,14 +80,40 @@ class ClientGuard:
                     },
                 )
             return False
+        if address is not None:
+            held = self._by_address.get(address, 0)
+            if held >= self.limits.max_connections_per_address:
+                self.address_refused.inc()
+                if self._address_log.ready():
+                    logger.warning(
+                        "client connection refused: too many open from one address",
+                        extra={
+                            "listener": self.listener,
+                            "remote": address,
+                            "max_connections_per_address": (
+                                self.limits.max_connections_per_address
+                            ),
+                            "refused_since_last_line": self._address_log.take_skipped(),
+                        },
+                    )
+                return False
+            self._by_address[address] = held + 1
         self.connections += 1
         self.open.set(self.connections)
         return True
 
-    def left(self) -> None:
-        """A connection closed."""
+    def left(self, address: str | None = None) -> None:
+        """A connection closed (`address`: as given to `admit`)."""
         self.connections -= 1
         self.open.set(self.connections)
+        if address is not None:
+            held = self._by_address.pop(address, 0) - 1
+            if held > 0:
+                self._by_address[address] = held
+
+    def per_address(self) -> bool:
+        """True when connections are capped per client address."""
+        return self.limits.max_connections_per_address > 0
 
     def timed_out(self, phase: str, remote: str | None) -> None:
         """Count (and now and then log) a client too slow to send its request."""
@@ -122,11 +153,14 @@ class GuardedRequestHandler(RequestHandler):
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._admitted = False
+        self._address: str | None = None  # the client's, when connections are capped per address
         self._header_timer: asyncio.TimerHandle | None = None
         self._partial = False  # bytes of a request whose headers are not complete yet
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self._guard.admit():
+        if self._guard.per_address():
+            self._address = _peer(transport) or ""
+        if not self._guard.admit(self._address):
             transport.close()
             return
         self._admitted = True
@@ -137,7 +171,7 @@ class GuardedRequestHandler(RequestHandler):
         self._stop_header_timer()
         if self._admitted:
             self._admitted = False
-            self._guard.left()
+            self._guard.left(self._address)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

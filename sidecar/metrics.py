@@ -105,6 +105,13 @@ class Metrics:
             ["listener"],
             registry=r,
         )
+        self.client_address_refused = Counter(
+            "sidecar_client_connections_refused_per_address",
+            "Client connections closed at once because their address already held "
+            "clients.max_connections_per_address, by listener.",
+            ["listener"],
+            registry=r,
+        )
         self.client_timeouts = Counter(
             "sidecar_client_timeouts",
             "Clients too slow to send their request, by listener and phase (idle: nothing "

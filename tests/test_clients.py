@@ -42,8 +42,12 @@ class Proxy:
     def metric(self, name: str, **labels: str) -> float:
         return self.app[METRICS].registry.get_sample_value(name, labels) or 0.0
 
-    async def raw(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await asyncio.open_connection(self.host, self.port)
+    async def raw(
+        self, source: str | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A raw connection (from the loopback address `source`, e.g. 127.0.0.2)."""
+        local = (source, 0) if source else None
+        return await asyncio.open_connection(self.host, self.port, local_addr=local)
 
 
 Start = Callable[..., Awaitable[Proxy]]
@@ -264,6 +268,39 @@ async def test_past_max_connections_new_ones_are_refused_at_once(
     reader, writer = held[0]
     writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
     assert (await read_answer(reader))[0] == 200  # the admitted ones are served
+    for _, writer in held:
+        writer.close()
+
+
+async def test_past_max_connections_per_address_that_address_is_refused_and_others_served(
+    start_proxy: Start, api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
+    proxy = await start_proxy(api.server, clients={"max_connections_per_address": 2})
+    held = [await proxy.raw() for _ in range(2)]
+    for _ in range(3):
+        reader, writer = await proxy.raw()
+        assert await closed(reader)
+        writer.close()
+    refused = "sidecar_client_connections_refused_per_address_total"
+    assert proxy.metric(refused, listener="proxy") == 3
+    assert proxy.metric("sidecar_client_connections_refused_total", listener="proxy") == 0
+    lines = [r for r in caplog.records if "too many open from one address" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].__dict__["remote"] == "127.0.0.1"
+    # Another client address is served meanwhile.
+    reader, writer = await proxy.raw("127.0.0.2")
+    writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_answer(reader))[0] == 200
+    writer.close()
+    # A connection that closes gives its address's slot back.
+    held.pop()[1].close()
+    for _ in range(200):
+        if proxy.metric("sidecar_client_connections", listener="proxy") == 1:
+            break
+        await asyncio.sleep(0.01)
+    reader, writer = await proxy.raw()
+    writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_answer(reader))[0] == 200
+    writer.close()
     for _, writer in held:
         writer.close()
 
