@@ -68,35 +68,26 @@ class ClientGuard:
     def admit(self, address: str | None = None) -> bool:
         """Count a new connection (from `address`, when the per-address cap is on); False
         (refused, counted, logged) past a cap."""
-        if self.connections >= self.limits.max_connections:
+        limits = self.limits
+        if self.connections >= limits.max_connections:
             self.refused.labels(self.listener).inc()
-            if self._refused_log.ready():
-                logger.warning(
-                    "client connection refused: too many open",
-                    extra={
-                        "listener": self.listener,
-                        "max_connections": self.limits.max_connections,
-                        "refused_since_last_line": self._refused_log.take_skipped(),
-                    },
-                )
-            return False
+            return _refused(
+                self._refused_log,
+                "",
+                listener=self.listener,
+                max_connections=limits.max_connections,
+            )
         if address is not None:
             held = self._by_address.get(address, 0)
-            if held >= self.limits.max_connections_per_address:
+            if held >= limits.max_connections_per_address:
                 self.address_refused.inc()
-                if self._address_log.ready():
-                    logger.warning(
-                        "client connection refused: too many open from one address",
-                        extra={
-                            "listener": self.listener,
-                            "remote": address,
-                            "max_connections_per_address": (
-                                self.limits.max_connections_per_address
-                            ),
-                            "refused_since_last_line": self._address_log.take_skipped(),
-                        },
-                    )
-                return False
+                return _refused(
+                    self._address_log,
+                    " from one address",
+                    listener=self.listener,
+                    remote=address,
+                    max_connections_per_address=limits.max_connections_per_address,
+                )
             self._by_address[address] = held + 1
         self.connections += 1
         self.open.set(self.connections)
@@ -257,6 +248,16 @@ def close_after_answer(request: web.BaseRequest) -> None:
     protocol = request.protocol
     if isinstance(protocol, RequestHandler):
         protocol._lingering_time = 0.0
+
+
+def _refused(every: Every, which: str, **extra: Any) -> bool:
+    """Log a refused connection (at most once a second, with how many were held back); False."""
+    if every.ready():
+        logger.warning(
+            f"client connection refused: too many open{which}",
+            extra=extra | {"refused_since_last_line": every.take_skipped()},
+        )
+    return False
 
 
 def _peer(transport: asyncio.BaseTransport) -> str | None:
