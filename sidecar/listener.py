@@ -54,7 +54,8 @@ class ClientGuard:
         self.listener = listener
         self.limits = limits
         self.correlation_header = correlation_header
-        self.refused, self.timeouts = metrics.client_refused, metrics.client_timeouts
+        self.refused = metrics.client_refused.labels(listener)
+        self.timeouts = metrics.client_timeouts
         self.malformed = metrics.malformed_requests
         self.open = metrics.client_connections.labels(listener)
         self.address_refused = metrics.client_address_refused.labels(listener)
@@ -70,10 +71,10 @@ class ClientGuard:
         (refused, counted, logged) past a cap."""
         limits = self.limits
         if self.connections >= limits.max_connections:
-            self.refused.labels(self.listener).inc()
+            self.refused.inc()
             return _refused(
                 self._refused_log,
-                "",
+                "client connection refused: too many open",
                 listener=self.listener,
                 max_connections=limits.max_connections,
             )
@@ -83,7 +84,7 @@ class ClientGuard:
                 self.address_refused.inc()
                 return _refused(
                     self._address_log,
-                    " from one address",
+                    "client connection refused: too many open from one address",
                     listener=self.listener,
                     remote=address,
                     max_connections_per_address=limits.max_connections_per_address,
@@ -250,11 +251,11 @@ def close_after_answer(request: web.BaseRequest) -> None:
         protocol._lingering_time = 0.0
 
 
-def _refused(every: Every, which: str, **extra: Any) -> bool:
+def _refused(every: Every, message: str, **extra: Any) -> bool:
     """Log a refused connection (at most once a second, with how many were held back); False."""
     if every.ready():
         logger.warning(
-            f"client connection refused: too many open{which}",
+            message,
             extra=extra | {"refused_since_last_line": every.take_skipped()},
         )
     return False

@@ -211,14 +211,20 @@ class CallTracker:
             batch.append((keys, [self.ttl_ms, *(arg for _, args in part for arg in args)]))
         replies = await run_scripts(self.redis, self._record_script, batch)
         written = [bool(ok) for reply in replies for ok in reply]
-        located = [c for c, ok in zip(calls, written, strict=True) if ok and c.upstream_location]
-        if cluster and located:  # the lookup keys live in slots of their own
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for call in located:
-                    key = self._lookup_key(call.upstream_location or "")
-                    pipe.set(key, call.wait_id, nx=True, px=self.ttl_ms)
-                await pipe.execute()
+        if cluster:  # the lookup keys live in slots of their own: written after the records
+            await self._write_lookups(
+                [c for c, ok in zip(calls, written, strict=True) if ok and c.upstream_location]
+            )
         return written
+
+    async def _write_lookups(self, located: list[TrackedCall]) -> None:
+        if not located:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call in located:
+                key = self._lookup_key(call.upstream_location or "")
+                pipe.set(key, call.wait_id, nx=True, px=self.ttl_ms)
+            await pipe.execute()
 
     def _record_item(self, call: TrackedCall, *, with_lookup: bool) -> tuple[list[str], list[Any]]:
         """One call's keys and arguments of the record script."""

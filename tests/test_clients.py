@@ -252,22 +252,32 @@ async def test_expect_100_continue_is_answered_by_the_sidecar(
     assert len(api.seen) == 1
 
 
+async def refused(proxy: Proxy, times: int) -> None:
+    """Open `times` connections and see each closed at once, unanswered."""
+    for _ in range(times):
+        reader, writer = await proxy.raw()
+        assert await closed(reader)
+        writer.close()
+
+
+async def served(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, close: bool) -> int:
+    """The status of a GET on an open connection (`close`: asking the sidecar to close it)."""
+    also = b"Connection: close\r\n" if close else b""
+    writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\n" + also + b"\r\n")
+    return (await read_answer(reader))[0]
+
+
 async def test_past_max_connections_new_ones_are_refused_at_once(
     start_proxy: Start, api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
     proxy = await start_proxy(api.server, clients={"max_connections": 3})
     held = [await proxy.raw() for _ in range(3)]
-    for _ in range(5):
-        reader, writer = await proxy.raw()
-        assert await closed(reader)
-        writer.close()
+    await refused(proxy, 5)
     assert proxy.metric("sidecar_client_connections_refused_total", listener="proxy") == 5
     assert proxy.metric("sidecar_client_connections", listener="proxy") == 3
     refusals = [r for r in caplog.records if "client connection refused" in r.getMessage()]
     assert len(refusals) == 1  # at most one line a second
-    reader, writer = held[0]
-    writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert (await read_answer(reader))[0] == 200  # the admitted ones are served
+    assert await served(*held[0], close=False) == 200  # the admitted ones are served
     for _, writer in held:
         writer.close()
 
@@ -277,30 +287,24 @@ async def test_past_max_connections_per_address_that_address_is_refused_and_othe
 ) -> None:
     proxy = await start_proxy(api.server, clients={"max_connections_per_address": 2})
     held = [await proxy.raw() for _ in range(2)]
-    for _ in range(3):
-        reader, writer = await proxy.raw()
-        assert await closed(reader)
-        writer.close()
-    refused = "sidecar_client_connections_refused_per_address_total"
-    assert proxy.metric(refused, listener="proxy") == 3
+    await refused(proxy, 3)
+    per_address = "sidecar_client_connections_refused_per_address_total"
+    assert proxy.metric(per_address, listener="proxy") == 3
     assert proxy.metric("sidecar_client_connections_refused_total", listener="proxy") == 0
     lines = [r for r in caplog.records if "too many open from one address" in r.getMessage()]
     assert len(lines) == 1 and lines[0].__dict__["remote"] == "127.0.0.1"
-    # Another client address is served meanwhile.
-    reader, writer = await proxy.raw("127.0.0.2")
-    writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert (await read_answer(reader))[0] == 200
+    other = await proxy.raw("127.0.0.2")
+    assert await served(*other, close=False) == 200  # another address is served meanwhile
+    other[1].close()
+    # A connection the sidecar closed gives its address's slot back: its end reaches the
+    # client only after the sidecar has let the connection go.
+    reader, writer = held.pop()
+    assert await served(reader, writer, close=True) == 200
+    assert await closed(reader)
     writer.close()
-    # A connection that closes gives its address's slot back.
-    held.pop()[1].close()
-    for _ in range(200):
-        if proxy.metric("sidecar_client_connections", listener="proxy") == 1:
-            break
-        await asyncio.sleep(0.01)
-    reader, writer = await proxy.raw()
-    writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert (await read_answer(reader))[0] == 200
-    writer.close()
+    again = await proxy.raw()
+    assert await served(*again, close=False) == 200
+    again[1].close()
     for _, writer in held:
         writer.close()
 

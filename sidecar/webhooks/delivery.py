@@ -38,6 +38,7 @@ from typing import Any
 
 import orjson
 from redis.exceptions import ResponseError
+from redis.typing import EncodableT, FieldT
 
 from ..connections import REDIS_FAULTS, Backoff, PrimaryCheck, close
 from ..tasks import cancelling, checkpoint
@@ -561,7 +562,7 @@ class DeliveryWorker:
         if outcome == "dead":
             await self.redis.xadd(
                 dead_key(prefix),
-                dead_letter(message_id, owner, sub.id, event_type, now),  # type: ignore[arg-type]
+                dead_letter(message_id, owner, sub.id, event_type, now),
                 maxlen=self.config.outbox_maxlen,
                 approximate=True,
             )
@@ -589,7 +590,7 @@ class DeliveryWorker:
 
 def dead_letter(
     message_id: str, owner: str, sub_id: str, event_type: str, now: float
-) -> dict[str, str]:
+) -> dict[FieldT, EncodableT]:
     """The fields of a dead-letter entry."""
     return {"m": message_id, "owner": owner, "sub": sub_id, "type": event_type, "at": iso(now)}
 

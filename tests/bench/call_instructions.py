@@ -146,7 +146,7 @@ async def passthrough(session: aiohttp.ClientSession, base: str, calls: int) -> 
                 await resp.read()
                 assert resp.status == 200, resp.status
 
-    await asyncio.gather(*(one(calls // 10) for _ in range(10)))
+    await asyncio.gather(*(one(calls // 10 + (n < calls % 10)) for n in range(10)))
 
 
 async def synchronised(base: str, stream: str, calls: int) -> None:
