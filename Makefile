@@ -41,10 +41,10 @@ schema: install
 	$(BIN)/sidecar schema > config/sidecar.schema.json
 
 # Benchmarks (docs/benchmarks.md), all on 127.0.0.1, about a minute each. The large-body RSS
-# bench streams 3 GiB: run it by hand (python -m tests.bench.upload_rss).
+# bench streams 3 GiB: run it by hand (python -m bench.upload_rss).
 bench: install
-	$(BIN)/python -m tests.bench.sync_bench
-	$(BIN)/python -m tests.bench.webhook_bench
+	$(BIN)/python -m bench.sync_bench
+	$(BIN)/python -m bench.webhook_bench
 
 # The proxy benchmark (docs/benchmarks.md): pass-through against a minimal aiohttp proxy and nginx,
 # synchronised intake, held calls, event->answer; 3 runs (~7 min), figures against the targets,
@@ -52,12 +52,12 @@ bench: install
 # BENCH_ARGS="--label before" names the output; "--quick" is a 1-minute smoke run.
 bench-proxy: install
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
-	$(BIN)/python -m tests.bench.proxy_bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.proxy_bench $(BENCH_ARGS)
 
 # py-spy flame graphs of the pass-through and of the synchronised intake, in docs/bench/profiles/.
 bench-profile: install
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
-	$(BIN)/python -m tests.bench.proxy_bench --profile $(BENCH_ARGS)
+	$(BIN)/python -m bench.proxy_bench --profile $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

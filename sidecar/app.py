@@ -13,7 +13,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from . import __version__
-from .admin import create_admin_app
+from .admin.app import create_admin_app
 from .body import expect_continue
 from .boundary import problem_middleware
 from .config import Settings

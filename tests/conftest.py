@@ -16,9 +16,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
+from devtools.redis_server import RedisServer, RedisUnavailable, answers
 from sidecar.app import create_app
 from sidecar.config import Settings, parse_settings
-from sidecar.dev.redis_server import RedisServer, RedisUnavailable, answers
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 ROOT = Path(__file__).resolve().parents[1]

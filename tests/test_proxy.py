@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from sidecar.dev.redis_server import free_port
+from devtools.redis_server import free_port
 from sidecar.state import ADMIN_URL
 
 from .conftest import SidecarFactory, Upstream

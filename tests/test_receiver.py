@@ -20,10 +20,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from standardwebhooks.webhooks import Webhook
 
+from devtools.redis_server import free_port
 from examples import webhook_receiver as example_receiver
 from sidecar import receiver as webhook_receiver
 from sidecar.cli import main as sidecar_main
-from sidecar.dev.redis_server import free_port
 from sidecar.receiver import RECEIVER, SeenIds, create_app, worker_ctx
 from sidecar.state import ADMIN_URL
 from sidecar.webhooks.signing import new_secret, signature_headers

@@ -28,7 +28,7 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from sidecar.dev.redis_server import free_port
+from devtools.redis_server import free_port
 
 from .conftest import Upstream
 

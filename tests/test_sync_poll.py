@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from sidecar.dev.redis_server import free_port
+from devtools.redis_server import free_port
 from sidecar.state import HUB, TRACKER
 
 from .conftest import SidecarFactory, Upstream

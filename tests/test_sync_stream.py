@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from sidecar.dev.redis_server import RedisServer
+from devtools.redis_server import RedisServer
 from sidecar.state import ADMIN_URL, HUB
 from sidecar.tracking import CallTracker
 

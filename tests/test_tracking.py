@@ -7,7 +7,7 @@ import time
 
 import redis.asyncio as aioredis
 
-from sidecar.dev.redis_server import RedisServer
+from devtools.redis_server import RedisServer
 from sidecar.tracking import CallTracker, TrackedCall
 
 

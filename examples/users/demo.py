@@ -50,7 +50,7 @@ from urllib.parse import urljoin
 import aiohttp
 import redis
 
-from sidecar.dev.redis_server import RedisServer, RedisUnavailable, answers, free_port
+from devtools.redis_server import RedisServer, RedisUnavailable, answers, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "examples" / "users" / "sidecar.yaml"

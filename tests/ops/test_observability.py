@@ -23,7 +23,7 @@ import yaml
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from sidecar.dev.redis_server import RedisServer, free_port
+from devtools.redis_server import RedisServer, free_port
 from sidecar.state import ADMIN_URL
 from sidecar.webhooks.signing import new_secret
 

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
 from openapi_spec_validator import validate
 
-from sidecar.admin import create_admin_app
+from sidecar.admin.app import create_admin_app
 from sidecar.app import create_app
 from sidecar.config import Settings
 from sidecar.webhooks.bodies import SubscriptionCreate
@@ -24,7 +24,7 @@ from sidecar.webhooks.portal_bodies import PortalSessionCreate
 from tests.conftest import make_settings
 from tests.portal.conftest import OPERATOR_TOKEN, StartPortal
 
-STATIC = Path(__file__).parents[2] / "sidecar" / "portal" / "static"
+STATIC = Path(__file__).parents[2] / "sidecar" / "admin" / "portal" / "static"
 OPERATIONS = re.compile(r'call\("(GET|POST|PATCH|PUT|DELETE)", "([^"]+)"')
 
 

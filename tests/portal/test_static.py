@@ -15,11 +15,11 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from sidecar.portal import load_static
+from sidecar.admin.portal import load_static
 from tests.portal.conftest import StartPortal
 
 ROOT = Path(__file__).parents[2]
-STATIC = ROOT / "sidecar" / "portal" / "static"
+STATIC = ROOT / "sidecar" / "admin" / "portal" / "static"
 
 
 def fetch(portal: Any, path: str, **headers: str) -> tuple[int, CIMultiDict[str], bytes]:
@@ -167,7 +167,7 @@ def test_the_wheel_carries_the_page_and_an_installed_sidecar_serves_it(tmp_path:
     names = set(zipfile.ZipFile(wheel).namelist())
     for path in STATIC.rglob("*"):
         if path.is_file():
-            assert f"sidecar/portal/static/{path.relative_to(STATIC).as_posix()}" in names
+            assert f"sidecar/admin/portal/static/{path.relative_to(STATIC).as_posix()}" in names
     target = tmp_path / "installed"
     install = subprocess.run(
         [
@@ -187,7 +187,7 @@ def test_the_wheel_carries_the_page_and_an_installed_sidecar_serves_it(tmp_path:
     )
     assert install.returncode == 0, install.stderr
     probe = (
-        "import sidecar, sidecar.portal as p; "
+        "import sidecar, sidecar.admin.portal as p; "
         f"assert sidecar.__file__.startswith({str(target)!r}), sidecar.__file__; "
         "files = p.load_static(); print(sorted(files)); "
         "assert b'main.js' in files['index.html'].body"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.dev.redis_server import (
+from devtools.redis_server import (
     RedisClusterServers,
     RedisServer,
     RedisUnavailable,

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from redis.asyncio.cluster import RedisCluster
 
-from sidecar.dev.redis_server import RedisClusterServers, SentinelSetup
+from devtools.redis_server import RedisClusterServers, SentinelSetup
 from sidecar.state import ADMIN_URL, HUB, REDIS
 from sidecar.webhooks import WEBHOOKS
 

@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
-from sidecar.dev.redis_server import RedisClusterServers, RedisUnavailable
+from devtools.redis_server import RedisClusterServers, RedisUnavailable
 
 from ..test_server import sidecar_processes
 from .support import JobsApi, Receiver, RedisUnderTest, Replicas

@@ -34,7 +34,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from standardwebhooks.webhooks import Webhook
 
-from sidecar.dev.redis_server import RedisServer
+from devtools.redis_server import RedisServer
 from sidecar.tracking import CallTracker, TrackedCall
 from sidecar.webhooks import WEBHOOKS
 from sidecar.webhooks.keys import dispatch_group

@@ -1,7 +1,7 @@
 """The minimal aiohttp reverse proxy the sidecar's pass-through is compared with (one process).
 
 One ClientSession (DummyCookieJar, no timeouts, no decompression), hop-by-hop headers dropped,
-bodies streamed both ways. Run: `python -m tests.bench.minimal_proxy --port P --upstream URL`.
+bodies streamed both ways. Run: `python -m bench.minimal_proxy --port P --upstream URL`.
 """
 
 import argparse

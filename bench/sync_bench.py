@@ -1,7 +1,7 @@
-"""Benchmark of the synchronised call (run: `.venv/bin/python -m tests.bench.sync_bench`).
+"""Benchmark of the synchronised call (run: `.venv/bin/python -m bench.sync_bench`).
 
 Starts Redis (the one at $REDIS_URL if it answers, else a throwaway one), a minimal async API
-(`tests.bench.sync_upstream`) and the real sidecar (`sidecar run`) as separate processes, all on
+(`bench.sync_upstream`) and the real sidecar (`sidecar run`) as separate processes, all on
 127.0.0.1, then measures, in one run so the figures compare side by side:
 
 1. event → answer latency: N calls are held, then their completions are XADDed at a fixed rate
@@ -30,7 +30,7 @@ import aiohttp
 import psutil
 import redis.asyncio as aioredis
 
-from sidecar.dev.redis_server import RedisServer, answers, free_port
+from devtools.redis_server import RedisServer, answers, free_port
 
 from .harness import (
     ROOT,
@@ -257,7 +257,7 @@ async def run(args: argparse.Namespace) -> None:
                     [
                         sys.executable,
                         "-m",
-                        "tests.bench.sync_upstream",
+                        "bench.sync_upstream",
                         "--redis-url",
                         redis_url,
                         "--port",

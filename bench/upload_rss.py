@@ -1,4 +1,4 @@
-"""Memory while streaming large bodies (run: `.venv/bin/python -m tests.bench.upload_rss`).
+"""Memory while streaming large bodies (run: `.venv/bin/python -m bench.upload_rss`).
 
 Starts a sink upstream (this module with `--sink-port`, a separate process) and the real sidecar
 (`sidecar run`), both on 127.0.0.1, then:
@@ -35,7 +35,7 @@ import aiohttp
 import psutil
 from aiohttp import web
 
-from sidecar.dev.redis_server import free_port
+from devtools.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 MIB = 1024 * 1024
@@ -263,7 +263,7 @@ async def bench(size: int, max_rss: int) -> int:
             "log: {level: warning, format: json}\n"
             "shutdown_grace: 1s\n"
         )
-        sink_cmd = [sys.executable, "-m", "tests.bench.upload_rss", "--sink-port", str(sink_port)]
+        sink_cmd = [sys.executable, "-m", "bench.upload_rss", "--sink-port", str(sink_port)]
         sidecar_cmd = [sys.executable, "-m", "sidecar.cli", "run", "-c", str(config)]
         with (
             started(sink_cmd, env=env) as sink,

@@ -1,11 +1,11 @@
 """Before/after benchmark of the client, Redis, memory and tenant-fairness limits.
 
-Run: `.venv/bin/python -m tests.bench.trust_bench --before PATH --after PATH`
+Run: `.venv/bin/python -m bench.trust_bench --before PATH --after PATH`
 
 PATH is a checkout of the sidecar with its own `.venv` (`make install`); each version's sidecar
 runs as a process, `PATH/.venv/bin/sidecar run -c <config>`, with a config written for that
 version (the older one refuses the newer keys). Everything listens on 127.0.0.1; the async API
-(`tests.bench.sync_upstream`) and the webhook receivers run beside it (the receivers in this
+(`bench.sync_upstream`) and the webhook receivers run beside it (the receivers in this
 process). Figures:
 
 1. slow headers: one connection trickling its request line and headers one byte a second,
@@ -24,7 +24,7 @@ process). Figures:
    messages to them; tenant B's one fast endpoint: time from the XADD of B's completion to B's
    receiver (also without A's load); (b) 100,000 messages queued for A's one slow endpoint
    (50 ms) straight into the outbox with the version's own `Outbox.enqueue_many`
-   (`tests/bench/trust_enqueue.py`, run by that version's interpreter); B's delay again.
+   (`bench/trust_enqueue.py`, run by that version's interpreter); B's delay again.
 
 Figures 1 (single connection) and 2 run beside each other, as do both versions in 1 (single)
 and 3; everything else runs alone, one version after the other. Every wait is capped, every
@@ -62,7 +62,7 @@ import redis.asyncio as aioredis
 import yaml
 from aiohttp import web
 
-from sidecar.dev.redis_server import RedisServer, answers, free_port
+from devtools.redis_server import RedisServer, answers, free_port
 
 from .sync_bench import wait_http
 
@@ -1028,7 +1028,7 @@ def progress(name: str, result: dict[str, Any]) -> None:
 
 def upstream_process(port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.bench.sync_upstream", "--port", str(port)], cwd=ROOT
+        [sys.executable, "-m", "bench.sync_upstream", "--port", str(port)], cwd=ROOT
     )
 
 

@@ -1,4 +1,4 @@
-"""Benchmark of webhook delivery (run: `.venv/bin/python -m tests.bench.webhook_bench`).
+"""Benchmark of webhook delivery (run: `.venv/bin/python -m bench.webhook_bench`).
 
 Starts the real sidecar (`sidecar run`) as a separate process, on Redis at $REDIS_URL (default
 127.0.0.1:6379; a throwaway redis-server when none answers), with one stream route that publishes
@@ -49,8 +49,8 @@ from aiohttp import web
 from redis.exceptions import ResponseError
 from standardwebhooks.webhooks import Webhook
 
+from devtools.redis_server import RedisServer, answers, free_port
 from sidecar.config import Route, load_settings
-from sidecar.dev.redis_server import RedisServer, answers, free_port
 from sidecar.tracking import CallTracker, TrackedCall
 from sidecar.webhooks.fanout import payload
 from sidecar.webhooks.keys import dispatch_group, queue_key

@@ -1,5 +1,5 @@
 """What the pieces of one proxied request cost in isolation (run:
-`.venv/bin/python -m tests.bench.micro_costs`).
+`.venv/bin/python -m bench.micro_costs`).
 
 A sampling profiler attributes time to functions but can over-weight some (py-spy stops the
 process for each sample); this times the sidecar's own per-request steps one by one, with

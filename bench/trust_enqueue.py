@@ -4,7 +4,7 @@ Run by the interpreter of the sidecar version under test (its own venv), so the 
 written by that version's `sidecar.webhooks.outbox.Outbox.enqueue_many`, in that version's key
 layout: the older outbox takes `Outbox(redis, prefix, maxlen)` and messages without an owner,
 the newer one `Outbox(redis, prefix)` and messages with their `owner`. Used by
-`tests.bench.trust_bench` to build a backlog far faster than test sends could. Prints one JSON
+`bench.trust_bench` to build a backlog far faster than test sends could. Prints one JSON
 line: {"enqueued": n, "seconds": s}.
 """
 

@@ -1,6 +1,6 @@
 """Runs the sidecar with its cyclic garbage collector timed: for the benchmarks only.
 
-    python -m tests.bench.gc_probe OUT.json [--threshold G0,G1,G2] [--freeze] -- run -c CONFIG
+    python -m bench.gc_probe OUT.json [--threshold G0,G1,G2] [--freeze] -- run -c CONFIG
 
 `gc.callbacks` add up the collections and the seconds spent in them per generation; SIGUSR1
 writes the totals so far to OUT.json (the benchmark reads them before and after a phase).

@@ -25,7 +25,7 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 
-from sidecar.dev.redis_server import free_port
+from devtools.redis_server import free_port
 
 from . import loadgen
 from .flame import write_profile
@@ -168,7 +168,7 @@ async def profile_minimal(env: Env, args: argparse.Namespace, name: str, title: 
     """The minimal proxy under the same pass-through load: the baseline to diff against."""
     port = free_port()
     command = python_command(
-        "-m", "tests.bench.minimal_proxy", "--port", str(port), "--upstream", env.upstream
+        "-m", "bench.minimal_proxy", "--port", str(port), "--upstream", env.upstream
     )
     with (env.tmp / "minimal-profile.log").open("wb") as log:
         proc = spawn(pinned(command, env.proxy_cores), cwd=ROOT, stderr=log)
@@ -188,7 +188,7 @@ async def profile_minimal(env: Env, args: argparse.Namespace, name: str, title: 
         stop_process(proc)
 
 
-# What-if settings of the collector, set by tests/bench/gc_probe.py before the sidecar starts.
+# What-if settings of the collector, set by bench/gc_probe.py before the sidecar starts.
 GC_SETTINGS: tuple[tuple[str, list[str]], ...] = (
     ("default thresholds (700, 10, 10)", []),
     ("gc.freeze() at startup", ["--freeze"]),

@@ -1,8 +1,8 @@
 """RSS over repeated bursts of 1 MB completion events (is it bounded, and by what?).
 
-Run: `.venv/bin/python -m tests.bench.trust_rss_bursts --before PATH --after PATH`
+Run: `.venv/bin/python -m bench.trust_rss_bursts --before PATH --after PATH`
 
-A companion of `tests.bench.trust_bench` (figure 3): one sidecar per version, on a throwaway
+A companion of `bench.trust_bench` (figure 3): one sidecar per version, on a throwaway
 redis-server, gets `--bursts` bursts of 300 events of 1 MB each (a type its route lists, ids
 nobody waits on); after each burst (and 6 s to settle) its RSS and `sidecar_stream_cache_bytes`
 are read, and the stream is trimmed so Redis does not keep what was already read. Each version
@@ -26,7 +26,7 @@ import aiohttp
 import orjson
 import redis.asyncio as aioredis
 
-from sidecar.dev.redis_server import RedisServer, free_port
+from devtools.redis_server import RedisServer, free_port
 
 from .trust_bench import (
     ROOT,

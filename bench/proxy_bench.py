@@ -1,11 +1,11 @@
 """Performance benchmark of the proxy (run: `make bench-proxy`, or
-`.venv/bin/python -m tests.bench.proxy_bench`).
+`.venv/bin/python -m bench.proxy_bench`).
 
 All on 127.0.0.1, in one run so the figures compare side by side, repeated `--runs` times (each
 run starts everything afresh) to show the spread:
 
 1. pass-through: req/s of a path no route names, through the sidecar (`sidecar run`), the
-   minimal aiohttp proxy (`tests/bench/minimal_proxy.py`) and nginx (1 worker), each one process
+   minimal aiohttp proxy (`bench/minimal_proxy.py`) and nginx (1 worker), each one process
    pinned to a core of its own, with `wrk -t1 -c50` (or an aiohttp client) and the upstream on
    the other core(s); the upstream alone first, to show it is not the limit. CPU per request =
    the proxy process's user+sys time (psutil) / requests completed.
@@ -23,7 +23,7 @@ run starts everything afresh) to show the spread:
 Writes `docs/bench/proxy-<label>.json` and `.png`, and prints the figures against the targets.
 `--profile` instead records py-spy flame graphs of the pass-through (sidecar and minimal proxy)
 and of the intake under load into `docs/bench/profiles/` (cProfile tables without py-spy), and
-times the garbage collector under three settings (`tests/bench/gc_probe.py`).
+times the garbage collector under three settings (`bench/gc_probe.py`).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 
-from sidecar.dev.redis_server import RedisServer, answers, free_port
+from devtools.redis_server import RedisServer, answers, free_port
 
 from . import loadgen, nginx
 from .harness import (
@@ -184,7 +184,7 @@ class Sidecar:
         """Start and wait until /readyz answers."""
         log = (self.env.tmp / f"sidecar-{self.port}.log").open("wb")
         profiler = ("-m", "cProfile", "-o", str(self.cprofile)) if self.cprofile else ()
-        main = ("tests.bench.gc_probe", *self.gc_probe, "--") if self.gc_probe else ("sidecar.cli",)
+        main = ("bench.gc_probe", *self.gc_probe, "--") if self.gc_probe else ("sidecar.cli",)
         command = python_command(*profiler, "-m", *main, "run", "-c", str(self.config))
         self.proc = spawn(pinned(command, self.cores), cwd=ROOT, stderr=log)
         log.close()
@@ -214,11 +214,9 @@ def start_upstream(env: Env, procs: list[subprocess.Popen[bytes]]) -> None:
         procs.append(spawn(pinned(nginx.command(config), env.load_cores)))
         env.upstream_kind = "nginx (1 worker, `return 200` of a 50-byte JSON)"
     else:
-        command = python_command(
-            "-m", "tests.bench.sync_upstream", "--port", str(env.upstream_port)
-        )
+        command = python_command("-m", "bench.sync_upstream", "--port", str(env.upstream_port))
         procs.append(spawn(pinned(command, env.load_cores), cwd=ROOT))
-        env.upstream_kind = "aiohttp (tests/bench/sync_upstream.py, 50-byte JSON)"
+        env.upstream_kind = "aiohttp (bench/sync_upstream.py, 50-byte JSON)"
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,7 +271,7 @@ async def bench_passthrough(
     print("  sidecar", _brief(rows["sidecar"]), flush=True)
     port = free_port()
     command = python_command(
-        "-m", "tests.bench.minimal_proxy", "--port", str(port), "--upstream", env.upstream
+        "-m", "bench.minimal_proxy", "--port", str(port), "--upstream", env.upstream
     )
     with (env.tmp / "minimal-proxy.log").open("wb") as log:  # clients hanging up are logged
         minimal = spawn(pinned(command, env.proxy_cores), cwd=ROOT, stderr=log)

@@ -17,11 +17,11 @@ from importlib import resources
 
 from aiohttp import web
 
-from ..config import Settings
-from ..errors import NotFound
-from ..state import PROXY_APP, RUNTIME
+from ...config import Settings
+from ...errors import NotFound
+from ...state import PROXY_APP, RUNTIME
 
-STATIC_PACKAGE = "sidecar.portal"
+STATIC_PACKAGE = "sidecar.admin.portal"
 MAX_FILES = 200
 TYPES = {
     ".html": "text/html; charset=utf-8",

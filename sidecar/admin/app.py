@@ -14,13 +14,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from .boundary import problem_middleware
-from .context import RequestContext
-from .headers import correlation_id
+from ..boundary import problem_middleware
+from ..context import RequestContext
+from ..headers import correlation_id
+from ..state import HUB, METRICS, PROXY_APP, REDIS, RUNTIME
+from ..webhooks.api import setup_admin_routes
+from ..workers import METRICS_ENV
 from .portal import setup_portal
-from .state import HUB, METRICS, PROXY_APP, REDIS, RUNTIME
-from .webhooks.api import setup_admin_routes
-from .workers import METRICS_ENV
 
 
 class AdminListener:

@@ -1,5 +1,5 @@
 """Instructions per call under callgrind: a repeatable cost figure on a noisy machine (run:
-`.venv/bin/python -m tests.bench.call_instructions [--other PATH]`).
+`.venv/bin/python -m bench.call_instructions [--other PATH]`).
 
 CPU time on a shared machine moves by 2x from one minute to the next; the number of
 instructions a call executes does not. This runs the sidecar under `valgrind --tool=callgrind`
@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 
-from sidecar.dev.redis_server import RedisServer, answers, free_port
+from devtools.redis_server import RedisServer, answers, free_port
 
 from .harness import ROOT, STREAM_ROUTE, spawn, stop_process, wait_http
 
@@ -223,7 +223,7 @@ async def run(args: argparse.Namespace) -> int:
         [
             sys.executable,
             "-m",
-            "tests.bench.sync_upstream",
+            "bench.sync_upstream",
             "--port",
             str(upstream_port),
             "--redis-url",
