@@ -61,7 +61,8 @@ def main() -> None:
             "routes": [
                 {"name": "r", "method": "POST", "path": "/jobs", "wait": {"poll": {}}},
             ]
-        }
+        },
+        env={},
     )
     table = RouteTable(settings)
     metrics = Metrics()

@@ -393,7 +393,7 @@ async def run(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         per_subscription=args.per_subscription,
     )
-    settings = load_settings(config)
+    settings = load_settings(config, env={})
     hooks = settings.webhooks
     r: aioredis.Redis = aioredis.Redis.from_url(redis_url)
     receiver = Receiver()

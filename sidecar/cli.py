@@ -11,18 +11,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
-from .advice import advice
-from .config import DEFAULT_CONFIG_PATH, ConfigError, Settings, json_schema, load_settings
+from .config import (
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    Settings,
+    config_path,
+    json_schema,
+    load_settings,
+)
+from .config.advice import advice
 from .logs import setup_logging
 
 
 def _config_path(value: str | None) -> Path:
-    return Path(value or os.environ.get("SIDECAR_CONFIG") or DEFAULT_CONFIG_PATH)
+    return config_path(value, os.environ)
 
 
 def _load_or_exit(path: Path) -> Settings:
     try:
-        return load_settings(path)
+        return load_settings(path, env=os.environ)
     except ConfigError as error:
         print(
             f"{error.source}: invalid configuration ({len(error.problems)} problem(s)):",

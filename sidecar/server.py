@@ -15,9 +15,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .advice import advice
 from .app import client_guard, create_app, split_host_port
 from .config import ConfigError, Settings, load_settings
+from .config.advice import advice
 from .listener import GuardedAppRunner
 from .logs import setup_logging
 from .state import METRICS, RUNTIME
@@ -43,7 +43,7 @@ def reload_config(app: web.Application, path: Path) -> bool:
     """Load `path`; on success swap the live routes, on failure keep the running config."""
     runtime, metrics = app[RUNTIME], app[METRICS]
     try:
-        settings = load_settings(path)
+        settings = load_settings(path, env=os.environ)
     except ConfigError as error:
         metrics.config_reloads.labels("failed").inc()
         logger.error(

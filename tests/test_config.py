@@ -478,10 +478,9 @@ FILE_WITH_WEBHOOKS = """
     """
 
 
-def test_env_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SIDECAR_UPSTREAM", "http://from-env:9000")
-    monkeypatch.setenv("SIDECAR_WEBHOOKS__TIMEOUT", "5s")
-    settings = settings_of(FILE_WITH_WEBHOOKS)
+def test_env_overrides_the_file() -> None:
+    env = {"SIDECAR_UPSTREAM": "http://from-env:9000", "SIDECAR_WEBHOOKS__TIMEOUT": "5s"}
+    settings = settings_of(FILE_WITH_WEBHOOKS, env=env)
     assert settings.upstream == "http://from-env:9000"
     assert settings.webhooks.timeout == 5.0
     assert settings.webhooks.schedule == [1.0, 2.0]  # the rest of the block still from the file
@@ -493,23 +492,20 @@ def test_without_env_the_file_stands() -> None:
     assert settings.webhooks.timeout == 15.0
 
 
-def test_invalid_env_override_is_reported_with_its_key_path(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("SIDECAR_WEBHOOKS__TIMEOUT", "soon")
-    assert problems_of(FILE_WITH_WEBHOOKS) == [
+def test_invalid_env_override_is_reported_with_its_key_path() -> None:
+    assert problems_of(FILE_WITH_WEBHOOKS, env={"SIDECAR_WEBHOOKS__TIMEOUT": "soon"}) == [
         "webhooks.timeout: invalid duration 'soon' (use 250ms, 10s, 2m or seconds)"
     ]
 
 
-def test_redis_url_from_env_satisfies_stream_waits(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SIDECAR_REDIS_URL", "redis://127.0.0.1:6379/0")
+def test_redis_url_from_env_satisfies_stream_waits() -> None:
+    env = {"SIDECAR_REDIS_URL": "redis://127.0.0.1:6379/0"}
     text = """
         routes: [{name: a, path: /a, wait: {stream: {key: k, success: [Done]}}}]
         """
-    assert settings_of(text).redis_url == "redis://127.0.0.1:6379/0"
+    assert settings_of(text, env=env).redis_url == "redis://127.0.0.1:6379/0"
     # ... also when another mistake sends validation down the error path
-    assert problems_of("listen: nope\n" + textwrap.dedent(text)) == [
+    assert problems_of("listen: nope\n" + textwrap.dedent(text), env=env) == [
         "listen: invalid address 'nope' (use host:port, e.g. 0.0.0.0:8080)"
     ]
 
@@ -529,10 +525,17 @@ def test_interpolation_from_env() -> None:
     assert settings.routes[0].path == "/api/users"
 
 
-def test_interpolation_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("SIDECAR_TEST_UPSTREAM", "http://from-environ:1234")
-    settings = parse_settings({"upstream": "${SIDECAR_TEST_UPSTREAM}"}, "test.yaml")
-    assert settings.upstream == "http://from-environ:1234"
+def test_only_the_env_given_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The process environment fills nothing and overrides nothing unless it is the mapping
+    the caller passed (the command line passes os.environ)."""
+    monkeypatch.setenv("SIDECAR_UPSTREAM", "http://from-environ:1234")
+    monkeypatch.setenv("TEST_UPSTREAM", "http://from-environ:1234")
+    raw = {"upstream": "${TEST_UPSTREAM:-http://default:1}"}
+    assert parse_settings(raw, "test.yaml", env={}).upstream == "http://default:1"
+    given = {"TEST_UPSTREAM": "http://given:2"}
+    assert parse_settings(raw, "test.yaml", env=given).upstream == "http://given:2"
+    assert parse_settings({}, "test.yaml", env={}).upstream == "http://127.0.0.1:8000"
+    assert parse_settings({}, "test.yaml", env=os.environ).upstream == "http://from-environ:1234"
 
 
 def test_interpolation_default_applies_only_when_unset() -> None:
@@ -604,7 +607,7 @@ def test_yaml_syntax_error_names_line_and_column(tmp_path: Path, text: str, expe
     path = tmp_path / "sidecar.yaml"
     path.write_text(text)
     with pytest.raises(ConfigError) as caught:
-        load_settings(path)
+        load_settings(path, env={})
     assert caught.value.source == str(path)
     assert caught.value.problems == [expected]
     assert caught.value.__suppress_context__  # no chained yaml traceback
@@ -613,18 +616,15 @@ def test_yaml_syntax_error_names_line_and_column(tmp_path: Path, text: str, expe
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.yaml"
     with pytest.raises(ConfigError) as caught:
-        load_settings(path)
+        load_settings(path, env={})
     assert caught.value.source == str(path)
     assert caught.value.problems == ["cannot read the file: No such file or directory"]
 
 
-def test_load_settings_defaults_to_sidecar_config_env(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_load_settings_defaults_to_sidecar_config_env(tmp_path: Path) -> None:
     path = tmp_path / "mine.yaml"
     path.write_text("upstream: http://mine:1\n")
-    monkeypatch.setenv("SIDECAR_CONFIG", str(path))
-    assert load_settings().upstream == "http://mine:1"
+    assert load_settings(None, env={"SIDECAR_CONFIG": str(path)}).upstream == "http://mine:1"
 
 
 def _shipped_configs() -> list[Path]:
@@ -634,11 +634,11 @@ def _shipped_configs() -> list[Path]:
 
 @pytest.mark.parametrize("path", _shipped_configs(), ids=lambda p: str(p.relative_to(ROOT)))
 def test_shipped_config_loads(path: Path) -> None:
-    load_settings(path)
+    load_settings(path, env={})
 
 
 def test_reference_config_shows_the_design_example() -> None:
-    settings = load_settings(REFERENCE)
+    settings = load_settings(REFERENCE, env={})
     assert settings.admin_token is None  # ${SIDECAR_ADMIN_TOKEN:-} with the variable unset
     assert settings.redis_url == "redis://127.0.0.1:6379/0"
     by_name = {route.name: route for route in settings.routes}

@@ -66,7 +66,7 @@ def mounts(svc: dict[str, Any]) -> dict[str, Path]:
 
 
 def sidecar_settings() -> Settings:
-    return load_settings(COMPOSE / "sidecar.yaml")
+    return load_settings(COMPOSE / "sidecar.yaml", env=environment(service("sidecar")))
 
 
 def host_port(url: str) -> tuple[str, int]:

@@ -3,7 +3,7 @@ never fatal."""
 
 from __future__ import annotations
 
-from .config import Settings
+from .settings import Settings
 
 
 def advice(settings: Settings) -> list[str]:

@@ -1,0 +1,79 @@
+"""The operators' contract: process settings and routes, from a YAML file and `SIDECAR_*`
+environment variables.
+
+    types      durations, sizes, addresses, URLs, header names, secrets from files; `Model`
+    routes     a route: match, correlation, wait (stream, poll), respond, webhook events
+    blocks     process-level blocks: clients, proxy, stream reader, tenancy, readiness, log, Redis
+    webhooks   webhook delivery, YAML-declared subscriptions, the portal
+    settings   `Settings` (the whole file) and the rules spanning several keys
+    loading    YAML, `${VAR}`, overrides from an explicit environment, every problem at once
+    advice     what a valid config may still get wrong (warned, never fatal)
+
+Every model forbids unknown keys (typos are errors) and is frozen. Durations are floats in
+seconds, sizes ints in bytes.
+"""
+
+from .blocks import Clients, Log, Proxy, Readiness, RedisSentinel, RedisTls, StreamReader, Tenancy
+from .loading import (
+    DEFAULT_CONFIG_PATH,
+    ConfigError,
+    config_path,
+    format_validation_error,
+    json_schema,
+    load_settings,
+    parse_settings,
+)
+from .routes import (
+    EVENT_TYPE_PATTERN,
+    HTTP_METHODS,
+    Correlation,
+    EventType,
+    PollWait,
+    Respond,
+    Route,
+    StreamWait,
+    Wait,
+    WebhookEvents,
+    compile_path_template,
+)
+from .settings import Settings
+from .types import ByteSize, Duration, Model, parse_duration, parse_size
+from .webhooks import DeclaredSubscription, Portal, Webhooks
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "EVENT_TYPE_PATTERN",
+    "HTTP_METHODS",
+    "ByteSize",
+    "Clients",
+    "ConfigError",
+    "Correlation",
+    "DeclaredSubscription",
+    "Duration",
+    "EventType",
+    "Log",
+    "Model",
+    "PollWait",
+    "Portal",
+    "Proxy",
+    "Readiness",
+    "RedisSentinel",
+    "RedisTls",
+    "Respond",
+    "Route",
+    "Settings",
+    "StreamReader",
+    "StreamWait",
+    "Tenancy",
+    "Wait",
+    "WebhookEvents",
+    "Webhooks",
+    "compile_path_template",
+    "config_path",
+    "format_validation_error",
+    "json_schema",
+    "load_settings",
+    "parse_duration",
+    "parse_settings",
+    "parse_size",
+]

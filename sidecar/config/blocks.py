@@ -1,0 +1,176 @@
+"""The process-level blocks: Redis TLS and Sentinel, readiness, logging, client limits, the
+upstream client, the completion reader, tenancy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, SecretStr, model_validator
+
+from .types import (
+    ByteSize,
+    Duration,
+    HeaderName,
+    HttpUrl,
+    ListenAddress,
+    Model,
+    SecretFile,
+    blank_is_none,
+    secret_from_file,
+)
+
+
+class Tenancy(Model):
+    """How a client is identified for webhook ownership."""
+
+    credential_header: HeaderName = Field(
+        "Authorization", description="Request header naming the client. Default Authorization."
+    )
+    hash_key: Annotated[SecretStr | None, BeforeValidator(blank_is_none)] = Field(
+        None,
+        description="Key of the keyed hash (HMAC-SHA256) credentials are stored as. "
+        "Default: derived from admin_token; set it explicitly in production.",
+    )
+    hash_key_file: SecretFile = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _files(cls, data: Any) -> Any:
+        return secret_from_file(data, "hash_key")
+
+
+class RedisTls(Model):
+    """TLS to Redis (with a `rediss://` URL): whom to trust, and the client certificate."""
+
+    ca_file: str | None = Field(None, description="CA bundle that signed Redis's certificate.")
+    cert_file: str | None = Field(None, description="Client certificate (mutual TLS).")
+    key_file: str | None = Field(None, description="The client certificate's private key.")
+    check_hostname: bool = Field(True, description="Check the certificate names the host.")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> RedisTls:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        for name in ("ca_file", "cert_file", "key_file"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file {path!r}")
+        return self
+
+
+class RedisSentinel(Model):
+    """A Sentinel-guarded primary: the sidecar asks the sentinels where the primary is, and
+    follows a failover without a restart."""
+
+    master: str = Field(..., min_length=1, description="The monitored primary's name. Required.")
+    nodes: list[ListenAddress] = Field(
+        ..., min_length=1, description="Sentinels, as host:port. Required."
+    )
+    username: str | None = Field(None, description="ACL user of the sentinels, if any.")
+    password: Annotated[SecretStr | None, BeforeValidator(blank_is_none)] = Field(
+        None, description="Password of the sentinels, if any (the primary's: redis_password)."
+    )
+    password_file: SecretFile = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _files(cls, data: Any) -> Any:
+        return secret_from_file(data, "password")
+
+
+class Readiness(Model):
+    """What `/readyz` requires."""
+
+    require_redis: bool = Field(
+        True,
+        description="Not ready while Redis does not answer (or the completion reader is not "
+        "connected). false: /readyz still names the problem but answers 200, so a load balancer "
+        "keeps sending calls, which fall back to 202 until Redis is back. Default true.",
+    )
+
+
+class Log(Model):
+    """Logging."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "text"] = "json"
+
+
+class Clients(Model):
+    """Limits on what a client may cost: time to send a request, connections, body size."""
+
+    header_timeout: Duration = Field(
+        10.0,
+        gt=0,
+        description="The request line and headers must arrive within this, else 408 and the "
+        "connection is closed. Default 10s.",
+    )
+    body_timeout: Duration = Field(
+        30.0,
+        gt=0,
+        description="A synchronised route's whole body must arrive within this (it is read in "
+        "full before the upstream is called); on other routes, the longest pause between two "
+        "parts of a streamed body. Else 408 and the connection is closed. Default 30s.",
+    )
+    idle_timeout: Duration = Field(
+        75.0, gt=0, description="How long an idle keep-alive connection is kept. Default 75s."
+    )
+    max_connections: int = Field(
+        10_000,
+        ge=1,
+        description="Client connections per process and listener; past it new ones are closed "
+        "at once (counted, logged at most once a second). Default 10000.",
+    )
+    max_connections_per_address: int = Field(
+        0,
+        ge=0,
+        description="Client connections one client address (IP) may hold open per process and "
+        "listener; past it that address's new ones are closed at once (counted, logged at most "
+        "once a second), so one client cannot take every connection. 0: no limit per address "
+        "(the default: behind a load balancer or a NAT, many clients share one address).",
+    )
+    max_body: ByteSize = Field(
+        10 * 1024 * 1024,
+        ge=0,
+        description="Largest body of a call on a synchronised route (larger: 413). Pass-through "
+        "bodies are streamed and not limited. Default 10MiB.",
+    )
+
+
+class Proxy(Model):
+    """Upstream connection behaviour."""
+
+    connect_timeout: Duration = Field(5.0, gt=0, description="Upstream connect timeout.")
+    read_timeout: Duration = Field(
+        60.0, gt=0, description="Longest silence while reading the upstream's answer."
+    )
+    max_connections: int = Field(1000, ge=1, description="Pooled upstream connections.")
+    client: Literal["pool", "session"] = Field(
+        "pool",
+        description="The upstream client: pool (the sidecar's own keep-alive pool on aiohttp's "
+        "HTTP parser; leaner) or session (aiohttp's ClientSession). Default pool.",
+    )
+    trust_forwarded_headers: bool = Field(
+        False, description="Keep clients' X-Forwarded-* (behind a trusted load balancer)."
+    )
+    public_url: Annotated[HttpUrl | None, BeforeValidator(blank_is_none)] = Field(
+        None,
+        description="Client-facing origin for rewritten Locations. Default: the request's own "
+        "scheme and Host.",
+    )
+
+
+class StreamReader(Model):
+    """The completion hub's XREAD loop."""
+
+    block: Duration = Field(1.0, gt=0, description="XREAD BLOCK time. Default 1s.")
+    count: int = Field(500, ge=1, description="Events per XREAD.")
+    recent_size: int = Field(10_000, ge=0, description="Completions cached for late waiters.")
+    recent_bytes: ByteSize = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Bytes the cached completions may hold (their data, about); the oldest "
+        "go first. Default 64MiB.",
+    )
+    recent_ttl: Duration = Field(60.0, gt=0, description="How long a completion stays cached.")
