@@ -1,1 +1,1 @@
-"""The seed's users example: a legacy asynchronous API, its sidecar config and a demo."""
+"""The users example: a legacy asynchronous API, its sidecar config and a demo."""

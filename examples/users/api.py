@@ -1,4 +1,4 @@
-"""The seed's legacy asynchronous users API: the kind of backend the sidecar is put in front of.
+"""A legacy asynchronous users API: the kind of backend the sidecar is put in front of.
 
     POST /api/users {"username": "...", "age": N}
         → 202 Accepted, Location: /users/{id}, {"id": ..., "status": "pending"}
@@ -12,7 +12,7 @@
     GET /healthz → 200 when Redis answers, else 503
 
 The id is the request's `X-Correlation-ID` when it is a usable id (1-128 of `[A-Za-z0-9._:-]`,
-the sidecar's own rule), else a new uuid4: the correlation id becomes the user id, as in the seed.
+the sidecar's own rule), else a new uuid4: the correlation id becomes the user id.
 A second POST with an id already known enqueues nothing and answers 202 with the same Location.
 
 Steering, for the demo: a username starting with "fail" or a negative age ends in UserNotCreated
