@@ -3,10 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/sidecar.yaml
+# What the machine needs beyond the .venv (Debian's packages, installed when missing; quick when
+# all is there): --base for the .venv, --test for `make test`.
+DEPS := PYTHON=$(PYTHON) scripts/test-deps
 
 .PHONY: install test lint format demo run check schema bench bench-proxy bench-profile clean
 
 $(BIN)/sidecar: pyproject.toml
+	$(DEPS) --base
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
@@ -15,6 +19,7 @@ $(BIN)/sidecar: pyproject.toml
 install: $(BIN)/sidecar
 
 test: install
+	$(DEPS) --test
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 lint: install
