@@ -60,7 +60,10 @@ async function call(method, template, params = {}, { body, query } = {}) {
       referrerPolicy: "no-referrer",
     });
   } catch {
-    throw new ApiError(0, { title: "Network error", detail: "The sidecar did not answer; try again." });
+    throw new ApiError(0, {
+      title: "Network error",
+      detail: "The sidecar did not answer; try again.",
+    });
   }
   if (response.status === 204) return null;
   let data = null;
@@ -96,7 +99,10 @@ export const api = {
   sendTest: (id, body) => call("POST", "/subscriptions/{id}/test", { id }, { body }),
   recover: (id, since) => call("POST", "/subscriptions/{id}/recover", { id }, { body: { since } }),
   redeliver: (id, messageId) =>
-    call("POST", "/subscriptions/{id}/messages/{message_id}/redeliver", { id, message_id: messageId }),
+    call("POST", "/subscriptions/{id}/messages/{message_id}/redeliver", {
+      id,
+      message_id: messageId,
+    }),
   messages: (query) => call("GET", "/messages", {}, { query }),
   message: (messageId) => call("GET", "/messages/{message_id}", { message_id: messageId }),
 };

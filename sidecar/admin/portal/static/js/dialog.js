@@ -7,7 +7,14 @@ import { h } from "./dom.js";
  * Ask for confirmation. `fields` are extra form rows (already labelled); `collect()` reads
  * them. Resolves with collect()'s value (or true) when confirmed, null when cancelled.
  */
-export function confirmDialog({ title, body, confirm, danger = false, fields = [], collect = null }) {
+export function confirmDialog({
+  title,
+  body,
+  confirm,
+  danger = false,
+  fields = [],
+  collect = null,
+}) {
   const opener = document.activeElement;
   return new Promise((resolve) => {
     const headingId = `dialog-${Math.random().toString(36).slice(2)}`;

@@ -62,7 +62,11 @@ export function field(label, control, hint) {
 
 /** A wide table in a focusable scroll region (usable by keyboard on narrow screens). */
 export function tableRegion(label, table) {
-  return h("div", { class: "table-scroll", role: "region", "aria-label": label, tabindex: "0" }, table);
+  return h(
+    "div",
+    { class: "table-scroll", role: "region", "aria-label": label, tabindex: "0" },
+    table,
+  );
 }
 
 /** Preformatted text in a focusable (scrollable by keyboard) region named `label`. */

@@ -5,8 +5,12 @@ export function when(iso) {
   const date = new Date(iso);
   if (Number.isNaN(date.getTime())) return iso;
   return date.toLocaleString(undefined, {
-    year: "numeric", month: "short", day: "2-digit",
-    hour: "2-digit", minute: "2-digit", second: "2-digit",
+    year: "numeric",
+    month: "short",
+    day: "2-digit",
+    hour: "2-digit",
+    minute: "2-digit",
+    second: "2-digit",
   });
 }
 
@@ -16,7 +20,8 @@ export function duration(ms) {
 }
 
 export function rate(stats) {
-  if (!stats || stats.success_rate === null || stats.success_rate === undefined) return "No attempts yet";
+  if (!stats || stats.success_rate === null || stats.success_rate === undefined)
+    return "No attempts yet";
   return `${Math.round(stats.success_rate * 100)} % (${stats.succeeded}/${stats.attempts})`;
 }
 

@@ -4,7 +4,12 @@
 
 import { api, ApiError, onUnauthorized, session } from "./api.js";
 import { append, clear, h } from "./dom.js";
-import { renderEditEndpoint, renderEndpoint, renderEndpoints, renderNewEndpoint } from "./views/endpoints.js";
+import {
+  renderEditEndpoint,
+  renderEndpoint,
+  renderEndpoints,
+  renderNewEndpoint,
+} from "./views/endpoints.js";
 import { renderEventTypes } from "./views/event-types.js";
 import { renderMessage, renderMessages } from "./views/messages.js";
 import { renderSignIn } from "./views/sign-in.js";
@@ -82,11 +87,25 @@ const state = { me: null };
 /** A shown problem: its title and detail (and every listed problem), never a stack trace. */
 export function problem(error) {
   const title = error instanceof ApiError ? error.title : "Something went wrong";
-  const detail = error instanceof ApiError ? error.detail : String(error && error.message ? error.message : error);
-  const list = error instanceof ApiError && error.errors.length > 1
-    ? h("ul", {}, error.errors.map((e) => h("li", {}, e)))
-    : null;
-  return h("div", { class: "problem", role: "alert" }, h("strong", {}, title), detail ? ` ${detail}` : "", list);
+  const detail =
+    error instanceof ApiError
+      ? error.detail
+      : String(error && error.message ? error.message : error);
+  const list =
+    error instanceof ApiError && error.errors.length > 1
+      ? h(
+          "ul",
+          {},
+          error.errors.map((e) => h("li", {}, e)),
+        )
+      : null;
+  return h(
+    "div",
+    { class: "problem", role: "alert" },
+    h("strong", {}, title),
+    detail ? ` ${detail}` : "",
+    list,
+  );
 }
 
 function notice(text) {
@@ -128,7 +147,8 @@ async function signedIn() {
   document.body.classList.add("signed-in");
   nav.hidden = false;
   signOutButton.hidden = false;
-  const tenant = state.me.kind === "operator" ? "the operator" : `client ${state.me.tenant.slice(0, 10)}…`;
+  const tenant =
+    state.me.kind === "operator" ? "the operator" : `client ${state.me.tenant.slice(0, 10)}…`;
   who.textContent = `Signed in as ${tenant}${state.me.read_only ? " (read-only)" : ""}`;
   if (!ROUTES.some(([pattern]) => pattern.test(window.location.hash))) {
     window.history.replaceState(null, "", "#/endpoints");
@@ -150,7 +170,8 @@ async function route() {
   const [pattern, render, label] = found;
   const args = hash.match(pattern).slice(1).map(decodeURIComponent);
   for (const link of nav.querySelectorAll("a")) {
-    const current = hash === link.getAttribute("href") || hash.startsWith(`${link.getAttribute("href")}/`);
+    const current =
+      hash === link.getAttribute("href") || hash.startsWith(`${link.getAttribute("href")}/`);
     if (current) link.setAttribute("aria-current", "page");
     else link.removeAttribute("aria-current");
   }
@@ -189,7 +210,11 @@ function takeTokenFromFragment() {
   if (!match) return;
   session.set(match[1]);
   // Out of the address bar (and the history) at once.
-  window.history.replaceState(null, "", `${window.location.pathname}${window.location.search}#/endpoints`);
+  window.history.replaceState(
+    null,
+    "",
+    `${window.location.pathname}${window.location.search}#/endpoints`,
+  );
 }
 
 onUnauthorized((error) => showSignedOut(sessionEndedMessage(error)));

@@ -32,24 +32,47 @@ function equal(a, b) {
  * {valid: true} or {valid: false, reason, detail}. Reasons: secret (bad secret format),
  * headers (missing or malformed), timestamp (too old / too new), mismatch.
  */
-export async function verify({ payload, id, timestamp, signature, secret }, nowS = Date.now() / 1000) {
+export async function verify(
+  { payload, id, timestamp, signature, secret },
+  nowS = Date.now() / 1000,
+) {
   const raw = secret.trim().replace(/^whsec_/, "");
   const key = decodeBase64(raw);
   if (!key || key.length === 0) {
-    return { valid: false, reason: "secret", detail: "Bad secret format: use whsec_ followed by base64, as the portal shows it." };
+    return {
+      valid: false,
+      reason: "secret",
+      detail: "Bad secret format: use whsec_ followed by base64, as the portal shows it.",
+    };
   }
   if (!id.trim()) return { valid: false, reason: "headers", detail: "The webhook-id is missing." };
   if (!/^\d{1,12}$/.test(timestamp.trim())) {
-    return { valid: false, reason: "headers", detail: "The webhook-timestamp must be whole seconds since 1970 (e.g. 1767225600)." };
+    return {
+      valid: false,
+      reason: "headers",
+      detail: "The webhook-timestamp must be whole seconds since 1970 (e.g. 1767225600).",
+    };
   }
   const given = signature.trim().split(/\s+/).filter(Boolean);
   const v1 = given.filter((s) => s.startsWith("v1,")).map((s) => s.slice(3));
   if (v1.length === 0) {
-    return { valid: false, reason: "headers", detail: "The webhook-signature holds no v1,<base64> signature." };
+    return {
+      valid: false,
+      reason: "headers",
+      detail: "The webhook-signature holds no v1,<base64> signature.",
+    };
   }
-  const cryptoKey = await window.crypto.subtle.importKey("raw", key, { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+  const cryptoKey = await window.crypto.subtle.importKey(
+    "raw",
+    key,
+    { name: "HMAC", hash: "SHA-256" },
+    false,
+    ["sign"],
+  );
   const content = new TextEncoder().encode(`${id.trim()}.${timestamp.trim()}.${payload}`);
-  const expected = encodeBase64(new Uint8Array(await window.crypto.subtle.sign("HMAC", cryptoKey, content)));
+  const expected = encodeBase64(
+    new Uint8Array(await window.crypto.subtle.sign("HMAC", cryptoKey, content)),
+  );
   const matches = v1.some((s) => equal(s, expected));
   const ts = Number(timestamp.trim());
   if (nowS - ts > TOLERANCE_S) {
@@ -60,13 +83,18 @@ export async function verify({ payload, id, timestamp, signature, secret }, nowS
     };
   }
   if (ts - nowS > TOLERANCE_S) {
-    return { valid: false, reason: "timestamp", detail: `Timestamp too new: it is ${Math.round(ts - nowS)} s in the future; check the clocks.` };
+    return {
+      valid: false,
+      reason: "timestamp",
+      detail: `Timestamp too new: it is ${Math.round(ts - nowS)} s in the future; check the clocks.`,
+    };
   }
   if (!matches) {
     return {
       valid: false,
       reason: "mismatch",
-      detail: "Signature mismatch: no v1 signature matches. Check that the payload is the raw body byte for byte (not re-serialised JSON), and that the secret, webhook-id and webhook-timestamp are the ones of this delivery.",
+      detail:
+        "Signature mismatch: no v1 signature matches. Check that the payload is the raw body byte for byte (not re-serialised JSON), and that the secret, webhook-id and webhook-timestamp are the ones of this delivery.",
     };
   }
   return { valid: true };

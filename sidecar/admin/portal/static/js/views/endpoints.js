@@ -18,14 +18,22 @@ export async function renderEndpoints(root, ctx) {
   if (!ctx.live()) return;
   clear(root);
   append(root, title("Endpoints"));
-  append(root, h("p", {}, "The URLs that receive your webhooks. Each delivery is signed with the endpoint's secret."));
+  append(
+    root,
+    h(
+      "p",
+      {},
+      "The URLs that receive your webhooks. Each delivery is signed with the endpoint's secret.",
+    ),
+  );
   if (!ctx.readOnly) {
     const add = h("button", { type: "button", class: "primary" }, "Add endpoint");
     add.addEventListener("click", () => ctx.navigate("#/endpoints/new"));
     append(root, h("p", {}, add));
   }
   if (subscriptions.length === 0) {
-    append(root, 
+    append(
+      root,
       h(
         "div",
         { class: "empty" },
@@ -64,7 +72,13 @@ export async function renderEndpoints(root, ctx) {
     h(
       "thead",
       {},
-      h("tr", {}, ["URL", "Description", "Events", "Status", "Recent success rate"].map((c) => h("th", { scope: "col" }, c))),
+      h(
+        "tr",
+        {},
+        ["URL", "Description", "Events", "Status", "Recent success rate"].map((c) =>
+          h("th", { scope: "col" }, c),
+        ),
+      ),
     ),
     h("tbody", {}, rows),
   );
@@ -72,9 +86,19 @@ export async function renderEndpoints(root, ctx) {
 }
 
 function eventsFieldset(types, selected = ["*"]) {
-  const all = h("input", { type: "checkbox", id: "events-all", value: "*", checked: selected.includes("*") });
+  const all = h("input", {
+    type: "checkbox",
+    id: "events-all",
+    value: "*",
+    checked: selected.includes("*"),
+  });
   const boxes = types.map((t, i) =>
-    h("input", { type: "checkbox", id: `event-${i}`, value: t.type, checked: selected.includes(t.type) }),
+    h("input", {
+      type: "checkbox",
+      id: `event-${i}`,
+      value: t.type,
+      checked: selected.includes(t.type),
+    }),
   );
   const sync = () => {
     for (const box of boxes) box.disabled = all.checked;
@@ -101,7 +125,13 @@ function eventsFieldset(types, selected = ["*"]) {
 }
 
 function secretBox(label, secret) {
-  const input = h("input", { type: "text", readonly: true, value: secret, class: "secret", spellcheck: "false" });
+  const input = h("input", {
+    type: "text",
+    readonly: true,
+    value: secret,
+    class: "secret",
+    spellcheck: "false",
+  });
   const copied = h("span", { class: "hint", role: "status" });
   const copy = h("button", { type: "button" }, "Copy secret");
   copy.addEventListener("click", async () => {
@@ -120,8 +150,20 @@ function secretBox(label, secret) {
 
 /** The form of Add endpoint and Edit endpoint: URL, Description, Events. */
 function endpointForm(ctx, types, { sub = null, submitLabel, onSubmit }) {
-  const url = h("input", { type: "url", name: "url", required: true, maxlength: "2048", placeholder: "https://example.com/webhooks", value: sub ? sub.url : "" });
-  const description = h("input", { type: "text", name: "description", maxlength: "1024", value: sub ? sub.description : "" });
+  const url = h("input", {
+    type: "url",
+    name: "url",
+    required: true,
+    maxlength: "2048",
+    placeholder: "https://example.com/webhooks",
+    value: sub ? sub.url : "",
+  });
+  const description = h("input", {
+    type: "text",
+    name: "description",
+    maxlength: "1024",
+    value: sub ? sub.description : "",
+  });
   const events = eventsFieldset(types, sub ? sub.events : ["*"]);
   const errorBox = h("div", { class: "form-error" });
   const submit = h("button", { type: "submit", class: "primary" }, submitLabel);
@@ -151,7 +193,10 @@ function endpointForm(ctx, types, { sub = null, submitLabel, onSubmit }) {
     }
     submit.disabled = true;
     try {
-      await onSubmit({ url: url.value.trim(), description: description.value, events: chosen }, form);
+      await onSubmit(
+        { url: url.value.trim(), description: description.value, events: chosen },
+        form,
+      );
     } catch (error) {
       append(errorBox, ctx.problem(error));
       submit.disabled = false;
@@ -179,9 +224,19 @@ export async function renderNewEndpoint(root, ctx) {
           "section",
           { class: "card", "aria-labelledby": "created-heading" },
           heading,
-          h("p", {}, "Your receiver verifies each delivery with this signing secret. Copy it now; you can reveal it again from the endpoint's page."),
+          h(
+            "p",
+            {},
+            "Your receiver verifies each delivery with this signing secret. Copy it now; you can reveal it again from the endpoint's page.",
+          ),
           secretBox("Signing secret", sub.secret),
-          h("p", {}, link(`#/endpoints/${encodeURIComponent(sub.id)}`, "Open the endpoint"), " · ", link("#/endpoints", "Back to endpoints")),
+          h(
+            "p",
+            {},
+            link(`#/endpoints/${encodeURIComponent(sub.id)}`, "Open the endpoint"),
+            " · ",
+            link("#/endpoints", "Back to endpoints"),
+          ),
         ),
       );
       heading.focus();
@@ -204,28 +259,46 @@ export async function renderEditEndpoint(root, ctx, id) {
   const types = await ctx.catalog();
   if (!ctx.live()) return;
   clear(root);
-  append(root, h("p", { class: "crumbs" }, link("#/endpoints", "Endpoints"), " / ", link(`#/endpoints/${encodeURIComponent(sub.id)}`, sub.url), " / edit"));
+  append(
+    root,
+    h(
+      "p",
+      { class: "crumbs" },
+      link("#/endpoints", "Endpoints"),
+      " / ",
+      link(`#/endpoints/${encodeURIComponent(sub.id)}`, sub.url),
+      " / edit",
+    ),
+  );
   append(root, title("Edit endpoint"));
   if (ctx.readOnly) {
     append(root, h("p", {}, "This session is read-only: it cannot change endpoints."));
     return;
   }
-  append(root, endpointForm(ctx, types, {
-    sub,
-    submitLabel: "Save",
-    async onSubmit(body) {
-      await api.updateSubscription(sub.id, body);
-      ctx.flash("Endpoint saved.");
-      ctx.navigate(`#/endpoints/${encodeURIComponent(sub.id)}`);
-    },
-  }));
+  append(
+    root,
+    endpointForm(ctx, types, {
+      sub,
+      submitLabel: "Save",
+      async onSubmit(body) {
+        await api.updateSubscription(sub.id, body);
+        ctx.flash("Endpoint saved.");
+        ctx.navigate(`#/endpoints/${encodeURIComponent(sub.id)}`);
+      },
+    }),
+  );
 }
 
 function notFound(root, id) {
   clear(root);
-  append(root, 
+  append(
+    root,
     title("Endpoint not found"),
-    h("p", {}, `There is no endpoint ${id} in your account. It may have been deleted, or the link may be wrong.`),
+    h(
+      "p",
+      {},
+      `There is no endpoint ${id} in your account. It may have been deleted, or the link may be wrong.`,
+    ),
     h("p", {}, link("#/endpoints", "Back to endpoints")),
   );
 }
@@ -254,11 +327,19 @@ export async function renderEndpoint(root, ctx, id) {
     });
   const fillDetails = () => {
     clear(details);
-    const add = (term, value) => append(details, h("dt", {}, term), value instanceof Node ? value : h("dd", {}, value));
+    const add = (term, value) =>
+      append(details, h("dt", {}, term), value instanceof Node ? value : h("dd", {}, value));
     add("URL", h("dd", {}, h("code", {}, sub.url)));
     add("Description", sub.description || "—");
     add("Events", eventsText(sub.events));
-    add("Status", sub.enabled ? "Enabled" : sub.disabled_reason ? `Disabled: ${sub.disabled_reason}` : "Disabled");
+    add(
+      "Status",
+      sub.enabled
+        ? "Enabled"
+        : sub.disabled_reason
+          ? `Disabled: ${sub.disabled_reason}`
+          : "Disabled",
+    );
     if (sub.failing_since) add("Failing since", when(sub.failing_since));
     add("Created", when(sub.created_at));
     add("Recent success rate", rateValue);
@@ -267,7 +348,8 @@ export async function renderEndpoint(root, ctx, id) {
   fillDetails();
   refreshStats().catch(() => (rateValue.textContent = "—"));
 
-  append(root, 
+  append(
+    root,
     h("p", { class: "crumbs" }, link("#/endpoints", "Endpoints"), " / endpoint"),
     title(sub.url),
     details,
@@ -287,8 +369,13 @@ export async function renderEndpoint(root, ctx, id) {
         clear(secretArea);
         append(secretArea, secretBox("Signing secret", secret.secret));
         if (secret.previous_secret) {
-          append(secretArea, 
-            h("p", { class: "hint" }, `The previous secret keeps signing beside it until ${when(secret.previous_secret_valid_until)}.`),
+          append(
+            secretArea,
+            h(
+              "p",
+              { class: "hint" },
+              `The previous secret keeps signing beside it until ${when(secret.previous_secret_valid_until)}.`,
+            ),
           );
         }
         revealButton.textContent = "Hide secret";
@@ -313,10 +400,15 @@ export async function renderEndpoint(root, ctx, id) {
       try {
         const rotated = await api.rotateSecret(sub.id);
         clear(secretArea);
-        append(secretArea, 
+        append(
+          secretArea,
           h("p", { role: "status" }, "Secret rotated."),
           secretBox("New signing secret", rotated.secret),
-          h("p", { class: "hint" }, `The previous secret keeps signing until ${when(rotated.previous_secret_valid_until)}.`),
+          h(
+            "p",
+            { class: "hint" },
+            `The previous secret keeps signing until ${when(rotated.previous_secret_valid_until)}.`,
+          ),
         );
         revealButton.textContent = "Hide secret";
         revealButton.setAttribute("aria-expanded", "true");
@@ -333,7 +425,11 @@ export async function renderEndpoint(root, ctx, id) {
         sub = await api.updateSubscription(sub.id, { enabled: !sub.enabled });
         toggleButton.textContent = sub.enabled ? "Disable" : "Enable";
         fillDetails();
-        ctx.notice(sub.enabled ? "Endpoint enabled." : "Endpoint disabled: nothing is delivered to it until you enable it.");
+        ctx.notice(
+          sub.enabled
+            ? "Endpoint enabled."
+            : "Endpoint disabled: nothing is delivered to it until you enable it.",
+        );
         toggleButton.focus();
       } catch (error) {
         ctx.notice(error.message);
@@ -342,7 +438,11 @@ export async function renderEndpoint(root, ctx, id) {
 
     const recoverButton = h("button", { type: "button" }, "Recover");
     recoverButton.addEventListener("click", async () => {
-      const since = h("input", { type: "datetime-local", required: true, value: toLocalInput(new Date(Date.now() - 24 * 3600 * 1000)) });
+      const since = h("input", {
+        type: "datetime-local",
+        required: true,
+        value: toLocalInput(new Date(Date.now() - 24 * 3600 * 1000)),
+      });
       const chosen = await confirmDialog({
         title: "Recover failed messages",
         body: "Redeliver every message to this endpoint whose last attempt failed since the time you choose.",
@@ -364,7 +464,9 @@ export async function renderEndpoint(root, ctx, id) {
     });
 
     const editButton = h("button", { type: "button" }, "Edit");
-    editButton.addEventListener("click", () => ctx.navigate(`#/endpoints/${encodeURIComponent(sub.id)}/edit`));
+    editButton.addEventListener("click", () =>
+      ctx.navigate(`#/endpoints/${encodeURIComponent(sub.id)}/edit`),
+    );
 
     const deleteButton = h("button", { type: "button", class: "danger" }, "Delete");
     deleteButton.addEventListener("click", async () => {
@@ -384,15 +486,28 @@ export async function renderEndpoint(root, ctx, id) {
       }
     });
 
-    append(root, 
-      h("div", { class: "toolbar", role: "group", "aria-label": "Endpoint actions" },
-        editButton, revealButton, testButton, rotateButton, toggleButton, recoverButton, deleteButton),
+    append(
+      root,
+      h(
+        "div",
+        { class: "toolbar", role: "group", "aria-label": "Endpoint actions" },
+        editButton,
+        revealButton,
+        testButton,
+        rotateButton,
+        toggleButton,
+        recoverButton,
+        deleteButton,
+      ),
       secretArea,
       panel,
     );
   }
 
-  append(root, attemptsPanel(ctx, { subscription: sub.id, heading: "Attempts", level: "h2", types }));
+  append(
+    root,
+    attemptsPanel(ctx, { subscription: sub.id, heading: "Attempts", level: "h2", types }),
+  );
   ctx.every(5000, refreshStats);
 }
 
@@ -402,7 +517,10 @@ function openTestForm(ctx, sub, types, panel, button) {
     button.setAttribute("aria-expanded", "false");
     return;
   }
-  const preferred = types.find((t) => sub.events.includes(t.type)) || types.find((t) => t.type === "webhook.test") || types[0];
+  const preferred =
+    types.find((t) => sub.events.includes(t.type)) ||
+    types.find((t) => t.type === "webhook.test") ||
+    types[0];
   const select = h(
     "select",
     { name: "type" },
@@ -423,7 +541,11 @@ function openTestForm(ctx, sub, types, panel, button) {
     h("h2", { id: "test-heading" }, "Send test event"),
     h("p", {}, "A signed message goes to this endpoint now, whatever events it subscribes to."),
     field("Event type", select).row,
-    field("Payload data", data, "The data member of the payload: JSON, prefilled with the event type's example.").row,
+    field(
+      "Payload data",
+      data,
+      "The data member of the payload: JSON, prefilled with the event type's example.",
+    ).row,
     errorBox,
     h("div", { class: "actions" }, send),
   );
@@ -434,14 +556,24 @@ function openTestForm(ctx, sub, types, panel, button) {
     try {
       parsed = JSON.parse(data.value || "{}");
     } catch (error) {
-      append(errorBox, h("p", { role: "alert" }, `Payload data is not valid JSON: ${error.message}`));
+      append(
+        errorBox,
+        h("p", { role: "alert" }, `Payload data is not valid JSON: ${error.message}`),
+      );
       data.focus();
       return;
     }
     send.disabled = true;
     try {
       const queued = await api.sendTest(sub.id, { type: select.value, data: parsed });
-      append(errorBox, h("p", { role: "status" }, `Test event queued as ${queued.message_id}. Its attempt appears under Attempts below.`));
+      append(
+        errorBox,
+        h(
+          "p",
+          { role: "status" },
+          `Test event queued as ${queued.message_id}. Its attempt appears under Attempts below.`,
+        ),
+      );
     } catch (error) {
       append(errorBox, ctx.problem(error));
     } finally {

@@ -13,15 +13,21 @@ export async function renderEventTypes(root, ctx) {
   const types = await ctx.catalog();
   if (!ctx.live()) return;
   clear(root);
-  append(root, 
+  append(
+    root,
     title("Event types"),
-    h("p", {}, "Every event a webhook can carry. Subscribe an endpoint to some of them, or to all events."),
+    h(
+      "p",
+      {},
+      "Every event a webhook can carry. Subscribe an endpoint to some of them, or to all events.",
+    ),
   );
   for (const t of types) {
     const where = t.route
       ? `Sent when a call to route ${t.route} ${t.outcome === "success" ? "succeeds" : "fails"}.`
       : "Sent only when you send a test event.";
-    append(root, 
+    append(
+      root,
       h(
         "section",
         { class: "card event-type", "aria-label": t.type },

@@ -18,15 +18,24 @@ function resultBadge(result) {
 }
 
 /** The attempts table with its filters, pages and live updates. */
-export function attemptsPanel(ctx, { subscription = null, heading, level, types, endpoints = null }) {
+export function attemptsPanel(
+  ctx,
+  { subscription = null, heading, level, types, endpoints = null },
+) {
   const headingEl = level === "h1" ? title(heading) : h(level, {}, heading);
-  const status = h("select", { name: "status" },
+  const status = h(
+    "select",
+    { name: "status" },
     h("option", { value: "" }, "All"),
     h("option", { value: "succeeded" }, "Succeeded"),
-    h("option", { value: "failed" }, "Failed"));
-  const eventType = h("select", { name: "event_type" },
+    h("option", { value: "failed" }, "Failed"),
+  );
+  const eventType = h(
+    "select",
+    { name: "event_type" },
     h("option", { value: "" }, "All event types"),
-    types.map((t) => h("option", { value: t.type }, t.type)));
+    types.map((t) => h("option", { value: t.type }, t.type)),
+  );
   const from = h("input", { type: "datetime-local", name: "since" });
   const to = h("input", { type: "datetime-local", name: "until" });
   const live = h("input", { type: "checkbox", checked: true });
@@ -65,26 +74,55 @@ export function attemptsPanel(ctx, { subscription = null, heading, level, types,
   const endpointCell = (attempt) => {
     if (!endpoints) return null;
     const url = endpoints.get(attempt.sub_id);
-    return h("td", {}, h("a", { href: `#/endpoints/${encodeURIComponent(attempt.sub_id)}` }, url || attempt.sub_id));
+    return h(
+      "td",
+      {},
+      h("a", { href: `#/endpoints/${encodeURIComponent(attempt.sub_id)}` }, url || attempt.sub_id),
+    );
   };
 
   const draw = (attempts) => {
     clear(body);
     if (attempts.length === 0) {
       const filtered = status.value || eventType.value || from.value || to.value;
-      append(body, h("p", { class: "empty" }, filtered
-        ? "No attempts match these filters."
-        : subscription
-          ? "No attempts yet. Send a test event to see one here."
-          : "No messages yet. Open an endpoint and send a test event, or make a call through the sidecar."));
+      append(
+        body,
+        h(
+          "p",
+          { class: "empty" },
+          filtered
+            ? "No attempts match these filters."
+            : subscription
+              ? "No attempts yet. Send a test event to see one here."
+              : "No messages yet. Open an endpoint and send a test event, or make a call through the sidecar.",
+        ),
+      );
       return;
     }
-    const columns = ["Time", "Event type", endpoints ? "Endpoint" : null, "Status", "Duration", "Attempt", "Trigger", "Result", "Message"].filter(Boolean);
+    const columns = [
+      "Time",
+      "Event type",
+      endpoints ? "Endpoint" : null,
+      "Status",
+      "Duration",
+      "Attempt",
+      "Trigger",
+      "Result",
+      "Message",
+    ].filter(Boolean);
     const table = h(
       "table",
       { class: "attempts" },
       h("caption", { class: "visually-hidden" }, `${heading}, newest first`),
-      h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col" }, c)))),
+      h(
+        "thead",
+        {},
+        h(
+          "tr",
+          {},
+          columns.map((c) => h("th", { scope: "col" }, c)),
+        ),
+      ),
       h(
         "tbody",
         {},
@@ -100,8 +138,19 @@ export function attemptsPanel(ctx, { subscription = null, heading, level, types,
             h("td", {}, String(a.attempt)),
             h("td", {}, a.trigger),
             h("td", {}, resultBadge(a.result)),
-            h("td", {}, h("a", { href: `#/messages/${encodeURIComponent(a.message_id)}`, title: a.message_id, class: "short-id" },
-              a.message_id)),
+            h(
+              "td",
+              {},
+              h(
+                "a",
+                {
+                  href: `#/messages/${encodeURIComponent(a.message_id)}`,
+                  title: a.message_id,
+                  class: "short-id",
+                },
+                a.message_id,
+              ),
+            ),
           ),
         ),
       ),
@@ -120,7 +169,8 @@ export function attemptsPanel(ctx, { subscription = null, heading, level, types,
     const had = shown !== "";
     shown = key;
     draw(attempts);
-    if (announce || had) liveRegion.textContent = `${attempts.length} attempt${attempts.length === 1 ? "" : "s"} shown.`;
+    if (announce || had)
+      liveRegion.textContent = `${attempts.length} attempt${attempts.length === 1 ? "" : "s"} shown.`;
   };
 
   const reload = () => {
@@ -144,13 +194,20 @@ export function attemptsPanel(ctx, { subscription = null, heading, level, types,
     if (page === 0) return;
     page -= 1;
     shown = "";
-    load(true).then(() => newer.disabled ? older.focus() : newer.focus());
+    load(true).then(() => (newer.disabled ? older.focus() : newer.focus()));
   });
   ctx.every(POLL_MS, async () => {
     if (live.checked && page === 0) await load();
   });
-  const section = h("section", { class: "attempts-panel", "aria-labelledby": `${liveId}-heading` },
-    headingEl, filters, liveRegion, body, pager);
+  const section = h(
+    "section",
+    { class: "attempts-panel", "aria-labelledby": `${liveId}-heading` },
+    headingEl,
+    filters,
+    liveRegion,
+    body,
+    pager,
+  );
   headingEl.id = headingEl.id || `${liveId}-heading`;
   section.setAttribute("aria-labelledby", headingEl.id);
   append(body, h("p", { class: "loading" }, "Loading…"));
@@ -164,7 +221,13 @@ export async function renderMessages(root, ctx) {
   clear(root);
   const endpoints = new Map(subscriptions.map((s) => [s.id, s.url]));
   append(root, attemptsPanel(ctx, { heading: "Messages", level: "h1", types, endpoints }));
-  const messageId = h("input", { type: "text", name: "message_id", spellcheck: "false", autocomplete: "off", maxlength: "128" });
+  const messageId = h("input", {
+    type: "text",
+    name: "message_id",
+    spellcheck: "false",
+    autocomplete: "off",
+    maxlength: "128",
+  });
   const find = h(
     "form",
     { class: "find", role: "search", "aria-label": "Find a message" },
@@ -181,9 +244,14 @@ export async function renderMessages(root, ctx) {
 
 function notFound(root, id) {
   clear(root);
-  append(root, 
+  append(
+    root,
     title("Message not found"),
-    h("p", {}, `There is no message ${id} in your account. Messages are kept 7 days after their last attempt.`),
+    h(
+      "p",
+      {},
+      `There is no message ${id} in your account. Messages are kept 7 days after their last attempt.`,
+    ),
     h("p", {}, h("a", { href: "#/messages" }, "Back to messages")),
   );
 }
@@ -216,7 +284,8 @@ export async function renderMessage(root, ctx, id) {
       return;
     }
     for (const a of attempts) {
-      append(attemptsArea, 
+      append(
+        attemptsArea,
         h(
           "article",
           { class: "attempt card" },
@@ -224,31 +293,55 @@ export async function renderMessage(root, ctx, id) {
           h(
             "dl",
             { class: "details" },
-            h("dt", {}, "Time"), h("dd", {}, h("time", { datetime: a.time }, when(a.time))),
-            h("dt", {}, "Status"), h("dd", {}, statusText(a)),
-            h("dt", {}, "Duration"), h("dd", {}, duration(a.duration_ms)),
-            h("dt", {}, "Trigger"), h("dd", {}, a.trigger),
+            h("dt", {}, "Time"),
+            h("dd", {}, h("time", { datetime: a.time }, when(a.time))),
+            h("dt", {}, "Status"),
+            h("dd", {}, statusText(a)),
+            h("dt", {}, "Duration"),
+            h("dd", {}, duration(a.duration_ms)),
+            h("dt", {}, "Trigger"),
+            h("dd", {}, a.trigger),
             a.error_detail ? [h("dt", {}, "Error"), h("dd", {}, a.error_detail)] : null,
           ),
           h("h4", {}, "Response"),
-          a.response_excerpt ? pre(a.response_excerpt, `Response to attempt ${a.attempt}`) : h("p", { class: "hint" }, "Empty response body."),
+          a.response_excerpt
+            ? pre(a.response_excerpt, `Response to attempt ${a.attempt}`)
+            : h("p", { class: "hint" }, "Empty response body."),
         ),
       );
     }
   };
   const headerRows = Object.entries(message.headers).map(([name, value]) =>
-    h("tr", {}, h("th", { scope: "row" }, h("code", {}, name)), h("td", {}, value === null ? "not recorded" : h("code", {}, value))),
+    h(
+      "tr",
+      {},
+      h("th", { scope: "row" }, h("code", {}, name)),
+      h("td", {}, value === null ? "not recorded" : h("code", {}, value)),
+    ),
   );
-  append(root, 
+  append(
+    root,
     h("p", { class: "crumbs" }, h("a", { href: "#/messages" }, "Messages"), " / message"),
     title(`Message ${message.message_id}`),
     h(
       "dl",
       { class: "details" },
-      h("dt", {}, "Event type"), h("dd", {}, h("code", {}, message.type)),
-      h("dt", {}, "Endpoint"), h("dd", {}, h("a", { href: `#/endpoints/${encodeURIComponent(message.sub_id)}` }, endpointUrl || message.sub_id)),
-      h("dt", {}, "Created"), h("dd", {}, when(message.created_at)),
-      h("dt", {}, "State"), stateValue,
+      h("dt", {}, "Event type"),
+      h("dd", {}, h("code", {}, message.type)),
+      h("dt", {}, "Endpoint"),
+      h(
+        "dd",
+        {},
+        h(
+          "a",
+          { href: `#/endpoints/${encodeURIComponent(message.sub_id)}` },
+          endpointUrl || message.sub_id,
+        ),
+      ),
+      h("dt", {}, "Created"),
+      h("dd", {}, when(message.created_at)),
+      h("dt", {}, "State"),
+      stateValue,
     ),
   );
   if (!ctx.readOnly) {
@@ -267,14 +360,25 @@ export async function renderMessage(root, ctx, id) {
     });
     append(root, h("div", { class: "toolbar" }, redeliver), result);
   }
-  append(root, 
+  append(
+    root,
     h("h2", {}, "Payload"),
     pre(json(message.payload), "Payload"),
     h("h2", {}, "Webhook headers"),
-    tableRegion("Webhook headers", h("table", {},
-      h("caption", { class: "visually-hidden" }, "Webhook headers of the last attempt"),
-      h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "Header"), h("th", { scope: "col" }, "Value"))),
-      h("tbody", {}, headerRows))),
+    tableRegion(
+      "Webhook headers",
+      h(
+        "table",
+        {},
+        h("caption", { class: "visually-hidden" }, "Webhook headers of the last attempt"),
+        h(
+          "thead",
+          {},
+          h("tr", {}, h("th", { scope: "col" }, "Header"), h("th", { scope: "col" }, "Value")),
+        ),
+        h("tbody", {}, headerRows),
+      ),
+    ),
     h("h2", {}, "Attempts"),
     attemptsArea,
   );

@@ -50,11 +50,20 @@ export function renderSignIn(root, { message, onSignedIn, setTitle }) {
       submit.disabled = false;
     }
   });
-  append(root, 
+  append(
+    root,
     h("h1", { tabindex: "-1" }, "Sign in"),
     message ? h("p", { class: "session-message", role: "alert" }, message) : null,
-    h("p", {}, "Manage your webhook endpoints, watch their deliveries, send test events and check signatures."),
+    h(
+      "p",
+      {},
+      "Manage your webhook endpoints, watch their deliveries, send test events and check signatures.",
+    ),
     form,
-    h("p", { class: "hint" }, "Your operator can also send you a portal link that signs you in directly. The session lasts one hour in this tab."),
+    h(
+      "p",
+      { class: "hint" },
+      "Your operator can also send you a portal link that signs you in directly. The session lasts one hour in this tab.",
+    ),
   );
 }

@@ -78,7 +78,8 @@ export async function renderVerify(root) {
     field("Payload", payload, "The raw request body, exactly as received.").row,
     field("webhook-id", id).row,
     field("webhook-timestamp", timestamp).row,
-    field("webhook-signature", signature, "One or more v1,<base64> signatures separated by spaces.").row,
+    field("webhook-signature", signature, "One or more v1,<base64> signatures separated by spaces.")
+      .row,
     field("Secret", secret, "whsec_… Checked here in your browser: it is never sent anywhere.").row,
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Verify")),
     result,
@@ -94,22 +95,37 @@ export async function renderVerify(root) {
       secret: secret.value,
     });
     result.className = `verdict ${verdict.valid ? "valid" : "invalid"}`;
-    append(result, 
+    append(
+      result,
       h("p", {}, h("strong", {}, verdict.valid ? "Valid signature" : "Invalid signature")),
-      verdict.valid ? h("p", {}, "This delivery was signed with this secret, within the last 5 minutes.") : h("p", {}, verdict.detail),
+      verdict.valid
+        ? h("p", {}, "This delivery was signed with this secret, within the last 5 minutes.")
+        : h("p", {}, verdict.detail),
     );
   });
-  append(root, 
+  append(
+    root,
     title("Verify a signature"),
-    h("p", {}, "Paste a delivery your receiver got to see whether its signature is valid and, if not, why."),
+    h(
+      "p",
+      {},
+      "Paste a delivery your receiver got to see whether its signature is valid and, if not, why.",
+    ),
     form,
     h("h2", {}, "Receiver snippets"),
-    h("p", {}, "Verify every delivery with a Standard Webhooks library before trusting it; deduplicate on webhook-id (delivery is at least once)."),
+    h(
+      "p",
+      {},
+      "Verify every delivery with a Standard Webhooks library before trusting it; deduplicate on webhook-id (delivery is at least once).",
+    ),
     SNIPPETS.map(([language, install, code]) =>
-      h("section", { class: "snippet", "aria-label": `${language} snippet` },
+      h(
+        "section",
+        { class: "snippet", "aria-label": `${language} snippet` },
         h("h3", {}, language),
         pre(install, `Install the ${language} library`),
-        pre(code, `${language} receiver`)),
+        pre(code, `${language} receiver`),
+      ),
     ),
   );
 }
