@@ -8,14 +8,14 @@ const API_ROOT = new URL("api", new URL(".", window.location.href)).href;
 
 export class ApiError extends Error {
   constructor(status, problem) {
-    const title = (problem && problem.title) || (status ? `HTTP ${status}` : "Network error");
-    const detail = (problem && problem.detail) || "";
+    const title = problem?.title || (status ? `HTTP ${status}` : "Network error");
+    const detail = problem?.detail || "";
     super(detail ? `${title}: ${detail}` : title);
     this.status = status;
     this.title = title;
     this.detail = detail;
-    this.errors = Array.isArray(problem && problem.errors) ? problem.errors : [];
-    this.reason = (problem && problem.reason) || null;
+    this.errors = Array.isArray(problem?.errors) ? problem.errors : [];
+    this.reason = problem?.reason || null;
   }
 }
 

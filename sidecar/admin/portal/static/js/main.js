@@ -2,7 +2,7 @@
 // the navigation, the router (one view per address, so every view can be bookmarked), notices,
 // and the polling that keeps open views live.
 
-import { api, ApiError, onUnauthorized, session } from "./api.js";
+import { ApiError, api, onUnauthorized, session } from "./api.js";
 import { append, clear, h } from "./dom.js";
 import {
   renderEditEndpoint,
@@ -49,7 +49,7 @@ function context(gen) {
       return state.me;
     },
     get readOnly() {
-      return Boolean(state.me && state.me.read_only);
+      return Boolean(state.me?.read_only);
     },
     get isOperator() {
       return Boolean(state.me && state.me.kind === "operator");
@@ -88,9 +88,7 @@ const state = { me: null };
 export function problem(error) {
   const title = error instanceof ApiError ? error.title : "Something went wrong";
   const detail =
-    error instanceof ApiError
-      ? error.detail
-      : String(error && error.message ? error.message : error);
+    error instanceof ApiError ? error.detail : String(error?.message ? error.message : error);
   const list =
     error instanceof ApiError && error.errors.length > 1
       ? h(
@@ -198,8 +196,8 @@ async function route() {
 
 async function signOut() {
   try {
-    if (state.me && state.me.session) await api.revokeSession(state.me.session.id);
-  } catch (error) {
+    if (state.me?.session) await api.revokeSession(state.me.session.id);
+  } catch {
     // Signing out locally is what matters; the session expires by itself anyway.
   }
   showSignedOut("You signed out.");

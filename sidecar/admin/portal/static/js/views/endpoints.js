@@ -1,7 +1,7 @@
 // Endpoints: the list, the Add endpoint form, and one endpoint's own view (its secret, tests,
 // rotation, disable/enable, delete, recover, and its attempts).
 
-import { api, ApiError } from "../api.js";
+import { ApiError, api } from "../api.js";
 import { confirmDialog } from "../dialog.js";
 import { append, clear, field, h, tableRegion, title } from "../dom.js";
 import { json, localToIso, rate, toLocalInput, when } from "../format.js";
@@ -529,7 +529,7 @@ function openTestForm(ctx, sub, types, panel, button) {
   const data = h("textarea", { name: "data", rows: "10", spellcheck: "false", class: "code" });
   const prefill = () => {
     const chosen = types.find((t) => t.type === select.value);
-    data.value = json(chosen && chosen.example ? chosen.example.data : {});
+    data.value = json(chosen?.example ? chosen.example.data : {});
   };
   prefill();
   select.addEventListener("change", prefill);

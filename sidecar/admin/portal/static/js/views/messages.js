@@ -1,7 +1,7 @@
 // The message log: a filterable, paginated, live-updating table of attempts (the Messages view,
 // and each endpoint's Attempts), and one message's payload, headers and attempts.
 
-import { api, ApiError } from "../api.js";
+import { ApiError, api } from "../api.js";
 import { append, clear, field, h, pre, tableRegion, title } from "../dom.js";
 import { duration, json, localToIso, when } from "../format.js";
 

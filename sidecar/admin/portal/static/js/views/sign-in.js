@@ -1,7 +1,7 @@
 // Sign in: a client's credential (the value it sends in its credential header on API calls),
 // or the operator's admin token, exchanged for a session kept in this tab only.
 
-import { api, ApiError, session } from "../api.js";
+import { ApiError, api, session } from "../api.js";
 import { append, field, h } from "../dom.js";
 
 export function renderSignIn(root, { message, onSignedIn, setTitle }) {
