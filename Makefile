@@ -4,8 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 CONFIG ?= config/sidecar.yaml
 # What the machine needs beyond the .venv (Debian's packages, installed when missing; quick when
-# all is there): --base for the .venv, --test for `make test`.
+# all is there): --base for the .venv, --test for `make test`, --lint for Biome's node.
 DEPS := PYTHON=$(PYTHON) scripts/test-deps
+# Biome (package.json, pinned by package-lock.json) formats and lints the portal's JS and CSS;
+# it colours even a pipe, so colours only on a terminal (CI logs stay plain).
+BIOME := node_modules/.bin/biome
+BIOME_COLORS := $$(test -t 2 || echo --colors=off)
 
 .PHONY: install test lint format demo run check schema bench bench-proxy bench-profile clean
 
@@ -18,18 +22,27 @@ $(BIN)/sidecar: pyproject.toml
 
 install: $(BIN)/sidecar
 
+# node_modules/ when missing or older than package-lock.json (npm writes its own copy of the lock
+# file there).
+node_modules/.package-lock.json: package-lock.json
+	$(DEPS) --lint
+	npm ci --no-audit --no-fund
+	@touch $@
+
 test: install
 	$(DEPS) --test
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-lint: install
+lint: install node_modules/.package-lock.json
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIOME) ci --error-on-warnings $(BIOME_COLORS)
 
-format: install
+format: install node_modules/.package-lock.json
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+	$(BIOME) check --write $(BIOME_COLORS)
 
 demo: install
 	$(BIN)/python -m examples.users.demo
@@ -65,4 +78,4 @@ bench-profile: install
 	$(BIN)/python -m bench.proxy_bench --profile $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache node_modules
