@@ -18,7 +18,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from sidecar.config import parse_settings
-from sidecar.headers import (
+from sidecar.http.headers import (
     client_origin,
     correlation_id,
     end_to_end,

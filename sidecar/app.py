@@ -14,37 +14,24 @@ from prometheus_client import CollectorRegistry
 
 from . import __version__
 from .admin.app import create_admin_app
-from .body import expect_continue
-from .boundary import problem_middleware
+from .completions.hub import CompletionHub
+from .completions.publish import PUBLISHER, NoPublisher
 from .config import Settings
 from .connections import RedisConnections, RedisHealth
-from .hub import CompletionHub
-from .listener import ClientGuard, GuardedAppRunner
-from .metrics import Metrics
-from .pool import UpstreamPool
+from .http.body import expect_continue
+from .http.boundary import problem_middleware
+from .http.listener import ClientGuard, GuardedAppRunner
+from .http.pool import POOL
+from .http.upstream import create_pool
+from .metrics import METRICS, Metrics
 from .proxy import ProxyListener, proxy_handler
-from .state import (
-    ADMIN_URL,
-    HASHER,
-    HEALTH,
-    HELD,
-    HTTP,
-    HUB,
-    METRICS,
-    POLLERS,
-    POOL,
-    PUBLISHER,
-    REDIS,
-    RUNTIME,
-    TRACKER,
-    Runtime,
-)
-from .sync.publish import NoPublisher
-from .sync.wait import HeldCalls
+from .routing import RUNTIME, Runtime
+from .sources.redis_streams import RedisStreamReader
+from .state import ADMIN_URL, HASHER, HEALTH, HUB, POLLERS, REDIS, TRACKER
+from .sync.wait import HELD, HeldCalls
 from .tasks import TaskSet
 from .tenancy import TenantHasher
 from .tracking import CallTracker
-from .upstream import create_session
 from .webhooks import webhooks_ctx
 from .workers import in_worker
 
@@ -58,17 +45,10 @@ def split_host_port(address: str) -> tuple[str, int]:
 
 
 async def http_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The upstream clients: the pool calls go through, and a session for polls."""
-    proxy = app[RUNTIME].settings.proxy
-    app[HTTP] = create_session(proxy)
-    app[POOL] = UpstreamPool(
-        limit=proxy.max_connections,
-        connect_timeout_s=proxy.connect_timeout,
-        read_timeout_s=proxy.read_timeout,
-    )
+    """The upstream client (the keep-alive pool): calls, polls and GETs of a Location."""
+    app[POOL] = create_pool(app[RUNTIME].settings.proxy)
     yield
     await app[POOL].close()
-    await app[HTTP].close()
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -99,17 +79,18 @@ async def tracking_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The completion hub's reader loop, when Redis is configured."""
+    """The completion hub and the reader that feeds it, when Redis is configured."""
     runtime, connections = app[RUNTIME], app[REDIS]
     if connections is None:
         app[HUB] = None
         yield
         return
-    hub = CompletionHub(connections, runtime.settings, app[METRICS])
+    hub = CompletionHub(runtime.settings, app[METRICS])
     app[HUB] = hub
     runtime.on_reload.append(hub.update)
-    tasks = TaskSet("completion-hub")
-    tasks.spawn(hub.run())
+    reader = runtime.settings.stream_reader
+    tasks = TaskSet("completion-reader")
+    tasks.spawn(RedisStreamReader(connections, hub, reader.block, reader.count).run())
     yield
     runtime.on_reload.remove(hub.update)
     await tasks.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -275,3 +276,6 @@ class Metrics:
             if route.wait.stream is not None:
                 for result in STREAM_RESULTS:
                     self.stream_events.labels(route.wait.stream.key, result)
+
+
+METRICS = web.AppKey("metrics", Metrics)

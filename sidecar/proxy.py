@@ -13,13 +13,14 @@ import time
 
 from aiohttp import web
 
-from .context import CONTEXT, CallContext, RequestContext
-from .headers import client_origin, correlation_id
-from .state import METRICS, RUNTIME
+from .http.context import CONTEXT, CallContext, RequestContext
+from .http.headers import client_origin, correlation_id
+from .http.upstream import pass_through
+from .metrics import METRICS
+from .routing import RUNTIME
 from .sync.call import synchronise
 from .sync.longpoll import long_poll
 from .trace import TRACEPARENT, TRACESTATE, begin, current
-from .upstream import pass_through
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("sidecar.access")

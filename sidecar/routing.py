@@ -1,10 +1,13 @@
-"""Route matching: ordered routes, method + path template, first match wins."""
+"""Route matching: ordered routes, method + path template, first match wins; and the live config
+generation (`Runtime`, `app[RUNTIME]`), replaced whole on reload."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from aiohttp import web
 from yarl import URL
 
 from .config import Route, Settings, compile_path_template
@@ -45,3 +48,22 @@ class RouteTable:
             if compiled.matches(method, path):
                 return compiled
         return None
+
+
+class Runtime:
+    """The live config generation. `reload()` swaps it whole; in-flight calls keep theirs."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.table = RouteTable(settings)
+        self.on_reload: list[Callable[[Settings], None]] = []
+
+    def reload(self, settings: Settings) -> None:
+        """Replace routes (and route-level settings) with a newly validated generation."""
+        self.settings = settings
+        self.table = RouteTable(settings)
+        for listener in self.on_reload:
+            listener(settings)
+
+
+RUNTIME = web.AppKey("runtime", Runtime)

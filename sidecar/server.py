@@ -18,9 +18,10 @@ from aiohttp import web
 from .app import client_guard, create_app, split_host_port
 from .config import ConfigError, Settings, load_settings
 from .config.advice import advice
-from .listener import GuardedAppRunner
+from .http.listener import GuardedAppRunner
 from .logs import setup_logging
-from .state import METRICS, RUNTIME
+from .metrics import METRICS
+from .routing import RUNTIME
 from .workers import die_with_supervisor, in_worker
 
 logger = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 from prometheus_client import CollectorRegistry
 
-from sidecar.state import METRICS
+from sidecar.metrics import METRICS
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:

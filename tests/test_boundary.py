@@ -14,8 +14,8 @@ import pytest
 from aiohttp import web
 
 import sidecar.admin.app
+import sidecar.http.upstream
 import sidecar.sync.call
-import sidecar.upstream
 from sidecar.state import ADMIN_URL
 
 from .conftest import SidecarFactory, Upstream
@@ -65,7 +65,7 @@ def assert_problem(status: int, body: bytes, headers: Any, cid: str | None) -> d
     ("method", "path", "target", "name"),
     [
         ("POST", "/jobs", sidecar.sync.call, "completion_id"),  # a synchronised call
-        ("GET", "/plain", sidecar.upstream, "response_headers"),  # a pass-through
+        ("GET", "/plain", sidecar.http.upstream, "response_headers"),  # a pass-through
     ],
 )
 async def test_a_bug_on_the_proxy_is_a_problem_with_the_correlation_id(

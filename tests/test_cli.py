@@ -80,6 +80,17 @@ def test_check_valid_file_prints_the_routes(
     )
 
 
+def test_check_warns_that_the_session_client_is_ignored(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, "upstream: http://api:8000\nproxy: {client: session}\n")
+    assert main(["check", "-c", str(path)]) == 0
+    assert (
+        "warning: proxy.client: session is ignored: calls, polls and GETs of a Location all go "
+        "through the one upstream client, the keep-alive pool (remove the key)"
+    ) in capsys.readouterr().err.splitlines()
+
+
 def test_check_without_routes_prints_no_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

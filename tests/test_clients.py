@@ -21,8 +21,8 @@ from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
 from sidecar.app import client_guard, create_app
-from sidecar.listener import GuardedAppRunner
-from sidecar.state import METRICS
+from sidecar.http.listener import GuardedAppRunner
+from sidecar.metrics import METRICS
 
 from .conftest import Upstream, make_settings
 

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 from yarl import URL
 
-from sidecar.pool import PoolError, UpstreamPool
+from sidecar.http.pool import PoolError, UpstreamPool
 
 from .conftest import Upstream
 

@@ -14,10 +14,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from ..boundary import problem_middleware
-from ..context import RequestContext
-from ..headers import correlation_id
-from ..state import HUB, METRICS, PROXY_APP, REDIS, RUNTIME
+from ..http.boundary import problem_middleware
+from ..http.context import RequestContext
+from ..http.headers import correlation_id
+from ..metrics import METRICS
+from ..routing import RUNTIME
+from ..state import HUB, PROXY_APP, REDIS
 from ..webhooks.api import setup_admin_routes
 from ..workers import METRICS_ENV
 from .portal import setup_portal

@@ -27,4 +27,9 @@ def advice(settings: Settings) -> list[str]:
             f"tenancy.hash_key is unset: credential hashes derive from {origin}; set it, or "
             "clients lose their subscriptions when that changes"
         )
+    if settings.proxy.client == "session":
+        said.append(
+            "proxy.client: session is ignored: calls, polls and GETs of a Location all go "
+            "through the one upstream client, the keep-alive pool (remove the key)"
+        )
     return said

@@ -148,8 +148,9 @@ class Proxy(Model):
     max_connections: int = Field(1000, ge=1, description="Pooled upstream connections.")
     client: Literal["pool", "session"] = Field(
         "pool",
-        description="The upstream client: pool (the sidecar's own keep-alive pool on aiohttp's "
-        "HTTP parser; leaner) or session (aiohttp's ClientSession). Default pool.",
+        description="Deprecated: the sidecar has one upstream client, its own keep-alive pool "
+        "(calls, polls and GETs of a Location alike). `session` is accepted and ignored, with a "
+        "warning at start. Default pool.",
     )
     trust_forwarded_headers: bool = Field(
         False, description="Keep clients' X-Forwarded-* (behind a trusted load balancer)."

@@ -18,12 +18,12 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from ..completion import Completion
+from ..completions.completion import Completion
 from ..config import Route
-from ..context import CallContext
 from ..errors import PROBLEM_JSON, problem_body
-from ..state import METRICS
-from ..upstream import Replayed
+from ..http.context import CallContext
+from ..http.upstream import Replayed
+from ..metrics import METRICS
 
 
 @dataclass(slots=True)

@@ -15,31 +15,32 @@ import asyncio
 import logging
 import re
 
-import aiohttp
 import orjson
 from aiohttp import web
 
-from ..body import read_whole
+from ..completions.poll import json_pointer
 from ..config import Route
-from ..context import CallContext
-from ..headers import (
+from ..http.body import read_whole
+from ..http.context import CallContext
+from ..http.headers import (
     end_to_end,
     response_headers,
     rewrite_location,
     upstream_location,
     usable_location,
 )
+from ..http.pool import UpstreamResponse
+from ..http.prefer import Preferences, parse_prefer
+from ..http.upstream import Replayed, open_upstream, relay
 from ..logs import Every
-from ..poll import json_pointer
-from ..pool import UpstreamResponse
-from ..prefer import Preferences, parse_prefer
-from ..state import HELD, HUB, METRICS, RUNTIME
-from ..upstream import Replayed, open_upstream, relay
+from ..metrics import METRICS
+from ..routing import RUNTIME
+from ..state import HUB
 from .answers import Accepted, body_of, failed, fallback, succeeded
 from .identity import own_correlation_id
 from .polling import get_location, poll_outlives, start_poll
 from .track import TrackTask, settle, track_later
-from .wait import Verdict, Waits, wait_for_completion
+from .wait import HELD, Verdict, Waits, wait_for_completion
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def preferences(route: Route, prefs: Preferences) -> tuple[float, list[str]]:
     return route.budget, []
 
 
-async def read_accepted(upstream: aiohttp.ClientResponse | UpstreamResponse) -> tuple[bytes, bool]:
+async def read_accepted(upstream: UpstreamResponse) -> tuple[bytes, bool]:
     """The 202 body and whether it was read whole (bodies past MAX_ACCEPTED_BODY are not)."""
     chunks, size = [], 0
     async for chunk in upstream.content.iter_any():

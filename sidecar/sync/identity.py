@@ -16,10 +16,12 @@ import logging
 from aiohttp import web
 
 from ..connections import REDIS_FAULTS
-from ..context import CallContext
+from ..http.context import CallContext
 from ..ids import new_id
 from ..logs import Every
-from ..state import METRICS, RUNTIME, TRACKER
+from ..metrics import METRICS
+from ..routing import RUNTIME
+from ..state import TRACKER
 
 logger = logging.getLogger(__name__)
 

@@ -10,13 +10,15 @@ import logging
 from aiohttp import web
 
 from ..connections import REDIS_FAULTS
-from ..context import CallContext
+from ..http.context import CallContext
+from ..http.prefer import parse_prefer
+from ..http.upstream import upstream_url
 from ..logs import Every
-from ..prefer import parse_prefer
-from ..state import HELD, HUB, METRICS, RUNTIME, TRACKER
-from ..upstream import upstream_url
+from ..metrics import METRICS
+from ..routing import RUNTIME
+from ..state import HUB, TRACKER
 from .polling import start_poll
-from .wait import Waits, wait_for_completion
+from .wait import HELD, Waits, wait_for_completion
 
 logger = logging.getLogger(__name__)
 

@@ -11,16 +11,20 @@ from __future__ import annotations
 import logging
 from contextlib import suppress
 
-import aiohttp
 from aiohttp import web
 from yarl import URL
 
-from ..completion import Completion
+from ..completions.completion import Completion
+from ..completions.poll import PollAnswer, fetch, poll_location
+from ..completions.publish import PUBLISHER
 from ..config import Route
 from ..connections import REDIS_FAULTS
-from ..context import CONTEXT, CallContext
-from ..poll import PollAnswer, fetch, poll_location
-from ..state import HTTP, METRICS, POLLERS, PUBLISHER, RUNTIME, TRACKER
+from ..http.context import CONTEXT, CallContext
+from ..http.pool import POOL
+from ..http.upstream import UPSTREAM_ERRORS
+from ..metrics import METRICS
+from ..routing import RUNTIME
+from ..state import POLLERS, TRACKER
 from .answers import Accepted
 from .track import TrackTask, settle
 from .wait import PollTask, Verdict
@@ -59,12 +63,12 @@ async def get_location(request: web.Request, route: Route, accepted: Accepted) -
         return None
     try:
         got = await fetch(
-            request.app[HTTP],
+            request.app[POOL],
             accepted.upstream_location,
             poll_headers(request, route),
             request.app[RUNTIME].settings.proxy.read_timeout,
         )
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+    except (*UPSTREAM_ERRORS, TimeoutError, ValueError) as exc:
         logger.warning("GET of the Location failed", extra={"error": repr(exc)})
         return None
     return got if 200 <= got.status < 300 else None
@@ -99,7 +103,7 @@ async def _poll(
 ) -> Verdict | None:
     assert route.wait is not None and route.wait.poll is not None
     result = await poll_location(
-        app[HTTP],
+        app[POOL],
         url,
         headers,
         route.wait.poll,

@@ -16,9 +16,10 @@ from yarl import URL
 
 from ..config import Route
 from ..connections import REDIS_FAULTS
-from ..context import CallContext
+from ..http.context import CallContext
 from ..logs import Every
-from ..state import HASHER, POLLERS, RUNTIME, TRACKER
+from ..routing import RUNTIME
+from ..state import HASHER, POLLERS, TRACKER
 from ..tracking import CallTracker, TrackedCall
 from .answers import Accepted
 

@@ -12,11 +12,13 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from ..completion import Completion
+from aiohttp import web
+
+from ..completions.completion import Completion
+from ..completions.hub import CompletionHub, Waiter
+from ..completions.poll import PollAnswer
 from ..config import StreamWait
-from ..hub import CompletionHub, Waiter
 from ..metrics import Metrics
-from ..poll import PollAnswer
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,9 @@ class HeldCalls:
 
     def __getitem__(self, route: str) -> int:
         return self._held.get(route, 0)
+
+
+HELD = web.AppKey("held", HeldCalls)
 
 
 class Waits:

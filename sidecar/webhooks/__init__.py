@@ -15,8 +15,11 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from ..completions.publish import PUBLISHER
 from ..connections import REDIS_FAULTS, Client
-from ..state import METRICS, PUBLISHER, REDIS, RUNTIME, TRACKER
+from ..metrics import METRICS
+from ..routing import RUNTIME
+from ..state import REDIS, TRACKER
 from ..tasks import TaskSet
 from .attempt import create_webhook_session
 from .bodies import known_events

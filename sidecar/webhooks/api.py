@@ -42,7 +42,8 @@ from ..errors import (
     Unavailable,
 )
 from ..ids import new_id
-from ..state import HASHER, PROXY_APP, RUNTIME
+from ..routing import RUNTIME
+from ..state import HASHER, PROXY_APP
 from ..tenancy import OPERATOR
 from ..timestamps import iso
 from .bodies import (

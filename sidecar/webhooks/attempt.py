@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from ..headers import parse_retry_after
+from ..http.headers import parse_retry_after
 from .signing import signature_headers
 from .targets import GuardedResolver, TargetPolicy, TargetRefused
 

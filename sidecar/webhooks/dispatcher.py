@@ -16,9 +16,10 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from ..completion import MalformedEvent, Status, StreamEvent, classify, decode_for
+from ..completions.completion import Event, MalformedEvent, Status
+from ..completions.decoder import Decoder
 from ..config import Route, Settings
-from ..state import Runtime
+from ..routing import Runtime
 from ..tasks import checkpoint
 from ..tracking import TrackedCall
 from .fanout import messages_for
@@ -49,7 +50,7 @@ class Pending:
     entry_id: str
     route: Route
     status: Status
-    event: StreamEvent
+    event: Event
     first_seen: float
 
 
@@ -64,6 +65,15 @@ class Dispatcher:
         self._pending: dict[tuple[str, str], Pending] = {}
         self._groups: set[str] = set()
         self._last_claim = 0.0
+        self._decoder = Decoder(runtime.settings)
+        self._decoder_of = runtime.settings
+
+    @property
+    def decoder(self) -> Decoder:
+        """The one decoder of the live config (made again after a reload)."""
+        if self._decoder_of is not self.settings:
+            self._decoder, self._decoder_of = Decoder(self.settings), self.settings
+        return self._decoder
 
     @property
     def settings(self) -> Settings:
@@ -130,34 +140,19 @@ class Dispatcher:
                 out += [(stream.decode(), e.decode(), f) for e, f in items]
         return out
 
-    def _match(self, stream: str, entry_id: str, fields: Any) -> tuple[Route, Status, StreamEvent]:
-        malformed: MalformedEvent | None = None
-        for route in self.settings.routes:
-            spec = route.wait.stream if route.wait else None
-            if spec is None or spec.key != stream:
-                continue
-            try:
-                event = decode_for(stream, entry_id, fields, spec)
-            except MalformedEvent as exc:
-                malformed = exc
-                continue
-            status = classify(event, spec)
-            if status is not None:
-                return route, status, event
-        raise malformed or LookupError("no route uses this event type")
-
     def _hold(self, stream: str, entry_id: str, fields: Any) -> bool:
         """Keep a completion for dispatch; False for an entry with nothing to dispatch."""
         try:
-            route, status, event = self._match(stream, entry_id, fields)
+            found = self.decoder.route_for(stream, entry_id, fields)
         except MalformedEvent as exc:
             logger.warning(
                 "malformed completion event",
                 extra={"stream": stream, "entry": entry_id, "error": str(exc)},
             )
             return False
-        except LookupError:
-            return False
+        if found is None:
+            return False  # no route uses this event type
+        route, status, event = found
         self._pending[(stream, entry_id)] = Pending(
             stream, entry_id, route, status, event, time.monotonic()
         )

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from ..completion import Status
+from ..completions.completion import Status
 from ..config import Route
 from ..timestamps import iso
 from ..tracking import TrackedCall

@@ -26,7 +26,8 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from ..errors import Conflict, Forbidden, NotFound, TooManyRequests
-from ..state import HASHER, PROXY_APP, RUNTIME
+from ..routing import RUNTIME
+from ..state import HASHER, PROXY_APP
 from ..tenancy import OPERATOR
 from ..timestamps import iso
 from .api import ID_RE, caller_of, is_operator, json_response, subscription_of, webhooks_of

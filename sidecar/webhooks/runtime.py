@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import DefaultResolver
 
-from ..completion import Completion
+from ..completions.completion import Completion
 from ..config import Route, Settings
 from ..connections import REDIS_FAULTS, Client, RedisConnections
 from ..tracking import CallTracker, TrackedCall

@@ -9,7 +9,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from sidecar.headers import (
+from sidecar.http.headers import (
     client_origin,
     correlation_id,
     end_to_end,

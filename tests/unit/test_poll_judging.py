@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from sidecar.completions.poll import PollAnswer, decode_body, json_pointer, judge
 from sidecar.config import PollWait
-from sidecar.poll import PollAnswer, decode_body, json_pointer, judge
 
 
 def answer(status: int, body: object = b"") -> PollAnswer:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sidecar.prefer import Preferences, parse_prefer
+from sidecar.http.prefer import Preferences, parse_prefer
 
 
 @pytest.mark.parametrize(

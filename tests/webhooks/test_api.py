@@ -587,7 +587,7 @@ async def test_redis_down_answers_503_without_a_traceback(
         answer = await admin.call(method, path, A, body)
         assert_problem(answer, 503)
         assert answer.body["detail"].startswith("Redis is unavailable")
-    faults = [r for r in caplog.records if r.name == "sidecar.boundary"]
+    faults = [r for r in caplog.records if r.name == "sidecar.http.boundary"]
     assert faults
     assert all(r.exc_info is None for r in faults)
 

@@ -16,7 +16,8 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from sidecar.state import HASHER, RUNTIME
+from sidecar.routing import RUNTIME
+from sidecar.state import HASHER
 from sidecar.webhooks import WEBHOOKS
 from sidecar.webhooks.outbox import Message
 

@@ -19,7 +19,8 @@ from aiohttp import web
 
 from ...config import Settings
 from ...errors import NotFound
-from ...state import PROXY_APP, RUNTIME
+from ...routing import RUNTIME
+from ...state import PROXY_APP
 
 STATIC_PACKAGE = "sidecar.admin.portal"
 MAX_FILES = 200

@@ -28,7 +28,7 @@ import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from aiohttp import ClientPayloadError, ServerTimeoutError
+from aiohttp import ClientPayloadError, ServerTimeoutError, web
 from aiohttp.base_protocol import BaseProtocol
 from aiohttp.http_parser import HttpResponseParser, RawResponseMessage
 from aiohttp.streams import StreamReader
@@ -485,3 +485,6 @@ class UpstreamPool:
         for conn in list(self._busy):
             conn.close()
         await asyncio.sleep(0)
+
+
+POOL = web.AppKey("pool", UpstreamPool)

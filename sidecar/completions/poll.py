@@ -16,15 +16,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import aiohttp
 import orjson
+from aiohttp import StreamReader
 from yarl import URL
 
+from ..config import PollWait
+from ..http.headers import parse_retry_after
+from ..http.pool import UpstreamPool
+from ..http.upstream import UPSTREAM_ERRORS, upstream_errors
+from ..logs import Every
+from ..metrics import Metrics
 from .completion import Completion, Status
-from .config import PollWait
-from .headers import parse_retry_after
-from .logs import Every
-from .metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
@@ -97,36 +99,47 @@ def judge(spec: PollWait, answer: PollAnswer) -> Status | None:
     return "succeeded" if answer.status in spec.done_status else None
 
 
+async def read_capped(content: StreamReader, limit: int) -> bytes:
+    """A body read to its end, or to `limit` bytes when it is longer."""
+    chunks, size = [], 0
+    while size < limit:
+        chunk = await content.read(limit - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
 async def fetch(
-    session: aiohttp.ClientSession,
+    pool: UpstreamPool,
     url: URL,
     headers: Mapping[str, str],
     timeout_s: float,
 ) -> PollAnswer:
-    """GET `url`, following redirects (a 303 leads to the resource) up to MAX_REDIRECTS."""
-    for _ in range(MAX_REDIRECTS + 1):
-        async with session.get(
-            url,
-            headers=headers,
-            allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=max(timeout_s, 0.001)),
-        ) as response:
-            location = response.headers.get("Location")
-            if response.status in REDIRECTS and location:
-                url = url.join(URL(location, encoded=True))
-                continue
-            body = await response.content.read(MAX_BODY)
-            return PollAnswer(
-                response.status,
-                body,
-                response.headers.get("Content-Type"),
-                parse_retry_after(response.headers.get("Retry-After")),
-            )
+    """GET `url` through the upstream client, following redirects (a 303 leads to the
+    resource) up to MAX_REDIRECTS, all within `timeout_s`. Raises the upstream errors
+    (`UPSTREAM_ERRORS`), TimeoutError, or `TooManyRedirects`."""
+    async with asyncio.timeout(max(timeout_s, 0.001)):
+        for _ in range(MAX_REDIRECTS + 1):
+            with upstream_errors():
+                async with await pool.request("GET", url, headers) as response:
+                    location = response.headers.get("Location")
+                    if response.status in REDIRECTS and location:
+                        url = url.join(URL(location, encoded=True))
+                        continue
+                    body = await read_capped(response.content, MAX_BODY)
+                    return PollAnswer(
+                        response.status,
+                        body,
+                        response.headers.get("Content-Type"),
+                        parse_retry_after(response.headers.get("Retry-After")),
+                    )
     raise TooManyRedirects(f"more than {MAX_REDIRECTS} redirects from the Location")
 
 
 async def poll_location(
-    session: aiohttp.ClientSession,
+    pool: UpstreamPool,
     url: URL,
     headers: Mapping[str, str],
     spec: PollWait,
@@ -150,8 +163,8 @@ async def poll_location(
             return None
         retry_after_s: float | None = None
         try:
-            answer = await fetch(session, url, headers, remaining)
-        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            answer = await fetch(pool, url, headers, remaining)
+        except (*UPSTREAM_ERRORS, TimeoutError, ValueError) as exc:
             metrics.polls.labels(route, "error").inc()
             if _failed_log.ready():
                 logger.info(

@@ -1,8 +1,11 @@
-"""Talking to the upstream: one pooled session, the request sent on, the answer relayed.
+"""Talking to the upstream through its one client, the keep-alive pool (`http.pool`): calls sent
+on and their answers relayed, polls and GETs of a Location alike.
 
-`map_client_errors` is the one place aiohttp's client exceptions become our
-`UpstreamUnreachable` (502) / `UpstreamTimeout` (504). Bodies are streamed both ways; an
-upstream that fails after its answer started is cut off (the client sees a truncated answer).
+One timeout model: the pool's connect timeout and its read timeout (the longest silence while an
+answer is awaited or read), within whatever deadline the caller holds (a poll's budget).
+`upstream_errors` is the one place the pool's failures become our `UpstreamUnreachable` (502) /
+`UpstreamTimeout` (504). Bodies are streamed both ways; an upstream that fails after its answer
+started is cut off (the client sees a truncated answer).
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ import aiohttp
 from aiohttp import hdrs, web
 from yarl import URL
 
+from ..config import Proxy
+from ..errors import BadRequest, RequestTimeout, SidecarError, UpstreamTimeout, UpstreamUnreachable
+from ..routing import RUNTIME
 from .body import paced
-from .config import Proxy
 from .context import CallContext
-from .errors import BadRequest, RequestTimeout, SidecarError, UpstreamTimeout, UpstreamUnreachable
 from .headers import response_headers, upstream_request_headers
-from .pool import PoolError, UpstreamResponse
-from .state import HTTP, POOL, RUNTIME
+from .pool import POOL, PoolError, UpstreamPool, UpstreamResponse
 
 logger = logging.getLogger(__name__)
 
@@ -31,41 +34,33 @@ CHUNK = 64 * 1024
 SMALL_BODY = 64 * 1024  # answers up to this size (with a Content-Length) are relayed whole
 
 
-def create_session(proxy: Proxy) -> aiohttp.ClientSession:
-    """The one upstream session per app: pooled, no cookie jar, bytes untouched."""
-    return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=proxy.max_connections, limit_per_host=0),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        auto_decompress=False,
-        # `sock_connect` bounds the TCP/TLS connect itself; `connect` also counts the wait for a
-        # free pooled connection, which under a burst is our queue, not the upstream's fault.
-        timeout=aiohttp.ClientTimeout(
-            total=None,
-            connect=proxy.connect_timeout + proxy.read_timeout,
-            sock_connect=proxy.connect_timeout,
-            sock_read=proxy.read_timeout,
-        ),
-        skip_auto_headers=("User-Agent", "Accept-Encoding", "Accept", "Content-Type"),
+UPSTREAM_ERRORS = (UpstreamUnreachable, UpstreamTimeout)
+
+
+def create_pool(proxy: Proxy) -> UpstreamPool:
+    """The one upstream client of an app."""
+    return UpstreamPool(
+        limit=proxy.max_connections,
+        connect_timeout_s=proxy.connect_timeout,
+        read_timeout_s=proxy.read_timeout,
     )
 
 
 @contextlib.contextmanager
-def map_client_errors(what: str = "upstream") -> Iterator[None]:
-    """Translate aiohttp client errors into the sidecar's own 502/504."""
+def upstream_errors() -> Iterator[None]:
+    """Translate the upstream client's failures (no answer, a malformed one, an answer cut or
+    gone silent while read) into the sidecar's own 502/504."""
     try:
         yield
-    except aiohttp.ConnectionTimeoutError as exc:
-        raise UpstreamUnreachable(f"cannot connect to {what} in time", kind="connect") from exc
-    except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-        raise UpstreamTimeout(f"{what} did not answer in time", kind="timeout") from exc
-    except aiohttp.ClientConnectorError as exc:
-        raise UpstreamUnreachable(
-            f"cannot connect to {what}: {exc.os_error}", kind="connect"
-        ) from exc
+    except PoolError as exc:
+        error = UpstreamTimeout if exc.kind == "timeout" else UpstreamUnreachable
+        raise error(str(exc), kind=exc.kind) from None
+    except aiohttp.ServerTimeoutError:
+        raise UpstreamTimeout("the upstream went silent mid-answer", kind="timeout") from None
     except aiohttp.ClientError as exc:
         raise UpstreamUnreachable(
-            f"{what} failed: {exc.__class__.__name__}", kind="protocol"
-        ) from exc
+            f"the upstream failed mid-answer: {exc.__class__.__name__}", kind="protocol"
+        ) from None
 
 
 def request_target(request: web.Request) -> str:
@@ -113,7 +108,7 @@ class Replayed(NoInventedHeaders, web.Response):
 
 async def open_upstream(
     request: web.Request, call: CallContext, body: bytes | None = None
-) -> aiohttp.ClientResponse | UpstreamResponse:
+) -> UpstreamResponse:
     """Send the request upstream, with `body` (read already) or the client's body streamed
     within `clients.body_timeout` per part; return the response (headers read)."""
     settings = request.app[RUNTIME].settings
@@ -132,25 +127,15 @@ async def open_upstream(
         data = paced(request, call, settings.clients)
     url = upstream_url(call.upstream, request)
     started = time.perf_counter()
-    response: aiohttp.ClientResponse | UpstreamResponse
-    if settings.proxy.client == "pool":
-        try:
+    try:
+        with upstream_errors():
             response = await request.app[POOL].request(request.method, url, headers, data)
-        except PoolError as exc:
-            error = UpstreamTimeout if exc.kind == "timeout" else UpstreamUnreachable
-            raise error(str(exc), kind=exc.kind) from None
-    else:
-        try:
-            with map_client_errors():
-                response = await request.app[HTTP].request(
-                    request.method, url, headers=headers, data=data, allow_redirects=False
-                )
-        except SidecarError:
-            if call.client_stalled:  # the client's body stalled, not the upstream
-                raise RequestTimeout(
-                    f"each part of the body must arrive within {settings.clients.body_timeout:g}s"
-                ) from None
-            raise
+    except SidecarError:
+        if call.client_stalled:  # the client's body stalled, not the upstream
+            raise RequestTimeout(
+                f"each part of the body must arrive within {settings.clients.body_timeout:g}s"
+            ) from None
+        raise
     call.upstream_s = time.perf_counter() - started
     return response
 
@@ -158,7 +143,7 @@ async def open_upstream(
 async def relay(
     request: web.Request,
     call: CallContext,
-    upstream: aiohttp.ClientResponse | UpstreamResponse,
+    upstream: UpstreamResponse,
     extra_headers: dict[str, str] | None = None,
 ) -> web.StreamResponse:
     """Relay an upstream answer unchanged (status, headers, body), streamed."""

@@ -26,9 +26,9 @@ import aiohttp
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
-from .connections import REDIS_FAULTS
+from ..connections import REDIS_FAULTS
+from ..errors import InternalError, SidecarError, Unavailable, error_response
 from .context import CONTEXT, CallContext, RequestContext
-from .errors import InternalError, SidecarError, Unavailable, error_response
 from .listener import close_after_answer
 
 logger = logging.getLogger(__name__)

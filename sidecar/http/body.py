@@ -18,19 +18,19 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from .config import Clients
-from .context import UNMATCHED, CallContext
-from .errors import (
+from ..config import Clients
+from ..errors import (
     ExpectationFailed,
     PayloadTooLarge,
     RequestTimeout,
     SidecarError,
     error_response,
 )
-from .ids import new_id
+from ..ids import new_id
+from ..metrics import METRICS, status_class
+from ..routing import RUNTIME
+from .context import UNMATCHED, CallContext
 from .listener import close_after_answer
-from .metrics import status_class
-from .state import METRICS, RUNTIME
 
 
 def declared_length(request: web.Request) -> int | None:

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from aiohttp import web
 from yarl import URL
 
-from .routing import CompiledRoute
-from .trace import Trace
+from ..routing import CompiledRoute
+from ..trace import Trace
 
 UNMATCHED = "-"  # route label of proxied requests no route matched
 _NO_URL = URL()

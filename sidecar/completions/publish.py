@@ -2,16 +2,18 @@
 
 Completions read from a stream reach webhooks through their own consumer group; those only a
 poller sees are handed to the app's `CompletionPublisher` (`app[PUBLISHER]`). The webhooks
-capability provides one; without it nothing is published.
+engine provides one; without it nothing is published.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from ..completion import Completion
+from aiohttp import web
+
 from ..config import Route
 from ..tracking import TrackedCall
+from .completion import Completion
 
 
 class CompletionPublisher(Protocol):
@@ -31,3 +33,6 @@ class NoPublisher:
         self, route: Route, completion: Completion, tracked: TrackedCall | None
     ) -> None:
         """Drop the completion."""
+
+
+PUBLISHER = web.AppKey("publisher", CompletionPublisher)

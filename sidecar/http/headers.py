@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from .ids import new_id
+from ..ids import new_id
 
 # RFC 9110 §7.6.1 plus the legacy ones every proxy drops.
 HOP_BY_HOP = frozenset(

@@ -32,11 +32,11 @@ from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from aiohttp.web_server import Server
 
-from .config import Clients
-from .errors import PROBLEM_JSON, problem_body
-from .ids import new_id
-from .logs import Every
-from .metrics import Metrics
+from ..config import Clients
+from ..errors import PROBLEM_JSON, problem_body
+from ..ids import new_id
+from ..logs import Every
+from ..metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

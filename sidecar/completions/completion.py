@@ -1,0 +1,107 @@
+"""What a completion is: the decoded event a source carried, and the result of one call.
+
+    Event       one message of a completion source, decoded: the id it names, its type, its
+                data (kept as the raw bytes, parsed only when used), where it was read
+                (the stream key and the entry's position)
+    Completion  the result of one call, however it was learnt (an event, or a poll)
+
+An event's data is JSON text when it parses; other text is data too (not JSON). A message
+without the id, with fields that are not UTF-8, or whose data looks like JSON (`{`, `[`) but does
+not parse is malformed (`MalformedEvent`): counted and logged by the readers, never fatal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from ..config import StreamWait
+
+Status = Literal["succeeded", "failed"]
+
+
+class MalformedEvent(ValueError):
+    """A message that cannot be a completion (no id, undecodable, broken JSON)."""
+
+
+EVENT_OVERHEAD = 400  # bytes a cached event costs beyond its data and ids (objects, dict slot)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One decoded message of a completion source. Its data stays the raw bytes of the data
+    field (validated, parsed again only when used), so a cached event costs about its size,
+    not a parsed tree."""
+
+    stream: str  # the stream key (topic, exchange, subject) it was read from
+    entry_id: str  # its position there (a stream entry id)
+    correlation_id: str
+    event_type: str | None
+    raw: bytes | None  # the data field as sent, None when absent
+    is_json: bool
+
+    @property
+    def data(self) -> Any:
+        """The data: parsed JSON, or the text itself, or None when absent."""
+        return parse_data(self.raw, self.is_json)
+
+    @property
+    def size(self) -> int:
+        """About how many bytes this event holds in memory."""
+        raw = len(self.raw) if self.raw else 0
+        return raw + len(self.correlation_id) + len(self.entry_id) + EVENT_OVERHEAD
+
+    def verdict(self, spec: StreamWait) -> Status | None:
+        """succeeded / failed by a route's type lists; None when the type is not the route's."""
+        if self.event_type in spec.success:
+            return "succeeded"
+        if self.event_type in spec.failure:
+            return "failed"
+        return None
+
+    def completion(self, status: Status) -> Completion:
+        """The completion this event means for a route that judged it `status`."""
+        return Completion(
+            self.correlation_id, status, self.data, self.is_json, self.event_type, raw=self.raw
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The result of one call, however it was learnt (stream event or poll)."""
+
+    correlation_id: str
+    status: Status
+    data: Any
+    is_json: bool
+    event_type: str | None = None
+    source: Literal["stream", "poll"] = "stream"
+    raw: bytes | None = None  # the data as sent (JSON text), when it came as bytes
+
+    @property
+    def succeeded(self) -> bool:
+        """True for a success."""
+        return self.status == "succeeded"
+
+
+def parse_data(raw: bytes | None, is_json: bool) -> Any:
+    """The value of a data field: parsed JSON, or the text itself (None stays None)."""
+    if raw is None:
+        return None
+    return orjson.loads(raw) if is_json else raw.decode("utf-8", "replace")
+
+
+def check_data(raw: bytes | None) -> bool:
+    """Whether a data field is JSON; raises `MalformedEvent` for one that looks like JSON
+    (`{`, `[`) but does not parse. Other text is data too (not JSON)."""
+    if raw is None:
+        return False
+    try:
+        orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        if raw.lstrip()[:1] in (b"{", b"["):
+            raise MalformedEvent("data is not valid JSON") from None
+        return False
+    return True

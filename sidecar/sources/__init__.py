@@ -1,0 +1,2 @@
+"""Completion sources: the readers that hand every completion message to the hub
+(`redis_streams`: Redis Streams)."""
