@@ -23,11 +23,12 @@ from ..state import REDIS, TRACKER
 from ..tasks import TaskSet
 from .attempt import create_webhook_session
 from .bodies import known_events
-from .delivery import DeliveryWorker, supervised
+from .delivery import DeliveryWorker
 from .dispatcher import Dispatcher
 from .keys import DELIVERY_GROUP, dispatch_group
 from .metrics import WebhookMetrics
 from .runtime import WEBHOOKS, WebhookRuntime
+from .supervise import supervised
 from .targets import TargetPolicy
 
 __all__ = ["WEBHOOKS", "webhooks_ctx"]

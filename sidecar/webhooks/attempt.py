@@ -1,15 +1,14 @@
 """One delivery attempt: a signed POST through the guarded session, and what to do next.
 
 `post_once` never raises: it returns an `AttemptResult` whose `error` is a class (dns, refused,
-connect, tls, timeout, http, internal) for the attempts log. `next_delay` applies the
-schedule with ±20 % jitter, slows down on 429/502/504 and honours `Retry-After` (bounded).
+connect, tls, timeout, http, internal) for the attempts log. What follows from it is decided in
+`retry`.
 """
 
 from __future__ import annotations
 
 import binascii
 import logging
-import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,9 +22,6 @@ from .targets import GuardedResolver, TargetPolicy, TargetRefused
 logger = logging.getLogger(__name__)
 
 EXCERPT_BYTES = 2048
-SLOW_DOWN = frozenset({429, 502, 504})
-RETRY_AFTER_MAX_S = 3600.0  # a receiver cannot push an attempt further than this
-JITTER = 0.2
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,17 +116,3 @@ async def post_once(
         # like any failure, so the message is never stuck unacknowledged.
         logger.exception("webhook attempt could not be made", extra={"url": url})
         return done(None, "internal", f"{exc.__class__.__name__}: {exc}")
-
-
-def next_delay(
-    schedule: Sequence[float], attempt: int, result: AttemptResult, rng: random.Random | None = None
-) -> float | None:
-    """Seconds until the next attempt after failed attempt `attempt` (1-based), or None: dead."""
-    if attempt > len(schedule):
-        return None
-    delay = schedule[attempt - 1] * (rng or random).uniform(1 - JITTER, 1 + JITTER)
-    if result.status in SLOW_DOWN:
-        delay *= 2
-    if result.retry_after_s is not None:
-        delay = max(delay, min(result.retry_after_s, RETRY_AFTER_MAX_S))
-    return delay
