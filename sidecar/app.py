@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from . import __version__
 from .admin.app import create_admin_app
+from .admin.services import AdminServices
 from .completions.hub import CompletionHub
 from .completions.publish import PUBLISHER, NoPublisher
 from .config import Settings
@@ -32,7 +33,7 @@ from .sync.wait import HELD, HeldCalls
 from .tasks import TaskSet
 from .tenancy import TenantHasher
 from .tracking import CallTracker
-from .webhooks import webhooks_ctx
+from .webhooks import WEBHOOKS, webhooks_ctx
 from .workers import in_worker
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,15 @@ def client_guard(app: web.Application, listener: str) -> ClientGuard:
 async def admin_ctx(app: web.Application) -> AsyncIterator[None]:
     """Serve the admin app on its own listener."""
     host, port = split_host_port(app[RUNTIME].settings.admin_listen)
-    admin = create_admin_app(app)
+    services = AdminServices(
+        runtime=app[RUNTIME],
+        metrics=app[METRICS],
+        hasher=app[HASHER],
+        redis=app[REDIS],
+        hub=app[HUB],
+        webhooks=app.get(WEBHOOKS),
+    )
+    admin = create_admin_app(services)
     runner = GuardedAppRunner(admin, guard=client_guard(app, "admin"), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=in_worker() or None)

@@ -17,5 +17,3 @@ HUB: web.AppKey[CompletionHub | None] = web.AppKey("hub")
 TRACKER: web.AppKey[CallTracker | None] = web.AppKey("tracker")
 HASHER = web.AppKey("hasher", TenantHasher)
 POLLERS = web.AppKey("pollers", TaskSet)
-# On the admin app (and its sub-apps): the proxy app whose state the admin handlers read.
-PROXY_APP = web.AppKey("proxy_app", web.Application)

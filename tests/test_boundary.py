@@ -13,7 +13,7 @@ import orjson
 import pytest
 from aiohttp import web
 
-import sidecar.admin.app
+import sidecar.admin.health
 import sidecar.http.upstream
 import sidecar.sync.call
 from sidecar.state import ADMIN_URL
@@ -114,7 +114,7 @@ async def test_a_bug_on_the_admin_listener_is_a_problem_too(
     upstream = await start_upstream(accepting_api())
     client = await start_sidecar(upstream)
     admin = client.app[ADMIN_URL]
-    monkeypatch.setattr(sidecar.admin.app, "generate_latest", bug)
+    monkeypatch.setattr(sidecar.admin.health, "generate_latest", bug)
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{admin}/metrics", headers={"X-Correlation-ID": "a-1"}) as resp:
             assert resp.status == 500

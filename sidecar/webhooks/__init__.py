@@ -1,10 +1,12 @@
-"""Webhooks: signed, tenant-scoped, durable fan-out of completions.
+"""Webhooks: the delivery engine, signed, tenant-scoped, durable fan-out of completions.
 
-Modules, bottom up: `keys` (Redis key layout), `signing` (Standard Webhooks), `targets` (SSRF
-policy, guarded resolver), `store` (subscriptions), `outbox`, `attempt` (one signed POST),
-`fanout` (payloads and messages), `runtime` (the services, built once), `delivery` (workers),
-`dispatcher` (completion streams → outbox), and the admin API: `bodies` (request bodies) and
-`api` (the endpoints).
+Modules, bottom up: `keys` (the Redis key layout), `signing` (Standard Webhooks), `targets`
+(SSRF policy, guarded resolver), `store` (subscriptions), `outbox` (messages and their queues),
+`messages` (the message log), `quotas`, `metrics`, `fanout` (payloads and messages of a
+completion), `attempt` (one signed POST), `retry` (when an attempt is made again), `planner`
+(fair slots), `outcome` (recording what an attempt led to), `runtime` (the services, built
+once), `supervise`, `delivery` (the workers' loops), `dispatcher` (completion streams → outbox).
+`webhooks_ctx` runs them. The HTTP API over them lives in `sidecar.admin`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from ..routing import RUNTIME
 from ..state import REDIS, TRACKER
 from ..tasks import TaskSet
 from .attempt import create_webhook_session
-from .bodies import known_events
 from .delivery import DeliveryWorker
 from .dispatcher import Dispatcher
+from .fanout import known_events
 from .keys import DELIVERY_GROUP, dispatch_group
 from .metrics import WebhookMetrics
 from .runtime import WEBHOOKS, WebhookRuntime

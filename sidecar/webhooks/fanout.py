@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from ..completions.completion import Status
-from ..config import Route
+from ..config import Route, Settings
 from ..timestamps import iso
 from ..tracking import TrackedCall
 from .outbox import Message, message_id_for
@@ -42,6 +42,17 @@ def event_body(
         "status": status,
     }
     return orjson.dumps(body)
+
+
+TEST_EVENT = "webhook.test"  # default type of a test message; subscribable like a route event
+
+
+def known_events(settings: Settings) -> set[str]:
+    """Every event type a subscription may name: each route's two, plus the test type."""
+    events = {TEST_EVENT}
+    for route in settings.routes:
+        events.update((route.success_event, route.failure_event))
+    return events
 
 
 def event_type_of(route: Route, status: Status) -> str:

@@ -19,7 +19,7 @@ import orjson
 from ..connections import Client
 from ..tenancy import OPERATOR
 from ..timestamps import iso
-from .keys import message_key, message_log_key, owner_log_key
+from .keys import attempts_key, message_key, message_log_key, owner_log_key
 from .store import SubscriptionStore
 
 Status = Literal["succeeded", "failed"]
@@ -130,6 +130,31 @@ class MessageLog:
         else:
             next_cursor = None
         return [attempt for _, attempt in merged], next_cursor
+
+    async def subscription_attempts(
+        self, owner: str, sub_id: str, limit: int, result: str | None = None
+    ) -> list[dict[str, Any]]:
+        """A subscription's attempts log, newest first, at most `limit`, optionally only those
+        with one `result` (delivered, retry, dead, disabled, failed)."""
+        # The log is capped (ATTEMPTS_KEPT), so a filtered read scans it whole.
+        stop = -1 if result else limit - 1
+        raw = await self.redis.lrange(attempts_key(self.prefix, owner, sub_id), 0, stop)  # type: ignore[misc]
+        attempts: list[dict[str, Any]] = []
+        for item in raw:
+            try:
+                attempt = orjson.loads(item)
+            except orjson.JSONDecodeError:
+                continue
+            if result is None or attempt.get("result") == result:
+                attempts.append(attempt)
+                if len(attempts) >= limit:
+                    break
+        return attempts
+
+    async def of_subscription(self, owner: str, sub_id: str, message_id: str) -> bool:
+        """True when the message exists and is the subscription's."""
+        sub = await self.redis.hget(message_key(self.prefix, owner, message_id), "sub")  # type: ignore[misc]
+        return sub is not None and bool(sub.decode() == sub_id)
 
     async def _owner_of(self, message_id: str) -> str | None:
         owners = await self.owners()

@@ -199,6 +199,27 @@ class Outbox:
             await self.mark_ready([(owner, sub_id)])
         return bool(queued)
 
+    async def redeliver(
+        self, owner: str, sub_id: str, message_ids: list[str], trigger: str
+    ) -> dict[str, int]:
+        """Queue one more attempt now of each of these messages of the subscription (a manual
+        redelivery, a recovery); the attempt number each got, for those that exist and are
+        the subscription's (the others are left out)."""
+        if not message_ids:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for message_id in message_ids:
+                pipe.hmget(message_key(self.prefix, owner, message_id), ["sub", "attempts"])
+            rows = await pipe.execute()
+        queued: dict[str, int] = {}
+        for message_id, (sub, attempts) in zip(message_ids, rows, strict=True):
+            if sub is None or sub.decode() != sub_id:
+                continue
+            attempt = int(attempts or 0) + 1
+            if await self.requeue(owner, sub_id, message_id, attempt, trigger):
+                queued[message_id] = attempt
+        return queued
+
     async def mark_ready(self, queues: Iterable[tuple[str, str]]) -> None:
         """Say that these (owner, subscription) queues hold work, and ring the bell."""
         members = {ready_member(owner, sub): None for owner, sub in queues}

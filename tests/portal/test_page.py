@@ -16,8 +16,9 @@ import orjson
 import pytest
 from playwright.sync_api import Page, expect
 
+from sidecar.admin.app import ADMIN_ENDPOINTS
+from sidecar.admin.openapi import openapi_document
 from sidecar.config import Settings
-from sidecar.webhooks.openapi import openapi_document
 from tests.portal.conftest import OPERATOR_TOKEN, OpenPage, StartPortal
 from tests.portal.test_openapi import documented
 
@@ -46,7 +47,7 @@ def open_endpoint(page: Page, url: str) -> None:
 
 
 def calls_are_documented(page: Page) -> None:
-    doc = openapi_document(Settings())
+    doc = openapi_document(Settings(), ADMIN_ENDPOINTS)
     calls = page.watch.api_calls  # type: ignore[attr-defined]
     assert calls
     undocumented = [(m, p) for m, p in calls if not documented(doc, m, p)]

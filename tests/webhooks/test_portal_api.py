@@ -18,11 +18,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
+from sidecar.admin.sessions import session_key, token_hash
 from sidecar.app import create_app
 from sidecar.state import ADMIN_URL
-from sidecar.webhooks import sessions as sessions_module
+from sidecar.admin import sessions as sessions_module
 from sidecar.webhooks.runtime import WEBHOOKS
-from sidecar.webhooks.sessions import session_key, token_hash
 from tests.conftest import make_settings
 from tests.helpers import until_true
 from tests.webhooks.test_api import OP, OPERATOR_TOKEN, A, Answer, B, assert_problem

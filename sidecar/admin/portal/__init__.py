@@ -19,8 +19,7 @@ from aiohttp import web
 
 from ...config import Settings
 from ...errors import NotFound
-from ...routing import RUNTIME
-from ...state import PROXY_APP
+from ..services import SERVICES
 
 STATIC_PACKAGE = "sidecar.admin.portal"
 MAX_FILES = 200
@@ -118,7 +117,7 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     if path.startswith("/admin/api/"):
         response.headers.setdefault("Cache-Control", "no-store")
     elif path == "/admin" or path.startswith("/admin/"):
-        settings = request.app[PROXY_APP][RUNTIME].settings
+        settings = request.config_dict[SERVICES].settings
         response.headers["Content-Security-Policy"] = content_security_policy(settings)
         response.headers["Cross-Origin-Opener-Policy"] = "same-origin"
         response.headers["Cross-Origin-Resource-Policy"] = "same-origin"

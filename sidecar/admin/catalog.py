@@ -10,9 +10,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from aiohttp import web
+
 from ..config import Settings
-from .bodies import TEST_EVENT
-from .messages import MessageLog
+from ..webhooks.fanout import TEST_EVENT
+from ..webhooks.messages import MessageLog
+from .callers import caller_of, owner_scope
+from .endpoints import answer, endpoint
+from .services import services, webhooks_of
+from .views import EventTypeList
 
 MAX_DEPTH = 8
 MAX_ITEMS = 50
@@ -126,3 +132,19 @@ async def catalog(settings: Settings, log: MessageLog, owner: str | None) -> lis
             }
         )
     return out
+
+
+@endpoint(
+    "get",
+    "/event-types",
+    "listEventTypes",
+    "Every event type, with an example payload",
+    "catalog",
+    answer=EventTypeList,
+)
+async def event_types(request: web.Request) -> web.Response:
+    """Every event type the routes emit (and the test type), with an example payload."""
+    runtime = webhooks_of(request)
+    caller = await caller_of(request)
+    items = await catalog(services(request).settings, runtime.messages, owner_scope(caller))
+    return answer(EventTypeList.model_validate({"event_types": items}))

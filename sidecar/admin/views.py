@@ -1,7 +1,6 @@
-"""Answers of the admin API as pydantic models: what the OpenAPI document says each endpoint
-returns. The portal's endpoints build their answers through these models, so the two cannot
-drift; the subscription endpoints' answers are checked against them by the API tests and the
-schema-driven fuzz run. Answers may gain fields (extra members are allowed)."""
+"""Answers of the admin API as pydantic models: every endpoint builds its answer through one, and
+the OpenAPI document describes the answers with the same models, so the two cannot drift.
+Answers may gain fields in later versions."""
 
 from __future__ import annotations
 
@@ -26,6 +25,19 @@ class Problem(View):
     reason: str | None = Field(
         None, description="401 of a portal session: expired, revoked, unknown."
     )
+
+
+class Health(View):
+    """The process is up."""
+
+    status: str
+
+
+class Readiness(View):
+    """Whether the sidecar is ready to serve, and if not (or degraded), why."""
+
+    status: str = Field(..., description="ready, ready (degraded), or not ready.")
+    reasons: dict[str, str] = Field(..., description="What is down, by part.")
 
 
 class SubscriptionView(View):
@@ -91,6 +103,7 @@ class AttemptLogEntry(View):
     """One attempt in a subscription's attempts log."""
 
     message_id: str
+    sub_id: str | None = None
     type: str
     attempt: int
     time: str

@@ -1,0 +1,83 @@
+"""The admin listener's own endpoints: liveness, readiness and the Prometheus metrics."""
+
+from __future__ import annotations
+
+import os
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from ..workers import METRICS_ENV
+from .endpoints import answer, endpoint
+from .services import services
+from .views import Health, Readiness
+
+HEALTH = "health"
+
+
+@endpoint(
+    "get",
+    "/healthz",
+    "healthz",
+    "The process is up",
+    HEALTH,
+    access="public",
+    answer=Health,
+    prefix="",
+)
+async def healthz(request: web.Request) -> web.Response:
+    """The process is up."""
+    return answer(Health(status="ok"))
+
+
+@endpoint(
+    "get",
+    "/readyz",
+    "readyz",
+    "Ready to serve (503: not ready, the reasons say why)",
+    HEALTH,
+    access="public",
+    answer=Readiness,
+    also=frozenset({503}),
+    prefix="",
+)
+async def readyz(request: web.Request) -> web.Response:
+    """Ready when the config is loaded and, if configured, Redis answers and the completion
+    reader is connected; else 503 with the reasons."""
+    found = services(request)
+    reasons: dict[str, str] = {}
+    if found.redis is not None:
+        for node, why in (await found.redis.nodes_down()).items():
+            reasons[f"redis {node}"] = f"Redis does not answer: {why}"
+        hub = found.hub
+        if hub is not None and hub.streams and not hub.connected.is_set():
+            reasons["stream_reader"] = "the completion reader is not connected to Redis"
+    if not found.settings.readiness.require_redis:
+        # Redis is named, but it does not take the sidecar out of service: calls degrade.
+        status = "ready (degraded)" if reasons else "ready"
+        return answer(Readiness(status=status, reasons=reasons))
+    status = "not ready" if reasons else "ready"
+    return answer(Readiness(status=status, reasons=reasons), 503 if reasons else 200)
+
+
+@endpoint(
+    "get",
+    "/metrics",
+    "metrics",
+    "Prometheus metrics (text exposition format)",
+    HEALTH,
+    access="public",
+    media="text/plain",
+    prefix="",
+)
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text exposition: this app's own registry, or, with workers, every worker's
+    samples summed (whichever worker answers)."""
+    registry = services(request).metrics.registry
+    if METRICS_ENV in os.environ:
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    response = web.Response(body=generate_latest(registry))
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return response
