@@ -37,6 +37,7 @@ lint: install node_modules/.package-lock.json
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 	$(BIOME) ci --error-on-warnings $(BIOME_COLORS)
 
 format: install node_modules/.package-lock.json

@@ -28,7 +28,6 @@ from typing import Any, Literal
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
@@ -119,33 +118,6 @@ async def detect_cluster(url: str, kwargs: dict[str, Any]) -> bool | None:
         await client.aclose()
 
 
-python_pack_command = AbstractConnection.pack_command  # redis-py's own (kept for comparison)
-
-
-def pack_with_hiredis() -> bool:
-    """Encode commands with hiredis's C packer instead of redis-py's Python one (its asyncio
-    connections have no such option; its sync ones use hiredis when installed). The bytes are
-    the same; a burst of calls spends about half as much CPU on Redis commands. Applies to
-    every asyncio connection class (plain, TLS, unix, Sentinel-managed, cluster nodes); False
-    when hiredis (or its packer) is missing, and redis-py's own packer stays."""
-    try:
-        from hiredis import pack_command
-    except ImportError:
-        return False
-
-    def packed(self: AbstractConnection, *args: Any) -> list[bytes]:
-        first = args[0]
-        # Like redis-py: a command name with a space ("XINFO CONSUMERS") is sent as words.
-        if (isinstance(first, str) and " " in first) or (
-            isinstance(first, bytes) and b" " in first
-        ):
-            args = (*first.split(), *args[1:])
-        return [pack_command(args)]
-
-    AbstractConnection.pack_command = packed  # type: ignore[method-assign]
-    return True
-
-
 class RedisConnections:
     """The Redis clients of one app: `shared`, and dedicated `reader()`s."""
 
@@ -157,7 +129,6 @@ class RedisConnections:
         self.kwargs = connection_kwargs(settings)
         self.mode: Mode = "sentinel" if settings.redis_sentinel else "plain"
         self._sentinel: Sentinel | None = None
-        pack_with_hiredis()
         self._known_nodes: set[tuple[str, int]] = set()  # cluster nodes seen (to reseed)
         self._primary: tuple[str, int] | None = None  # the Sentinel-named primary last seen
         self.shared: Client = self._plain_shared()

@@ -1,16 +1,12 @@
-"""Running the sidecar as a process: listen, drain on SIGTERM/SIGINT, reload routes on SIGHUP."""
+"""Running the sidecar as a process: set the process up (`process`), listen, drain on
+SIGTERM/SIGINT, reload routes on SIGHUP."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
-import gc
 import logging
 import os
-import resource
 import signal
-import sys
 from pathlib import Path
 
 from aiohttp import web
@@ -21,6 +17,12 @@ from .config.advice import advice
 from .http.listener import GuardedAppRunner
 from .logs import setup_logging
 from .metrics import METRICS
+from .process import (
+    give_back_large_blocks,
+    pack_with_hiredis,
+    raise_open_files_limit,
+    settle_memory,
+)
 from .routing import RUNTIME
 from .workers import die_with_supervisor, in_worker
 
@@ -68,73 +70,11 @@ def reload_config(app: web.Application, path: Path) -> bool:
     return True
 
 
-SPARE_FILES = 256  # Redis, logs, the admin listener's few clients, the event loop itself
-
-
-def files_wanted(settings: Settings) -> int:
-    """Open files a busy process may need: every client connection the proxy listener admits,
-    every pooled upstream connection, and a spare for the rest."""
-    return settings.clients.max_connections + settings.proxy.max_connections + SPARE_FILES
-
-
-def raise_open_files_limit(settings: Settings) -> None:
-    """Raise the soft open-files limit to the hard one, and warn when even that is too low for
-    `clients.max_connections` (past the limit accept() fails and connections are dropped)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = files_wanted(settings)
-    if soft < hard:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-    if soft != resource.RLIM_INFINITY and soft < wanted:
-        logger.warning(
-            "the open-files limit is below what clients.max_connections needs; lower "
-            "max_connections or raise the limit (ulimit -n)",
-            extra={
-                "limit": soft,
-                "wanted": wanted,
-                "max_connections": settings.clients.max_connections,
-            },
-        )
-
-
-# The collector's first generation is collected after this many new objects (CPython's default:
-# 700). Each held call leaves a handful of long-lived objects; at the default, the collector
-# walked the held calls again and again and took half the CPU of a burst of new calls.
-GC_THRESHOLDS = (50_000, 20, 100)
-
-
-def settle_memory() -> None:
-    """Once started: move what startup made out of the collector's way (`gc.freeze`) and
-    collect the youngest generation less often; a held call is not garbage."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
-MMAP_THRESHOLD = 128 * 1024  # glibc's own starting value, kept instead of raised
-
-
-def give_back_large_blocks() -> None:
-    """glibc serves allocations over its mmap threshold with their own mappings, returned to
-    the system when freed, but raises the threshold (up to 32 MiB) each time such a block is
-    freed: after a burst of large events or bodies, later ones come from the heap and the
-    process keeps hundreds of MiB it no longer uses. Fixing the threshold keeps it lean.
-    `MALLOC_MMAP_THRESHOLD_` in the environment overrides this; elsewhere than glibc a no-op."""
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ or not sys.platform.startswith("linux"):
-        return
-    m_mmap_threshold = -3
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)
-    except (OSError, AttributeError):
-        return  # not glibc (musl, say): its allocator has no such threshold
-
-
 async def serve(settings: Settings, config_path: Path) -> None:
     """Serve until SIGTERM/SIGINT, then drain in-flight calls within `shutdown_grace`."""
     die_with_supervisor()
     give_back_large_blocks()
+    pack_with_hiredis()
     raise_open_files_limit(settings)
     for said in advice(settings):
         logger.warning(said)

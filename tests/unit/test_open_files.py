@@ -13,7 +13,7 @@ CHILD = """
 import json, logging, resource, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[1])))
 from sidecar.config import Settings
-from sidecar.server import raise_open_files_limit
+from sidecar.process import raise_open_files_limit
 
 class Keep(logging.Handler):
     said = []

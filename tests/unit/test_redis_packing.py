@@ -1,4 +1,5 @@
-"""Commands packed by hiredis are byte for byte what redis-py itself would send."""
+"""Commands packed by hiredis (what `sidecar run` opts into at start) are byte for byte what
+redis-py itself would send."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 import pytest
 from redis.asyncio.connection import AbstractConnection, Connection
 
-from sidecar.connections import pack_with_hiredis, python_pack_command
+from sidecar.process import pack_with_hiredis, python_pack_command
 
 COMMANDS: list[tuple[Any, ...]] = [
     ("SET", "key", b"bytes", 7, 2.5, "unicode é", 12345678901234567890),
@@ -20,7 +21,11 @@ COMMANDS: list[tuple[Any, ...]] = [
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: str(c[0]))
-def test_hiredis_packing_is_what_redis_py_sends(command: tuple[Any, ...]) -> None:
+def test_hiredis_packing_is_what_redis_py_sends(
+    command: tuple[Any, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The packer is replaced for the whole process: put redis-py's back after the test.
+    monkeypatch.setattr(AbstractConnection, "pack_command", python_pack_command)
     assert pack_with_hiredis()
     connection = Connection()
     ours = b"".join(AbstractConnection.pack_command(connection, *command))

@@ -18,10 +18,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client import CollectorRegistry
 
+from sidecar.admin import sessions as sessions_module
 from sidecar.admin.sessions import session_key, token_hash
 from sidecar.app import create_app
 from sidecar.state import ADMIN_URL
-from sidecar.admin import sessions as sessions_module
 from sidecar.webhooks.runtime import WEBHOOKS
 from tests.conftest import make_settings
 from tests.helpers import until_true
