@@ -21,7 +21,7 @@ import aiohttp
 import psutil
 import redis.asyncio as aioredis
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # the repository
 STREAM_ROUTE = "bench-stream"  # the sync route every benchmark config names
 
 

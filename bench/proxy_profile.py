@@ -30,7 +30,7 @@ from devtools.redis_server import free_port
 from . import loadgen
 from .flame import write_profile
 from .harness import ROOT, cpu_seconds, pinned, python_command, spawn, stop_process, wait_http
-from .proxy_bench import (
+from .proxy_rig import (
     DOCS,
     Background,
     Env,

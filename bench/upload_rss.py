@@ -37,7 +37,8 @@ from aiohttp import web
 
 from devtools.redis_server import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+from .harness import ROOT
+
 MIB = 1024 * 1024
 BLOCK = MIB  # the unit the client sends and the sink generates
 SAMPLE_INTERVAL_S = 0.05

@@ -57,9 +57,8 @@ from sidecar.webhooks.keys import dispatch_group, queue_key
 from sidecar.webhooks.outbox import Outbox, message_id_for
 from sidecar.webhooks.store import Subscription, SubscriptionStore
 
-from .harness import wait_http
+from .harness import ROOT, wait_http
 
-ROOT = Path(__file__).resolve().parents[2]
 ROUTE = "bench-hook"
 EVENT = "bench.done"
 
