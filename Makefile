@@ -11,7 +11,7 @@ DEPS := PYTHON=$(PYTHON) scripts/test-deps
 BIOME := node_modules/.bin/biome
 BIOME_COLORS := $$(test -t 2 || echo --colors=off)
 
-.PHONY: install test lint format demo run check schema bench bench-proxy bench-profile clean
+.PHONY: install test lint format demo run check schema bench bench-proxy bench-profile bench-clients clean
 
 $(BIN)/sidecar: pyproject.toml
 	$(DEPS) --base
@@ -59,24 +59,35 @@ check: install
 schema: install
 	$(BIN)/sidecar schema > config/sidecar.schema.json
 
-# Benchmarks (docs/benchmarks.md), all on 127.0.0.1, about a minute each. The large-body RSS
-# bench streams 3 GiB: run it by hand (python -m bench.upload_rss).
+# Benchmarks (docs/benchmarks.md), all on 127.0.0.1: the synchronised call (sync_bench) and
+# webhook delivery (webhook_bench), about a minute each; fails if either does. By hand: the
+# large-body RSS bench streams 3 GiB (python -m bench.upload_rss), instructions per call under
+# valgrind (python -m bench.call_instructions [--other PATH]), each request step timed alone
+# (python -m bench.micro_costs).
 bench: install
 	$(BIN)/python -m bench.sync_bench
 	$(BIN)/python -m bench.webhook_bench
 
 # The proxy benchmark (docs/benchmarks.md): pass-through against a minimal aiohttp proxy and nginx,
-# synchronised intake, held calls, event->answer; 3 runs (~7 min), figures against the targets,
+# synchronised intake, held calls, event->answer; 3 runs (~10 min), figures against the targets,
 # docs/bench/proxy-latest.json/.png. Uses wrk and nginx when installed (apt-get install nginx wrk).
 # BENCH_ARGS="--label before" names the output; "--quick" is a 1-minute smoke run.
 bench-proxy: install
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.proxy_bench $(BENCH_ARGS)
 
-# py-spy flame graphs of the pass-through and of the synchronised intake, in docs/bench/profiles/.
+# py-spy flame graphs of the pass-through and of the synchronised intake, in docs/bench/profiles/;
+# BENCH_ARGS=--native adds C frames.
 bench-profile: install
 	$(BIN)/pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench.proxy_bench --profile $(BENCH_ARGS)
+
+# The upstream clients alone, side by side: the sidecar's pool against an aiohttp ClientSession,
+# 20,000 GETs of a 204-byte JSON from nginx, 3 interleaved rounds each, GETs/s and CPU per GET,
+# and instructions per GET under valgrind when installed (~1 min); docs/bench/upstream-clients.json.
+# BENCH_ARGS="--quick" is a smoke run.
+bench-clients: install
+	$(BIN)/python -m bench.upstream_clients --instructions $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache node_modules

@@ -69,12 +69,18 @@ def binary() -> str | None:
 
 
 def write_config(
-    directory: Path, *, port: int, upstream: int | None = None, nofile: int = 20000
+    directory: Path,
+    *,
+    port: int,
+    upstream: int | None = None,
+    nofile: int = 20000,
+    answer: str = BODY_50,
 ) -> Path:
-    """An nginx.conf in `directory`: the upstream when `upstream` is None, else a proxy to it."""
+    """An nginx.conf in `directory`: the upstream (a GET answered 200 with `answer`, a JSON
+    without `'`) when `upstream` is None, else a proxy to it."""
     directory.mkdir(parents=True, exist_ok=True)
     if upstream is None:
-        body = _UPSTREAM.format(port=port, body=BODY_50)
+        body = _UPSTREAM.format(port=port, body=answer)
     else:
         body = _PROXY.format(port=port, upstream=upstream)
     text = _COMMON.format(
