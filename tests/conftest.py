@@ -1,6 +1,7 @@
 """Shared fixtures: a real Redis (the one at $REDIS_URL, else a throwaway server), per-test key
-isolation, fake upstreams as real aiohttp servers, and the sidecar under test with its cleanup
-contexts running."""
+isolation, fake upstreams as real aiohttp servers (`fake_api`), the sidecar under test with its
+cleanup contexts running (`start_sidecar`), a client of its admin API (`start_admin`), and the
+sidecar as a real process (`run_sidecar`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -19,6 +21,11 @@ from prometheus_client import CollectorRegistry
 from devtools.redis_server import RedisServer, RedisUnavailable, answers
 from sidecar.app import create_app
 from sidecar.config import Settings, parse_settings
+from sidecar.state import ADMIN_URL
+
+from .admin_support import OPERATOR_TOKEN, Admin, StartAdmin
+from .fakes import FakeApi
+from .processes import StartProcess, sidecar_processes
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +101,22 @@ async def start_upstream(aiohttp_server: Any) -> Upstream:
     return start
 
 
+FakeApiFactory = Callable[..., Awaitable[FakeApi]]
+
+
+@pytest.fixture
+def fake_api(start_upstream: Upstream) -> FakeApiFactory:
+    """Start a fake asynchronous API (`tests.fakes.FakeApi`); keyword arguments set its fields,
+    e.g. `await fake_api(accept="POST /api/users", location="/users/{cid}")`."""
+
+    async def start(**fields: Any) -> FakeApi:
+        api = FakeApi(**fields)
+        api.server = await start_upstream(api.app())
+        return api
+
+    return start
+
+
 def make_settings(upstream: str, **overrides: Any) -> Settings:
     """Settings for a test sidecar on ephemeral ports, validated like a real file."""
     raw: dict[str, Any] = {
@@ -113,8 +136,10 @@ SidecarFactory = Callable[..., Awaitable[TestClient]]
 async def start_sidecar(aiohttp_client: Any, sidecars: list[TestClient]) -> SidecarFactory:
     """Start the real sidecar app (cleanup contexts and all) in front of `upstream`."""
 
-    async def start(upstream: str | TestServer, **overrides: Any) -> TestClient:
-        if isinstance(upstream, TestServer):
+    async def start(upstream: str | TestServer | FakeApi, **overrides: Any) -> TestClient:
+        if isinstance(upstream, FakeApi):
+            upstream = upstream.url
+        elif isinstance(upstream, TestServer):
             upstream = str(upstream.make_url("")).rstrip("/")
         settings = make_settings(upstream, **overrides)
         client: TestClient = await aiohttp_client(create_app(settings, CollectorRegistry()))
@@ -122,3 +147,53 @@ async def start_sidecar(aiohttp_client: Any, sidecars: list[TestClient]) -> Side
         return client
 
     return start
+
+
+@pytest.fixture
+async def start_admin(
+    redis: aioredis.Redis,
+    redis_url: str,
+    key_prefix: str,
+    aiohttp_client: Any,
+    sidecars: list[TestClient],
+) -> AsyncIterator[StartAdmin]:
+    """Start the real sidecar (cleanup contexts and all) on this test's Redis and key prefix,
+    with `OPERATOR_TOKEN` as its admin token and an upstream nobody listens on; returns an
+    `Admin` (tests/admin_support.py) of its admin listener. Keyword arguments are settings that
+    override those (`routes=[...]`, `webhooks={...}`, `upstream=...`, `redis_url=None`)."""
+    sessions: list[aiohttp.ClientSession] = []
+
+    async def start(**overrides: Any) -> Admin:
+        raw: dict[str, Any] = {
+            "redis_url": redis_url,
+            "key_prefix": key_prefix,
+            "admin_token": OPERATOR_TOKEN,
+            **overrides,
+        }
+        upstream = raw.pop("upstream", "http://127.0.0.1:9")
+        client: TestClient = await aiohttp_client(
+            create_app(make_settings(upstream, **raw), CollectorRegistry())
+        )
+        sidecars.append(client)
+        sessions.append(aiohttp.ClientSession())
+        return Admin(client.app[ADMIN_URL], sessions[-1], client.app)
+
+    yield start
+    for session in sessions:
+        await session.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    """A client session for talking to sidecar processes; short timeouts so a broken test
+    fails rather than hangs."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
+        yield session
+
+
+@pytest.fixture
+async def run_sidecar(tmp_path: Path, http: aiohttp.ClientSession) -> AsyncIterator[StartProcess]:
+    """Start `sidecar run` processes (tests/processes.py), each with its config; any still
+    running is killed at teardown."""
+    async with sidecar_processes(tmp_path, http) as start:
+        yield start

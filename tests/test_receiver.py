@@ -29,6 +29,7 @@ from sidecar.state import ADMIN_URL
 from sidecar.webhooks.signing import new_secret, signature_headers
 
 from .conftest import SidecarFactory
+from .helpers import until_true
 
 Client = TestClient[web.Request, web.Application]
 
@@ -298,14 +299,15 @@ async def test_the_installed_command_receives_a_signed_delivery() -> None:
         base = f"http://127.0.0.1:{port}"
         body = orjson.dumps(EVENT)
         async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(10):
-                while True:  # the banner comes just before it listens
-                    try:
-                        async with http.get(base + "/healthz") as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientConnectionError:
-                        await asyncio.sleep(0.02)
+
+            async def listening() -> bool:  # the banner comes just before it listens
+                try:
+                    async with http.get(base + "/healthz") as r:
+                        return r.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await until_true(listening, timeout_s=10, what="the receiver's /healthz")
             async with http.post(base + "/hooks", data=body, headers=signed(body)) as r:
                 assert r.status == 204
             forged = signed(body, secrets=[new_secret()])

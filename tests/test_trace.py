@@ -18,12 +18,8 @@ from sidecar.trace import TraceFields
 from sidecar.webhooks import WEBHOOKS
 
 from .conftest import Upstream
-from .test_server import (
-    StartProcess,
-    base_config,
-    http,  # noqa: F401 - a fixture
-    run_sidecar,  # noqa: F401 - a fixture
-)
+from .helpers import until
+from .processes import StartProcess, base_config
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -116,9 +112,8 @@ async def test_the_clients_trace_reaches_the_upstream_and_every_delivery(
         spans.add(span)
     assert len(spans | {call_span, CLIENT_SPAN}) == 4
     # The attempts' log lines are in the trace too, each with its attempt's span.
-    async with asyncio.timeout(5):
-        while len(logged := attempt_lines(caplog)) < 2:  # noqa: ASYNC110 - log records
-            await asyncio.sleep(0.01)
+    await until(lambda: len(attempt_lines(caplog)) >= 2, timeout_s=5, every_s=0.01)
+    logged = attempt_lines(caplog)
     assert {(r.trace_id, r.span_id) for r in logged} == {(TRACE, span) for span in spans}
 
 
@@ -202,8 +197,8 @@ async def test_polls_of_the_location_carry_the_calls_trace(
 
 async def test_every_log_line_of_a_call_carries_its_trace(
     start_upstream: Upstream,
-    run_sidecar: StartProcess,  # noqa: F811
-    http: aiohttp.ClientSession,  # noqa: F811
+    run_sidecar: StartProcess,
+    http: aiohttp.ClientSession,
     redis_url: str,
     key_prefix: str,
 ) -> None:

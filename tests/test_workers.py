@@ -12,14 +12,8 @@ import pytest
 from aiohttp import web
 
 from .conftest import Upstream
-from .test_server import (
-    SidecarProcess,
-    StartProcess,
-    base_config,
-    http,  # noqa: F401 - a fixture
-    metric_value,
-    run_sidecar,  # noqa: F401 - a fixture
-)
+from .helpers import until_true
+from .processes import SidecarProcess, StartProcess, base_config, metric_value
 
 PASSED = 'sidecar_requests_total{outcome="passthrough",route="-",status_class="2xx"}'
 
@@ -54,8 +48,8 @@ async def calls(session: aiohttp.ClientSession, url: str, n: int, method: str = 
 
 async def test_two_workers_share_the_listeners_survive_a_kill_and_sum_their_metrics(
     start_upstream: Upstream,
-    run_sidecar: StartProcess,  # noqa: F811
-    http: aiohttp.ClientSession,  # noqa: F811
+    run_sidecar: StartProcess,
+    http: aiohttp.ClientSession,
 ) -> None:
     release = asyncio.Event()
 
@@ -87,9 +81,10 @@ async def test_two_workers_share_the_listeners_survive_a_kill_and_sum_their_metr
     async def in_flight() -> float:
         return await metric_value(http, sidecar.admin_url, "sidecar_requests_in_flight") or 0.0
 
-    async with asyncio.timeout(10):
-        while await in_flight() < 12:  # noqa: ASYNC110 - the other processes' state
-            await asyncio.sleep(0.02)
+    async def all_held() -> bool:
+        return await in_flight() >= 12
+
+    await until_true(all_held, timeout_s=10, what="12 calls held in the workers")
     first = worker_pids(sidecar)
     os.kill(first["0"], signal.SIGKILL)
     await sidecar.wait_log(lambda x: x.get("message") == "worker exited; restarting it")
@@ -125,7 +120,7 @@ async def test_two_workers_share_the_listeners_survive_a_kill_and_sum_their_metr
 
 async def test_workers_die_with_their_supervisor(
     start_upstream: Upstream,
-    run_sidecar: StartProcess,  # noqa: F811
+    run_sidecar: StartProcess,
 ) -> None:
     async def ok(request: web.Request) -> web.Response:
         return web.json_response({})
@@ -150,6 +145,4 @@ async def test_workers_die_with_their_supervisor(
                 pass
         return True
 
-    async with asyncio.timeout(10):
-        while not await gone():  # noqa: ASYNC110 - other processes' state
-            await asyncio.sleep(0.05)
+    await until_true(gone, timeout_s=10, every_s=0.05, what=f"workers {pids} still running")

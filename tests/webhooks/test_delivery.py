@@ -115,15 +115,17 @@ async def test_410_disables_and_last_attempt_dead_letters(
     outbox = Outbox(redis, key_prefix)
     await outbox.enqueue("msg_g", sub_gone.owner, sub_gone.id, "x", b"{}")
     await outbox.enqueue("msg_b", sub_broken.owner, sub_broken.id, "x", b"{}")
+    broken_log = attempts_key(key_prefix, sub_broken.owner, sub_broken.id)
+    log: list[bytes] = []
+
+    async def dead_lettered() -> bool:
+        nonlocal log
+        log = await redis.lrange(broken_log, 0, 0)  # type: ignore[misc]
+        return bool(log) and orjson.loads(log[0])["result"] == "dead"
+
     async with worker(redis, key_prefix, redis_url):
         statuses = [await asyncio.wait_for(calls.get(), 10) for _ in range(5)]
-        for _ in range(50):
-            log = await redis.lrange(
-                attempts_key(key_prefix, sub_broken.owner, sub_broken.id), 0, 0
-            )  # type: ignore[misc]
-            if log and orjson.loads(log[0])["result"] == "dead":
-                break
-            await asyncio.sleep(0.05)
+        await until_true(dead_lettered, timeout_s=3, every_s=0.05, what=lambda: f"log: {log}")
     assert sorted(statuses) == [410, 500, 500, 500, 500]
     after = await store.get(sub_gone.id)
     assert after is not None and not after.enabled

@@ -22,7 +22,7 @@ from sidecar.webhooks import WEBHOOKS
 from sidecar.webhooks.outbox import Message
 
 from ..conftest import SidecarFactory, Upstream
-from ..helpers import metric, until
+from ..helpers import metric, until, until_true
 
 A, B = "Bearer key-a", "Bearer key-b"
 
@@ -198,9 +198,7 @@ async def test_an_endpoint_failing_for_too_long_is_disabled(
         sub = await runtime.store.get(failing.id)
         return sub is not None and not sub.enabled
 
-    async with asyncio.timeout(10):
-        while not await disabled():  # noqa: ASYNC110 - the state is in Redis
-            await asyncio.sleep(0.02)
+    await until_true(disabled, timeout_s=10, what="the failing subscription disabled")
     sub = await runtime.store.get(failing.id)
     assert sub is not None and sub.disabled_reason == "failing"
     assert sub.public()["disabled_reason"] == "failing"
@@ -233,8 +231,9 @@ async def test_a_success_ends_the_failing_streak(
         key = f"{runtime.prefix}:wh:{{{sub.owner}}}:attempts:{sub.id}"
         return [orjson.loads(x) for x in await redis.lrange(key, 0, -1)]  # type: ignore[misc]
 
-    async with asyncio.timeout(10):
-        while len(await attempts()) < 3:  # noqa: ASYNC110 - the state is in Redis
-            await asyncio.sleep(0.02)
+    async def three_attempts() -> bool:
+        return len(await attempts()) >= 3
+
+    await until_true(three_attempts, timeout_s=10, what="three attempts logged")
     after = await runtime.store.get(sub.id)
     assert after is not None and after.enabled and after.failing_since == 0.0
