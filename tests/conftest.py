@@ -5,6 +5,7 @@ sidecar as a real process (`run_sidecar`)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -26,6 +27,7 @@ from sidecar.state import ADMIN_URL
 from .admin_support import OPERATOR_TOKEN, Admin, StartAdmin
 from .fakes import FakeApi
 from .processes import StartProcess, sidecar_processes
+from .streams import StreamEnv, StreamEnvFactory, users_route
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +149,47 @@ async def start_sidecar(aiohttp_client: Any, sidecars: list[TestClient]) -> Side
         return client
 
     return start
+
+
+@pytest.fixture
+async def stream_env(
+    fake_api: FakeApiFactory,
+    start_sidecar: SidecarFactory,
+    redis: aioredis.Redis,
+    redis_url: str,
+    key_prefix: str,
+) -> StreamEnvFactory:
+    """Make a `StreamEnv` (tests/streams.py): the users API, the sidecar in front of it with the
+    route `create-user` waiting on `{key_prefix}:users.events` (keyword arguments override the
+    route's keys), its reader connected. `url` is another Redis (own_redis), `readiness` that
+    block of the settings."""
+
+    async def make(
+        *,
+        routes: list[dict[str, Any]] | None = None,
+        url: str | None = None,
+        readiness: dict[str, Any] | None = None,
+        **route_overrides: Any,
+    ) -> StreamEnv:
+        stream = f"{key_prefix}:users.events"
+        api = await fake_api(
+            accept="POST /api/users", location="/users/{cid}", headers={"X-Upstream": "1"}
+        )
+        client = await start_sidecar(
+            api,
+            redis_url=url or redis_url,
+            key_prefix=key_prefix,
+            stream_reader={"block": "50ms"},
+            routes=routes or [users_route(stream, **route_overrides)],
+            **({"readiness": readiness} if readiness else {}),
+        )
+        env = StreamEnv(client, api, redis, stream)
+        await asyncio.wait_for(env.hub.connected.wait(), 5)
+        if url is not None:
+            env.redis = aioredis.Redis.from_url(url)
+        return env
+
+    return make
 
 
 @pytest.fixture
