@@ -20,13 +20,15 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
 from devtools.redis_server import RedisServer, RedisUnavailable, answers
-from sidecar.app import create_app
+from sidecar.app import client_guard, create_app
 from sidecar.config import Settings, parse_settings
+from sidecar.http.listener import GuardedAppRunner
 from sidecar.state import ADMIN_URL
 
 from .admin_support import OPERATOR_TOKEN, Admin, StartAdmin
 from .fakes import FakeApi
 from .processes import StartProcess, sidecar_processes
+from .raw_http import Proxy
 from .streams import StreamEnv, StreamEnvFactory, users_route
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -101,6 +103,35 @@ async def start_upstream(aiohttp_server: Any) -> Upstream:
         return server
 
     return start
+
+
+ProxyFactory = Callable[..., Awaitable[Proxy]]
+
+
+@pytest.fixture
+async def start_proxy() -> AsyncIterator[ProxyFactory]:
+    """Start the sidecar's proxy listener in front of `upstream` as `sidecar run` serves it
+    (guarded: header timeouts, connection caps, bad requests answered by the listener), on an
+    ephemeral port; returns a `Proxy` (tests/raw_http.py). Keyword arguments are settings."""
+    runners: list[GuardedAppRunner] = []
+
+    async def start(upstream: str | TestServer | FakeApi, **overrides: Any) -> Proxy:
+        if isinstance(upstream, FakeApi):
+            upstream = upstream.url
+        elif isinstance(upstream, TestServer):
+            upstream = str(upstream.make_url("")).rstrip("/")
+        app = create_app(make_settings(upstream, **overrides), CollectorRegistry())
+        runner = GuardedAppRunner(app, guard=client_guard(app, "proxy"), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        host, port = runner.addresses[0][:2]
+        return Proxy(app, host, port)
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
 
 
 FakeApiFactory = Callable[..., Awaitable[FakeApi]]
