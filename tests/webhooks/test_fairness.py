@@ -21,7 +21,7 @@ from sidecar.state import HASHER
 from sidecar.webhooks import WEBHOOKS
 from sidecar.webhooks.outbox import Message
 
-from ..conftest import SidecarFactory, Upstream
+from ..conftest import FakeApiFactory, SidecarFactory
 from ..helpers import metric, until, until_true
 
 A, B = "Bearer key-a", "Bearer key-b"
@@ -74,27 +74,17 @@ async def receivers(aiohttp_server: Any) -> AsyncIterator[Receivers]:
     box[0].release.set()
 
 
-def jobs_api() -> web.Application:
-    async def create(request: web.Request) -> web.Response:
-        cid = request.headers["X-Correlation-ID"]
-        return web.json_response({}, status=202, headers={"Location": f"/jobs/{cid}"})
-
-    app = web.Application()
-    app.router.add_post("/jobs", create)
-    return app
-
-
 Start = Callable[..., Awaitable[TestClient]]
 
 
 @pytest.fixture
 async def start(
-    start_upstream: Upstream, start_sidecar: SidecarFactory, redis_url: str, key_prefix: str
+    fake_api: FakeApiFactory, start_sidecar: SidecarFactory, redis_url: str, key_prefix: str
 ) -> Start:
     async def go(**webhooks: Any) -> TestClient:
         stream = f"{key_prefix}:jobs.events"
         client = await start_sidecar(
-            await start_upstream(jobs_api()),
+            await fake_api(accept="POST /jobs", location="/jobs/{cid}", accepted={}),
             redis_url=redis_url,
             key_prefix=key_prefix,
             stream_reader={"block": "50ms"},
