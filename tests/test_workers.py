@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import Upstream
+from .conftest import FakeApiFactory
 from .helpers import until_true
 from .processes import SidecarProcess, StartProcess, base_config, metric_value
 
@@ -47,23 +47,18 @@ async def calls(session: aiohttp.ClientSession, url: str, n: int, method: str = 
 
 
 async def test_two_workers_share_the_listeners_survive_a_kill_and_sum_their_metrics(
-    start_upstream: Upstream,
+    fake_api: FakeApiFactory,
     run_sidecar: StartProcess,
     http: aiohttp.ClientSession,
 ) -> None:
     release = asyncio.Event()
 
-    async def ok(request: web.Request) -> web.Response:
-        if request.path == "/hang":
-            await release.wait()
+    async def hang(request: web.Request) -> web.Response:
+        await release.wait()
         return web.json_response({"ok": True})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", ok)
-    upstream = await start_upstream(app)
-    sidecar = await run_sidecar(
-        base_config(str(upstream.make_url("")).rstrip("/"), [], workers=2, shutdown_grace="2s")
-    )
+    upstream = await fake_api(accept=None, routes={"POST /hang": hang})  # else 200 at once
+    sidecar = await run_sidecar(base_config(upstream.url, [], workers=2, shutdown_grace="2s"))
     await sidecar.wait_log(lambda _line: listening(sidecar) == {"0", "1"}, timeout_s=15)
     url = f"{sidecar.proxy_url}/ping"
     assert await calls(http, url, 40) == [200] * 40
@@ -119,18 +114,11 @@ async def test_two_workers_share_the_listeners_survive_a_kill_and_sum_their_metr
 
 
 async def test_workers_die_with_their_supervisor(
-    start_upstream: Upstream,
+    fake_api: FakeApiFactory,
     run_sidecar: StartProcess,
 ) -> None:
-    async def ok(request: web.Request) -> web.Response:
-        return web.json_response({})
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", ok)
-    upstream = await start_upstream(app)
-    sidecar = await run_sidecar(
-        base_config(str(upstream.make_url("")).rstrip("/"), [], workers=2, shutdown_grace="1s")
-    )
+    upstream = await fake_api(accept=None)
+    sidecar = await run_sidecar(base_config(upstream.url, [], workers=2, shutdown_grace="1s"))
     await sidecar.wait_log(lambda _line: listening(sidecar) == {"0", "1"}, timeout_s=15)
     pids = list(worker_pids(sidecar).values())
     sidecar.send(signal.SIGKILL)  # no chance to stop them itself

@@ -1,57 +1,23 @@
-"""The delivery worker on real Redis against real receivers: retries with one webhook-id, 410."""
+"""The delivery worker (sidecar/webhooks/delivery.py) on real Redis against real receivers:
+retries with one webhook-id, 410, the last attempt dead-lettered, a replayed entry, Retry-After."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 from standardwebhooks.webhooks import Webhook
 
-from sidecar.config import Settings, Webhooks
-from sidecar.connections import RedisConnections
-from sidecar.tracking import CallTracker
-from sidecar.webhooks.attempt import create_webhook_session
-from sidecar.webhooks.delivery import DeliveryWorker
 from sidecar.webhooks.keys import attempts_key, queue_key
-from sidecar.webhooks.metrics import WebhookMetrics
 from sidecar.webhooks.outbox import Outbox
-from sidecar.webhooks.runtime import WebhookRuntime
 from sidecar.webhooks.store import SubscriptionStore
-from sidecar.webhooks.targets import TargetPolicy
 
 from ..helpers import deliveries_settled, until_true
-
-CONFIG = Webhooks(allow_private_targets=True, schedule=[0.05, 0.1, 0.1], timeout=1.0)
-
-
-@contextlib.asynccontextmanager
-async def worker(
-    redis: aioredis.Redis, prefix: str, redis_url: str
-) -> AsyncIterator[DeliveryWorker]:
-    policy = TargetPolicy.from_settings(CONFIG)
-    session = create_webhook_session(policy, 8)
-    settings = Settings(key_prefix=prefix, webhooks=CONFIG, redis_url=redis_url)
-    tracker = CallTracker(redis, prefix, settings.tracking_ttl)
-    metrics = WebhookMetrics(CollectorRegistry())
-    connections = RedisConnections(settings)
-    runtime = WebhookRuntime(settings, connections, tracker, session, policy, metrics)
-    w = DeliveryWorker(runtime)
-    task = asyncio.create_task(w.run())
-    try:
-        yield w
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await session.close()
-        await connections.aclose()
+from .delivering import worker
 
 
 async def test_fail_then_succeed_keeps_one_webhook_id(

@@ -144,12 +144,6 @@ async def receiver(aiohttp_server: Any) -> AsyncIterator[Receiver]:
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
-        yield session
-
-
-@pytest.fixture
 async def run_sidecar(
     tmp_path: Path, http: aiohttp.ClientSession, redis: aioredis.Redis
 ) -> AsyncIterator[StartProcess]:
