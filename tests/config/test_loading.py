@@ -15,13 +15,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from sidecar.config import (
-    ConfigError,
-    Settings,
-    json_schema,
-    load_settings,
-    parse_settings,
-)
+from sidecar.config import ConfigError, Settings, json_schema, load_settings, parse_settings
 
 from .support import REFERENCE, ROOT, SCHEMA, problems_of, settings_of
 

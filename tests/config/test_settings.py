@@ -8,10 +8,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.config import (
-    ConfigError,
-    parse_settings,
-)
+from sidecar.config import ConfigError, parse_settings
 
 from .support import MISSING, UNKNOWN, problems_of, settings_of
 

@@ -6,9 +6,7 @@ import re
 
 import pytest
 
-from sidecar.config import (
-    parse_duration,
-)
+from sidecar.config import parse_duration
 
 from .support import settings_of
 
