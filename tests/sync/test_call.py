@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from ..conftest import ProxyFactory
+from ..helpers import keys_like
 from ..raw_http import raw_upstream
 
 SYNC = {
@@ -23,6 +25,7 @@ SYNC = {
     [(b"/jobs/\xff\xfe", "/jobs/%FF%FE"), (b"http://[::1/jobs/1", "http://[::1/jobs/1")],
 )
 async def test_a_malformed_location_on_a_202_is_relayed_and_not_tracked(
+    redis: aioredis.Redis,  # first: this test's keys are deleted once the proxy has stopped
     start_proxy: ProxyFactory,
     caplog: pytest.LogCaptureFixture,
     redis_url: str,
@@ -40,4 +43,6 @@ async def test_a_malformed_location_on_a_202_is_relayed_and_not_tracked(
         assert await resp.read() == b"{}"
     assert [r for r in caplog.records if "Location is malformed" in r.getMessage()]
     assert proxy.metric("sidecar_fallbacks_total", route="jobs", reason="bad_location") == 1
+    # A tracked 202 is answered once its record is written: there is none.
+    assert await keys_like(redis, f"{key_prefix}:call:*") == []
     server.close()
