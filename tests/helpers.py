@@ -1,4 +1,8 @@
-"""Small test helpers: awaiting a condition or a consumer group, reading a metric."""
+"""Small test helpers: awaiting a condition or a consumer group, reading a metric.
+
+Every wait of the suite for something to happen goes through `until` (a condition on this
+process's state) or `until_true` (an async check: Redis, another process, an HTTP answer); a
+test never sleeps to let something happen."""
 
 from __future__ import annotations
 
@@ -11,12 +15,52 @@ from prometheus_client import CollectorRegistry
 
 from sidecar.metrics import METRICS
 
+What = str | Callable[[], str] | None
+"""What a wait was for, said when it times out: a text, or a function of the state then."""
 
-async def until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    """Wait for `condition()` to hold (checked every few ms), or fail after `timeout_s`."""
-    async with asyncio.timeout(timeout_s):
-        while not condition():  # noqa: ASYNC110 - the state belongs to the code under test
-            await asyncio.sleep(0.002)
+
+def _timed_out(what: What, timeout_s: float) -> AssertionError:
+    text = what() if callable(what) else what
+    return AssertionError(f"{text} (waited {timeout_s:g}s)")
+
+
+async def until(
+    condition: Callable[[], bool],
+    timeout_s: float = 5.0,
+    *,
+    every_s: float = 0.002,
+    what: What = None,
+) -> None:
+    """Wait for `condition()` to hold (checked every few ms), or fail after `timeout_s`: with
+    TimeoutError, or an AssertionError saying `what` when given."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not condition():  # noqa: ASYNC110 - the state belongs to the code under test
+                await asyncio.sleep(every_s)
+    except TimeoutError:
+        if what is None:
+            raise
+        raise _timed_out(what, timeout_s) from None
+
+
+async def until_true(
+    check: Callable[[], Awaitable[bool]],
+    timeout_s: float = 10.0,
+    *,
+    every_s: float = 0.02,
+    what: What = None,
+) -> None:
+    """Wait for an async `check()` to hold (polled every 20 ms), or fail after `timeout_s`: with
+    TimeoutError, or an AssertionError saying `what` when given. A check may fail the test at
+    once itself (a process that exited, say)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            while not await check():  # noqa: ASYNC110 - the state is in Redis or elsewhere
+                await asyncio.sleep(every_s)
+    except TimeoutError:
+        if what is None:
+            raise
+        raise _timed_out(what, timeout_s) from None
 
 
 def registry(client: TestClient) -> CollectorRegistry:
@@ -27,13 +71,6 @@ def registry(client: TestClient) -> CollectorRegistry:
 def metric(client: TestClient, name: str, **labels: str) -> float:
     """Current value of a sample (0.0 when it was never set)."""
     return registry(client).get_sample_value(name, labels) or 0.0
-
-
-async def until_true(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    """Wait for an async `check()` to hold (polled every 20 ms), or fail after `timeout_s`."""
-    async with asyncio.timeout(timeout_s):
-        while not await check():  # noqa: ASYNC110 - the state is in Redis, not in this process
-            await asyncio.sleep(0.02)
 
 
 async def drained(redis: aioredis.Redis, stream: str, group: str) -> bool:
@@ -53,6 +90,12 @@ async def drained(redis: aioredis.Redis, stream: str, group: str) -> bool:
 async def acknowledged(redis: aioredis.Redis, stream: str, group: str) -> None:
     """Wait until a consumer group has read and acknowledged every entry of `stream`."""
     await until_true(lambda: drained(redis, stream, group))
+
+
+async def pending(redis: aioredis.Redis, stream: str, group: str) -> int:
+    """How many entries of `stream` `group` has read and not acknowledged yet."""
+    summary = await redis.xpending(stream, group)
+    return int(summary["pending"])
 
 
 async def keys_like(redis: aioredis.Redis, pattern: str) -> list[str]:

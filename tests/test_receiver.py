@@ -15,7 +15,6 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from standardwebhooks.webhooks import Webhook
@@ -25,10 +24,10 @@ from examples import webhook_receiver as example_receiver
 from sidecar import receiver as webhook_receiver
 from sidecar.cli import main as sidecar_main
 from sidecar.receiver import RECEIVER, SeenIds, create_app, worker_ctx
-from sidecar.state import ADMIN_URL
 from sidecar.webhooks.signing import new_secret, signature_headers
 
-from .conftest import SidecarFactory
+from .admin_support import OP, StartAdmin
+from .helpers import until_true
 
 Client = TestClient[web.Request, web.Application]
 
@@ -184,41 +183,24 @@ def test_main_refuses_to_start_without_a_secret(
 
 
 async def test_the_real_sidecar_delivers_to_it(
-    receiver: Client,
-    start_sidecar: SidecarFactory,
-    redis: aioredis.Redis,  # cleans up this test's keys
-    redis_url: str,
-    key_prefix: str,
-    monkeypatch: pytest.MonkeyPatch,
+    receiver: Client, start_admin: StartAdmin, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sidecar = await start_sidecar(
-        "http://127.0.0.1:9",
-        redis_url=redis_url,
-        key_prefix=key_prefix,
-        admin_token="op-token",
-        webhooks={"allow_private_targets": True, "timeout": "2s"},
-    )
-    api = sidecar.app[ADMIN_URL] + "/admin/api"
-    operator = {"Authorization": "Bearer op-token"}
-    target = str(receiver.make_url("/hooks"))
-    async with aiohttp.ClientSession(headers=operator) as http:
-        async with http.post(api + "/subscriptions", json={"url": target, "events": ["*"]}) as r:
-            assert r.status == 201, await r.text()
-            sub = await r.json()
-        state = receiver.app[RECEIVER]
-        state.webhook = Webhook(sub["secret"])  # this subscription's secret, not the example's
-        arrived: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        handle = state.handle
+    admin = await start_admin(webhooks={"allow_private_targets": True, "timeout": "2s"})
+    sub = await admin.create(OP, str(receiver.make_url("/hooks")))
+    state = receiver.app[RECEIVER]
+    state.webhook = Webhook(sub["secret"])  # this subscription's secret, not the example's
+    arrived: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    handle = state.handle
 
-        def handle_and_tell(message_id: str, event: dict[str, Any]) -> None:
-            handle(message_id, event)
-            arrived.put_nowait(event)
+    def handle_and_tell(message_id: str, event: dict[str, Any]) -> None:
+        handle(message_id, event)
+        arrived.put_nowait(event)
 
-        monkeypatch.setattr(state, "handle", handle_and_tell)
-        async with http.post(api + f"/subscriptions/{sub['id']}/test") as r:
-            assert r.status == 202, await r.text()
-            message_id = (await r.json())["message_id"]
-        event = await asyncio.wait_for(arrived.get(), 10)
+    monkeypatch.setattr(state, "handle", handle_and_tell)
+    sent = await admin.call("POST", f"/subscriptions/{sub['id']}/test", OP)
+    assert sent.status == 202, sent.body
+    message_id = sent.body["message_id"]
+    event = await asyncio.wait_for(arrived.get(), 10)
     assert event["type"] == "webhook.test"
     assert message_id in state.seen
     assert (state.processed, state.rejected) == (1, 0)
@@ -298,14 +280,15 @@ async def test_the_installed_command_receives_a_signed_delivery() -> None:
         base = f"http://127.0.0.1:{port}"
         body = orjson.dumps(EVENT)
         async with aiohttp.ClientSession() as http:
-            async with asyncio.timeout(10):
-                while True:  # the banner comes just before it listens
-                    try:
-                        async with http.get(base + "/healthz") as r:
-                            if r.status == 200:
-                                break
-                    except aiohttp.ClientConnectionError:
-                        await asyncio.sleep(0.02)
+
+            async def listening() -> bool:  # the banner comes just before it listens
+                try:
+                    async with http.get(base + "/healthz") as r:
+                        return r.status == 200
+                except aiohttp.ClientConnectionError:
+                    return False
+
+            await until_true(listening, timeout_s=10, what="the receiver's /healthz")
             async with http.post(base + "/hooks", data=body, headers=signed(body)) as r:
                 assert r.status == 204
             forged = signed(body, secrets=[new_secret()])

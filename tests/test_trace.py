@@ -17,13 +17,10 @@ from aiohttp import web
 from sidecar.trace import TraceFields
 from sidecar.webhooks import WEBHOOKS
 
-from .conftest import Upstream
-from .test_server import (
-    StartProcess,
-    base_config,
-    http,  # noqa: F401 - a fixture
-    run_sidecar,  # noqa: F401 - a fixture
-)
+from .conftest import FakeApiFactory
+from .fakes import reply
+from .helpers import until
+from .processes import StartProcess, base_config
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -55,23 +52,23 @@ async def test_the_clients_trace_reaches_the_upstream_and_every_delivery(
     redis_url: str,
     key_prefix: str,
     start_sidecar: Any,
+    fake_api: FakeApiFactory,
     aiohttp_server: Any,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.handler.addFilter(TraceFields())  # as the sidecar's own handler has it
     caplog.set_level(logging.INFO, "sidecar.webhooks")
     stream = f"{key_prefix}:users.events"
-    seen: list[dict[str, str]] = []
 
-    async def create(request: web.Request) -> web.Response:
-        seen.append(dict(request.headers))
-        cid = request.headers["X-Correlation-Id"]
+    async def publish(cid: str, request: web.Request) -> None:  # faster than its own 202
         await redis.xadd(stream, {"correlation_id": cid, "type": "UserCreated", "payload": "{}"})
-        return web.json_response({}, status=202, headers={"Location": "/api/users/7/status"})
 
-    upstream = web.Application()
-    upstream.router.add_post("/api/users", create)
-    api = await aiohttp_server(upstream)
+    api = await fake_api(
+        accept="POST /api/users",
+        location="/api/users/7/status",
+        accepted={},
+        before_accept=publish,
+    )
 
     delivered: asyncio.Queue[dict[str, str]] = asyncio.Queue()
     attempts = 0
@@ -100,11 +97,12 @@ async def test_the_clients_trace_reaches_the_upstream_and_every_delivery(
         headers={"traceparent": f"00-{TRACE}-{CLIENT_SPAN}-01", "tracestate": "congo=t61rcWkgMzE"},
     )
     assert resp.status == 200
-    trace_id, call_span, flags = parts(seen[0].get("traceparent"))
+    seen = api.seen[0].headers
+    trace_id, call_span, flags = parts(seen.get("traceparent"))
     # The sidecar is a span of the client's trace: same trace and flags, its own span id.
     assert (trace_id, flags) == (TRACE, "01")
     assert call_span != CLIENT_SPAN
-    assert seen[0].get("tracestate") == "congo=t61rcWkgMzE"
+    assert seen.get("tracestate") == "congo=t61rcWkgMzE"
 
     # The first delivery fails and is retried: each attempt is a new span of the same trace.
     first = await asyncio.wait_for(delivered.get(), 10)
@@ -116,9 +114,8 @@ async def test_the_clients_trace_reaches_the_upstream_and_every_delivery(
         spans.add(span)
     assert len(spans | {call_span, CLIENT_SPAN}) == 4
     # The attempts' log lines are in the trace too, each with its attempt's span.
-    async with asyncio.timeout(5):
-        while len(logged := attempt_lines(caplog)) < 2:  # noqa: ASYNC110 - log records
-            await asyncio.sleep(0.01)
+    await until(lambda: len(attempt_lines(caplog)) >= 2, timeout_s=5, every_s=0.01)
+    logged = attempt_lines(caplog)
     assert {(r.trace_id, r.span_id) for r in logged} == {(TRACE, span) for span in spans}
 
 
@@ -127,17 +124,10 @@ def attempt_lines(caplog: pytest.LogCaptureFixture) -> list[Any]:
 
 
 async def test_without_a_valid_traceparent_the_sidecar_starts_a_trace(
-    start_upstream: Upstream, start_sidecar: Any
+    fake_api: FakeApiFactory, start_sidecar: Any
 ) -> None:
-    seen: list[str | None] = []
-
-    async def ok(request: web.Request) -> web.Response:
-        seen.append(request.headers.get("traceparent"))
-        return web.json_response({})
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", ok)
-    client = await start_sidecar(await start_upstream(app))
+    api = await fake_api(accept=None)  # answers every GET at once
+    client = await start_sidecar(api)
     invalid = [
         None,
         f"00-{'0' * 32}-{CLIENT_SPAN}-01",  # all-zero trace id
@@ -151,6 +141,7 @@ async def test_without_a_valid_traceparent_the_sidecar_starts_a_trace(
         headers = {"traceparent": value, "tracestate": "a=b"} if value else {}
         resp = await client.get("/x", headers=headers)
         assert resp.status == 200
+    seen = [s.headers.get("traceparent") for s in api.seen]
     traces = set()
     for value in seen:
         trace_id, _, flags = parts(value)
@@ -161,30 +152,21 @@ async def test_without_a_valid_traceparent_the_sidecar_starts_a_trace(
     # A later version is read by its first four fields; unknown flags are not passed on.
     resp = await client.get("/y", headers={"traceparent": f"cc-{TRACE}-{CLIENT_SPAN}-ff-what"})
     assert resp.status == 200
-    assert parts(seen[-1])[::2] == (TRACE, "01")
+    assert parts(api.seen[-1].headers.get("traceparent"))[::2] == (TRACE, "01")
     resp = await client.get("/y", headers={"traceparent": f"00-{TRACE}-{CLIENT_SPAN}-00"})
-    assert parts(seen[-1])[::2] == (TRACE, "00")  # not sampled stays not sampled
+    # Not sampled stays not sampled.
+    assert parts(api.seen[-1].headers.get("traceparent"))[::2] == (TRACE, "00")
 
 
 async def test_polls_of_the_location_carry_the_calls_trace(
-    start_upstream: Upstream, start_sidecar: Any
+    fake_api: FakeApiFactory, start_sidecar: Any
 ) -> None:
-    polled: list[str | None] = []
-    created: list[str | None] = []
-
-    async def create(request: web.Request) -> web.Response:
-        created.append(request.headers.get("traceparent"))
-        return web.json_response({}, status=202, headers={"Location": "/jobs/1"})
-
-    async def job(request: web.Request) -> web.Response:
-        polled.append(request.headers.get("traceparent"))
-        return web.json_response(
-            {"done": len(polled) >= 2}, status=200 if len(polled) >= 2 else 202
-        )
-
-    app = web.Application()
-    app.router.add_post("/jobs", create)
-    app.router.add_get("/jobs/1", job)
+    api = await fake_api(
+        location="/jobs/1",
+        accepted={},
+        status="/jobs/1",
+        replies=[reply(202, {"done": False}), reply(200, {"done": True})],
+    )
     route = {
         "name": "jobs",
         "method": "POST",
@@ -192,31 +174,24 @@ async def test_polls_of_the_location_carry_the_calls_trace(
         "wait": {"poll": {"interval": "10ms", "done_status": [200]}},
         "budget": "5s",
     }
-    client = await start_sidecar(await start_upstream(app), routes=[route])
+    client = await start_sidecar(api, routes=[route])
     resp = await client.post("/jobs", headers={"traceparent": f"00-{TRACE}-{CLIENT_SPAN}-01"})
     assert resp.status == 200
+    polled = [s.headers.get("traceparent") for s in api.polls]
+    created = [api.seen[0].headers.get("traceparent")]
     assert len(polled) == 2
     assert set(polled) == set(created)  # the polls are made within the call's span
     assert parts(created[0])[0] == TRACE
 
 
 async def test_every_log_line_of_a_call_carries_its_trace(
-    start_upstream: Upstream,
-    run_sidecar: StartProcess,  # noqa: F811
-    http: aiohttp.ClientSession,  # noqa: F811
+    fake_api: FakeApiFactory,
+    run_sidecar: StartProcess,
+    http: aiohttp.ClientSession,
     redis_url: str,
     key_prefix: str,
 ) -> None:
-    async def accept(request: web.Request) -> web.Response:
-        return web.json_response({}, status=202, headers={"Location": "/jobs/1"})
-
-    async def ping(request: web.Request) -> web.Response:  # the ready check
-        return web.json_response({})
-
-    app = web.Application()
-    app.router.add_post("/jobs", accept)
-    app.router.add_get("/ping", ping)
-    upstream = await start_upstream(app)
+    upstream = await fake_api(location="/jobs/1", accepted={})  # GET /ping: the ready check
     route = {
         "name": "jobs",
         "method": "POST",
@@ -226,7 +201,7 @@ async def test_every_log_line_of_a_call_carries_its_trace(
     }
     sidecar = await run_sidecar(
         base_config(
-            str(upstream.make_url("")).rstrip("/"),
+            upstream.url,
             [route],
             redis_url=redis_url,
             key_prefix=key_prefix,

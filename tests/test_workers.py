@@ -11,15 +11,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from .conftest import Upstream
-from .test_server import (
-    SidecarProcess,
-    StartProcess,
-    base_config,
-    http,  # noqa: F401 - a fixture
-    metric_value,
-    run_sidecar,  # noqa: F401 - a fixture
-)
+from .conftest import FakeApiFactory
+from .helpers import until_true
+from .processes import SidecarProcess, StartProcess, base_config, metric_value
 
 PASSED = 'sidecar_requests_total{outcome="passthrough",route="-",status_class="2xx"}'
 
@@ -53,23 +47,18 @@ async def calls(session: aiohttp.ClientSession, url: str, n: int, method: str = 
 
 
 async def test_two_workers_share_the_listeners_survive_a_kill_and_sum_their_metrics(
-    start_upstream: Upstream,
-    run_sidecar: StartProcess,  # noqa: F811
-    http: aiohttp.ClientSession,  # noqa: F811
+    fake_api: FakeApiFactory,
+    run_sidecar: StartProcess,
+    http: aiohttp.ClientSession,
 ) -> None:
     release = asyncio.Event()
 
-    async def ok(request: web.Request) -> web.Response:
-        if request.path == "/hang":
-            await release.wait()
+    async def hang(request: web.Request) -> web.Response:
+        await release.wait()
         return web.json_response({"ok": True})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", ok)
-    upstream = await start_upstream(app)
-    sidecar = await run_sidecar(
-        base_config(str(upstream.make_url("")).rstrip("/"), [], workers=2, shutdown_grace="2s")
-    )
+    upstream = await fake_api(accept=None, routes={"POST /hang": hang})  # else 200 at once
+    sidecar = await run_sidecar(base_config(upstream.url, [], workers=2, shutdown_grace="2s"))
     await sidecar.wait_log(lambda _line: listening(sidecar) == {"0", "1"}, timeout_s=15)
     url = f"{sidecar.proxy_url}/ping"
     assert await calls(http, url, 40) == [200] * 40
@@ -87,9 +76,10 @@ async def test_two_workers_share_the_listeners_survive_a_kill_and_sum_their_metr
     async def in_flight() -> float:
         return await metric_value(http, sidecar.admin_url, "sidecar_requests_in_flight") or 0.0
 
-    async with asyncio.timeout(10):
-        while await in_flight() < 12:  # noqa: ASYNC110 - the other processes' state
-            await asyncio.sleep(0.02)
+    async def all_held() -> bool:
+        return await in_flight() >= 12
+
+    await until_true(all_held, timeout_s=10, what="12 calls held in the workers")
     first = worker_pids(sidecar)
     os.kill(first["0"], signal.SIGKILL)
     await sidecar.wait_log(lambda x: x.get("message") == "worker exited; restarting it")
@@ -124,18 +114,11 @@ async def test_two_workers_share_the_listeners_survive_a_kill_and_sum_their_metr
 
 
 async def test_workers_die_with_their_supervisor(
-    start_upstream: Upstream,
-    run_sidecar: StartProcess,  # noqa: F811
+    fake_api: FakeApiFactory,
+    run_sidecar: StartProcess,
 ) -> None:
-    async def ok(request: web.Request) -> web.Response:
-        return web.json_response({})
-
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", ok)
-    upstream = await start_upstream(app)
-    sidecar = await run_sidecar(
-        base_config(str(upstream.make_url("")).rstrip("/"), [], workers=2, shutdown_grace="1s")
-    )
+    upstream = await fake_api(accept=None)
+    sidecar = await run_sidecar(base_config(upstream.url, [], workers=2, shutdown_grace="1s"))
     await sidecar.wait_log(lambda _line: listening(sidecar) == {"0", "1"}, timeout_s=15)
     pids = list(worker_pids(sidecar).values())
     sidecar.send(signal.SIGKILL)  # no chance to stop them itself
@@ -150,6 +133,4 @@ async def test_workers_die_with_their_supervisor(
                 pass
         return True
 
-    async with asyncio.timeout(10):
-        while not await gone():  # noqa: ASYNC110 - other processes' state
-            await asyncio.sleep(0.05)
+    await until_true(gone, timeout_s=10, every_s=0.05, what=f"workers {pids} still running")

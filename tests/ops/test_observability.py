@@ -28,7 +28,7 @@ from sidecar.state import ADMIN_URL
 from sidecar.webhooks.signing import new_secret
 
 from ..conftest import SidecarFactory, Upstream
-from ..helpers import metric, until
+from ..helpers import metric, until, until_true
 from .promql import (
     RULES,
     dashboard_queries,
@@ -181,12 +181,7 @@ class Prometheus:
 
     async def until(self, check: Callable[[], Awaitable[bool]], what: str) -> None:
         """Poll Prometheus's API until `check()` holds, at most DEADLINE_S."""
-        try:
-            async with asyncio.timeout(DEADLINE_S):
-                while not await check():  # noqa: ASYNC110 - the state is in another process
-                    await asyncio.sleep(0.1)
-        except TimeoutError:
-            raise AssertionError(f"Prometheus never saw {what} in {DEADLINE_S}s") from None
+        await until_true(check, DEADLINE_S, every_s=0.1, what=f"Prometheus never saw {what}")
 
     async def active_alerts(self) -> set[tuple[str, str]]:
         """(alert name, route or '') of every pending or firing alert."""

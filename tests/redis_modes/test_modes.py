@@ -20,21 +20,28 @@ from devtools.redis_server import RedisClusterServers, SentinelSetup
 from sidecar.state import ADMIN_URL, HUB, REDIS
 from sidecar.webhooks import WEBHOOKS
 
-from ..conftest import SidecarFactory, Upstream
+from ..conftest import FakeApiFactory, SidecarFactory
+from ..fakes import FakeApi
 from ..helpers import metric, until, until_true
 from .conftest import TlsRedis
 
 OK = "Done"
 
 
-def jobs_api() -> web.Application:
-    async def create(request: web.Request) -> web.Response:
-        cid = request.headers["X-Correlation-ID"]
-        return web.json_response({}, status=202, headers={"Location": f"/jobs/{cid}"})
+def redis_py_tasks() -> list[asyncio.Task[Any]]:
+    """The tasks redis-py started and does not keep (closing old nodes' connections) that
+    have not finished yet."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if not task.done()
+        and "/redis/" in getattr(getattr(task.get_coro(), "cr_code", None), "co_filename", "")
+    ]
 
-    app = web.Application()
-    app.router.add_post("/jobs", create)
-    return app
+
+async def jobs_api(fake_api: FakeApiFactory) -> FakeApi:
+    """POST /jobs → 202 + Location /jobs/{cid}."""
+    return await fake_api(accept="POST /jobs", location="/jobs/{cid}", accepted={})
 
 
 def route(stream: str, budget: str = "10s") -> dict[str, Any]:
@@ -49,7 +56,7 @@ def route(stream: str, budget: str = "10s") -> dict[str, Any]:
 
 
 async def started(
-    start_sidecar: SidecarFactory, upstream: TestServer, stream: str, **settings: Any
+    start_sidecar: SidecarFactory, upstream: FakeApi, stream: str, **settings: Any
 ) -> TestClient:
     client = await start_sidecar(
         upstream,
@@ -96,14 +103,12 @@ async def receiver(aiohttp_server: Any) -> tuple[TestServer, asyncio.Queue[bytes
 
 async def test_on_a_redis_cluster_calls_and_webhooks_work_and_keys_spread(
     cluster: RedisClusterServers,
-    start_upstream: Upstream,
+    fake_api: FakeApiFactory,
     start_sidecar: SidecarFactory,
     receiver: tuple[TestServer, asyncio.Queue[bytes]],
 ) -> None:
     stream = f"jobs-{uuid.uuid4().hex[:6]}.events"
-    client = await started(
-        start_sidecar, await start_upstream(jobs_api()), stream, redis_url=cluster.url
-    )
+    client = await started(start_sidecar, await jobs_api(fake_api), stream, redis_url=cluster.url)
     connections = client.app[REDIS]
     assert connections is not None and connections.is_cluster  # detected from any node
     events = RedisCluster.from_url(cluster.url)
@@ -148,11 +153,11 @@ async def test_on_a_redis_cluster_calls_and_webhooks_work_and_keys_spread(
 @pytest.mark.filterwarnings("ignore::ResourceWarning")
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 async def test_a_cluster_node_restart_is_ridden_out(
-    cluster: RedisClusterServers, start_upstream: Upstream, start_sidecar: SidecarFactory
+    cluster: RedisClusterServers, fake_api: FakeApiFactory, start_sidecar: SidecarFactory
 ) -> None:
     stream = f"jobs-{uuid.uuid4().hex[:6]}.events"
     client = await started(
-        start_sidecar, await start_upstream(jobs_api()), stream, redis_url=cluster.url, budget="20s"
+        start_sidecar, await jobs_api(fake_api), stream, redis_url=cluster.url, budget="20s"
     )
     hub = client.app[HUB]
     assert hub is not None
@@ -183,17 +188,17 @@ async def test_a_cluster_node_restart_is_ridden_out(
     finally:
         await events.aclose()
         await client.close()
-        await asyncio.sleep(0.1)  # let redis-py's own closing tasks run, then collect
+        await until(lambda: not redis_py_tasks())  # redis-py's own closing tasks have run
         gc.collect()
 
 
 async def test_a_sentinel_failover_is_followed_without_a_restart(
-    sentinel: SentinelSetup, start_upstream: Upstream, start_sidecar: SidecarFactory
+    sentinel: SentinelSetup, fake_api: FakeApiFactory, start_sidecar: SidecarFactory
 ) -> None:
     stream = f"jobs-{uuid.uuid4().hex[:6]}.events"
     client = await started(
         start_sidecar,
-        await start_upstream(jobs_api()),
+        await jobs_api(fake_api),
         stream,
         redis_url="redis://primary/0",
         redis_sentinel={"master": SentinelSetup.MASTER, "nodes": sentinel.nodes},
@@ -220,12 +225,12 @@ async def test_a_sentinel_failover_is_followed_without_a_restart(
 
 
 async def test_tls_with_a_client_certificate_and_an_acl_user(
-    tls_redis: TlsRedis, start_upstream: Upstream, start_sidecar: SidecarFactory
+    tls_redis: TlsRedis, fake_api: FakeApiFactory, start_sidecar: SidecarFactory
 ) -> None:
     stream = f"jobs-{uuid.uuid4().hex[:6]}.events"
     client = await started(
         start_sidecar,
-        await start_upstream(jobs_api()),
+        await jobs_api(fake_api),
         stream,
         redis_url=tls_redis.url,
         redis_username=tls_redis.user,

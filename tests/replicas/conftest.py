@@ -18,7 +18,7 @@ from redis.asyncio.cluster import RedisCluster
 
 from devtools.redis_server import RedisClusterServers, RedisUnavailable
 
-from ..test_server import sidecar_processes
+from ..processes import sidecar_processes
 from .support import JobsApi, Receiver, RedisUnderTest, Replicas
 
 

@@ -22,7 +22,6 @@ from typing import Any
 import aiohttp
 import orjson
 import psutil
-import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -32,8 +31,8 @@ from standardwebhooks.webhooks import Webhook
 
 from sidecar.webhooks.keys import DELIVERY_GROUP, dispatch_group
 
-from ..helpers import drained
-from ..test_server import SidecarProcess, StartProcess, base_config
+from ..helpers import drained, until_true
+from ..processes import SidecarProcess, StartProcess, base_config
 
 TOKEN = "operator-token-for-replica-tests"
 OPERATOR = {"Authorization": f"Bearer {TOKEN}"}
@@ -124,10 +123,14 @@ class RedisUnderTest:
 
     async def quiet(self, timeout_s: float = 15.0) -> None:
         """Wait until nothing is left to do: no further webhook attempt can start after this."""
-        deadline = time.monotonic() + timeout_s
-        while (left := await self.unsettled()) is not None:
-            assert time.monotonic() < deadline, f"Redis not quiet after {timeout_s}s: {left}"
-            await asyncio.sleep(0.05)
+        left: str | None = None
+
+        async def settled() -> bool:
+            nonlocal left
+            left = await self.unsettled()
+            return left is None
+
+        await until_true(settled, timeout_s, every_s=0.05, what=lambda: f"Redis not quiet: {left}")
 
     async def pending(self, sub_id: str) -> list[PendingAttempt]:
         """Every attempt of the subscription's queue that a replica has read and not yet
@@ -438,15 +441,22 @@ class Replicas:
 
 async def ready(http: aiohttp.ClientSession, sidecar: SidecarProcess) -> None:
     """A bounded poll of `/readyz` (a child process offers nothing to await)."""
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while True:
+    why = ""
+
+    async def answers() -> bool:
+        nonlocal why
         async with http.get(f"{sidecar.admin_url}/readyz") as resp:
             if resp.status == 200:
-                return
+                return True
             why = await resp.text()
-        if time.monotonic() > deadline:
-            pytest.fail(f"replica not ready: {why}\n{sidecar.stderr_text()}")
-        await asyncio.sleep(0.05)
+        return False
+
+    await until_true(
+        answers,
+        READY_TIMEOUT_S,
+        every_s=0.05,
+        what=lambda: f"replica not ready: {why}\n{sidecar.stderr_text()}",
+    )
 
 
 async def metric_total(

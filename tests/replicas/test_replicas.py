@@ -22,12 +22,12 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 
-from ..test_server import SidecarProcess
+from ..helpers import until, until_true
+from ..processes import SidecarProcess
 from .support import (
     CLAIM_AFTER_S,
     CLIENT_A,
@@ -57,13 +57,6 @@ REPLICAS = 3
 # Calls each replica holds at once in the first test; more by hand, e.g.
 # REPLICAS_HELD_PER_REPLICA=3000 (9,000 held: this process then needs ~19,000 open files).
 HELD_PER_REPLICA = int(os.environ.get("REPLICAS_HELD_PER_REPLICA", "100"))
-
-
-async def until_async(check: Callable[[], Awaitable[bool]], timeout_s: float = 15.0) -> None:
-    """Wait for an async `check()` of a replica's state (its /metrics, its log lines)."""
-    async with asyncio.timeout(timeout_s):
-        while not await check():  # noqa: ASYNC110 - the state is in another process
-            await asyncio.sleep(0.05)
 
 
 def check_answer(answer: Answer, api: JobsApi) -> None:
@@ -128,7 +121,7 @@ async def test_calls_held_on_every_replica_each_get_their_own_result(
         ]
         return held == [HELD_PER_REPLICA] * REPLICAS
 
-    await until_async(all_held, timeout_s=20)
+    await until_true(all_held, timeout_s=20, every_s=0.05, what="calls held on every replica")
     assert not any(c.done() for c in calls)
     assert len(api.calls) == total
     ids = list(api.calls)
@@ -208,10 +201,7 @@ async def test_each_completion_reaches_each_matching_subscription_exactly_once(
     def logged() -> list[tuple[int, dict[str, Any]]]:
         return [(s.proc.pid, line) for s in sidecars for line in attempt_lines(s)]
 
-    async def all_logged() -> bool:
-        return len(logged()) >= messages
-
-    await until_async(all_logged, timeout_s=5)
+    await until(lambda: len(logged()) >= messages, timeout_s=5, every_s=0.05)
     lines = logged()
     assert len(lines) == messages
     assert {line["result"] for _, line in lines} == {"delivered"}
@@ -407,10 +397,8 @@ async def test_a_replica_started_later_catches_up_and_takes_part(
     def logged_by_third() -> list[dict[str, Any]]:
         return [x for x in attempt_lines(third) if x["result"] == "delivered"]
 
-    async def all_logged() -> bool:  # a line is written just after the outcome
-        return len(logged_by_third()) >= len(made_by_third)
-
-    await until_async(all_logged, timeout_s=5)
+    # A line is written just after the outcome.
+    await until(lambda: len(logged_by_third()) >= len(made_by_third), timeout_s=5, every_s=0.05)
     assert made_by_third and len(made_by_third) == len(logged_by_third())
     print(
         f"\n[{redis_under_test.mode}] the late replica delivered {len(made_by_third)} of "

@@ -1,57 +1,23 @@
-"""The delivery worker on real Redis against real receivers: retries with one webhook-id, 410."""
+"""The delivery worker (sidecar/webhooks/delivery.py) on real Redis against real receivers:
+retries with one webhook-id, 410, the last attempt dead-lettered, a replayed entry, Retry-After."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 from aiohttp import web
-from prometheus_client import CollectorRegistry
 from standardwebhooks.webhooks import Webhook
 
-from sidecar.config import Settings, Webhooks
-from sidecar.connections import RedisConnections
-from sidecar.tracking import CallTracker
-from sidecar.webhooks.attempt import create_webhook_session
-from sidecar.webhooks.delivery import DeliveryWorker
 from sidecar.webhooks.keys import attempts_key, queue_key
-from sidecar.webhooks.metrics import WebhookMetrics
 from sidecar.webhooks.outbox import Outbox
-from sidecar.webhooks.runtime import WebhookRuntime
 from sidecar.webhooks.store import SubscriptionStore
-from sidecar.webhooks.targets import TargetPolicy
 
 from ..helpers import deliveries_settled, until_true
-
-CONFIG = Webhooks(allow_private_targets=True, schedule=[0.05, 0.1, 0.1], timeout=1.0)
-
-
-@contextlib.asynccontextmanager
-async def worker(
-    redis: aioredis.Redis, prefix: str, redis_url: str
-) -> AsyncIterator[DeliveryWorker]:
-    policy = TargetPolicy.from_settings(CONFIG)
-    session = create_webhook_session(policy, 8)
-    settings = Settings(key_prefix=prefix, webhooks=CONFIG, redis_url=redis_url)
-    tracker = CallTracker(redis, prefix, settings.tracking_ttl)
-    metrics = WebhookMetrics(CollectorRegistry())
-    connections = RedisConnections(settings)
-    runtime = WebhookRuntime(settings, connections, tracker, session, policy, metrics)
-    w = DeliveryWorker(runtime)
-    task = asyncio.create_task(w.run())
-    try:
-        yield w
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await session.close()
-        await connections.aclose()
+from .delivering import worker
 
 
 async def test_fail_then_succeed_keeps_one_webhook_id(
@@ -115,15 +81,17 @@ async def test_410_disables_and_last_attempt_dead_letters(
     outbox = Outbox(redis, key_prefix)
     await outbox.enqueue("msg_g", sub_gone.owner, sub_gone.id, "x", b"{}")
     await outbox.enqueue("msg_b", sub_broken.owner, sub_broken.id, "x", b"{}")
+    broken_log = attempts_key(key_prefix, sub_broken.owner, sub_broken.id)
+    log: list[bytes] = []
+
+    async def dead_lettered() -> bool:
+        nonlocal log
+        log = await redis.lrange(broken_log, 0, 0)  # type: ignore[misc]
+        return bool(log) and orjson.loads(log[0])["result"] == "dead"
+
     async with worker(redis, key_prefix, redis_url):
         statuses = [await asyncio.wait_for(calls.get(), 10) for _ in range(5)]
-        for _ in range(50):
-            log = await redis.lrange(
-                attempts_key(key_prefix, sub_broken.owner, sub_broken.id), 0, 0
-            )  # type: ignore[misc]
-            if log and orjson.loads(log[0])["result"] == "dead":
-                break
-            await asyncio.sleep(0.05)
+        await until_true(dead_lettered, timeout_s=3, every_s=0.05, what=lambda: f"log: {log}")
     assert sorted(statuses) == [410, 500, 500, 500, 500]
     after = await store.get(sub_gone.id)
     assert after is not None and not after.enabled

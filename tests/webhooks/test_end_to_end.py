@@ -13,8 +13,9 @@ from standardwebhooks.webhooks import Webhook
 
 from sidecar.tracking import CallTracker, TrackedCall
 from sidecar.webhooks import WEBHOOKS
+from sidecar.webhooks.keys import dispatch_group
 
-from ..helpers import enqueued
+from ..helpers import enqueued, pending, until_true
 
 ROUTE = {
     "name": "create-user",
@@ -57,7 +58,13 @@ async def test_stream_completion_fans_out_to_its_tenant_and_the_operator(
     await redis.xadd(
         stream, {"correlation_id": "c-1", "type": "UserCreated", "payload": '{"id":7}'}
     )
-    await asyncio.sleep(0.05)  # the event beats the 202: the call is recorded afterwards
+    # The event beats the 202: the dispatcher has read it (and holds it) before the call is
+    # recorded.
+
+    async def held() -> bool:
+        return await pending(redis, stream, dispatch_group(key_prefix)) == 1
+
+    await until_true(held, what="the completion read by the dispatcher")
     await CallTracker(redis, key_prefix, 60).record(
         TrackedCall(
             "c-1", "create-user", "t_a", "/api/users/7/status", None, created_at=time.time()

@@ -21,8 +21,8 @@ from sidecar.state import HASHER
 from sidecar.webhooks import WEBHOOKS
 from sidecar.webhooks.outbox import Message
 
-from ..conftest import SidecarFactory, Upstream
-from ..helpers import metric, until
+from ..conftest import FakeApiFactory, SidecarFactory
+from ..helpers import metric, until, until_true
 
 A, B = "Bearer key-a", "Bearer key-b"
 
@@ -74,27 +74,17 @@ async def receivers(aiohttp_server: Any) -> AsyncIterator[Receivers]:
     box[0].release.set()
 
 
-def jobs_api() -> web.Application:
-    async def create(request: web.Request) -> web.Response:
-        cid = request.headers["X-Correlation-ID"]
-        return web.json_response({}, status=202, headers={"Location": f"/jobs/{cid}"})
-
-    app = web.Application()
-    app.router.add_post("/jobs", create)
-    return app
-
-
 Start = Callable[..., Awaitable[TestClient]]
 
 
 @pytest.fixture
 async def start(
-    start_upstream: Upstream, start_sidecar: SidecarFactory, redis_url: str, key_prefix: str
+    fake_api: FakeApiFactory, start_sidecar: SidecarFactory, redis_url: str, key_prefix: str
 ) -> Start:
     async def go(**webhooks: Any) -> TestClient:
         stream = f"{key_prefix}:jobs.events"
         client = await start_sidecar(
-            await start_upstream(jobs_api()),
+            await fake_api(accept="POST /jobs", location="/jobs/{cid}", accepted={}),
             redis_url=redis_url,
             key_prefix=key_prefix,
             stream_reader={"block": "50ms"},
@@ -198,9 +188,7 @@ async def test_an_endpoint_failing_for_too_long_is_disabled(
         sub = await runtime.store.get(failing.id)
         return sub is not None and not sub.enabled
 
-    async with asyncio.timeout(10):
-        while not await disabled():  # noqa: ASYNC110 - the state is in Redis
-            await asyncio.sleep(0.02)
+    await until_true(disabled, timeout_s=10, what="the failing subscription disabled")
     sub = await runtime.store.get(failing.id)
     assert sub is not None and sub.disabled_reason == "failing"
     assert sub.public()["disabled_reason"] == "failing"
@@ -233,8 +221,9 @@ async def test_a_success_ends_the_failing_streak(
         key = f"{runtime.prefix}:wh:{{{sub.owner}}}:attempts:{sub.id}"
         return [orjson.loads(x) for x in await redis.lrange(key, 0, -1)]  # type: ignore[misc]
 
-    async with asyncio.timeout(10):
-        while len(await attempts()) < 3:  # noqa: ASYNC110 - the state is in Redis
-            await asyncio.sleep(0.02)
+    async def three_attempts() -> bool:
+        return len(await attempts()) >= 3
+
+    await until_true(three_attempts, timeout_s=10, what="three attempts logged")
     after = await runtime.store.get(sub.id)
     assert after is not None and after.enabled and after.failing_since == 0.0

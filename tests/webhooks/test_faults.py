@@ -41,12 +41,7 @@ from sidecar.webhooks.keys import dispatch_group
 from sidecar.webhooks.store import SubscriptionStore
 
 from ..helpers import deliveries_settled, drained, until, until_true
-from ..test_server import (
-    SidecarProcess,
-    StartProcess,
-    base_config,
-    sidecar_processes,
-)
+from ..processes import SidecarProcess, StartProcess, base_config, sidecar_processes
 
 TOKEN = "operator-token-for-fault-tests"
 OPERATOR = {"Authorization": f"Bearer {TOKEN}"}
@@ -146,12 +141,6 @@ async def receiver(aiohttp_server: Any) -> AsyncIterator[Receiver]:
 # --------------------------------------------------------------------------------------------
 # Sidecar processes, Redis helpers
 # --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as session:
-        yield session
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from standardwebhooks.webhooks import Webhook
 from sidecar.state import HUB
 from sidecar.webhooks import WEBHOOKS
 
-from ..conftest import SidecarFactory, Upstream
+from ..conftest import FakeApiFactory, SidecarFactory
+from ..fakes import Reply, reply
 from ..helpers import (
     acknowledged,
     deliveries_settled,
@@ -89,31 +90,12 @@ class Env:
         await acknowledged(self.redis, self.stream, f"{self.prefix}:webhooks")
 
 
-def async_api(done: set[str]) -> web.Application:
-    """POST → 202 + Location /status/{cid}; the status answers 202 until `cid` is in `done`."""
-
-    async def create(request: web.Request) -> web.Response:
-        cid = request.headers["X-Correlation-ID"]
-        return web.json_response({}, status=202, headers={"Location": f"/status/{cid}"})
-
-    async def status(request: web.Request) -> web.Response:
-        cid = request.match_info["cid"]
-        if cid in done:
-            return web.json_response({"id": cid, "state": "done"})
-        return web.json_response({"state": "pending"}, status=202)
-
-    app = web.Application()
-    app.router.add_post("/api/{kind}", create)
-    app.router.add_get("/status/{cid}", status)
-    return app
-
-
 EnvFactory = Callable[[], Awaitable[Env]]
 
 
 @pytest.fixture
 async def make_env(
-    start_upstream: Upstream,
+    fake_api: FakeApiFactory,
     start_sidecar: SidecarFactory,
     aiohttp_server: Any,
     redis: aioredis.Redis,
@@ -131,7 +113,20 @@ async def make_env(
         receiver.router.add_post("/{name}", hook)
         hooks = Hooks(await aiohttp_server(receiver), got)
         done: set[str] = set()
-        upstream = await start_upstream(async_api(done))
+
+        def status(cid: str) -> Reply:  # 202 until `cid` is in `done`
+            if cid in done:
+                return reply(200, {"id": cid, "state": "done"})
+            return reply(202, {"state": "pending"})
+
+        # POST → 202 + Location /status/{cid}.
+        upstream = await fake_api(
+            accept="POST /api/{kind}",
+            location="/status/{cid}",
+            accepted={},
+            status="/status/{cid}",
+            replies=status,
+        )
         stream = f"{key_prefix}:users.events"
         stream_wait = {"key": stream, "success": ["UserCreated"], "failure": ["UserNotCreated"]}
         poll_wait = {"interval": "20ms", "max_interval": "40ms", "track_for": "10s"}

@@ -15,7 +15,7 @@ from sidecar.webhooks.outbox import Outbox
 from sidecar.webhooks.store import SubscriptionStore
 
 from ..helpers import deliveries_settled, until_true
-from .test_delivery import worker
+from .delivering import worker
 
 
 async def test_the_log_pages_filters_and_shows_one_message_whole(

@@ -13,7 +13,6 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 import yaml
-from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry
 
@@ -22,8 +21,8 @@ from sidecar.app import create_app
 from sidecar.config import parse_settings
 from sidecar.state import HUB, TRACKER
 
-from .conftest import ROOT, SidecarFactory, Upstream
-from .helpers import metric, until
+from ..conftest import ROOT, FakeApiFactory, SidecarFactory
+from ..helpers import metric, until
 
 EXAMPLE = ROOT / "examples" / "users" / "sidecar.yaml"
 
@@ -134,30 +133,19 @@ async def test_an_id_in_use_on_another_replica_is_not_reused(
 
 
 async def test_without_redis_a_sync_route_always_mints(
-    start_upstream: Upstream, start_sidecar: SidecarFactory
+    fake_api: FakeApiFactory, start_sidecar: SidecarFactory
 ) -> None:
-    seen: list[str] = []
-
-    async def accept(request: web.Request) -> web.Response:
-        seen.append(request.headers["X-Correlation-ID"])
-        return web.json_response({}, status=202, headers={"Location": "/jobs/1"})
-
-    async def status(request: web.Request) -> web.Response:
-        return web.json_response({"done": True})
-
-    app = web.Application()
-    app.router.add_post("/jobs", accept)
-    app.router.add_get("/jobs/1", status)
+    api = await fake_api(location="/jobs/1", accepted={}, status="/jobs/1")
     route = {
         "name": "jobs",
         "method": "POST",
         "path": "/jobs",
         "wait": {"poll": {"interval": 0.01}},
     }
-    client = await start_sidecar(await start_upstream(app), routes=[route])
+    client = await start_sidecar(api, routes=[route])
     resp = await client.post("/jobs", headers={"X-Correlation-ID": "mine"})
     assert resp.status == 200
-    assert resp.headers["X-Correlation-ID"] == seen[0] != "mine"
+    assert resp.headers["X-Correlation-ID"] == api.seen[0].headers["X-Correlation-ID"] != "mine"
     replaced = metric(
         client, "sidecar_correlation_ids_replaced_total", route="jobs", reason="no_redis"
     )
@@ -167,23 +155,9 @@ async def test_without_redis_a_sync_route_always_mints(
     assert passed.headers["X-Correlation-ID"] == "mine"
 
 
-def location_api() -> web.Application:
-    """202 with the operation in the Location (`/ops/op-<n>`); the body names nothing."""
-    count = 0
-
-    async def create(request: web.Request) -> web.Response:
-        nonlocal count
-        count += 1
-        return web.json_response({}, status=202, headers={"Location": f"/ops/op-{count}"})
-
-    app = web.Application()
-    app.router.add_post("/reports", create)
-    return app
-
-
 @pytest.mark.parametrize("outcome", ["failure", "success"])
 async def test_one_identity_when_the_completion_carries_an_operation_id(
-    start_upstream: Upstream,
+    fake_api: FakeApiFactory,
     start_sidecar: SidecarFactory,
     redis: aioredis.Redis,
     redis_url: str,
@@ -200,8 +174,10 @@ async def test_one_identity_when_the_completion_carries_an_operation_id(
         "correlation": {"source": "location", "pattern": r"/ops/(?P<id>op-\d+)"},
         "wait": {"stream": {"key": stream, "success": ["Done"], "failure": ["Failed"]}},
     }
+    # 202 with the operation in the Location (`/ops/op-<n>`); the body names nothing.
+    api = await fake_api(accept="POST /reports", location="/ops/op-{n}", accepted={})
     client = await start_sidecar(
-        await start_upstream(location_api()),
+        api,
         routes=[route],
         redis_url=redis_url,
         key_prefix=key_prefix,
@@ -234,7 +210,7 @@ async def test_one_identity_when_the_completion_carries_an_operation_id(
 
 
 async def test_a_cached_event_serves_only_the_call_that_owns_the_operation(
-    start_upstream: Upstream,
+    fake_api: FakeApiFactory,
     start_sidecar: SidecarFactory,
     redis: aioredis.Redis,
     redis_url: str,
@@ -244,11 +220,7 @@ async def test_a_cached_event_serves_only_the_call_that_owns_the_operation(
     the first caller owns it; the second is not served the first one's cached completion."""
     stream = f"{key_prefix}:reports.events"
 
-    async def create(request: web.Request) -> web.Response:
-        return web.json_response({}, status=202, headers={"Location": "/ops/op-same"})
-
-    app = web.Application()
-    app.router.add_post("/reports", create)
+    api = await fake_api(accept="POST /reports", location="/ops/op-same", accepted={})
     route = {
         "name": "report",
         "method": "POST",
@@ -258,7 +230,7 @@ async def test_a_cached_event_serves_only_the_call_that_owns_the_operation(
         "wait": {"stream": {"key": stream, "success": ["Done"]}},
     }
     client = await start_sidecar(
-        await start_upstream(app),
+        api,
         routes=[route],
         redis_url=redis_url,
         key_prefix=key_prefix,

@@ -16,7 +16,8 @@ from yarl import URL
 
 from sidecar.http.pool import PoolError, UpstreamPool
 
-from .conftest import Upstream
+from ..conftest import Upstream
+from ..helpers import until
 
 
 def pool(limit: int = 10, read_timeout_s: float = 5.0) -> UpstreamPool:
@@ -193,8 +194,9 @@ async def test_past_the_limit_a_request_waits_for_a_free_connection(
     p = pool(limit=1)
     first = await p.request("GET", server.make_url("/a"), CIMultiDict())
     second = asyncio.create_task(read_all(p, "GET", server.make_url("/b")))
-    await asyncio.sleep(0.05)
+    await until(lambda: p._waiting == 1)  # it waits for a connection to come free
     assert not second.done()  # the one connection is taken
+    assert len(peers) == 1  # and the second request has not been sent
     assert await first.content.read() == b"empty"
     first.release()
     assert await second == (200, b"empty")

@@ -1,39 +1,24 @@
-"""The one error boundary: whatever goes wrong in our code, on either listener, the client gets
-problem+json with the correlation header, the call is counted under a bounded outcome, and a
-bug is logged once with its traceback."""
+"""The one error boundary (sidecar/http/boundary.py): whatever goes wrong in our code, on either
+listener, the client gets problem+json with the correlation header, the call is counted under a
+bounded outcome, and a bug is logged once with its traceback."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
-from aiohttp import web
 
 import sidecar.admin.health
 import sidecar.http.upstream
 import sidecar.sync.call
 from sidecar.state import ADMIN_URL
 
-from .conftest import SidecarFactory, Upstream
-from .helpers import metric
-
-
-def accepting_api() -> web.Application:
-    async def accept(request: web.Request) -> web.Response:
-        return web.json_response({}, status=202, headers={"Location": "/jobs/1"})
-
-    async def ok(request: web.Request) -> web.Response:
-        return web.json_response({"ok": True})
-
-    app = web.Application()
-    app.router.add_post("/jobs", accept)
-    app.router.add_get("/{tail:.*}", ok)
-    return app
-
+from ..conftest import SidecarFactory
+from ..fakes import FakeApi
+from ..helpers import metric
 
 SYNC_ROUTE = {
     "name": "jobs",
@@ -69,7 +54,7 @@ def assert_problem(status: int, body: bytes, headers: Any, cid: str | None) -> d
     ],
 )
 async def test_a_bug_on_the_proxy_is_a_problem_with_the_correlation_id(
-    start_upstream: Upstream,
+    api: FakeApi,
     start_sidecar: SidecarFactory,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
@@ -78,8 +63,7 @@ async def test_a_bug_on_the_proxy_is_a_problem_with_the_correlation_id(
     target: Any,
     name: str,
 ) -> None:
-    upstream = await start_upstream(accepting_api())
-    client = await start_sidecar(upstream, routes=[SYNC_ROUTE])
+    client = await start_sidecar(api, routes=[SYNC_ROUTE])
     monkeypatch.setattr(target, name, bug)
     resp = await client.request(method, path, headers={"X-Correlation-ID": "c-bug"})
     assert resp.status == 500
@@ -107,12 +91,11 @@ async def test_a_bug_on_the_proxy_is_a_problem_with_the_correlation_id(
 
 
 async def test_a_bug_on_the_admin_listener_is_a_problem_too(
-    start_upstream: Upstream,
+    api: FakeApi,
     start_sidecar: SidecarFactory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    upstream = await start_upstream(accepting_api())
-    client = await start_sidecar(upstream)
+    client = await start_sidecar(api)
     admin = client.app[ADMIN_URL]
     monkeypatch.setattr(sidecar.admin.health, "generate_latest", bug)
     async with aiohttp.ClientSession() as http:
@@ -128,37 +111,3 @@ async def test_a_bug_on_the_admin_listener_is_a_problem_too(
             assert resp.status == 405
             assert resp.headers["Allow"] == "GET,HEAD"
     assert metric(client, "sidecar_internal_errors_total", listener="admin") == 1
-
-
-async def test_an_upstream_failing_mid_answer_cuts_the_connection(
-    start_upstream: Upstream, start_sidecar: SidecarFactory, caplog: pytest.LogCaptureFixture
-) -> None:
-    async def half(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
-        response.enable_chunked_encoding()
-        await response.prepare(request)
-        await response.write(b"first part")
-        await asyncio.sleep(0.05)
-        assert request.transport is not None
-        request.transport.abort()  # the upstream dies before the last chunk
-        return response
-
-    app = web.Application()
-    app.router.add_get("/half", half)
-    upstream = await start_upstream(app)
-    client = await start_sidecar(upstream)
-    resp = await client.get("/half")
-    assert resp.status == 200
-    with pytest.raises(aiohttp.ClientPayloadError):
-        await resp.read()  # truncated: never taken as complete
-    assert (
-        metric(
-            client,
-            "sidecar_requests_total",
-            route="-",
-            outcome="upstream_error",
-            status_class="2xx",
-        )
-        == 1
-    )
-    assert not [r for r in caplog.records if r.exc_info is not None]

@@ -1,0 +1,48 @@
+"""The delivery worker on its own, for the tests of delivery and of what it records: a
+`DeliveryWorker` of a key prefix running in the background, with every service it needs built
+as the app builds them (no proxy, no dispatcher)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from sidecar.config import Settings, Webhooks
+from sidecar.connections import RedisConnections
+from sidecar.tracking import CallTracker
+from sidecar.webhooks.attempt import create_webhook_session
+from sidecar.webhooks.delivery import DeliveryWorker
+from sidecar.webhooks.metrics import WebhookMetrics
+from sidecar.webhooks.runtime import WebhookRuntime
+from sidecar.webhooks.targets import TargetPolicy
+
+CONFIG = Webhooks(allow_private_targets=True, schedule=[0.05, 0.1, 0.1], timeout=1.0)
+"""Three retries 50-100 ms apart (a failing message is dead after its fourth attempt)."""
+
+
+@contextlib.asynccontextmanager
+async def worker(
+    redis: aioredis.Redis, prefix: str, redis_url: str
+) -> AsyncIterator[DeliveryWorker]:
+    """A delivery worker of `prefix` (webhooks: CONFIG) running until the block ends."""
+    policy = TargetPolicy.from_settings(CONFIG)
+    session = create_webhook_session(policy, 8)
+    settings = Settings(key_prefix=prefix, webhooks=CONFIG, redis_url=redis_url)
+    tracker = CallTracker(redis, prefix, settings.tracking_ttl)
+    metrics = WebhookMetrics(CollectorRegistry())
+    connections = RedisConnections(settings)
+    runtime = WebhookRuntime(settings, connections, tracker, session, policy, metrics)
+    w = DeliveryWorker(runtime)
+    task = asyncio.create_task(w.run())
+    try:
+        yield w
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await session.close()
+        await connections.aclose()

@@ -1,0 +1,130 @@
+"""Fair planning of delivery attempts (sidecar/webhooks/planner.py): `Slots.plan` reads the ready
+queues round-robin across owners, a fresh owner first each time, within the global, per-owner
+and per-endpoint caps. Pure bookkeeping, so pure unit tests."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from sidecar.config import Webhooks
+from sidecar.webhooks.planner import PlannedRead, Slots, per_tenant_slots
+
+
+def slots(**config: int) -> Slots:
+    return Slots(Webhooks(**config))
+
+
+def ready(*members: str) -> list[tuple[bytes, float]]:
+    """Ready-set rows as the reader gets them: `owner|sub` members with their scores."""
+    return [(member.encode(), float(n)) for n, member in enumerate(members)]
+
+
+def owners(planned: list[PlannedRead]) -> list[str]:
+    return [p.owner for p in planned]
+
+
+def test_a_read_takes_the_owners_in_turn() -> None:
+    s = slots(concurrency=4, per_subscription=1, per_tenant=4)
+    planned = s.plan(ready("a|a1", "a|a2", "a|a3", "a|a4", "b|b1", "b|b2"))
+    assert owners(planned) == ["a", "b", "a", "b"]
+    assert [p.sub for p in planned] == ["a1", "b1", "a2", "b2"]  # each owner's in its order
+    assert all(p.count == 1 for p in planned)
+    first = planned[0]
+    assert (first.member, first.score) == ("a|a1", 0.0)  # to forget it when found empty
+
+
+def test_each_read_starts_with_the_next_owner() -> None:
+    s = slots(concurrency=1, per_subscription=1, per_tenant=1)
+    rows = ready("a|a1", "b|b1", "c|c1")
+    firsts = [owners(s.plan(rows)) for _ in range(6)]
+    assert firsts == [["a"], ["b"], ["c"], ["a"], ["b"], ["c"]]
+
+
+def test_a_backlogged_owner_never_delays_another_for_long() -> None:
+    # One free slot per read; owner a has a hundred busy queues, b one.
+    s = slots(concurrency=1, per_subscription=1, per_tenant=1)
+    rows = ready(*(f"a|a{n}" for n in range(100)), "b|b1")
+    served = Counter(p.owner for _ in range(20) for p in s.plan(rows))
+    assert served == {"a": 10, "b": 10}
+
+
+def test_an_owner_takes_at_most_its_share() -> None:
+    s = slots(concurrency=10, per_subscription=5, per_tenant=3)
+    planned = s.plan(ready("a|a1", "a|a2", "b|b1"))
+    by_owner = Counter()
+    for p in planned:
+        by_owner[p.owner] += p.count
+    assert by_owner == {"a": 3, "b": 3}
+    assert sum(p.count for p in planned) <= s.free()
+
+
+def test_a_queue_is_read_for_as_many_attempts_as_may_start() -> None:
+    s = slots(concurrency=3, per_subscription=4, per_tenant=8)
+    [planned] = s.plan(ready("a|a1"))
+    assert planned.count == 3  # the global cap is the tightest
+    s = slots(concurrency=32, per_subscription=4, per_tenant=16)
+    [planned] = s.plan(ready("a|a1"))
+    assert planned.count == 4  # the endpoint's
+
+
+def test_a_plan_never_exceeds_the_free_slots() -> None:
+    s = slots(concurrency=5, per_subscription=2, per_tenant=5)
+    planned = s.plan(ready("a|a1", "b|b1", "c|c1", "d|d1"))
+    assert sum(p.count for p in planned) == 5
+    assert [p.count for p in planned] == [2, 2, 1]
+
+
+def test_attempts_in_flight_count_against_every_cap() -> None:
+    s = slots(concurrency=4, per_subscription=2, per_tenant=3)
+    s.take("a", "a1")
+    s.take("a", "a1")
+    assert (s.free(), s.sub_free("a1"), s.owner_free("a")) == (2, 0, 1)
+    assert not s.can_start("a", "a1")
+    assert s.can_start("a", "a2")
+    planned = s.plan(ready("a|a1", "a|a2", "b|b1"))
+    assert "a1" not in [p.sub for p in planned]  # no slot left for it: not read
+    assert sum(p.count for p in planned if p.owner == "a") == 1  # the owner's last slot
+    s.give_back("a", "a1")
+    s.give_back("a", "a1")
+    assert (s.free(), s.sub_free("a1"), s.owner_free("a"), s.in_flight) == (4, 2, 3, 0)
+
+
+def test_a_slow_endpoint_gets_one_slot_until_it_delivers() -> None:
+    s = slots(concurrency=10, per_subscription=4, per_tenant=10)
+    s.mark("a1", delivered=False, slow=False)  # e.g. a 404: not slow
+    assert s.sub_cap("a1") == 4
+    s.mark("a1", delivered=False, slow=True)  # a timeout, a refused connection, a 5xx
+    assert s.sub_cap("a1") == 1
+    assert [p.count for p in s.plan(ready("a|a1"))] == [1]
+    s.take("a", "a1")
+    assert s.plan(ready("a|a1")) == []  # its one slot is taken
+    s.give_back("a", "a1")
+    s.mark("a1", delivered=True, slow=False)
+    assert [p.count for p in s.plan(ready("a|a1"))] == [4]
+
+
+def test_a_full_process_plans_nothing() -> None:
+    s = slots(concurrency=1, per_subscription=1)
+    s.take("a", "a1")
+    assert s.plan(ready("b|b1")) == []
+
+
+def test_a_member_without_a_subscription_is_skipped() -> None:
+    s = slots(concurrency=4)
+    assert [p.member for p in s.plan(ready("nobody", "a|a1"))] == ["a|a1"]
+
+
+@pytest.mark.parametrize(
+    ("config", "share"),
+    [
+        ({}, 16),  # half of 32
+        ({"concurrency": 4, "per_subscription": 4}, 4),  # room for two endpoints, at most 4
+        ({"concurrency": 10, "per_subscription": 1}, 5),
+        ({"concurrency": 1}, 1),
+        ({"concurrency": 32, "per_tenant": 3}, 3),  # as configured
+    ],
+)
+def test_the_owner_share(config: dict[str, int], share: int) -> None:
+    assert per_tenant_slots(Webhooks(**config)) == share  # type: ignore[arg-type]
