@@ -37,6 +37,7 @@ FALLBACK_REASONS = (
     "no_id",
     "location",
     "bad_location",
+    "ambiguous_id",
 )
 STREAM_RESULTS = ("matched", "unmatched", "ignored", "malformed")
 
@@ -159,6 +160,15 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.ambiguous_ids = Counter(
+            "sidecar_ambiguous_operation_ids",
+            "Calls whose operation id (from the 202's Location or body) another live call "
+            "already waits on: the upstream, or correlation.pattern, does not tell them apart; "
+            "such a call takes no completion by that id, only what its own poll learns. By "
+            "route.",
+            ["route"],
+            registry=r,
+        )
         self.correlation_replaced = Counter(
             "sidecar_correlation_ids_replaced",
             "Client correlation ids a synchronised call could not use (a new one was minted), "
@@ -273,6 +283,7 @@ class Metrics:
                 )
             self.waiting.labels(route.name)
             self.misconfigured.labels(route.name)
+            self.ambiguous_ids.labels(route.name)
             if route.wait.stream is not None:
                 for result in STREAM_RESULTS:
                     self.stream_events.labels(route.wait.stream.key, result)

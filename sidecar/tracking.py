@@ -36,8 +36,9 @@ R = TypeVar("R")
 # ARGV: ttl_ms, then for each call: its token (its correlation id), its fields as a JSON object,
 # and the id its Location leads to ('' when no lookup key follows). A call's record is written
 # when its id is unclaimed (claimed now) or claimed by this very call, and only if no record
-# exists yet; its Location then leads to it, unless it leads to another call already. One
-# reply per call, in order: 1 when written, 0 when the id belongs to another call.
+# exists yet; its Location then leads to it, unless it leads to another call already. An id
+# claimed by another call marks that call's record `ambiguous`. One reply per call, in order:
+# 1 when written, 0 when the id belongs to another call.
 # On a cluster, one call per script without its lookup key (keys of one script share a slot);
 # on one server up to RECORD_CHUNK calls, so a burst costs one command per chunk, not per call.
 _RECORD = """
@@ -58,6 +59,9 @@ for a = 2, #ARGV, 3 do
     redis.call('SET', claim, token, 'PX', ttl)
   elseif owner ~= token then
     ok = 0
+    -- Another call waits on this id too: its completions cannot be told apart, so the record
+    -- says so and no completion by this id is delivered to either call's client.
+    if redis.call('EXISTS', record) == 1 then redis.call('HSET', record, 'ambiguous', '1') end
   end
   if ok == 1 and redis.call('EXISTS', record) == 1 then ok = 0 end
   if ok == 1 then
@@ -97,6 +101,7 @@ class TrackedCall:
     created_at: float = 0.0
     correlation_id: str = ""  # the call's identity; empty means the same as wait_id
     traceparent: str = ""  # the sidecar's span of the call: its deliveries are its children
+    ambiguous: bool = False  # another call waits on the same id: completions by it are nobody's
 
     @property
     def identity(self) -> str:
@@ -287,6 +292,7 @@ def _decode(wait_id: str, raw: dict[bytes, bytes]) -> TrackedCall | None:
         created_at=float(f.get("created_at") or 0),
         correlation_id=f.get("correlation_id", ""),
         traceparent=f.get("traceparent", ""),
+        ambiguous=f.get("ambiguous") == "1",
     )
 
 

@@ -39,7 +39,7 @@ from ..state import HUB
 from .answers import Accepted, body_of, failed, fallback, succeeded
 from .identity import own_correlation_id
 from .polling import get_location, poll_outlives, start_poll
-from .track import TrackTask, settle, track_later
+from .track import Track, settle, track_later
 from .wait import HELD, Verdict, Waits, wait_for_completion
 
 logger = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
     holding = not prefs.respond_async and app[HELD].take(route.name, route.max_waiting)
     shed = not prefs.respond_async and not holding
     waits = Waits(hub)
-    track: TrackTask | None = None
+    track: Track | None = None
     try:
         await own_correlation_id(request, call)
         if holding and spec.stream and route.correlation.source == "request":
@@ -164,12 +164,16 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
             return fallback(request, call, accepted, applied, "shed" if shed else "prefer")
         if spec.stream is not None and waits.waiter is None:
             # An id learnt from the 202: its event may have come first (the hub caches recent
-            # ones), but only a call that owns the id may take a cached event.
-            waits.listen(spec.stream, wait_id, cached=await settle(track))
+            # ones), but only a call that owns the id may take a cached event; and one whose id
+            # another live call holds takes no event by it at all (it cannot be told apart).
+            owned = await settle(track)
+            if track is None or not track.foreign:
+                waits.listen(spec.stream, wait_id, cached=owned)
         poll = start_poll(request, route, wait_id, location, deadline, outlive=outlive, track=track)
         waits.follow(poll, owned=not outlive)
         if waits.empty:
-            return fallback(request, call, accepted, applied, "redis")
+            reason = "ambiguous_id" if track is not None and track.foreign else "redis"
+            return fallback(request, call, accepted, applied, reason)
         verdict, call.wait_s = await wait_for_completion(
             waits, deadline - loop.time(), app[METRICS], route.name
         )

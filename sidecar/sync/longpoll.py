@@ -63,7 +63,13 @@ async def long_poll(request: web.Request, call: CallContext) -> dict[str, str] |
         if spec.stream is not None:
             waits.listen(spec.stream, tracked.wait_id, cached=True)
         poll = start_poll(
-            request, route, tracked.wait_id, target, loop.time() + budget, outlive=False
+            request,
+            route,
+            tracked.wait_id,
+            target,
+            loop.time() + budget,
+            outlive=False,
+            track=tracked,
         )
         waits.follow(poll, owned=True)
         verdict, call.wait_s = await wait_for_completion(

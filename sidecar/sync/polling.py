@@ -9,7 +9,6 @@ written, then handed to the app's publisher.
 from __future__ import annotations
 
 import logging
-from contextlib import suppress
 
 from aiohttp import web
 from yarl import URL
@@ -25,8 +24,9 @@ from ..http.upstream import UPSTREAM_ERRORS
 from ..metrics import METRICS
 from ..routing import RUNTIME
 from ..state import POLLERS, TRACKER
+from ..tracking import TrackedCall
 from .answers import Accepted
-from .track import TrackTask, settle
+from .track import Track, settle
 from .wait import PollTask, Verdict
 
 logger = logging.getLogger(__name__)
@@ -74,22 +74,28 @@ async def get_location(request: web.Request, route: Route, accepted: Accepted) -
     return got if 200 <= got.status < 300 else None
 
 
-async def completion_learnt(app: web.Application, route: Route, completion: Completion) -> None:
-    """Record a poll-detected completion so every replica (and webhooks) learns it once."""
+async def completion_learnt(
+    app: web.Application,
+    route: Route,
+    completion: Completion,
+    own: TrackedCall | None,
+    owned: bool,
+) -> None:
+    """Publish a completion the call learnt itself (its own poll) under its own record `own`,
+    whoever else holds its id; mark its tracked record done (once, on every replica) only when
+    that record is this call's (`owned`)."""
     tracker = app[TRACKER]
     if tracker is None:
         return
-    try:
-        await tracker.finish(completion.correlation_id, completion.status)
-    except REDIS_FAULTS as exc:
-        logger.warning(
-            "could not record a completion",
-            extra={"correlation_id": completion.correlation_id, "error": repr(exc)},
-        )
-    tracked = None
-    with suppress(*REDIS_FAULTS):
-        tracked = await tracker.get(completion.correlation_id)
-    await app[PUBLISHER].publish(route, completion, tracked)
+    if owned:
+        try:
+            await tracker.finish(completion.correlation_id, completion.status)
+        except REDIS_FAULTS as exc:
+            logger.warning(
+                "could not record a completion",
+                extra={"correlation_id": completion.correlation_id, "error": repr(exc)},
+            )
+    await app[PUBLISHER].publish(route, completion, own)
 
 
 async def _poll(
@@ -99,7 +105,7 @@ async def _poll(
     url: URL,
     headers: dict[str, str],
     deadline: float,
-    track: TrackTask | None,
+    track: Track | TrackedCall | None,
 ) -> Verdict | None:
     assert route.wait is not None and route.wait.poll is not None
     result = await poll_location(
@@ -114,8 +120,11 @@ async def _poll(
     )
     if result is None:
         return None
-    await settle(track)
-    await completion_learnt(app, route, result[0])
+    if isinstance(track, Track):  # a call's own poll: its record, written by it or not
+        owned = await settle(track)
+        await completion_learnt(app, route, result[0], track.record, owned)
+    else:  # a long-poll of a tracked call: the record found by its Location is its own
+        await completion_learnt(app, route, result[0], track, track is not None)
     return Verdict(*result)
 
 
@@ -127,7 +136,7 @@ def start_poll(
     deadline: float,
     *,
     outlive: bool,
-    track: TrackTask | None = None,
+    track: Track | TrackedCall | None = None,
 ) -> PollTask | None:
     """Poll `url` for the call until `deadline`, plus `track_for` when the poll is to `outlive`
     the client's answer; None when the route does not poll or there is no Location."""

@@ -18,6 +18,7 @@ from ..config import Route
 from ..connections import REDIS_FAULTS
 from ..http.context import CallContext
 from ..logs import Every
+from ..metrics import METRICS
 from ..routing import RUNTIME
 from ..state import HASHER, POLLERS, TRACKER
 from ..tracking import CallTracker, TrackedCall
@@ -28,15 +29,28 @@ logger = logging.getLogger(__name__)
 SETTLE_S = 1.0  # longest a tracking write may delay a 202 (or a poll verdict)
 WRITE_TIMEOUT_S = 10.0  # longest a tracking write may take at all
 
-TrackTask = asyncio.Future[bool]
 _untracked_log = Every()  # while Redis is down, one line a second, not one per call
+_foreign_log = Every()  # an upstream that hands one operation id to many calls: once a second
+
+
+@dataclasses.dataclass(slots=True)
+class Track:
+    """A call's tracking record, and its write in the background.
+
+    `written` ends True when the record is this call's, False when it is not (its id belongs to
+    another call: `foreign`; or Redis failed). Whatever the write did, `record` is the call's
+    own: a completion the call learns itself (its own poll) is published under it, never under
+    the record another call holds for the same id."""
+
+    record: TrackedCall
+    written: asyncio.Future[bool]
+    foreign: bool = False
 
 
 def track_later(
     request: web.Request, call: CallContext, route: Route, wait_id: str, accepted: Accepted
-) -> TrackTask | None:
-    """Start writing the call's tracking record in the background (None without Redis). The
-    task's result says whether the record is this call's (False: its id belongs to another)."""
+) -> Track | None:
+    """Start writing the call's tracking record in the background (None without Redis)."""
     app = request.app
     tracker = app[TRACKER]
     if tracker is None:
@@ -59,29 +73,30 @@ def track_later(
         traceparent=call.trace.traceparent if call.trace else "",
     )
     if not known:  # the key is still to be loaded from Redis: a task does both
-        return app[POLLERS].spawn(_write(app, tracker, record, credential))
+        track = Track(record, asyncio.get_running_loop().create_future())
+        app[POLLERS].spawn(_write(app, tracker, track, credential))
+        return track
     # The common case, kept lean: the record joins the next batch; no task of its own.
     written = tracker.record_soon(record)
-    outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-    written.add_done_callback(lambda done: _settled(done, outcome, record))
-    return outcome
+    track = Track(record, asyncio.get_running_loop().create_future())
+    written.add_done_callback(lambda done: _settled(app, done, track))
+    return track
 
 
-def _settled(
-    done: asyncio.Future[bool], outcome: asyncio.Future[bool], record: TrackedCall
-) -> None:
+def _settled(app: web.Application, done: asyncio.Future[bool], track: Track) -> None:
+    outcome = track.written
     if outcome.done():
         return
     exc = None if done.cancelled() else done.exception()
     if done.cancelled() or isinstance(exc, REDIS_FAULTS):
-        _untracked(record, exc)
+        _untracked(track.record, exc)
         outcome.set_result(False)
     elif exc is not None:
         outcome.set_exception(exc)
     else:
         written = done.result()
         if not written:
-            _foreign(record)
+            _foreign(app, track)
         outcome.set_result(written)
 
 
@@ -99,38 +114,57 @@ def _untracked(record: TrackedCall, exc: BaseException | None) -> None:
         )
 
 
-def _foreign(record: TrackedCall) -> None:
-    logger.warning(
-        "the call's id belongs to another call; not tracked",
-        extra={
-            "route": record.route,
-            "correlation_id": record.identity,
-            "operation_id": record.operation_id,
-        },
-    )
+def _foreign(app: web.Application, track: Track) -> None:
+    """The id this call's completion carries is another live call's (an upstream that names
+    one operation for several calls, or a `correlation.pattern` that matches a constant part of
+    its Locations): the two cannot be told apart on a stream, so neither this call nor webhooks
+    take a completion by that id for this call; only what the call learns itself (its own
+    poll) is its own. Said loudly: counted and logged with the route."""
+    track.foreign = True
+    record = track.record
+    app[METRICS].ambiguous_ids.labels(record.route).inc()
+    if _foreign_log.ready():
+        logger.warning(
+            "several calls wait on one operation id: the upstream (or correlation.pattern) does "
+            "not tell them apart; this call takes no completion by that id (only its own poll)",
+            extra={
+                "route": record.route,
+                "correlation_id": record.identity,
+                "operation_id": record.operation_id or record.wait_id,
+                "since_last_line": _foreign_log.take_skipped(),
+            },
+        )
 
 
 async def _write(
-    app: web.Application, tracker: CallTracker, record: TrackedCall, credential: str | None
-) -> bool:
+    app: web.Application, tracker: CallTracker, track: Track, credential: str | None
+) -> None:
     try:
         async with asyncio.timeout(WRITE_TIMEOUT_S):
             tenant = await app[HASHER].tenant(credential)
-            written = await tracker.record(dataclasses.replace(record, tenant=tenant))
+            track.record = dataclasses.replace(track.record, tenant=tenant)
+            written = await tracker.record(track.record)
     except REDIS_FAULTS as exc:
-        _untracked(record, exc)
-        return False
+        _untracked(track.record, exc)
+        track.written.set_result(False)
+        return
     if not written:
-        _foreign(record)
-    return written
+        _foreign(app, track)
+    track.written.set_result(written)
 
 
-async def settle(track: TrackTask | None) -> bool:
+async def settle(track: Track | None) -> bool:
     """Give the call's tracking write up to `SETTLE_S` more to land (never raises, and never
     cancels it: a client that leaves does not stop the write). True when the record is this
     call's."""
     if track is None:
         return False
-    if not track.done():
-        await asyncio.wait({track}, timeout=SETTLE_S)
-    return track.done() and not track.cancelled() and track.exception() is None and track.result()
+    written = track.written
+    if not written.done():
+        await asyncio.wait({written}, timeout=SETTLE_S)
+    return (
+        written.done()
+        and not written.cancelled()
+        and written.exception() is None
+        and written.result()
+    )

@@ -184,7 +184,9 @@ class Dispatcher:
                 item.status,
                 item.event.data,
                 item.event.correlation_id,
-                call,
+                # An id several calls wait on belongs to none of them: operator subscriptions
+                # only (the calls' own polls publish what they learn to their own clients).
+                None if call is not None and call.ambiguous else call,
                 int(item.entry_id.split("-")[0]) / 1000,
                 f"{item.stream}/{item.entry_id}",
             )
