@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from . import __version__
 from .admin.app import create_admin_app
 from .admin.services import AdminServices
+from .admin.verify import CredentialVerifier
 from .completions.hub import CompletionHub
 from .completions.publish import PUBLISHER, NoPublisher
 from .config import Settings
@@ -125,6 +126,7 @@ async def admin_ctx(app: web.Application) -> AsyncIterator[None]:
         redis=app[REDIS],
         hub=app[HUB],
         webhooks=app.get(WEBHOOKS),
+        verifier=CredentialVerifier(app[POOL], app[RUNTIME], app[METRICS]),
     )
     admin = create_admin_app(services)
     runner = GuardedAppRunner(admin, guard=client_guard(app, "admin"), access_log=None)

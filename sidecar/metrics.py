@@ -160,6 +160,13 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.credential_checks = Counter(
+            "sidecar_credential_checks",
+            "Client credentials the upstream was asked about (tenancy.verify), by result: "
+            "admitted, refused, error (no usable answer).",
+            ["result"],
+            registry=r,
+        )
         self.ambiguous_ids = Counter(
             "sidecar_ambiguous_operation_ids",
             "Calls whose operation id (from the 202's Location or body) another live call "

@@ -100,12 +100,14 @@ async def caller_of(request: web.Request) -> str:
     if session_owner is not None:
         return session_owner
     header = settings.tenancy.credential_header
-    tenant = await found.hasher.tenant(request.headers.get(header) or None)
-    if tenant is None:
+    credential = request.headers.get(header) or None
+    tenant = await found.hasher.tenant(credential)
+    if tenant is None or credential is None:
         raise Unauthorized(
             f"send your client credential in the {header} header",
             headers={"WWW-Authenticate": REALM},
         )
+    await found.verifier.check(credential)  # with tenancy.verify: only what the API accepts
     return tenant
 
 

@@ -87,6 +87,7 @@ async def sign_in(request: web.Request) -> web.Response:
     if is_operator(credential, settings) or is_operator(f"Bearer {credential}", settings):
         owner = OPERATOR
     else:
+        await found.verifier.check(credential)  # with tenancy.verify: only what the API accepts
         tenant = await found.hasher.tenant(credential)
         assert tenant is not None  # a non-empty credential always has one
         owner = tenant

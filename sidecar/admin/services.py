@@ -16,6 +16,7 @@ from ..metrics import Metrics
 from ..routing import Runtime
 from ..tenancy import TenantHasher
 from ..webhooks.runtime import WebhookRuntime
+from .verify import CredentialVerifier
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +29,7 @@ class AdminServices:
     redis: RedisConnections | None
     hub: CompletionHub | None
     webhooks: WebhookRuntime | None  # None: webhooks do not run (no Redis configured)
+    verifier: CredentialVerifier  # asks the upstream about client credentials (tenancy.verify)
 
     @property
     def settings(self) -> Settings:

@@ -21,6 +21,32 @@ from .types import (
 )
 
 
+class Verify(Model):
+    """Ask the upstream whether a client credential is real before the admin API or the portal
+    acts on it: a request with the client's credential header to `path`; a 2xx admits it, a
+    401 or 403 is refused (401), anything else (or no answer) is a 503: nothing is created for
+    a credential the upstream does not know."""
+
+    path: str = Field(
+        ...,
+        pattern=r"^/[^\s]*$",
+        description="Path on the upstream (e.g. /v1/me), asked with the client's credential "
+        "header only. Required.",
+    )
+    method: Literal["GET", "HEAD", "POST"] = Field(
+        "GET", description="Method of the request. Default GET."
+    )
+    cache_for: Duration = Field(
+        60.0,
+        ge=0,
+        description="How long a verdict is kept per credential (per process), admitted or "
+        "refused. Default 60s.",
+    )
+    timeout: Duration = Field(
+        5.0, gt=0, description="Longest wait for the upstream's answer. Default 5s."
+    )
+
+
 class Tenancy(Model):
     """How a client is identified for webhook ownership."""
 
@@ -33,6 +59,11 @@ class Tenancy(Model):
         "Default: derived from admin_token; set it explicitly in production.",
     )
     hash_key_file: SecretFile = None
+    verify: Verify | None = Field(
+        None,
+        description="Admit only credentials the upstream accepts (what production should "
+        "use: without it any string is a client of its own). Default: none.",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -20,7 +20,9 @@ from sidecar.admin.app import ADMIN_ENDPOINTS, create_admin_app
 from sidecar.admin.bodies import PortalSessionCreate, SubscriptionCreate
 from sidecar.admin.openapi import REF, openapi_document
 from sidecar.admin.services import AdminServices
+from sidecar.admin.verify import CredentialVerifier
 from sidecar.config import Settings
+from sidecar.http.upstream import create_pool
 from sidecar.metrics import Metrics
 from sidecar.routing import Runtime
 from sidecar.tenancy import TenantHasher
@@ -73,13 +75,16 @@ def _routes(app: web.Application) -> set[tuple[str, str]]:
 
 def test_every_admin_endpoint_is_in_the_document_and_nothing_else() -> None:
     settings_ = make_settings("http://127.0.0.1:9")
+    runtime = Runtime(settings_)
+    metrics = Metrics(CollectorRegistry())
     services = AdminServices(
-        runtime=Runtime(settings_),
-        metrics=Metrics(CollectorRegistry()),
+        runtime=runtime,
+        metrics=metrics,
         hasher=TenantHasher(settings_, None),
         redis=None,
         hub=None,
         webhooks=None,
+        verifier=CredentialVerifier(create_pool(settings_.proxy), runtime, metrics),
     )
     routes = _routes(create_admin_app(services))
     page = {(m, p) for m, p in routes if p == "/admin" or not p.startswith("/admin/api")}
