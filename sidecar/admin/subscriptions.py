@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web
 
 from ..config import Settings
-from ..errors import Conflict, Forbidden, NotFound, TooManyRequests
+from ..errors import Conflict, Forbidden, NotFound, PayloadTooLarge, TooManyRequests
 from ..ids import new_id
 from ..tenancy import OPERATOR
 from ..timestamps import iso
@@ -56,6 +56,7 @@ from .views import (
 logger = logging.getLogger(__name__)
 
 STATS_WINDOW = 100
+MAX_TEST_PAYLOAD = 64 * 1024  # a test message's whole payload (its data and envelope)
 ONE = "/subscriptions/{id}"
 
 
@@ -100,6 +101,15 @@ async def create_subscription(request: web.Request) -> web.Response:
         request, SubscriptionCreate, runtime.policy, known_events(live), runtime.resolver
     )
     limit = 0 if caller == OPERATOR else runtime.settings.webhooks.max_subscriptions_per_tenant
+    total = runtime.settings.webhooks.max_subscriptions
+    if caller != OPERATOR and total and await runtime.store.clients_count() >= total:
+        runtime.metrics.quota_refusals.labels("subscriptions_total").inc()
+        logger.warning("the clients' subscriptions reached their total", extra={"limit": total})
+        raise Conflict(
+            f"the sidecar holds {total} client subscriptions, the most it may; "
+            "try again later or ask the operator",
+            limit=total,
+        )
     try:
         sub = await runtime.store.create(
             caller, fields["url"], fields["events"], fields.get("description", ""), limit=limit
@@ -281,6 +291,35 @@ async def subscription_stats(request: web.Request) -> web.Response:
     )
 
 
+async def count_test_send(runtime: WebhookRuntime, caller: str, now: float, size: int) -> None:
+    """Count a client's test send against its own limit, then every client's together; 429
+    with Retry-After past either."""
+    config = runtime.settings.webhooks
+    wait_s = await runtime.quotas.test_send(caller, now)
+    if wait_s is not None:
+        runtime.metrics.quota_refusals.labels("test_sends").inc()
+        limit = config.test_sends_per_minute
+        raise TooManyRequests(
+            f"at most {limit} test messages a minute; try again in {wait_s} s",
+            headers={"Retry-After": str(wait_s)},
+            limit=limit,
+        )
+    refused = await runtime.quotas.all_test_sends(now, size)
+    if refused is not None:
+        what, wait_s = refused
+        runtime.metrics.quota_refusals.labels(f"test_{what}_total").inc()
+        detail = (
+            f"all clients together may send {config.test_sends_per_minute_total} test "
+            "messages a minute"
+            if what == "sends"
+            else f"all clients together may send {config.test_data_per_hour} bytes of test "
+            "data an hour"
+        )
+        raise TooManyRequests(
+            f"{detail}; try again in {wait_s} s", headers={"Retry-After": str(wait_s)}
+        )
+
+
 def payload_for_test(settings: Settings, event_type: str, data: Any, ts: float) -> bytes:
     """A payload shaped like a completion's; a route's event type names that route."""
     route, status = None, "test"
@@ -326,20 +365,24 @@ async def send_test(request: web.Request) -> web.Response:
     if not sub.enabled:
         raise Conflict(f"subscription {sub.id!r} is disabled; enable it to send a test")
     now = time.time()
-    if caller != OPERATOR:
-        wait_s = await runtime.quotas.test_send(caller, now)
-        if wait_s is not None:
-            runtime.metrics.quota_refusals.labels("test_sends").inc()
-            limit = runtime.settings.webhooks.test_sends_per_minute
-            raise TooManyRequests(
-                f"at most {limit} test messages a minute; try again in {wait_s} s",
-                headers={"Retry-After": str(wait_s)},
-                limit=limit,
-            )
-    message_id = "msg_" + secrets.token_hex(13)
     payload = payload_for_test(live, body.type, body.data, now)
+    if len(payload) > MAX_TEST_PAYLOAD:
+        raise PayloadTooLarge(
+            f"a test message may hold at most {MAX_TEST_PAYLOAD // 1024} KiB "
+            f"(this one: {len(payload)} bytes)"
+        )
+    if caller != OPERATOR:
+        await count_test_send(runtime, caller, now, len(payload))
+    message_id = "msg_" + secrets.token_hex(13)
     await runtime.outbox.enqueue(
-        message_id, sub.owner, sub.id, body.type, payload, int(now * 1000), trigger="test"
+        message_id,
+        sub.owner,
+        sub.id,
+        body.type,
+        payload,
+        int(now * 1000),
+        trigger="test",
+        ttl_s=int(runtime.settings.webhooks.test_retention),
     )
     logger.info(
         "webhook test queued",

@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from .types import Duration, HttpUrl, Model, WebhookUrl, blank_is_none, check_cidr
+from .types import ByteSize, Duration, HttpUrl, Model, WebhookUrl, blank_is_none, check_cidr
 
 
 class DeclaredSubscription(Model):
@@ -99,6 +99,33 @@ class Webhooks(Model):
         ge=0,
         description="Test messages one client may send per minute (sliding window; the "
         "operator is not limited); past it 429 with Retry-After. 0: no limit. Default 10.",
+    )
+    max_subscriptions: int = Field(
+        10_000,
+        ge=0,
+        description="Subscriptions of all clients together (the operator's are not counted "
+        "against it); past it a client's create answers 409. A bound that holds however many "
+        "clients there are (without tenancy.verify, any string is a client). 0: no limit. "
+        "Default 10000.",
+    )
+    test_sends_per_minute_total: int = Field(
+        300,
+        ge=0,
+        description="Test messages all clients together may send per minute (sliding window; "
+        "the operator is not limited); past it 429 with Retry-After. 0: no limit. Default 300.",
+    )
+    test_data_per_hour: ByteSize = Field(
+        64 * 1024 * 1024,
+        ge=0,
+        description="Bytes of test data all clients together may send per hour (what test "
+        "messages can hold in Redis at most, with test_retention at 1h); past it 429 with "
+        "Retry-After. 0: no limit. Default 64MiB.",
+    )
+    test_retention: Duration = Field(
+        3600.0,
+        gt=0,
+        description="How long a test message (its payload and headers) is kept after it was "
+        "sent; its attempts stay in the logs. Default 1h.",
     )
     outbox_maxlen: int = Field(
         100_000,

@@ -26,6 +26,8 @@ Cluster slot, while different owners spread across the cluster.
     {prefix}:wh:dues                     sorted set: owner → its earliest scheduled retry (ms)
     {prefix}:wh:bell                     stream, MAXLEN 1: rung on every enqueue (wakes readers)
     {prefix}:wh:dead                     stream, MAXLEN ~ outbox_maxlen: dead letters
+    {prefix}:wh:tests                    sorted set: every client's test sends of the last minute
+    {prefix}:wh:test-bytes               hash, minute → bytes: every client's test data, last hour
 
 Consumer groups: `{prefix}:webhooks` on every completion stream (the dispatcher), `delivery` on
 every subscription queue (the delivery workers).
@@ -89,6 +91,16 @@ def due_key(prefix: str, owner: str) -> str:
 def test_sends_key(prefix: str, owner: str) -> str:
     """Sorted set of an owner's recent test sends (the per-minute quota)."""
     return f"{owned(prefix, owner)}:tests"
+
+
+def all_test_sends_key(prefix: str) -> str:
+    """Sorted set of every client's recent test sends (the total per minute)."""
+    return f"{wh(prefix)}:tests"
+
+
+def test_bytes_key(prefix: str) -> str:
+    """Hash of every client's test data per minute of the last hour (the total per hour)."""
+    return f"{wh(prefix)}:test-bytes"
 
 
 def all_subscriptions_key(prefix: str) -> str:

@@ -7,6 +7,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from ..metrics import LATENCY_BUCKETS
 
 
+QUOTAS = (
+    "subscriptions",
+    "test_sends",
+    "subscriptions_total",
+    "test_sends_total",
+    "test_bytes_total",
+)
+
+
 class WebhookMetrics:
     """`sidecar_webhook_*`: attempts, latency, queue depth, dead letters, disabled subscriptions."""
 
@@ -44,7 +53,9 @@ class WebhookMetrics:
         )
         self.quota_refusals = Counter(
             "sidecar_webhook_quota_refusals",
-            "Admin API requests refused by a tenant quota, by quota (subscriptions, test_sends).",
+            "Admin API requests refused by a quota, by quota: a client's own (subscriptions, "
+            "test_sends) or all clients' together (subscriptions_total, test_sends_total, "
+            "test_bytes_total).",
             ["quota"],
             registry=r,
         )
@@ -56,7 +67,7 @@ class WebhookMetrics:
                 self.attempts.labels(event_type, result)
         for reason in ("gone", "failing"):
             self.disabled.labels(reason)
-        for quota in ("subscriptions", "test_sends"):
+        for quota in QUOTAS:
             self.quota_refusals.labels(quota)
         for queue in ("outbox", "scheduled"):
             self.queue_depth.labels(queue)

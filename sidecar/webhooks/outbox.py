@@ -36,7 +36,7 @@ _ENQUEUE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'sub', ARGV[1], 'type', ARGV[2], 'body', ARGV[3],
   'created_ms', ARGV[4], 'trigger', ARGV[5], 'state', 'queued', 'attempts', '0',
-  'trace', ARGV[9])
+  'trace', ARGV[9], 'ttl', ARGV[6])
 redis.call('EXPIRE', KEYS[1], ARGV[6])
 redis.pcall('XGROUP', 'CREATE', KEYS[2], ARGV[8], '0', 'MKSTREAM')
 redis.call('XADD', KEYS[2], '*', 'm', ARGV[7], 'n', '1', 't', ARGV[5])
@@ -114,6 +114,7 @@ class Message:
     created_ms: int
     trigger: str = "scheduled"
     traceparent: str = ""  # the call's span: each delivery is sent as a child of it
+    ttl_s: int = MESSAGE_TTL_S  # how long it is kept after its last attempt
 
 
 def message_id_for(correlation_id: str, call_identity: str, sub_id: str) -> str:
@@ -147,10 +148,13 @@ class Outbox:
         body: bytes,
         created_ms: int | None = None,
         trigger: str = "scheduled",
+        ttl_s: int = MESSAGE_TTL_S,
     ) -> bool:
         """Create the message and queue its first attempt; False when it already existed."""
         created = created_ms if created_ms is not None else int(time.time() * 1000)
-        message = Message(message_id, owner, sub_id, event_type, body, created, trigger)
+        message = Message(
+            message_id, owner, sub_id, event_type, body, created, trigger, ttl_s=ttl_s
+        )
         return await self.enqueue_many([message]) == 1
 
     async def enqueue_many(self, messages: list[Message]) -> int:
@@ -170,7 +174,7 @@ class Outbox:
                     m.body,
                     m.created_ms,
                     m.trigger,
-                    MESSAGE_TTL_S,
+                    m.ttl_s,
                     m.message_id,
                     DELIVERY_GROUP,
                     m.traceparent,

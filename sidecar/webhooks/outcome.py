@@ -68,6 +68,7 @@ class Written:
     trigger: str
     state: State
     next_at: float | None  # when the next attempt is due (epoch seconds), if any
+    ttl_s: int = MESSAGE_TTL_S  # the message's own retention, from its last attempt
 
 
 class OutcomeWriter:
@@ -127,7 +128,16 @@ class OutcomeWriter:
         }
         owner = sub.owner
         failing_since = await self._write(
-            Written(entry_id, message_id, sub, attempt, trigger, decision.state, next_at),
+            Written(
+                entry_id,
+                message_id,
+                sub,
+                attempt,
+                trigger,
+                decision.state,
+                next_at,
+                int(msg.get("ttl") or MESSAGE_TTL_S),
+            ),
             log,
             result.headers,
             now,
@@ -175,10 +185,10 @@ class OutcomeWriter:
                     "headers": orjson.dumps(headers),
                 },
             )
-            pipe.expire(mkey, MESSAGE_TTL_S)
+            pipe.expire(mkey, it.ttl_s)
             pipe.lpush(mlog, line)
             pipe.ltrim(mlog, 0, MESSAGE_ATTEMPTS_KEPT - 1)
-            pipe.expire(mlog, MESSAGE_TTL_S)
+            pipe.expire(mlog, it.ttl_s)
             summary = {k: v for k, v in log.items() if k not in DETAIL_ONLY}
             pipe.xadd(
                 owner_log_key(prefix, owner),

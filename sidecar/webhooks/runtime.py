@@ -59,7 +59,7 @@ class WebhookRuntime:
         self.outbox = Outbox(self.redis, self.prefix)
         self.messages = MessageLog(self.redis, self.prefix, self.store)
         self.resolver: AbstractResolver = DefaultResolver()  # unfiltered: to judge a new URL
-        self.quotas = Quotas(self.redis, self.prefix, settings.webhooks.test_sends_per_minute)
+        self.quotas = Quotas(self.redis, self.prefix, settings.webhooks)
         self.consumer = consumer_name()
 
     async def publish(

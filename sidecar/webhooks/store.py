@@ -195,6 +195,15 @@ class SubscriptionStore:
         await self._indexed(sub)
         return sub
 
+    async def clients_count(self) -> int:
+        """How many subscriptions clients hold together (the operator's left out); read in two
+        commands, so a burst of creates on several replicas may pass the total by a few."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hlen(all_subscriptions_key(self.prefix))
+            pipe.scard(owner_key(self.prefix, OPERATOR))
+            everyone, operator = await pipe.execute()
+        return int(everyone) - int(operator)
+
     async def count(self, owner: str) -> int:
         """How many subscriptions `owner` has."""
         return int(await self.redis.scard(owner_key(self.prefix, owner)))  # type: ignore[misc]

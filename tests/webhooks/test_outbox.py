@@ -57,6 +57,7 @@ async def test_a_message_is_enqueued_once(redis: aioredis.Redis, key_prefix: str
         b"state": b"queued",
         b"attempts": b"0",
         b"trace": b"",
+        b"ttl": str(MESSAGE_TTL_S).encode(),  # kept this long after its last attempt
     }
     ttl = await redis.ttl(message_key(key_prefix, "t_a", "msg_1"))
     assert MESSAGE_TTL_S - 60 < ttl <= MESSAGE_TTL_S
