@@ -30,6 +30,7 @@ from .sessions import DEFAULT_TTL_S, MAX_TTL_S, MIN_TTL_S
 TENANT_PATTERN = r"^(operator|t_[0-9a-f]{40})$"
 MAX_CREDENTIAL_CHARS = 4096
 LIMIT_DEFAULT, LIMIT_MAX = 50, 200
+SUBSCRIPTIONS_PAGE = 200
 MAX_URL_CHARS = 2048
 MAX_DESCRIPTION_BYTES = 1024
 MAX_EVENTS = 100
@@ -299,6 +300,19 @@ class MessagesQuery(Query):
         description="`next_cursor` of the previous page.",
     )
     limit: int = Field(LIMIT_DEFAULT, ge=1, le=LIMIT_MAX, description="Page size. Default 50.")
+
+
+class SubscriptionsQuery(Query):
+    """`GET /subscriptions`: a page of the operator's view (a client sees all of its own)."""
+
+    cursor: str | None = Field(
+        None,
+        pattern=r"^[0-9]{1,12}(\.[0-9]{1,9})?:[A-Za-z0-9_.-]{1,128}$",
+        description="`next_cursor` of the previous page.",
+    )
+    limit: int = Field(
+        SUBSCRIPTIONS_PAGE, ge=1, le=1000, description="Page size (the operator's). Default 200."
+    )
 
 
 class AttemptsQuery(Query):

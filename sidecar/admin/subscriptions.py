@@ -36,12 +36,14 @@ from .bodies import (
     MessageForTest,
     SubscriptionCreate,
     SubscriptionPatch,
+    SubscriptionsQuery,
     invalid,
     read_body,
+    read_query,
     subscription_changes,
 )
 from .callers import caller_of, current_session, owner_scope, subscription_of
-from .endpoints import answer, endpoint
+from .endpoints import answer, endpoint, json_response
 from .services import services, webhooks_of
 from .views import (
     MessageQueued,
@@ -138,15 +140,26 @@ async def create_subscription(request: web.Request) -> web.Response:
     "listSubscriptions",
     "The caller's subscriptions",
     "subscriptions",
+    query=SubscriptionsQuery,
     answer=SubscriptionList,
 )
 async def list_subscriptions(request: web.Request) -> web.Response:
-    """The caller's subscriptions (the operator's: everyone's), oldest first."""
+    """The caller's subscriptions, oldest first; the operator's view (everyone's) one page at a
+    time, read from an index at the same cost however many there are."""
     runtime = webhooks_of(request)
     caller = await caller_of(request)
-    subs = await runtime.store.list_for(None if caller == OPERATOR else [caller])
-    listed = SubscriptionList(subscriptions=[subscription_view(s, caller) for s in subs])
-    return answer(listed, exclude_none=True)
+    query = read_query(request, SubscriptionsQuery)
+    next_cursor = None
+    if caller == OPERATOR:
+        subs, next_cursor = await runtime.store.page(query.cursor, query.limit)
+    else:
+        subs = await runtime.store.list_for([caller])
+    listed = SubscriptionList(
+        subscriptions=[subscription_view(s, caller) for s in subs], next_cursor=next_cursor
+    )
+    return json_response(
+        listed.model_dump(mode="json", exclude_none=True) | {"next_cursor": next_cursor}
+    )
 
 
 @endpoint(

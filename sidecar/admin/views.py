@@ -64,9 +64,13 @@ class SubscriptionCreated(SubscriptionView):
 
 
 class SubscriptionList(View):
-    """The caller's subscriptions, oldest first."""
+    """The caller's subscriptions, oldest first: a client's all at once, the operator's (every
+    client's) a page at a time."""
 
     subscriptions: list[SubscriptionView]
+    next_cursor: str | None = Field(
+        None, description="Pass as `cursor` for the next page; null: no more."
+    )
 
 
 class SecretRotated(View):

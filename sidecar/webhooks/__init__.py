@@ -112,6 +112,7 @@ async def _prepare(
     published from now on are dispatched; False (logged when `say`) while Redis is down."""
     try:
         await runtime.store.declare(runtime.settings.webhooks.subscriptions)
+        await runtime.store.ensure_indexed()
         await dispatcher.ensure_groups()
         await worker.ensure_group()
     except REDIS_FAULTS as exc:

@@ -21,8 +21,9 @@ from ..completions.decoder import Decoder
 from ..config import Route, Settings
 from ..routing import Runtime
 from ..tasks import checkpoint
+from ..tenancy import OPERATOR
 from ..tracking import TrackedCall
-from .fanout import messages_for
+from .fanout import candidates, messages_for
 from .keys import dispatch_group
 from .outbox import create_group, group_lost
 from .runtime import WebhookRuntime
@@ -165,21 +166,24 @@ class Dispatcher:
         if not self._pending:
             return
         items = list(self._pending.values())
-        subs = await self.store.snapshot()
+        anyone = await self.store.anyone()
         tracked: list[TrackedCall | None] = [None] * len(items)
-        if subs:  # nobody subscribed: nothing to look up, every completion is done
+        if anyone:  # nobody subscribed: nothing to look up, every completion is done
             tracked = await self.tracker.get_many([i.event.correlation_id for i in items])
         now = time.monotonic()
         ready: list[tuple[Pending, TrackedCall | None]] = [
             (item, call)
             for item, call in zip(items, tracked, strict=True)
-            if not subs or call is not None or now - item.first_seen > UNTRACKED_GRACE_S
+            if not anyone or call is not None or now - item.first_seen > UNTRACKED_GRACE_S
         ]
+        # Only the owners this batch concerns are read: the callers and the operator.
+        tenants = {call.tenant for _, call in ready if call is not None and call.tenant}
+        subs = await self.store.of_owners({OPERATOR, *tenants}) if anyone else {}
         messages = [
             message
             for item, call in ready
             for message in messages_for(
-                subs,
+                candidates(subs, call),
                 item.route,
                 item.status,
                 item.event.data,

@@ -13,6 +13,7 @@ import orjson
 
 from ..completions.completion import Status
 from ..config import Route, Settings
+from ..tenancy import OPERATOR
 from ..timestamps import iso
 from ..tracking import TrackedCall
 from .outbox import Message, message_id_for
@@ -82,6 +83,17 @@ def payload(
         operation_id=operation_id,
     )
     return event_type, body
+
+
+def candidates(
+    by_owner: dict[str, list[Subscription]], tracked: TrackedCall | None
+) -> list[Subscription]:
+    """The subscriptions that may hear of a call's completion: the operator's, and its
+    caller's unless the call's id is ambiguous (several calls wait on it)."""
+    subs = list(by_owner.get(OPERATOR, ()))
+    if tracked is not None and tracked.tenant and not tracked.ambiguous:
+        subs += by_owner.get(tracked.tenant, ())
+    return subs
 
 
 def messages_for(

@@ -20,12 +20,18 @@ Cluster slot, while different owners spread across the cluster.
                                          as `sub|message|attempt|trigger`
     {prefix}:wh:{owner}:tests            sorted set: the owner's test sends of the last minute
     {prefix}:wh:subs                     hash: every subscription id → its owner
+    {prefix}:wh:subs:by-age              sorted set, score = creation time (s): every
+                                         subscription id, oldest first (the operator's pages)
     {prefix}:wh:subs:version             string: a new random token on every subscription change
     {prefix}:wh:ready                    sorted set: `owner|id` of queues holding work (score:
                                          the last enqueue, µs), what delivery workers read
     {prefix}:wh:dues                     sorted set: owner → its earliest scheduled retry (ms)
     {prefix}:wh:bell                     stream, MAXLEN 1: rung on every enqueue (wakes readers)
     {prefix}:wh:dead                     stream, MAXLEN ~ outbox_maxlen: dead letters
+    {prefix}:wh:log                      stream, MAXLEN ~ 100000: every owner's attempts (the
+                                         operator's message log), with their owner
+    {prefix}:wh:owner-of:{mid}           string, the message's TTL: its owner (the operator's
+                                         lookups of one message)
     {prefix}:wh:tests                    sorted set: every client's test sends of the last minute
     {prefix}:wh:test-bytes               hash, minute → bytes: every client's test data, last hour
 
@@ -106,6 +112,21 @@ def test_bytes_key(prefix: str) -> str:
 def all_subscriptions_key(prefix: str) -> str:
     """Hash of every subscription id to its owner."""
     return f"{wh(prefix)}:subs"
+
+
+def subscriptions_by_age_key(prefix: str) -> str:
+    """Sorted set of every subscription id by creation time."""
+    return f"{wh(prefix)}:subs:by-age"
+
+
+def all_log_key(prefix: str) -> str:
+    """Stream of every owner's attempts (oldest first), for the operator's message log."""
+    return f"{wh(prefix)}:log"
+
+
+def message_owner_key(prefix: str, message_id: str) -> str:
+    """The owner of one message."""
+    return f"{wh(prefix)}:owner-of:{message_id}"
 
 
 def version_key(prefix: str) -> str:

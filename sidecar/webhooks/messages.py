@@ -1,10 +1,11 @@
 """The message log: every attempt of an owner's messages, newest first, and one message whole.
 
 Each owner's attempts are appended to its log stream (`{prefix}:wh:{owner}:log`, about the last
-10,000), whose entry ids are time-ordered, so a page is one `XREVRANGE` from a cursor (the last
-entry id seen, exclusive) or a time range. Filters (subscription, status, event type) are
-applied while scanning, at most `MAX_SCAN` entries per page: a page may come back short with a
-cursor to go on from. The operator's view merges every owner's log.
+10,000), and every owner's to one more (`{prefix}:wh:log`, about the last 100,000: the operator's
+view, read at the same cost however many owners there are). Entry ids are time-ordered, so a
+page is one `XREVRANGE` from a cursor (the last entry id seen, exclusive) or a time range.
+Filters (subscription, status, event type) are applied while scanning, at most `MAX_SCAN`
+entries per page: a page may come back short with a cursor to go on from.
 
 Status: `succeeded` is an attempt that got a 2xx; `failed` any other, whether or not a retry
 is still due.
@@ -17,9 +18,15 @@ from typing import Any, Literal
 import orjson
 
 from ..connections import Client
-from ..tenancy import OPERATOR
 from ..timestamps import iso
-from .keys import attempts_key, message_key, message_log_key, owner_log_key
+from .keys import (
+    all_log_key,
+    attempts_key,
+    message_key,
+    message_log_key,
+    message_owner_key,
+    owner_log_key,
+)
 from .store import SubscriptionStore
 
 Status = Literal["succeeded", "failed"]
@@ -47,14 +54,9 @@ class MessageLog:
         self.prefix = prefix
         self.store = store
 
-    async def owners(self) -> list[str]:
-        """Every owner that has (or had) a subscription."""
-        subs = await self.store.snapshot()
-        return sorted({s.owner for s in subs} | {OPERATOR})
-
     async def _scan(
         self,
-        owner: str,
+        owner: str | None,
         *,
         sub_id: str | None,
         status: Status | None,
@@ -64,7 +66,7 @@ class MessageLog:
         cursor: str | None,
         limit: int,
     ) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
-        key = owner_log_key(self.prefix, owner)
+        key = owner_log_key(self.prefix, owner) if owner else all_log_key(self.prefix)
         end = f"({cursor}" if cursor else (str(until_ms) if until_ms is not None else "+")
         start = str(since_ms) if since_ms is not None else "-"
         found: list[tuple[str, dict[str, Any]]] = []
@@ -103,33 +105,17 @@ class MessageLog:
     ) -> tuple[list[dict[str, Any]], str | None]:
         """A page of attempts, newest first, and the cursor of the next page (None: no more).
         `owner` None is the operator's view: every owner's attempts, merged."""
-        owners = [owner] if owner is not None else await self.owners()
-        pages = []
-        for one in owners:
-            found, more = await self._scan(
-                one,
-                sub_id=sub_id,
-                status=status,
-                event_type=event_type,
-                since_ms=since_ms,
-                until_ms=until_ms,
-                cursor=cursor,
-                limit=limit,
-            )
-            pages.append((found, more))
-        merged = sorted(
-            (item for found, _ in pages for item in found),
-            key=lambda item: tuple(int(p) for p in item[0].split("-")),
-            reverse=True,
-        )[:limit]
-        unread = [more for _, more in pages if more is not None]
-        if len(merged) >= limit:
-            next_cursor: str | None = merged[-1][0]
-        elif unread:  # a scan stopped at its bound: go on from the newest place one stopped
-            next_cursor = max(unread, key=lambda c: tuple(int(p) for p in c.split("-")))
-        else:
-            next_cursor = None
-        return [attempt for _, attempt in merged], next_cursor
+        found, next_cursor = await self._scan(
+            owner,
+            sub_id=sub_id,
+            status=status,
+            event_type=event_type,
+            since_ms=since_ms,
+            until_ms=until_ms,
+            cursor=cursor,
+            limit=limit,
+        )
+        return [attempt for _, attempt in found], next_cursor
 
     async def subscription_attempts(
         self, owner: str, sub_id: str, limit: int, result: str | None = None
@@ -157,12 +143,8 @@ class MessageLog:
         return sub is not None and bool(sub.decode() == sub_id)
 
     async def _owner_of(self, message_id: str) -> str | None:
-        owners = await self.owners()
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for one in owners:
-                pipe.exists(message_key(self.prefix, one, message_id))
-            found = await pipe.execute()
-        return next((o for o, hit in zip(owners, found, strict=True) if hit), None)
+        owner = await self.redis.get(message_owner_key(self.prefix, message_id))
+        return owner.decode() if owner else None
 
     async def message(self, owner: str | None, message_id: str) -> dict[str, Any] | None:
         """One message with its payload, its last webhook headers and every attempt (newest

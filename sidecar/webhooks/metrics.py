@@ -6,7 +6,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from ..metrics import LATENCY_BUCKETS
 
-
 QUOTAS = (
     "subscriptions",
     "test_sends",

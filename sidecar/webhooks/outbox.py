@@ -24,6 +24,7 @@ from .keys import (
     due_key,
     dues_key,
     message_key,
+    message_owner_key,
     queue_key,
     ready_key,
 )
@@ -184,7 +185,10 @@ class Outbox:
         ]
         replies = await run_scripts(self.redis, self._enqueue, calls)
         new = [m for m, reply in zip(messages, replies, strict=True) if reply]
-        await self.mark_ready((m.owner, m.sub_id) for m in new)
+        await self.mark_ready(
+            ((m.owner, m.sub_id) for m in new),
+            owners={m.message_id: (m.owner, m.ttl_s) for m in new},
+        )
         return len(new)
 
     async def requeue(
@@ -224,8 +228,13 @@ class Outbox:
                 queued[message_id] = attempt
         return queued
 
-    async def mark_ready(self, queues: Iterable[tuple[str, str]]) -> None:
-        """Say that these (owner, subscription) queues hold work, and ring the bell."""
+    async def mark_ready(
+        self,
+        queues: Iterable[tuple[str, str]],
+        owners: dict[str, tuple[str, int]] | None = None,
+    ) -> None:
+        """Say that these (owner, subscription) queues hold work, and ring the bell; and, for
+        new messages, who owns each (`owners`: id → (owner, ttl)), for the operator's lookups."""
         members = {ready_member(owner, sub): None for owner, sub in queues}
         if not members:
             return
@@ -235,6 +244,8 @@ class Outbox:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.zadd(ready_key(self.prefix), dict.fromkeys(members, score))
             pipe.xadd(bell_key(self.prefix), {"r": "1"}, maxlen=1, approximate=False)
+            for message_id, (owner, ttl_s) in (owners or {}).items():
+                pipe.set(message_owner_key(self.prefix, message_id), owner, ex=ttl_s)
             await pipe.execute()
 
     async def unready(self, member: str, seen_score: float) -> None:

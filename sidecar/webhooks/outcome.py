@@ -19,14 +19,16 @@ import orjson
 from redis.typing import EncodableT, FieldT
 
 from ..config import Webhooks
-from ..connections import Client
+from ..connections import Client, is_cluster
 from ..timestamps import iso
 from .attempt import AttemptResult
 from .keys import (
     DELIVERY_GROUP,
+    all_log_key,
     attempts_key,
     dead_key,
     due_key,
+    dues_key,
     message_key,
     message_log_key,
     owner_log_key,
@@ -43,6 +45,7 @@ logger = logging.getLogger("sidecar.webhooks.delivery")
 ATTEMPTS_KEPT = 1000  # per subscription
 MESSAGE_ATTEMPTS_KEPT = 100  # per message
 OWNER_LOG_KEPT = 10_000  # per owner (approximate)
+ALL_LOG_KEPT = 100_000  # every owner's together, the operator's log (approximate)
 DETAIL_ONLY = ("response_excerpt", "error_detail")  # kept per message, not in the owner's log
 
 # KEYS: the subscription. ARGV: 1 delivered / 0 failed, now. The time it has been failing
@@ -85,6 +88,7 @@ class OutcomeWriter:
     ) -> None:
         self.redis, self.prefix, self.config = redis, prefix, config
         self.outbox, self.store, self.metrics = outbox, store, metrics
+        self.one_server = not is_cluster(redis)
 
     async def finish_entry(self, owner: str, sub_id: str, entry_id: str) -> None:
         """Take a queue entry out without an attempt (its message is gone, or was made)."""
@@ -142,15 +146,13 @@ class OutcomeWriter:
             result.headers,
             now,
         )
-        if next_at is not None:
-            await self.outbox.scheduled(owner, int(next_at * 1000))
-        if outcome == "dead":
-            await self.redis.xadd(
-                dead_key(self.prefix),
-                dead_letter(message_id, owner, sub.id, event_type, now),
-                maxlen=self.config.outbox_maxlen,
-                approximate=True,
-            )
+        due_ms = int(next_at * 1000) if next_at is not None else None
+        dead = (
+            dead_letter(message_id, owner, sub.id, event_type, now) if outcome == "dead" else None
+        )
+        # On one server the operator's log is written in the owner's transaction already.
+        line = None if self.one_server else everyone_line(log, owner)
+        await self._index(owner, due_ms, dead, line)
         self.metrics.attempts.labels(event_type, outcome).inc()
         if outcome == "delivered" and msg.get("state") != b"delivered":
             self.metrics.latency.observe(max(0.0, now - int(msg["created_ms"]) / 1000))
@@ -162,6 +164,29 @@ class OutcomeWriter:
         elif failing_since > 0 and now - failing_since >= self.config.disable_after:
             days = (now - failing_since) / 86400
             await self._disable(sub, "failing", f"every attempt failed for {days:.1f} days")
+
+    async def _index(
+        self,
+        owner: str,
+        due_ms: int | None,
+        dead: dict[FieldT, EncodableT] | None,
+        line: bytes | None,
+    ) -> None:
+        """The global indexes, after the owner's transaction (other slots on a cluster): the
+        owner's earliest retry, the dead letter, the operator's log of every owner's attempts."""
+        if due_ms is None and dead is None and line is None:
+            return
+        prefix = self.prefix
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if due_ms is not None:
+                pipe.zadd(dues_key(prefix), {owner: due_ms}, lt=True)
+            if dead is not None:
+                pipe.xadd(
+                    dead_key(prefix), dead, maxlen=self.config.outbox_maxlen, approximate=True
+                )
+            if line is not None:
+                pipe.xadd(all_log_key(prefix), {"a": line}, maxlen=ALL_LOG_KEPT, approximate=True)
+            await pipe.execute()
 
     async def _write(
         self, it: Written, log: dict[str, Any], headers: dict[str, str], now: float
@@ -196,6 +221,13 @@ class OutcomeWriter:
                 maxlen=OWNER_LOG_KEPT,
                 approximate=True,
             )
+            if self.one_server:  # no slots to keep apart: the operator's log in the same MULTI
+                pipe.xadd(
+                    all_log_key(prefix),
+                    {"a": everyone_line(log, owner)},
+                    maxlen=ALL_LOG_KEPT,
+                    approximate=True,
+                )
             if it.next_at is not None:
                 member = f"{sub.id}|{it.message_id}|{it.attempt + 1}|{it.trigger}"
                 pipe.zadd(due_key(prefix, owner), {member: int(it.next_at * 1000)})
@@ -219,6 +251,11 @@ class OutcomeWriter:
             "webhook subscription disabled",
             extra={"sub": sub.id, "owner": sub.owner, "reason": reason, "detail": why},
         )
+
+
+def everyone_line(log: dict[str, Any], owner: str) -> bytes:
+    """An attempt's line in the operator's log of every owner's attempts (with its owner)."""
+    return orjson.dumps({k: v for k, v in log.items() if k not in DETAIL_ONLY} | {"owner": owner})
 
 
 def dead_letter(

@@ -18,8 +18,9 @@ from aiohttp.resolver import DefaultResolver
 from ..completions.completion import Completion
 from ..config import Route, Settings
 from ..connections import REDIS_FAULTS, Client, RedisConnections
+from ..tenancy import OPERATOR
 from ..tracking import CallTracker, TrackedCall
-from .fanout import messages_for
+from .fanout import candidates, messages_for
 from .messages import MessageLog
 from .metrics import WebhookMetrics
 from .outbox import Outbox
@@ -70,9 +71,9 @@ class WebhookRuntime:
         try:
             # Message ids derive from the call, so the stream's dispatcher, a replica's poller
             # and this one all enqueue the same messages: the first wins, the others are no-ops.
-            subs = await self.store.snapshot()
+            owners = {OPERATOR, tracked.tenant} if tracked and tracked.tenant else {OPERATOR}
             messages = messages_for(
-                subs,
+                candidates(await self.store.of_owners(owners), tracked),
                 route,
                 completion.status,
                 completion.data,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,11 +25,13 @@ from .keys import (
     owner_key,
     queue_key,
     subscription_key,
+    subscriptions_by_age_key,
     version_key,
 )
 from .signing import new_secret
 
 ROTATION_GRACE_S = 24 * 3600.0  # the old secret keeps signing this long after a rotation
+MAX_CACHED_OWNERS = 10_000  # owners whose subscriptions a process keeps for fan-out
 
 # KEYS: the subscription hash. ARGV: field, value, ... Set only while it exists.
 _PATCH = """
@@ -156,6 +159,9 @@ class SubscriptionStore:
         self._create = register(redis, _CREATE)
         self._snapshot: tuple[bytes | None, list[Subscription]] | None = None
         self._by_id: dict[str, Subscription] = {}
+        self._owners: OrderedDict[str, list[Subscription]] = OrderedDict()
+        self._owners_version: bytes | None = None
+        self._anyone: tuple[bytes | None, bool] | None = None
 
     def key(self, sub: Subscription) -> str:
         """The subscription's hash."""
@@ -164,8 +170,25 @@ class SubscriptionStore:
     async def _indexed(self, sub: Subscription) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(all_subscriptions_key(self.prefix), sub.id, sub.owner)
+            pipe.zadd(subscriptions_by_age_key(self.prefix), {sub.id: sub.created_at})
             pipe.set(version_key(self.prefix), new_version())
             await pipe.execute()
+
+    async def ensure_indexed(self) -> int:
+        """Put every subscription in the by-age index if some are missing from it (made before
+        the index existed, or lost between two writes); how many were added."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hlen(all_subscriptions_key(self.prefix))
+            pipe.zcard(subscriptions_by_age_key(self.prefix))
+            everyone, indexed = await pipe.execute()
+        if int(everyone) == int(indexed):
+            return 0
+        subs = await self.list_for(None)
+        if subs:
+            await self.redis.zadd(
+                subscriptions_by_age_key(self.prefix), {s.id: s.created_at for s in subs}
+            )
+        return len(subs) - int(indexed)
 
     async def save(self, sub: Subscription) -> Subscription:
         """Write a subscription whole (an upsert) and index it."""
@@ -247,6 +270,74 @@ class SubscriptionStore:
         subs = [Subscription.from_fields(row) for row in rows if row]
         return sorted(subs, key=lambda s: (s.created_at, s.id))
 
+    async def page(self, cursor: str | None, limit: int) -> tuple[list[Subscription], str | None]:
+        """Everyone's subscriptions, oldest first, `limit` at a time from `cursor` (the
+        `created_at:id` of the last one seen); and the next page's cursor (None: no more)."""
+        key = subscriptions_by_age_key(self.prefix)
+        after_score, after_id = -1.0, ""
+        if cursor:
+            score, _, after_id = cursor.partition(":")
+            after_score = float(score)
+        rows = await self.redis.zrangebyscore(
+            key, after_score, "+inf", start=0, num=limit + 50, withscores=True
+        )
+        ids = [
+            (raw.decode(), score)
+            for raw, score in rows
+            if score > after_score or raw.decode() > after_id
+        ][: limit + 1]
+        if not ids:
+            return [], None
+        owners = await self.redis.hmget(all_subscriptions_key(self.prefix), [i for i, _ in ids])  # type: ignore[misc]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for (sub_id, _score), owner in zip(ids, owners, strict=True):
+                if owner is not None:
+                    pipe.hgetall(subscription_key(self.prefix, owner.decode(), sub_id))
+            found = [Subscription.from_fields(row) for row in await pipe.execute() if row]
+        more = len(found) > limit
+        found = found[:limit]
+        last = found[-1] if found else None
+        return found, f"{last.created_at!r}:{last.id}" if more and last else None
+
+    async def anyone(self) -> bool:
+        """True when any subscription exists (kept until a subscription changes)."""
+        version: bytes | None = await self.redis.get(version_key(self.prefix))
+        if self._anyone is None or self._anyone[0] != version:
+            count = await self.redis.hlen(all_subscriptions_key(self.prefix))  # type: ignore[misc]
+            self._anyone = (version, int(count) > 0)
+        return self._anyone[1]
+
+    async def of_owners(self, owners: set[str]) -> dict[str, list[Subscription]]:
+        """The subscriptions of each of these owners, from a cache kept per owner until any
+        subscription changes (one GET per call): fan-out reads only the owners a batch of
+        completions concerns, however many subscriptions there are."""
+        version: bytes | None = await self.redis.get(version_key(self.prefix))
+        if version != self._owners_version:
+            self._owners.clear()
+            self._owners_version = version
+        missing = [o for o in owners if o not in self._owners]
+        if missing:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for owner in missing:
+                    pipe.smembers(owner_key(self.prefix, owner))
+                sets = await pipe.execute()
+            pairs = [(o, s.decode()) for o, ids in zip(missing, sets, strict=True) for s in ids]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for owner, sub_id in pairs:
+                    pipe.hgetall(subscription_key(self.prefix, owner, sub_id))
+                rows = await pipe.execute()
+            loaded: dict[str, list[Subscription]] = {o: [] for o in missing}
+            for row in rows:
+                if row:
+                    sub = Subscription.from_fields(row)
+                    loaded[sub.owner].append(sub)
+            for owner, subs in loaded.items():
+                self._owners[owner] = subs
+                self._owners.move_to_end(owner)
+            while len(self._owners) > MAX_CACHED_OWNERS:
+                self._owners.popitem(last=False)
+        return {o: self._owners.get(o, []) for o in owners}
+
     async def snapshot(self) -> list[Subscription]:
         """Every subscription, from a cache reloaded only when the version moved (one GET per
         call): fan-out of a batch of completions reads Redis once, not per completion."""
@@ -288,7 +379,10 @@ class SubscriptionStore:
     async def delete(self, sub: Subscription) -> None:
         """Remove a subscription, its queue and its attempts log (unindexed first, so fan-out
         stops choosing it)."""
-        await self.redis.hdel(all_subscriptions_key(self.prefix), sub.id)  # type: ignore[misc]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hdel(all_subscriptions_key(self.prefix), sub.id)
+            pipe.zrem(subscriptions_by_age_key(self.prefix), sub.id)
+            await pipe.execute()
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(
                 self.key(sub),

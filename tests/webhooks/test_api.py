@@ -172,7 +172,7 @@ async def test_create_answers_201_with_the_secret_shown_only_then(start_admin: S
     assert one.status == 200
     assert one.body == {k: v for k, v in created.items() if k != "secret"}
     listed = await admin.call("GET", "/subscriptions", A)
-    assert listed.body == {"subscriptions": [one.body]}
+    assert listed.body == {"subscriptions": [one.body], "next_cursor": None}
 
 
 async def test_clients_see_only_their_own_and_the_operator_sees_all(
@@ -263,7 +263,10 @@ async def test_a_bearer_that_is_not_the_operator_token_is_a_client(
     admin = await start_admin()
     await admin.create(A, "https://a.example.com/hook")
     wrong = {"Authorization": "Bearer op-token-wrong"}
-    assert (await admin.call("GET", "/subscriptions", wrong)).body == {"subscriptions": []}
+    assert (await admin.call("GET", "/subscriptions", wrong)).body == {
+        "subscriptions": [],
+        "next_cursor": None,
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,7 +331,10 @@ async def test_invalid_subscriptions_answer_422(
     assert_problem(answer, 422)
     assert answer.body["detail"].startswith(detail), answer.body["detail"]
     assert answer.body["errors"]
-    assert (await admin.call("GET", "/subscriptions", A)).body == {"subscriptions": []}
+    assert (await admin.call("GET", "/subscriptions", A)).body == {
+        "subscriptions": [],
+        "next_cursor": None,
+    }
 
 
 async def test_private_targets_are_accepted_when_allowed(start_admin: StartAdmin) -> None:
@@ -439,7 +445,10 @@ async def test_delete_answers_204_then_404(start_admin: StartAdmin) -> None:
     assert answer.body is None
     assert_problem(await admin.call("GET", path, A), 404)
     assert_problem(await admin.call("DELETE", path, A), 404)
-    assert (await admin.call("GET", "/subscriptions", A)).body == {"subscriptions": []}
+    assert (await admin.call("GET", "/subscriptions", A)).body == {
+        "subscriptions": [],
+        "next_cursor": None,
+    }
 
 
 async def test_rotate_returns_a_new_secret_and_both_sign_for_a_while(
