@@ -19,8 +19,8 @@ from playwright.sync_api import Page, expect
 from sidecar.admin.app import ADMIN_ENDPOINTS
 from sidecar.admin.openapi import openapi_document
 from sidecar.config import Settings
+from tests.admin.test_openapi import documented
 from tests.portal.conftest import OPERATOR_TOKEN, OpenPage, StartPortal
-from tests.portal.test_openapi import documented
 
 ROOT = Path(__file__).parents[2]
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
