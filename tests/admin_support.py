@@ -3,7 +3,8 @@
 an `Admin` talking to it.
 
 The credentials: `OPERATOR_TOKEN` is the sidecar's admin token (`OP` its header); `A` and `B`
-are two clients' credentials (each a tenant of its own).
+are two clients' credentials (each a tenant of its own); `bearer(session)` is the header of a
+portal session. `assert_problem` checks an answer is the problem+json of a status.
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ OP = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 A = {"Authorization": "Bearer client-a"}
 B = {"Authorization": "Bearer client-b"}
 PROBLEM = "application/problem+json"
+
+
+def bearer(session: dict[str, Any]) -> dict[str, str]:
+    """The header a portal session (`Admin.sign_in`, `Admin.link`) is used with."""
+    return {"Authorization": f"Bearer {session['token']}"}
 
 
 @dataclass
@@ -112,6 +118,14 @@ class Admin:
 
         await until_true(check, timeout_s=5, every_s=0.01, what=lambda: f"GET {path}: {found}")
         return found
+
+
+def assert_problem(answer: Answer, status: int) -> None:
+    """`answer` is a problem+json document of `status`, with a detail."""
+    assert answer.status == status, answer.body
+    assert answer.headers["Content-Type"] == PROBLEM
+    assert answer.body["status"] == status
+    assert answer.body["detail"]
 
 
 StartAdmin = Callable[..., Awaitable[Admin]]

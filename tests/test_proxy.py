@@ -6,8 +6,6 @@ from typing import Any
 
 from aiohttp import web
 
-from sidecar.state import ADMIN_URL
-
 from .conftest import SidecarFactory, Upstream
 
 
@@ -168,28 +166,3 @@ async def test_location_rewritten_to_configured_public_url(
     client = await start_sidecar(upstream, proxy={"public_url": "https://api.example.com"})
     resp = await client.post("/jobs")
     assert resp.headers["Location"] == "https://api.example.com/jobs/7"
-
-
-async def test_route_label_in_metrics_and_admin_endpoints(
-    start_upstream: Upstream, start_sidecar: SidecarFactory
-) -> None:
-    upstream = await start_upstream(echo_app())
-    client = await start_sidecar(
-        upstream, routes=[{"name": "things", "method": "GET", "path": "/things/{id}"}]
-    )
-    assert (await client.get("/things/42")).status == 200
-    assert (await client.get("/other")).status == 200
-    admin = client.app[ADMIN_URL]
-    async with client.session.get(f"{admin}/healthz") as resp:
-        assert resp.status == 200
-    async with client.session.get(f"{admin}/readyz") as resp:
-        assert resp.status == 200
-        assert (await resp.json())["status"] == "ready"
-    async with client.session.get(f"{admin}/metrics") as resp:
-        text = await resp.text()
-    assert (
-        'sidecar_requests_total{outcome="passthrough",route="things",status_class="2xx"} 1.0'
-        in text
-    )
-    assert 'sidecar_requests_total{outcome="passthrough",route="-",status_class="2xx"} 1.0' in text
-    assert "sidecar_build_info" in text

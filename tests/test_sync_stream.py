@@ -402,17 +402,3 @@ async def test_no_diagnosis_while_calls_do_complete(stream_env: StreamEnvFactory
         metric(env.client, "sidecar_route_misconfiguration_suspected_total", route="create-user")
         == 0
     )
-
-
-async def test_readiness_can_leave_redis_out(
-    stream_env: StreamEnvFactory, own_redis: RedisServer
-) -> None:
-    env = await stream_env(url=own_redis.url, readiness={"require_redis": False})
-    await asyncio.to_thread(own_redis.stop)
-    await until(lambda: metric(env.client, "sidecar_redis_up") == 0)
-    admin = env.client.app[ADMIN_URL]
-    async with env.client.session.get(f"{admin}/readyz") as ready:
-        assert ready.status == 200  # calls still go through, falling back to 202
-        body = await ready.json()
-    assert body["status"] == "ready (degraded)"
-    assert any(k.startswith("redis ") for k in body["reasons"])

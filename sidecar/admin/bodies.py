@@ -275,6 +275,22 @@ class Recover(Body):
                 raise ValueError(f"invalid date-time {value[:40]!r} (use ISO 8601)") from None
         return value
 
+    @field_validator("since")
+    @classmethod
+    def _after_1970(cls, value: datetime) -> datetime:
+        return not_before_1970(value)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def not_before_1970(value: datetime) -> datetime:
+    """A time the logs can be read from (their entries are stamped from 1970 on)."""
+    aware = value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if aware < EPOCH:
+        raise ValueError("must not be before 1970-01-01T00:00:00Z")
+    return value
+
 
 class Query(BaseModel):
     """Base of query-string models: values are converted from text; unknown names are ignored."""
@@ -300,6 +316,11 @@ class MessagesQuery(Query):
         description="`next_cursor` of the previous page.",
     )
     limit: int = Field(LIMIT_DEFAULT, ge=1, le=LIMIT_MAX, description="Page size. Default 50.")
+
+    @field_validator("since", "until")
+    @classmethod
+    def _after_1970(cls, value: datetime | None) -> datetime | None:
+        return None if value is None else not_before_1970(value)
 
 
 class SubscriptionsQuery(Query):

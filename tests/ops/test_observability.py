@@ -46,7 +46,10 @@ INSTALL_HINT = (
     "Prometheus is not installed: these tests run the real prometheus and promtool. "
     "Install them with `apt-get install prometheus` (CI's .ci/run does)."
 )
-# Every name the brief of the dashboard asks for; the test of the extractor below keeps it honest.
+# What the dashboard must show, by metric: calls per route and outcome, how long they wait, how
+# many are held against the cap, Redis and the completion stream's lag, webhook attempts, queues
+# and dead letters, and fallbacks to 202. Its queries must name every one (read by the metric
+# name extractor, whose own test below keeps that check honest).
 DASHBOARD_METRICS = {
     "sidecar_requests_total",
     "sidecar_wait_duration_seconds_bucket",

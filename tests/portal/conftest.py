@@ -3,9 +3,10 @@ served from a background event loop, and headless Chromium driven by Playwright.
 
 The browser tests are synchronous (Playwright's sync API), so the servers they talk to run on an
 event loop of their own in a thread (`ServerLoop`); each test gets its own sidecar with its own
-Redis key prefix, stopped and cleaned up after it. One browser serves the whole package; each
-test gets a fresh context, and fails if the page raised a JavaScript error or requested anything
-from another origin.
+Redis key prefix, stopped and cleaned up after it, and talks to its admin API through the shared
+admin client (tests/admin_support.py) run on that loop. One browser serves the whole package;
+each test gets a fresh context, and fails if the page raised a JavaScript error or requested
+anything from another origin.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import aiohttp
 import orjson
 import pytest
 import redis.asyncio as aioredis
@@ -28,11 +30,15 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from sidecar.app import create_app
+from sidecar.keys import call_key
 from sidecar.state import ADMIN_URL
-from tests.conftest import make_settings
+
+from ..admin_support import OPERATOR_TOKEN, Admin
+from ..conftest import make_settings
+from ..helpers import until_true
+from ..streams import OK, users_route
 
 T = TypeVar("T")
-OPERATOR_TOKEN = "op-token-portal-0123456789"
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--headless",
@@ -93,10 +99,11 @@ class Receiver:
 
 @dataclass
 class Portal:
-    """One running sidecar (proxy, admin and portal), its fake API and a receiver."""
+    """One running sidecar (proxy, admin and portal), its fake API and a receiver; `admin` is a
+    client of its admin API on the server loop, which the synchronous calls here run."""
 
     loop: ServerLoop
-    admin_url: str
+    admin: Admin
     proxy_url: str
     prefix: str
     stream: str
@@ -105,94 +112,74 @@ class Portal:
     runners: list[web.AppRunner] = field(default_factory=list)
 
     @property
+    def admin_url(self) -> str:
+        return self.admin.url
+
+    @property
     def page_url(self) -> str:
         return self.admin_url + "/admin/"
 
     def call(
-        self,
-        method: str,
-        path: str,
-        headers: dict[str, str] | None = None,
-        json: Any = None,
-        base: str | None = None,
+        self, method: str, path: str, headers: dict[str, str] | None = None, json: Any = None
     ) -> tuple[int, Any]:
-        """An HTTP call to the admin API (or `base`) from the test: (status, JSON body)."""
-        import aiohttp
+        """A call of the admin API (`/admin/api{path}`) from the test: (status, JSON body)."""
+        answer = self.loop.run(self.admin.call(method, path, headers, json))
+        return answer.status, answer.body
+
+    def through_proxy(
+        self, method: str, path: str, headers: dict[str, str], json: Any
+    ) -> tuple[int, Any]:
+        """A client's call of the proxy listener (in front of the fake API): (status, JSON)."""
 
         async def go() -> tuple[int, Any]:
-            async with (
-                aiohttp.ClientSession() as http,
-                http.request(
-                    method,
-                    (base or self.admin_url + "/admin/api") + path,
-                    headers=headers,
-                    data=orjson.dumps(json) if json is not None else None,
-                ) as response,
-            ):
+            async with self.admin.http.request(
+                method, self.proxy_url + path, headers=headers, data=orjson.dumps(json)
+            ) as response:
                 raw = await response.read()
-                try:
-                    return response.status, orjson.loads(raw) if raw else None
-                except orjson.JSONDecodeError:
-                    return response.status, raw.decode()
+                return response.status, orjson.loads(raw) if raw else None
 
         return self.loop.run(go())
 
     def subscribe(self, credential: str, url: str | None = None, **fields: Any) -> dict[str, Any]:
         """A subscription of the client `credential` (its receiver by default)."""
-        body = {"url": url or self.receiver.url, "events": ["*"], **fields}
-        status, sub = self.call("POST", "/subscriptions", {"Authorization": credential}, body)
-        assert status == 201, sub
-        return dict(sub)
+        headers = {"Authorization": credential}
+        return self.loop.run(self.admin.create(headers, url or self.receiver.url, **fields))
 
     def link(self, *, tenant_credential: str, read_only: bool = False, ttl: Any = "1h") -> str:
         """A portal link minted by the operator for the client `tenant_credential`."""
-        status, body = self.call(
-            "POST",
-            "/portal-sessions",
-            {"Authorization": f"Bearer {OPERATOR_TOKEN}"},
-            {"credential": tenant_credential, "read_only": read_only, "ttl": ttl},
-        )
-        assert status == 201, body
-        return str(body["url"])
+        made = self.admin.link(credential=tenant_credential, read_only=read_only, ttl=ttl)
+        return str(self.loop.run(made)["url"])
 
 
-ROUTE = {
-    "name": "create-user",
-    "method": "POST",
-    "path": "/api/users",
-    "budget": "5s",
-    "wait": {
-        "stream": {
-            "key": "",  # set per test
-            "success": ["CreateUser::UserCreated"],
-            "failure": ["CreateUser::UserNotCreated"],
-        }
+WEBHOOK_EVENTS = {
+    "success": {
+        "type": "user.created",
+        "description": "A user account was created.",
+        "example": {"id": "u-123", "username": "ada"},
     },
-    "webhook_events": {
-        "success": {
-            "type": "user.created",
-            "description": "A user account was created.",
-            "example": {"id": "u-123", "username": "ada"},
-        },
-        "failure": "user.creation_failed",
-    },
+    "failure": "user.creation_failed",
 }
 
 
-def upstream_app(redis_url: str, stream: str) -> web.Application:
-    """A small async API: POST /api/users answers 202 and publishes the completion."""
+def upstream_app(redis_url: str, prefix: str, stream: str) -> web.Application:
+    """A small async API: POST /api/users answers 202 and publishes the completion once the
+    sidecar has had the 202 (as a backend does that answers first, then works)."""
     app = web.Application()
     tasks: set[asyncio.Task[None]] = set()
 
     async def publish(correlation_id: str, user: dict[str, Any]) -> None:
         client = aioredis.Redis.from_url(redis_url)
+
+        async def tracked() -> bool:  # the sidecar records the call when the 202 reaches it
+            return bool(await client.exists(call_key(prefix, correlation_id)))
+
         try:
-            await asyncio.sleep(0.02)
+            await until_true(tracked, timeout_s=5, every_s=0.005, what="the call tracked")
             await client.xadd(
                 stream,
                 {
                     "correlation_id": correlation_id,
-                    "type": "CreateUser::UserCreated",
+                    "type": OK,
                     "payload": orjson.dumps(user).decode(),
                 },
             )
@@ -250,15 +237,14 @@ def start_portal(redis_url: str, server_loop: ServerLoop) -> Iterator[StartPorta
         receiver = Receiver()
         runners: list[web.AppRunner] = []
 
-        async def up() -> tuple[str, str]:
-            upstream = await serve(upstream_app(redis_url, stream), runners)
+        async def up() -> tuple[Admin, str]:
+            upstream = await serve(upstream_app(redis_url, prefix, stream), runners)
             receiver.url = await serve(receiver_app(receiver), runners) + "/hook"
-            route = {**ROUTE, "wait": {"stream": {**ROUTE["wait"]["stream"], "key": stream}}}  # type: ignore[dict-item]
             raw: dict[str, Any] = {
                 "redis_url": redis_url,
                 "key_prefix": prefix,
                 "admin_token": OPERATOR_TOKEN,
-                "routes": [route],
+                "routes": [users_route(stream, webhook_events=WEBHOOK_EVENTS)],
                 "stream_reader": {"block": "50ms"},
                 "webhooks": {
                     "allow_private_targets": True,
@@ -269,18 +255,17 @@ def start_portal(redis_url: str, server_loop: ServerLoop) -> Iterator[StartPorta
             raw.update(overrides)
             app = create_app(make_settings(upstream, **raw), CollectorRegistry())
             proxy = await serve(app, runners)
-            return app[ADMIN_URL], proxy
+            return Admin(app[ADMIN_URL], aiohttp.ClientSession(), app), proxy
 
-        admin_url, proxy_url = server_loop.run(up())
-        portal = Portal(
-            server_loop, admin_url, proxy_url, prefix, stream, receiver, redis_url, runners
-        )
+        admin, proxy_url = server_loop.run(up())
+        portal = Portal(server_loop, admin, proxy_url, prefix, stream, receiver, redis_url, runners)
         started.append(portal)
         return portal
 
     yield start
 
     async def down(portal: Portal) -> None:
+        await portal.admin.http.close()
         for runner in reversed(portal.runners):
             await runner.cleanup()
         client = aioredis.Redis.from_url(portal.redis_url)

@@ -19,8 +19,9 @@ from playwright.sync_api import Page, expect
 from sidecar.admin.app import ADMIN_ENDPOINTS
 from sidecar.admin.openapi import openapi_document
 from sidecar.config import Settings
-from tests.portal.conftest import OPERATOR_TOKEN, OpenPage, StartPortal
-from tests.portal.test_openapi import documented
+from tests.admin.test_openapi import documented
+from tests.admin_support import OPERATOR_TOKEN
+from tests.portal.conftest import OpenPage, StartPortal
 
 ROOT = Path(__file__).parents[2]
 AXE = Path(__file__).parent / "vendor" / "axe.min.js"
@@ -279,8 +280,8 @@ def test_a_real_synchronised_calls_completion_appears_in_the_log(
     sign_in(page)
     nav(page, "Messages")
     expect(page.get_by_text("No messages yet.")).to_be_visible()
-    status, body = portal.call(
-        "POST", "/api/users", {"Authorization": A}, {"username": "lin"}, base=portal.proxy_url
+    status, body = portal.through_proxy(
+        "POST", "/api/users", {"Authorization": A}, {"username": "lin"}
     )
     assert status == 200, body  # the sidecar answered synchronously
     row = attempts_table(page).get_by_role("row", name=re.compile("user.created"))
@@ -311,7 +312,7 @@ def test_filter_the_log_by_status_and_event_type(
     auth = {"Authorization": A}
     portal.call("POST", f"/subscriptions/{sub['id']}/test", auth, {"type": "user.created"})
     portal.receiver.wait_for(1)
-    status, _ = portal.call("POST", "/api/users", auth, {"username": "lin"}, base=portal.proxy_url)
+    status, _ = portal.through_proxy("POST", "/api/users", auth, {"username": "lin"})
     assert status == 200
     portal.receiver.wait_for(2)
     portal.receiver.status = 500
