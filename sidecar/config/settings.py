@@ -152,7 +152,7 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
-        problems = cross_check(self.model_dump(mode="python"))
+        problems = cross_check(self.model_dump(mode="python", exclude_unset=True))
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -179,9 +179,9 @@ def cross_check(raw: Mapping[str, Any]) -> list[str]:
     """Rules spanning several keys, checked on raw (possibly invalid) data so they add to
     field errors instead of hiding behind them."""
     problems: list[str] = []
-    routes = raw.get("routes")
+    routes = raw.get("routes", [])
     if not isinstance(routes, Sequence) or isinstance(routes, str):
-        return problems
+        routes = []
     seen: dict[str, int] = {}
     has_redis = bool(raw.get("redis_url"))
     for index, route in enumerate(routes):

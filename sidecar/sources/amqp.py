@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,6 +43,19 @@ def header_bytes(value: Any) -> bytes:
     return (value if isinstance(value, str) else str(value)).encode()
 
 
+def position(delivery: AbstractIncomingMessage) -> str:
+    """A position that stays the same when the message is delivered again (a delivery tag
+    does not): its message id when the publisher set one, else a digest of what it carries.
+    Webhook messages of a completion whose call is not tracked derive their id from it."""
+    if delivery.message_id:
+        return f"id:{delivery.message_id}"
+    digest = hashlib.blake2b(digest_size=12)
+    for part in (delivery.exchange or "", delivery.routing_key or ""):
+        digest.update(part.encode() + b"\0")
+    digest.update(delivery.body)
+    return f"sum:{digest.hexdigest()}"
+
+
 def as_message(delivery: AbstractIncomingMessage) -> Message:
     """An AMQP delivery as the decoder reads it: headers, body, the properties named with @."""
     headers = {k: header_bytes(v) for k, v in (delivery.headers or {}).items()}
@@ -56,7 +70,7 @@ def as_message(delivery: AbstractIncomingMessage) -> Message:
             properties[name] = value.encode()
     stamp = delivery.timestamp
     return Message(
-        str(delivery.delivery_tag),
+        position(delivery),
         delivery.body,
         headers,
         properties,

@@ -117,6 +117,11 @@ class Source(ABC):
         self.group = group  # the shared read's name (webhooks)
         self.started_at = started_at  # wall clock: the waiters' read looks back from it
 
+    @property
+    def connect_timeout_s(self) -> float:
+        """How long `connect()` may take before the loop calls it a fault."""
+        return self.config.connect_timeout
+
     def stream_id(self, key: str) -> str:
         """The stream id of one of this source's keys."""
         return f"{self.name}/{key}"

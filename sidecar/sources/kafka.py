@@ -20,6 +20,7 @@ ones; it never asks for a topic by name before it knows it exists, since a broke
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterable, Sequence
@@ -131,6 +132,7 @@ class Placement(ConsumerRebalanceListener):  # type: ignore[misc]
         fresh = [tp for tp in assigned if await consumer.committed(tp) is None]
         if fresh:
             await self.source.seek_to_time(fresh, since_ms)
+        self.source.joined.set()
 
 
 class KafkaSource(Source):
@@ -145,6 +147,13 @@ class KafkaSource(Source):
         self._positions: dict[TopicPartition, int] = {}  # the waiters' read: where it got to
         self._assigned: set[TopicPartition] = set()
         self._stream_ids = {s.key: self.stream_id(s.key) for s in self.streams}
+        self.joined = asyncio.Event()  # the group gave this consumer its first assignment
+
+    @property
+    def connect_timeout_s(self) -> float:
+        """Joining the group takes up to a rebalance (the session timeout) on top."""
+        extra = self.config.session_timeout if self.role == "webhooks" else 0.0
+        return self.config.connect_timeout + extra
 
     @property
     def topics(self) -> list[str]:
@@ -165,7 +174,11 @@ class KafkaSource(Source):
             await self.consumer.start()
             await self._check_topics()
             if self.role == "webhooks":
+                # Connected means joined: the group's read is placed, and a consumer is never
+                # stopped while aiokafka is still finding its coordinator.
+                self.joined.clear()
                 self.consumer.subscribe(self.topics, listener=Placement(self))
+                await self.joined.wait()
             else:
                 await self._assign()
         except KafkaError as exc:

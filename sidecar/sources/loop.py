@@ -104,7 +104,7 @@ class SourceLoop:
     async def _serve(self, source: Source) -> None:
         """Connect, read and reconnect this source until its streams change."""
         backoff = Backoff(BACKOFF_INITIAL_S, BACKOFF_MAX_S)
-        timeout_s = source.config.connect_timeout
+        timeout_s = source.connect_timeout_s
         while self._current(source):
             checkpoint()
             try:
@@ -114,6 +114,12 @@ class SourceLoop:
                 backoff.reset()
                 await self._read(source)
                 return  # the streams changed
+            except SourceStale as exc:
+                logger.info(
+                    "completion source set up again",
+                    extra={"source": self.name, "read": self.role, "why": str(exc)},
+                )
+                await source.close()
             except (SourceFault, TimeoutError) as exc:
                 if cancelling():
                     raise asyncio.CancelledError from exc
@@ -122,7 +128,8 @@ class SourceLoop:
                 await asyncio.sleep(backoff.next())
 
     async def _read(self, source: Source) -> None:
-        """Read and hand on until the streams change; probe while idle."""
+        """Read and hand on until the streams change; probe while idle. A read that raises
+        `SourceStale` ends it (the loop sets the source up again, at once)."""
         probed = time.monotonic()
         while self._current(source):
             checkpoint()

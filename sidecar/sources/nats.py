@@ -1,9 +1,10 @@
 """NATS JetStream as a completion source, through nats-py.
 
     waiters   an ordered, ephemeral push consumer per subject and process (nats-py recreates
-              it itself after a gap or a reconnect), starting `look_back` before now; after
-              one of the sidecar's own reconnects it resumes after the last stream sequence
-              it saw. Nothing is acknowledged.
+              it itself after a gap, or when its heartbeats stop: a server restart), starting
+              at the first message of the last `look_back`; after one of the sidecar's own
+              reconnects it resumes after the last stream sequence it saw. Nothing is
+              acknowledged.
     webhooks  one durable pull consumer per subject for the deployment, named
               `<group>-<subject>` (dots and wildcards become _), created where the process
               started (less `look_back`) the first time; each message acknowledged after the
@@ -32,14 +33,16 @@ from nats.aio.msg import Msg
 from nats.errors import Error as NatsError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from ..completions.completion import Message
 from ..config import nats_servers
-from .base import Received, Source, SourceFault, SourceMissing, tls_context
+from .base import Received, Source, SourceFault, SourceMissing, SourceStale, tls_context
 
 RECONNECT_WAIT_S = 1
+IDLE_HEARTBEAT_S = 1.0
+PROBE_INACTIVE_S = 5.0  # the server removes the look-back's short-lived consumer after this
 FAULTS = (NatsError, OSError, ConnectionError, TimeoutError)
 
 
@@ -78,6 +81,7 @@ class NatsSource(Source):
         self._inbox: asyncio.Queue[Received] = asyncio.Queue()
         self._pulls: list[tuple[str, JetStreamContext.PullSubscription]] = []
         self._last_seq: dict[str, int] = {}  # the waiters' read: the last sequence per subject
+        self._stale = False  # reconnected: the waiters' consumers are made again at once
 
     async def connect(self) -> None:
         config = self.config
@@ -89,6 +93,7 @@ class NatsSource(Source):
             "reconnect_time_wait": RECONNECT_WAIT_S,
             "max_reconnect_attempts": -1,
             "error_cb": self._quiet,
+            "reconnected_cb": self._reconnected,
             "tls": tls_context(config, tls_url=servers[0].startswith("tls://")),
         }
         if config.username is not None:
@@ -102,7 +107,7 @@ class NatsSource(Source):
             names = await self._check_streams(self.js)
             for stream in self.streams:
                 if self.role == "waiters":
-                    await self._follow(self.js, stream.key)
+                    await self._follow(self.js, stream.key, names[stream.key])
                 else:
                     await self._share(self.js, stream.key, names[stream.key])
         except SourceMissing:
@@ -112,6 +117,11 @@ class NatsSource(Source):
 
     async def _quiet(self, exc: Exception) -> None:
         """nats-py's error callback: the loop says what matters, once per outage."""
+
+    async def _reconnected(self) -> None:
+        """nats-py reconnected: a restarted server may have lost the waiters' ephemeral
+        consumers, which nats-py would make again only after missing two heartbeats."""
+        self._stale = True
 
     async def _check_streams(self, js: JetStreamContext) -> dict[str, str]:
         names, missing = {}, []
@@ -136,19 +146,46 @@ class NatsSource(Source):
 
         return on_message
 
-    async def _follow(self, js: JetStreamContext, key: str) -> None:
-        """The waiters' ordered consumer of one subject."""
+    async def _follow(self, js: JetStreamContext, key: str, stream_name: str) -> None:
+        """The waiters' ordered consumer of one subject, from the look-back (first connect)
+        or after the last sequence seen (a reconnect of the sidecar's own)."""
         last = self._last_seq.get(key)
-        if last is None:
-            since = moment(time.time() - self.config.look_back)
-            config = ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_TIME, opt_start_time=since
-            )
-        else:
-            config = ConsumerConfig(
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=last + 1
-            )
-        await js.subscribe(key, cb=self._deliver(key), ordered_consumer=True, config=config)
+        start = last + 1 if last is not None else await self._start_sequence(js, key, stream_name)
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start)
+        await js.subscribe(
+            key,
+            cb=self._deliver(key),
+            ordered_consumer=True,
+            config=config,
+            # Missed heartbeats are how nats-py notices a consumer the server lost (a restart)
+            # and makes it again, from the next sequence.
+            idle_heartbeat=IDLE_HEARTBEAT_S,
+        )
+
+    async def _start_sequence(self, js: JetStreamContext, key: str, stream_name: str) -> int:
+        """The first sequence of `key` within the look-back, found with a short-lived
+        consumer. (The ordered consumer itself starts by sequence: nats-py's recovery of an
+        ordered consumer sets a start sequence and keeps a start time, which the server
+        refuses.)"""
+        last = (await js.stream_info(stream_name)).state.last_seq
+        probe = await js.pull_subscribe(
+            key,
+            stream=stream_name,
+            config=ConsumerConfig(
+                deliver_policy=DeliverPolicy.BY_START_TIME,
+                opt_start_time=moment(time.time() - self.config.look_back),
+                ack_policy=AckPolicy.NONE,
+                inactive_threshold=PROBE_INACTIVE_S,
+            ),
+        )
+        try:
+            if not (await probe.consumer_info()).num_pending:
+                return last + 1
+            first = await probe.fetch(1, timeout=self.config.connect_timeout)
+            return int(first[0].metadata.sequence.stream)
+        finally:
+            with contextlib.suppress(*FAULTS):
+                await probe.unsubscribe()
 
     async def _share(self, js: JetStreamContext, key: str, stream_name: str) -> None:
         """The webhooks' durable pull consumer of one subject (created once, then bound)."""
@@ -165,6 +202,8 @@ class NatsSource(Source):
 
     async def read(self, timeout_s: float) -> list[Received]:
         if self.role == "waiters":
+            if self._stale:
+                raise SourceStale("NATS reconnected: following the subjects again")
             return await self._drain(timeout_s)
         client = self.client
         if client is None or not client.is_connected:
@@ -219,6 +258,7 @@ class NatsSource(Source):
 
     async def close(self) -> None:
         client, self.client, self.js = self.client, None, None
+        self._stale = False
         self._pulls = []
         self._inbox = asyncio.Queue()
         if client is not None:

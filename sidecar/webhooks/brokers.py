@@ -37,7 +37,7 @@ class BrokerDispatcher:
         self, name: str, webhooks: WebhookRuntime, runtime: Runtime, health: SourceHealth
     ) -> None:
         self.name, self.runtime = name, runtime
-        self.handoff = Handoff(webhooks)
+        self.handoff = Handoff(webhooks, name)
         self._decoder = Decoder(runtime.settings)
         self._decoder_of = runtime.settings
         self.loop = SourceLoop(name, "webhooks", runtime, health, self.handle, block_s=BLOCK_S)

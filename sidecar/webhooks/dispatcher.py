@@ -48,7 +48,7 @@ class Dispatcher:
         self.connections = webhooks.connections
         self.store, self.outbox, self.tracker = webhooks.store, webhooks.outbox, webhooks.tracker
         self.consumer = webhooks.consumer
-        self.handoff = Handoff(webhooks)
+        self.handoff = Handoff(webhooks, "redis")
         self._groups: set[str] = set()
         self._last_claim = 0.0
         self._decoder = Decoder(runtime.settings)

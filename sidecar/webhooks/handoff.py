@@ -45,20 +45,17 @@ class Held:
 class Handoff:
     """Completions held for the outbox, released once written."""
 
-    def __init__(self, webhooks: WebhookRuntime) -> None:
+    def __init__(self, webhooks: WebhookRuntime, source: str) -> None:
         self.store, self.outbox, self.tracker = webhooks.store, webhooks.outbox, webhooks.tracker
         self.pending: dict[Hashable, Held] = {}
+        self._gauge = webhooks.metrics.held.labels(source)
 
     def hold(self, held: Held) -> None:
         """Keep a completion until its call is tracked (or its grace is over)."""
         if held.key not in self.pending:
             held.first_seen = time.monotonic()
             self.pending[held.key] = held
-
-    def forget(self, keys: list[Hashable]) -> None:
-        """Drop held completions another replica now reads (a rebalance)."""
-        for key in keys:
-            self.pending.pop(key, None)
+            self._gauge.set(len(self.pending))
 
     async def flush(self) -> list[Held]:
         """Write every held completion whose call is tracked (or whose grace is over) to the
@@ -95,6 +92,7 @@ class Handoff:
         count = await self.outbox.enqueue_many(messages)
         for item, _ in ready:
             del self.pending[item.key]
+        self._gauge.set(len(self.pending))
         if messages:
             logger.debug(
                 "completions dispatched",
