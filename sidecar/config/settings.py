@@ -201,7 +201,12 @@ def cross_check(raw: Mapping[str, Any]) -> list[str]:
         on_redis = not (isinstance(stream, Mapping) and stream.get("source") is not None)
         if not has_redis and stream and on_redis:
             problems.append(f"routes[{index}].wait.stream: a stream wait needs redis_url")
-    problems += check_sources(raw)
+    # Sources first, then every route's problems in route order.
+    linked = check_sources(raw)
+    on_routes = [p for p in (*problems, *linked) if p.startswith("routes[")]
+    problems = [p for p in linked if not p.startswith("routes[")] + sorted(
+        on_routes, key=lambda p: int(p[len("routes[") : p.index("]")])
+    )
     webhooks = raw.get("webhooks")
     if not has_redis and isinstance(webhooks, Mapping) and webhooks.get("subscriptions"):
         problems.append("webhooks.subscriptions: webhooks need redis_url")
