@@ -96,6 +96,7 @@ class AmqpSource(Source):
         self.connection: AbstractRobustConnection | None = None
         self.queue: AbstractQueue | None = None
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+        self._open: set[int] = set()  # the webhooks' read: delivery tags read, not acked
         self._stream_ids: Mapping[str, str] = {s.key: self.stream_id(s.key) for s in self.streams}
 
     async def connect(self) -> None:
@@ -119,12 +120,17 @@ class AmqpSource(Source):
             for stream in self.streams:
                 for binding in stream.bindings:
                     await queue.bind(stream.key, binding)
-            await queue.consume(self._inbox.put_nowait, no_ack=self.role == "waiters")
+            await queue.consume(self._deliver, no_ack=self.role == "waiters")
             self.queue = queue
         except SourceMissing:
             raise
         except (AMQPError, OSError, ConnectionError) as exc:
             raise SourceFault(f"AMQP: {exc.__class__.__name__}: {exc}") from None
+
+    async def _deliver(self, delivery: AbstractIncomingMessage) -> None:
+        """The consumer's callback (a coroutine function: aio-pika formats a warning, with the
+        callback's repr, on every message handed to a plain function)."""
+        self._inbox.put_nowait(delivery)
 
     async def _check_exchanges(self, connection: AbstractRobustConnection) -> None:
         missing = []
@@ -150,6 +156,8 @@ class AmqpSource(Source):
         deliveries = [first]
         while len(deliveries) < self.config.batch and not self._inbox.empty():
             deliveries.append(self._inbox.get_nowait())
+        if self.role == "webhooks":
+            self._open.update(d.delivery_tag for d in deliveries if d.delivery_tag is not None)
         return [
             Received(
                 self._stream_ids.get(d.exchange or "", self.stream_id(d.exchange or "")),
@@ -160,13 +168,23 @@ class AmqpSource(Source):
         ]
 
     async def ack(self, received: Sequence[Received]) -> None:
-        if self.role != "webhooks":
+        if self.role != "webhooks" or not received:
             return
-        for item in received:
-            delivery: AbstractIncomingMessage = item.token
-            # A delivery of a channel lost since cannot be acknowledged: the broker has
-            # requeued it, and it comes again (the outbox makes the second enqueue a no-op).
-            with contextlib.suppress(AMQPError, RuntimeError):
+        deliveries: list[AbstractIncomingMessage] = [item.token for item in received]
+        for tag in (d.delivery_tag for d in deliveries):
+            self._open.discard(tag)
+        deliveries.sort(key=lambda d: d.delivery_tag or 0)
+        last = deliveries[-1]
+        # One `multiple` ack for the batch when nothing read before its last delivery is still
+        # held (a completion waiting for its call's record), else one ack each.
+        together = not self._open or min(self._open) > (last.delivery_tag or 0)
+        # A delivery of a channel lost since cannot be acknowledged: the broker has requeued
+        # it, and it comes again (the outbox makes the second enqueue a no-op).
+        with contextlib.suppress(AMQPError, RuntimeError):
+            if together:
+                await last.ack(multiple=True)
+                return
+            for delivery in deliveries:
                 await delivery.ack()
 
     async def probe(self) -> None:
@@ -177,6 +195,7 @@ class AmqpSource(Source):
     async def close(self) -> None:
         connection, self.connection, self.queue = self.connection, None, None
         self._inbox = asyncio.Queue()
+        self._open = set()
         if connection is not None:
             with contextlib.suppress(Exception):
                 await connection.close()

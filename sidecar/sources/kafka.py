@@ -34,7 +34,8 @@ from ..completions.completion import Message
 from ..config import kafka_servers
 from .base import Received, Source, SourceFault, SourceMissing, SourceStale, tls_context
 
-METADATA_MAX_AGE_MS = 30_000  # new partitions of a topic are noticed within this
+METADATA_MAX_AGE_MS = 30_000
+FETCH_MAX_WAIT_MS = 50  # new partitions of a topic are noticed within this
 
 
 def consumer_options(source: Source) -> dict[str, Any]:
@@ -48,6 +49,9 @@ def consumer_options(source: Source) -> dict[str, Any]:
         "retry_backoff_ms": 100,
         "metadata_max_age_ms": METADATA_MAX_AGE_MS,
         "check_crcs": False,  # TCP and the broker already check them; it costs CPU per record
+        # The longest a fetch waits for data: a broker answers as soon as a record arrives, but
+        # one that waits the whole time (Tansu) would add it to every completion's latency.
+        "fetch_max_wait_ms": FETCH_MAX_WAIT_MS,
     }
     tls = tls_context(config)
     if tls is not None:
