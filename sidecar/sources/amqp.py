@@ -31,7 +31,7 @@ from aio_pika.exceptions import AMQPError, ChannelNotFoundEntity
 from yarl import URL
 
 from ..completions.completion import Message
-from .base import Received, Source, SourceFault, SourceMissing, tls_context
+from .base import Received, Source, SourceFault, SourceMissing, finish, tls_context
 
 RECONNECT_INTERVAL_S = 1.0
 
@@ -197,5 +197,4 @@ class AmqpSource(Source):
         self._inbox = asyncio.Queue()
         self._open = set()
         if connection is not None:
-            with contextlib.suppress(Exception):
-                await connection.close()
+            await finish(connection.close(), self.config.connect_timeout)

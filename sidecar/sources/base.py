@@ -23,10 +23,12 @@ this module and `completions.Message`: no broker library above `sources/`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import ssl
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -150,6 +152,34 @@ class Source(ABC):
     @abstractmethod
     async def close(self) -> None:
         """Let go of the connection (never raises)."""
+
+
+async def finish(cleanup: Awaitable[None], limit_s: float) -> None:
+    """Run a client's cleanup to its end even when the caller is cancelled meanwhile, for up
+    to `limit_s` (then it is cancelled): a broker client stopped halfway leaves its sockets
+    open (aiokafka's consumer, cancelled while it rejoins its group). A cancellation of the
+    caller is raised once the cleanup is over."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(cleanup)
+    deadline = loop.time() + limit_s
+    interrupted = False
+    while not task.done():
+        try:
+            await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - loop.time()))
+        except asyncio.CancelledError:
+            interrupted = True
+        except TimeoutError:
+            task.cancel()
+            break
+        except Exception:
+            break
+    if not task.done():
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    elif not task.cancelled():
+        task.exception()  # retrieved: a failed cleanup is not an error worth a traceback
+    if interrupted:
+        raise asyncio.CancelledError
 
 
 def tls_context(config: SourceConfig, *, tls_url: bool = False) -> ssl.SSLContext | None:

@@ -21,7 +21,6 @@ ones; it never asks for a topic by name before it knows it exists, since a broke
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -32,7 +31,15 @@ from aiokafka.structs import ConsumerRecord
 
 from ..completions.completion import Message
 from ..config import kafka_servers
-from .base import Received, Source, SourceFault, SourceMissing, SourceStale, tls_context
+from .base import (
+    Received,
+    Source,
+    SourceFault,
+    SourceMissing,
+    SourceStale,
+    finish,
+    tls_context,
+)
 
 METADATA_MAX_AGE_MS = 30_000
 FETCH_MAX_WAIT_MS = 50  # new partitions of a topic are noticed within this
@@ -281,7 +288,6 @@ class KafkaSource(Source):
 
     async def close(self) -> None:
         consumer, self.consumer = self.consumer, None
-        if consumer is not None:
-            with contextlib.suppress(Exception):  # a consumer of a broker that is gone
-                await consumer.stop()
         self.offsets.clear()  # the group reads again from its last commit
+        if consumer is not None:
+            await finish(consumer.stop(), self.config.connect_timeout)

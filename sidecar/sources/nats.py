@@ -38,7 +38,15 @@ from nats.js.errors import NotFoundError
 
 from ..completions.completion import Message
 from ..config import nats_servers
-from .base import Received, Source, SourceFault, SourceMissing, SourceStale, tls_context
+from .base import (
+    Received,
+    Source,
+    SourceFault,
+    SourceMissing,
+    SourceStale,
+    finish,
+    tls_context,
+)
 
 RECONNECT_WAIT_S = 1
 IDLE_HEARTBEAT_S = 1.0
@@ -262,5 +270,4 @@ class NatsSource(Source):
         self._pulls = []
         self._inbox = asyncio.Queue()
         if client is not None:
-            with contextlib.suppress(Exception):
-                await client.close()
+            await finish(client.close(), self.config.connect_timeout)

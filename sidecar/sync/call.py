@@ -212,7 +212,7 @@ def diagnose(app: web.Application, route: Route, every: Every, example: str | No
             "no call waits on: check correlation.source and wait.stream.id_field",
             extra={
                 "route": route.name,
-                "stream": spec.key,
+                "stream": spec.stream_id,
                 "id_field": spec.id_field,
                 "correlation_source": route.correlation.source,
                 "example_id": example,

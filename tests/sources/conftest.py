@@ -14,6 +14,7 @@ each other's messages.
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -41,7 +42,7 @@ from .support import Broker
 # Tiny timeouts: a broker that went away is noticed, and a replica that died is replaced in
 # the consumer group, within about a second.
 KAFKA_OPTIONS = {"session_timeout": "1s", "heartbeat_interval": "200ms", "connect_timeout": "2s"}
-NATS_OPTIONS = {"connect_timeout": "2s", "ack_wait": "3s"}
+NATS_OPTIONS = {"connect_timeout": "2s", "ack_wait": "1s"}
 AMQP_OPTIONS = {"connect_timeout": "2s"}
 
 
@@ -87,15 +88,51 @@ def amqp_url() -> Iterator[str]:
     node.close()
 
 
+class NodeStarter:
+    """A RabbitMQ node of the session's own, started on a thread as soon as the broker tests
+    begin: an Erlang node takes seconds to boot, the tests before the restart test run
+    meanwhile."""
+
+    def __init__(self) -> None:
+        self.node = RabbitServer()
+        self.error: BrokerUnavailable | None = None
+        self.thread = threading.Thread(target=self._start, daemon=True)
+        self.thread.start()
+
+    def _start(self) -> None:
+        try:
+            self.node.start()
+        except BrokerUnavailable as exc:
+            self.error = exc
+
+    def ready(self) -> RabbitServer:
+        self.thread.join(90)
+        if self.error is not None:
+            pytest.fail(str(self.error), pytrace=False)
+        return self.node
+
+
 @pytest.fixture(scope="session")
-def rabbit_node() -> Iterator[RabbitServer]:
+def rabbit_starter(request: pytest.FixtureRequest) -> Iterator[NodeStarter | None]:
+    """Starts the node in the background when a test of this session needs it."""
+    wanted = any("rabbit_node" in getattr(i, "fixturenames", ()) for i in request.session.items)
+    starter = NodeStarter() if wanted else None
+    yield starter
+    if starter is not None:
+        starter.thread.join(90)
+        starter.node.close()
+
+
+@pytest.fixture(autouse=True)
+def _boot_rabbit_early(rabbit_starter: NodeStarter | None) -> None:
+    """Every broker test asks for the starter, so the node boots while the first ones run."""
+
+
+@pytest.fixture
+def rabbit_node(rabbit_starter: NodeStarter | None) -> RabbitServer:
     """A RabbitMQ node of the session's own, for the tests that restart the broker."""
-    try:
-        node = RabbitServer().start()
-    except BrokerUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield node
-    node.close()
+    assert rabbit_starter is not None
+    return rabbit_starter.ready()
 
 
 async def kafka_broker(server: TansuServer) -> AsyncIterator[Broker]:

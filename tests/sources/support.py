@@ -294,30 +294,30 @@ async def malformed_messages_are_skipped_and_counted(env: Env) -> None:
 async def broker_restarted_mid_wait(
     env: Env, stop: Callable[[], Awaitable[None]], start: Callable[[], Awaitable[None]]
 ) -> None:
-    """A call held while the broker goes away gets the 202 when its budget ends (never a 5xx
-    of ours); /readyz and sidecar_source_up name the source; once the broker is back, calls
-    synchronise again."""
-    task = asyncio.create_task(env.order("o-held"))
+    """The broker goes away and comes back while a call is held: the call rides it out and
+    gets its result once the broker is back (within its budget). While it is down, /readyz and
+    sidecar_source_up name the source, and a call whose budget ends meanwhile gets its 202
+    (never a 5xx of ours), counted under reason `source`."""
+    held = asyncio.create_task(env.order("o-held"))
     await until(lambda: env.waiting == 1)
     await stop()
     await env.until_down()
-    resp = await task
-    assert resp.status == 202
-    assert resp.headers["Location"] == "/orders/o-held"
+    short = await env.order("o-short", headers={"Prefer": "wait=0.3"})
+    assert short.status == 202
+    assert short.headers["Location"] == "/orders/o-short"
     assert metric(env.client, "sidecar_fallbacks_total", route=ROUTE, reason="source") == 1
     assert metric(env.client, "sidecar_source_up", source=SOURCE) == 0
     async with ClientSession() as http, http.get(f"{env.client.app[ADMIN_URL]}/readyz") as ready:
         assert ready.status == 503
         assert f"source {SOURCE}" in (await ready.json())["reasons"]
+    assert not held.done()
     await start()
     await env.until_up(timeout_s=30.0)
     assert metric(env.client, "sidecar_source_up", source=SOURCE) == 1
-    task = asyncio.create_task(env.order("o-after"))
-    await until(lambda: env.waiting == 1)
-    await env.broker.publish("o-after", OK, {"back": True})
-    resp = await task
+    await env.broker.publish("o-held", OK, {"rode": "it out"})
+    resp = await held
     assert resp.status == 200
-    assert await resp.json() == {"back": True}
+    assert await resp.json() == {"rode": "it out"}
 
 
 async def completion_reaches_a_webhook_with_its_trace(env: Env, receiver: Receiver) -> None:
