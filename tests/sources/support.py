@@ -193,10 +193,11 @@ async def start_env(
     *,
     routes: list[dict[str, Any]] | None = None,
     source: dict[str, Any] | None = None,
+    ready: bool = True,
     **overrides: Any,
 ) -> Env:
     """The sidecar (the real app, cleanup contexts and all) with the broker as its source,
-    ready: every read of the source connected."""
+    ready (every read of the source connected) unless told not to wait."""
     hooks: dict[str, Any] = {}
     upstream = await start_upstream(orders_api(hooks))
     client = await start_sidecar(
@@ -209,7 +210,8 @@ async def start_env(
         **overrides,
     )
     env = Env(client, upstream, broker, hooks)
-    await env.until_up()
+    if ready:
+        await env.until_up()
     return env
 
 
@@ -289,6 +291,27 @@ async def malformed_messages_are_skipped_and_counted(env: Env) -> None:
     assert env.count("malformed") == 2
     assert env.count("ignored") == 1
     assert env.count("matched") == 1
+
+
+async def what_is_missing_is_named_until_the_api_creates_it(env: Env, missing: str) -> None:
+    """The route's topic, exchange or stream does not exist: the sidecar creates none of the
+    API's, says which is missing (/readyz, sidecar_source_up), and reads it once it exists."""
+    health = env.client.app[SOURCE_HEALTH]
+    async with asyncio.timeout(10.0):
+        while missing not in health.down().get(SOURCE, ""):
+            await health.changed.wait()
+    assert metric(env.client, "sidecar_source_up", source=SOURCE) == 0
+    async with ClientSession() as http, http.get(f"{env.client.app[ADMIN_URL]}/readyz") as ready:
+        assert ready.status == 503
+        assert missing in (await ready.json())["reasons"][f"source {SOURCE}"]
+    await env.broker.publisher.create(env.broker.key)
+    await env.until_up(timeout_s=30.0)
+    task = asyncio.create_task(env.order("o-late"))
+    await until(lambda: env.waiting == 1)
+    await env.broker.publish("o-late", OK, {"created": "late"})
+    resp = await task
+    assert resp.status == 200
+    assert await resp.json() == {"created": "late"}
 
 
 async def broker_restarted_mid_wait(

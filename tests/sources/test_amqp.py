@@ -7,6 +7,7 @@ started), and webhooks across replicas (one per completion, none lost to a SIGKI
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -21,7 +22,7 @@ from ..helpers import until
 from ..replicas.support import Receiver
 from ..test_server import StartProcess
 from . import replicas, support
-from .conftest import AMQP_OPTIONS
+from .conftest import AMQP_OPTIONS, unique
 from .support import OK, Broker, Env, EnvFactory
 
 
@@ -95,6 +96,21 @@ async def test_the_amqp_correlation_id_property_is_the_id(
     resp = await task
     assert resp.status == 200
     assert await resp.json() == {"by": "property"}
+
+
+async def test_a_missing_exchange_is_named_and_read_once_declared(
+    amqp: Broker,
+    redis: aioredis.Redis,
+    start_upstream: Upstream,
+    start_sidecar: SidecarFactory,
+    redis_url: str,
+    key_prefix: str,
+) -> None:
+    broker = replace(amqp, key=unique("orders.missing"))
+    env = await support.start_env(
+        broker, start_upstream, start_sidecar, redis_url, key_prefix, ready=False
+    )
+    await support.what_is_missing_is_named_until_the_api_creates_it(env, "AMQP exchange(s) missing")
 
 
 async def test_two_replicas_one_webhook_per_completion(

@@ -6,6 +6,7 @@ SIGKILL). Kafka only: the record key as the id (`@key`)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -20,7 +21,7 @@ from ..helpers import until
 from ..replicas.support import Receiver
 from ..test_server import StartProcess
 from . import replicas, support
-from .conftest import KAFKA_OPTIONS
+from .conftest import KAFKA_OPTIONS, unique
 from .support import OK, Broker, Env, EnvFactory
 
 
@@ -104,6 +105,21 @@ async def test_broker_restarted_mid_wait(
         await support.broker_restarted_mid_wait(env, stop, start)
     finally:
         await publisher.close()
+
+
+async def test_a_missing_topic_is_named_and_read_once_created(
+    kafka: Broker,
+    redis: aioredis.Redis,
+    start_upstream: Upstream,
+    start_sidecar: SidecarFactory,
+    redis_url: str,
+    key_prefix: str,
+) -> None:
+    broker = replace(kafka, key=unique("orders.missing"))
+    env = await support.start_env(
+        broker, start_upstream, start_sidecar, redis_url, key_prefix, ready=False
+    )
+    await support.what_is_missing_is_named_until_the_api_creates_it(env, "Kafka topic(s) missing")
 
 
 async def test_two_replicas_one_webhook_per_completion(

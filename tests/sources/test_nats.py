@@ -7,6 +7,7 @@ subject, with the subject itself as the type (`@subject`)."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
@@ -138,6 +139,23 @@ async def test_a_completion_reaches_a_webhook_with_its_trace(
         },
     )
     await support.completion_reaches_a_webhook_with_its_trace(env, receiver)
+
+
+async def test_a_subject_no_stream_captures_is_named_and_read_once_captured(
+    nats: Broker,
+    redis: aioredis.Redis,
+    start_upstream: Upstream,
+    start_sidecar: SidecarFactory,
+    redis_url: str,
+    key_prefix: str,
+) -> None:
+    broker = replace(nats, key=unique("orders.missing"))
+    env = await support.start_env(
+        broker, start_upstream, start_sidecar, redis_url, key_prefix, ready=False
+    )
+    await support.what_is_missing_is_named_until_the_api_creates_it(
+        env, "no JetStream stream captures"
+    )
 
 
 async def test_two_replicas_one_webhook_per_completion(
