@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -189,6 +190,22 @@ async def measure(
     config = tmp / "sidecar.yaml"
     write_config(config, target, ports, redis_url)
     base, admin = f"http://127.0.0.1:{ports['proxy']}", f"http://127.0.0.1:{ports['admin']}"
+    try:
+        return await measure_in(target, args, r, config, tmp, base, admin)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def measure_in(
+    target: Target,
+    args: argparse.Namespace,
+    r: aioredis.Redis,
+    config: Path,
+    tmp: Path,
+    base: str,
+    admin: str,
+) -> dict[str, Any]:
+    """The measurements of one sidecar (its config and log in `tmp`)."""
     with processes() as procs, (tmp / "sidecar.log").open("wb") as log:
         procs.append(
             spawn(
