@@ -41,7 +41,8 @@ RUN groupadd --system --gid 10001 sidecar \
 # Only what the package build needs (see .dockerignore); the sources go once installed.
 COPY pyproject.toml README.md /tmp/src/
 COPY sidecar /tmp/src/sidecar
-RUN pip install /tmp/src && rm -rf /tmp/src
+# [all]: every broker's client library (Kafka, RabbitMQ, NATS), so any `sources:` kind runs.
+RUN pip install '/tmp/src[all]' && rm -rf /tmp/src
 
 USER sidecar
 WORKDIR /tmp

@@ -51,10 +51,11 @@ demo: install
 run: install
 	$(BIN)/sidecar run -c $(CONFIG)
 
-# Every shipped sidecar config: config/*.yaml and examples/*/sidecar.yaml (other YAML under
+# Every shipped sidecar config: config/*.yaml, examples/*/sidecar.yaml and the compose example's
+# Kafka variant, examples/compose/kafka/sidecar.yaml (other YAML under
 # examples/ is Kubernetes, compose or Prometheus; tests/ops/ checks the config embedded there).
 check: install
-	@for f in config/*.yaml examples/*/sidecar.yaml; do echo "== $$f"; $(BIN)/sidecar check -c $$f || exit 1; done
+	@for f in config/*.yaml examples/*/sidecar.yaml examples/*/*/sidecar.yaml; do echo "== $$f"; $(BIN)/sidecar check -c $$f || exit 1; done
 
 schema: install
 	$(BIN)/sidecar schema > config/sidecar.schema.json
@@ -67,6 +68,7 @@ schema: install
 bench: install
 	$(BIN)/python -m bench.sync_bench
 	$(BIN)/python -m bench.webhook_bench
+	$(BIN)/python -m bench.source_bench
 
 # The proxy benchmark (docs/benchmarks.md): pass-through against a minimal aiohttp proxy and nginx,
 # synchronised intake, held calls, event->answer; 3 runs (~10 min), figures against the targets,

@@ -1,7 +1,8 @@
 """The wiring diagram: `create_app(settings)` builds the proxy app and its resources, in order.
 
 Startup runs the cleanup contexts top to bottom; shutdown undoes them in reverse:
-HTTP client → Redis → call tracking → completion hub → pollers → webhooks → admin server.
+HTTP client → Redis → call tracking → completion hub and readers (Redis Streams, brokers) →
+pollers → webhooks → admin server.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from .http.upstream import create_pool
 from .metrics import METRICS, Metrics
 from .proxy import ProxyListener, proxy_handler
 from .routing import RUNTIME, Runtime
+from .sources.base import quiet_libraries
+from .sources.health import SOURCE_HEALTH, SourceHealth
+from .sources.loop import SourceLoop, feed_waiters
 from .sources.redis_streams import RedisStreamReader
 from .state import ADMIN_URL, HASHER, HEALTH, HUB, POLLERS, REDIS, TRACKER
 from .sync.wait import HELD, HeldCalls
@@ -81,18 +85,29 @@ async def tracking_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The completion hub and the reader that feeds it, when Redis is configured."""
+    """The completion hub and the readers that feed it: the Redis Streams reader when Redis is
+    configured, and one waiters' loop per broker source (`sources:`)."""
     runtime, connections = app[RUNTIME], app[REDIS]
-    if connections is None:
+    settings = runtime.settings
+    if connections is None and not settings.sources:
         app[HUB] = None
         yield
         return
-    hub = CompletionHub(runtime.settings, app[METRICS])
+    hub = CompletionHub(settings, app[METRICS])
     app[HUB] = hub
     runtime.on_reload.append(hub.update)
-    reader = runtime.settings.stream_reader
-    tasks = TaskSet("completion-reader")
-    tasks.spawn(RedisStreamReader(connections, hub, reader.block, reader.count).run())
+    tasks = TaskSet("completion-readers")
+    if connections is not None:
+        reader = settings.stream_reader
+        tasks.spawn(RedisStreamReader(connections, hub, reader.block, reader.count).run())
+    if settings.sources:
+        quiet_libraries(settings.log.level)
+    for name in settings.sources:
+        feed = feed_waiters(hub, app[METRICS])
+        loop = SourceLoop(
+            name, "waiters", runtime, app[SOURCE_HEALTH], feed, block_s=settings.stream_reader.block
+        )
+        tasks.spawn(loop.run())
     yield
     runtime.on_reload.remove(hub.update)
     await tasks.close()
@@ -118,7 +133,8 @@ def client_guard(app: web.Application, listener: str) -> ClientGuard:
 
 async def admin_ctx(app: web.Application) -> AsyncIterator[None]:
     """Serve the admin app on its own listener."""
-    host, port = split_host_port(app[RUNTIME].settings.admin_listen)
+    settings = app[RUNTIME].settings
+    host, port = split_host_port(settings.admin_listen)
     services = AdminServices(
         runtime=app[RUNTIME],
         metrics=app[METRICS],
@@ -127,6 +143,7 @@ async def admin_ctx(app: web.Application) -> AsyncIterator[None]:
         hub=app[HUB],
         webhooks=app.get(WEBHOOKS),
         verifier=CredentialVerifier(app[POOL], app[RUNTIME], app[METRICS]),
+        sources=app[SOURCE_HEALTH] if settings.sources else None,
     )
     admin = create_admin_app(services)
     runner = GuardedAppRunner(admin, guard=client_guard(app, "admin"), access_log=None)
@@ -160,6 +177,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     export_limits(app[METRICS], settings)
     app[RUNTIME].on_reload.append(lambda new: export_limits(app[METRICS], new))
     app[HELD] = HeldCalls()
+    app[SOURCE_HEALTH] = SourceHealth(app[METRICS].registry)
     app[PUBLISHER] = NoPublisher()  # the webhooks capability replaces it when it runs
     app.router.add_route("*", "/{tail:.*}", proxy_handler, expect_handler=expect_continue)
     app.cleanup_ctx.append(http_ctx)

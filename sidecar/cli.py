@@ -49,7 +49,7 @@ def routes_table(settings: Settings) -> str:
             wait = "+".join(
                 part
                 for part, on in (
-                    (f"stream:{r.wait.stream.key}" if r.wait.stream else "", r.wait.stream),
+                    (f"stream:{r.wait.stream.stream_id}" if r.wait.stream else "", r.wait.stream),
                     ("poll", r.wait.poll),
                 )
                 if on

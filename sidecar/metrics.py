@@ -34,6 +34,7 @@ FALLBACK_REASONS = (
     "prefer",
     "shed",
     "redis",
+    "source",
     "no_id",
     "location",
     "bad_location",
@@ -141,7 +142,8 @@ class Metrics:
         )
         self.fallbacks = Counter(
             "sidecar_fallbacks",
-            "Synchronised calls answered 202, by route and reason (budget, prefer, shed, redis).",
+            "Synchronised calls answered 202, by route and reason (budget, prefer, shed, redis, "
+            "source: the route's broker source was not read).",
             ["route", "reason"],
             registry=r,
         )
@@ -293,7 +295,7 @@ class Metrics:
             self.ambiguous_ids.labels(route.name)
             if route.wait.stream is not None:
                 for result in STREAM_RESULTS:
-                    self.stream_events.labels(route.wait.stream.key, result)
+                    self.stream_events.labels(route.wait.stream.stream_id, result)
 
 
 METRICS = web.AppKey("metrics", Metrics)

@@ -43,22 +43,31 @@ async def healthz(request: web.Request) -> web.Response:
     prefix="",
 )
 async def readyz(request: web.Request) -> web.Response:
-    """Ready when the config is loaded and, if configured, Redis answers and the completion
-    reader is connected; else 503 with the reasons."""
+    """Ready when the config is loaded and, if configured, Redis answers, the completion
+    reader is connected and every broker source is read; else 503 with the reasons."""
     found = services(request)
     reasons: dict[str, str] = {}
+    sources: dict[str, str] = {}
+    if found.sources is not None:
+        sources = {f"source {name}": why for name, why in found.sources.down().items()}
     if found.redis is not None:
         for node, why in (await found.redis.nodes_down()).items():
             reasons[f"redis {node}"] = f"Redis does not answer: {why}"
         hub = found.hub
         if hub is not None and hub.streams and not hub.connected.is_set():
             reasons["stream_reader"] = "the completion reader is not connected to Redis"
-    if not found.settings.readiness.require_redis:
-        # Redis is named, but it does not take the sidecar out of service: calls degrade.
-        status = "ready (degraded)" if reasons else "ready"
-        return answer(Readiness(status=status, reasons=reasons))
-    status = "not ready" if reasons else "ready"
-    return answer(Readiness(status=status, reasons=reasons), 503 if reasons else 200)
+    readiness = found.settings.readiness
+    # What is named without taking the sidecar out of service: calls degrade to the 202.
+    tolerated = {
+        **({} if readiness.require_redis else reasons),
+        **({} if readiness.require_sources else sources),
+    }
+    reasons.update(sources)
+    if not reasons:
+        return answer(Readiness(status="ready", reasons=reasons))
+    if len(tolerated) == len(reasons):
+        return answer(Readiness(status="ready (degraded)", reasons=reasons))
+    return answer(Readiness(status="not ready", reasons=reasons), 503)
 
 
 @endpoint(

@@ -1,6 +1,6 @@
 """What the admin handlers work with, on the admin app itself (`request.config_dict[SERVICES]`):
-the live config, the metrics, the tenant hasher, Redis, the completion hub and the webhook
-engine. The admin app is built once these exist (see `sidecar.app.admin_ctx`)."""
+the live config, the metrics, the tenant hasher, Redis, the completion hub, the brokers' health
+and the webhook engine. The admin app is built once these exist (see `sidecar.app.admin_ctx`)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from ..connections import RedisConnections
 from ..errors import Unavailable
 from ..metrics import Metrics
 from ..routing import Runtime
+from ..sources.health import SourceHealth
 from ..tenancy import TenantHasher
 from ..webhooks.runtime import WebhookRuntime
 from .verify import CredentialVerifier
@@ -30,6 +31,7 @@ class AdminServices:
     hub: CompletionHub | None
     webhooks: WebhookRuntime | None  # None: webhooks do not run (no Redis configured)
     verifier: CredentialVerifier  # asks the upstream about client credentials (tenancy.verify)
+    sources: SourceHealth | None = None  # the brokers' reads (None: no source declared)
 
     @property
     def settings(self) -> Settings:

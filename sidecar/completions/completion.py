@@ -3,6 +3,7 @@
     Event       one message of a completion source, decoded: the id it names, its type, its
                 data (kept as the raw bytes, parsed only when used), where it was read
                 (the stream key and the entry's position)
+    Message     one broker message as a source hands it over, free of the library that read it
     Completion  the result of one call, however it was learnt (an event, or a poll)
 
 An event's data is JSON text when it parses; other text is data too (not JSON). A message
@@ -12,7 +13,8 @@ not parse is malformed (`MalformedEvent`): counted and logged by the readers, ne
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
@@ -24,6 +26,21 @@ Status = Literal["succeeded", "failed"]
 
 class MalformedEvent(ValueError):
     """A message that cannot be a completion (no id, undecodable, broken JSON)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One broker message (Kafka record, AMQP delivery, NATS JetStream message) as a source
+    hands it to the decoder: the readers translate their library's objects into this, so
+    nothing above `sources/` knows a broker library."""
+
+    position: str  # where it was read: `partition:offset`, a stream sequence, a delivery tag
+    body: bytes
+    headers: Mapping[str, bytes] = field(default_factory=dict)
+    # Properties of the message itself, named with a leading @: `@key` (Kafka's record key),
+    # `@routing_key` (AMQP), `@subject` (NATS).
+    properties: Mapping[str, bytes] = field(default_factory=dict)
+    timestamp_s: float | None = None  # the broker's (or the publisher's) time stamp
 
 
 EVENT_OVERHEAD = 400  # bytes a cached event costs beyond its data and ids (objects, dict slot)
@@ -41,6 +58,8 @@ class Event:
     event_type: str | None
     raw: bytes | None  # the data field as sent, None when absent
     is_json: bool
+    traceparent: str = ""  # the message's W3C trace context header, when it carried one
+    timestamp_s: float | None = None  # when a broker stamped the message (Redis: in entry_id)
 
     @property
     def data(self) -> Any:

@@ -2,6 +2,15 @@
 completes. The waiters (`hub`) and the webhook dispatcher both read through it, so an entry is
 never judged two ways.
 
+A Redis stream entry is flat fields, named by `id_field`, `type_field`, `data_field`. A broker
+message (`Message`) has headers, a body and properties, and each field names one of them:
+
+    x-correlation-id   the header of that name (any case), else that member of the JSON body
+    /result/id         a JSON pointer into the JSON body
+    @key               a property of the message: @key (Kafka's record key), @routing_key,
+                       @subject
+    ""                 (data_field only) the whole body
+
 Routes that wait on one stream may name its fields differently (`id_field`, `type_field`,
 `data_field`): the stream is read once per distinct field triple (a `Reading`), and each reading
 knows its routes in config order. An entry that one reading cannot decode is malformed only when
@@ -14,8 +23,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from ..config import Route, Settings, StreamWait
-from .completion import Event, MalformedEvent, Status, check_data
+from .completion import Event, MalformedEvent, Message, Status, check_data
+from .poll import json_pointer
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,16 +58,20 @@ class Decoder:
                 continue
             spec = route.wait.stream
             key = (spec.id_field, spec.type_field, spec.data_field)
-            triples.setdefault(spec.key, {}).setdefault(key, []).append(route)
+            triples.setdefault(spec.stream_id, {}).setdefault(key, []).append(route)
         self.readings: dict[str, list[Reading]] = {
             stream: [_reading(routes) for routes in groups.values()]
             for stream, groups in triples.items()
         }
+        self._redis = [
+            stream for stream, readings in self.readings.items() if readings[0].spec.source is None
+        ]
 
     @property
     def streams(self) -> list[str]:
-        """Every stream key some route waits on, in route order."""
-        return list(self.readings)
+        """Every Redis stream key some route waits on, in route order (broker streams are
+        read by their sources' readers)."""
+        return self._redis
 
     def decode(
         self, stream: str, entry_id: str, fields: Mapping[Any, Any]
@@ -76,16 +92,44 @@ class Decoder:
             raise malformed
         return found
 
+    def decode_message(self, stream: str, message: Message) -> list[tuple[Event, Reading]]:
+        """`decode` for a broker message read from `stream` (a stream id, `<source>/<key>`)."""
+        found: list[tuple[Event, Reading]] = []
+        malformed: MalformedEvent | None = None
+        body = Body(message.body)
+        for reading in self.readings.get(stream, ()):
+            try:
+                event = decode_message(stream, message, reading.spec, body)
+            except MalformedEvent as exc:
+                malformed = exc
+                continue
+            if event.event_type in reading.known_types:
+                found.append((event, reading))
+        if not found and malformed is not None:
+            raise malformed
+        return found
+
     def route_for(
         self, stream: str, entry_id: str, fields: Mapping[Any, Any]
     ) -> tuple[Route, Status, Event] | None:
         """The first route (in config order) an entry completes: what the webhook dispatcher
         publishes it as. Raises `MalformedEvent` like `decode`."""
-        for event, reading in self.decode(stream, entry_id, fields):
-            found = reading.route_for(event)
-            if found is not None:
-                return found[0], found[1], event
-        return None
+        return first_route(self.decode(stream, entry_id, fields))
+
+    def route_for_message(
+        self, stream: str, message: Message
+    ) -> tuple[Route, Status, Event] | None:
+        """`route_for` for a broker message."""
+        return first_route(self.decode_message(stream, message))
+
+
+def first_route(found: list[tuple[Event, Reading]]) -> tuple[Route, Status, Event] | None:
+    """The first route (in config order) one of these events completes."""
+    for event, reading in found:
+        route = reading.route_for(event)
+        if route is not None:
+            return route[0], route[1], event
+    return None
 
 
 def _reading(routes: list[Route]) -> Reading:
@@ -122,3 +166,106 @@ def decode_entry(stream: str, entry_id: str, fields: Mapping[Any, Any], spec: St
     if not correlation_id:
         raise MalformedEvent(f"no {spec.id_field!r} field")
     return Event(stream, entry_id, correlation_id, event_type, raw, check_data(raw))
+
+
+_NOT_JSON = object()
+
+
+class Body:
+    """A message body, parsed as JSON once, on first need, for every reading of it."""
+
+    __slots__ = ("_parsed", "raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self.raw = raw
+        self._parsed: Any = None
+
+    @property
+    def parsed(self) -> Any:
+        """The body as JSON, or `_NOT_JSON`."""
+        if self._parsed is None:
+            try:
+                self._parsed = orjson.loads(self.raw)
+            except orjson.JSONDecodeError:
+                self._parsed = _NOT_JSON
+        return self._parsed
+
+
+_ABSENT = object()
+
+
+def message_field(message: Message, body: Body, name: str) -> Any:
+    """What `name` names in a broker message (see the module's docstring): bytes for a
+    header, a property or the whole body; a JSON value for a member or a pointer; `_ABSENT`.
+    Raises `MalformedEvent` for a pointer into a body that is not JSON."""
+    if name.startswith("@"):
+        value = message.properties.get(name)
+        return _ABSENT if value is None else value
+    if name == "":
+        return body.raw
+    if name.startswith("/"):
+        document = body.parsed
+        if document is _NOT_JSON:
+            raise MalformedEvent(f"body is not JSON (needed for {name})")
+        try:
+            return json_pointer(document, name)
+        except LookupError:
+            return _ABSENT
+    value = message.headers.get(name)
+    if value is None and message.headers:
+        lowered = name.lower()
+        value = next((v for k, v in message.headers.items() if k.lower() == lowered), None)
+    if value is not None:
+        return value
+    document = body.parsed
+    if isinstance(document, dict) and name in document:
+        return document[name]
+    return _ABSENT
+
+
+def _as_text(value: Any, what: str) -> str | None:
+    if value is _ABSENT or value is None:
+        return None
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedEvent(f"{what} is not UTF-8") from None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise MalformedEvent(f"{what} is not text (a JSON {type(value).__name__})")
+
+
+def decode_message(stream: str, message: Message, spec: StreamWait, body: Body) -> Event:
+    """One broker message, read with a route's fields; raise `MalformedEvent` saying why it
+    cannot be a completion."""
+    correlation_id = _as_text(message_field(message, body, spec.id_field), "the id")
+    if not correlation_id:
+        raise MalformedEvent(f"no {spec.id_field!r} in the message")
+    event_type = _as_text(message_field(message, body, spec.type_field), "the type")
+    data = message_field(message, body, spec.data_field)
+    raw: bytes | None
+    if data is _ABSENT:
+        raw, is_json = None, False
+    elif isinstance(data, bytes):
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MalformedEvent("the data is not UTF-8") from None
+        whole_json = data is body.raw and body.parsed is not _NOT_JSON
+        raw, is_json = data, True if whole_json else check_data(data)
+    else:
+        raw, is_json = orjson.dumps(data), True
+    trace = message.headers.get("traceparent")
+    return Event(
+        stream,
+        message.position,
+        correlation_id,
+        event_type,
+        raw,
+        is_json,
+        traceparent=trace.decode("ascii", "replace") if trace else "",
+        timestamp_s=message.timestamp_s,
+    )

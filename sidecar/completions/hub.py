@@ -1,5 +1,6 @@
 """The completion hub: the in-memory waiters of each correlation id, woken by the events the
-sources' readers hand it (`sources.redis_streams` for Redis Streams).
+sources' readers hand it (`sources.redis_streams` for Redis Streams through `dispatch`; the
+brokers' readers, `sources.broadcast`, through `dispatch_message`).
 
 - A waiter is a future in a dict keyed by (stream, correlation id); several waiters on one id all
   wake. A waiter resolves only on an event its route calls success or failure; other types for the
@@ -7,7 +8,8 @@ sources' readers hand it (`sources.redis_streams` for Redis Streams).
 - A bounded, time-limited cache of recent events closes the race where the event lands before the
   waiter exists: `add()` looks there first.
 - Entries are decoded by the one `Decoder`; malformed ones are counted and logged, never fatal.
-- `connected` is set while every reader reads (a call that times out meanwhile says so).
+- `connected` is set while every Redis reader reads (a call that times out meanwhile says so);
+  the brokers' readers say theirs in `sources.health`.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from typing import Any
 from ..config import Settings, StreamWait
 from ..logs import Every
 from ..metrics import Metrics
-from .completion import Completion, Event, MalformedEvent
-from .decoder import Decoder
+from .completion import Completion, Event, MalformedEvent, Message
+from .decoder import Decoder, Reading
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ class Waiter:
 
     def __init__(self, spec: StreamWait, correlation_id: str) -> None:
         self.spec = spec
-        self.key = (spec.key, correlation_id)
+        self.key = (spec.stream_id, correlation_id)
         # None: the wait ended without a completion (its budget, see `sync.wait`).
         self.future: asyncio.Future[Completion | None] = asyncio.get_running_loop().create_future()
 
@@ -113,7 +115,7 @@ class CompletionHub:
 
     @property
     def streams(self) -> list[str]:
-        """Stream keys being read."""
+        """Redis stream keys being read (brokers' streams are their sources' readers')."""
         return self.decoder.streams
 
     # -- waiters ---------------------------------------------------------------------------
@@ -159,6 +161,22 @@ class CompletionHub:
                 extra={"stream": stream, "entry_id": entry_id, "reason": str(exc)},
             )
             return "malformed"
+        return self._wake(stream, events)
+
+    def dispatch_message(self, stream: str, message: Message) -> str:
+        """Handle one broker message read from `stream` (`<source>/<key>`); returns its
+        result label like `dispatch`."""
+        try:
+            events = self.decoder.decode_message(stream, message)
+        except MalformedEvent as exc:
+            logger.warning(
+                "malformed completion event",
+                extra={"stream": stream, "entry_id": message.position, "reason": str(exc)},
+            )
+            return "malformed"
+        return self._wake(stream, events)
+
+    def _wake(self, stream: str, events: list[tuple[Event, Reading]]) -> str:
         result = "ignored"
         for event, _reading in events:
             self._remember(event)

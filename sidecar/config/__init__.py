@@ -5,6 +5,7 @@ environment variables.
     routes     a route: match, correlation, wait (stream, poll), respond, webhook events
     blocks     process-level blocks: clients, proxy, stream reader, tenancy, readiness, log, Redis
     webhooks   webhook delivery, YAML-declared subscriptions, the portal
+    sources    the brokers routes may wait on (`sources:`): Kafka, AMQP, NATS JetStream
     settings   `Settings` (the whole file) and the rules spanning several keys
     loading    YAML, `${VAR}`, overrides from an explicit environment, every problem at once
     advice     what a valid config may still get wrong (warned, never fatal)
@@ -37,6 +38,7 @@ from .routes import (
     compile_path_template,
 )
 from .settings import Settings
+from .sources import KINDS, LIBRARIES, Source, SourceTls, kafka_servers, nats_servers
 from .types import ByteSize, Duration, Model, parse_duration, parse_size
 from .webhooks import DeclaredSubscription, Portal, Webhooks
 
@@ -44,6 +46,8 @@ __all__ = [
     "DEFAULT_CONFIG_PATH",
     "EVENT_TYPE_PATTERN",
     "HTTP_METHODS",
+    "KINDS",
+    "LIBRARIES",
     "ByteSize",
     "Clients",
     "ConfigError",
@@ -62,6 +66,8 @@ __all__ = [
     "Respond",
     "Route",
     "Settings",
+    "Source",
+    "SourceTls",
     "StreamReader",
     "StreamWait",
     "Tenancy",
@@ -72,7 +78,9 @@ __all__ = [
     "config_path",
     "format_validation_error",
     "json_schema",
+    "kafka_servers",
     "load_settings",
+    "nats_servers",
     "parse_duration",
     "parse_settings",
     "parse_size",

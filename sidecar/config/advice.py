@@ -27,6 +27,16 @@ def advice(settings: Settings) -> list[str]:
             f"tenancy.hash_key is unset: credential hashes derive from {origin}; set it, or "
             "clients lose their subscriptions when that changes"
         )
+    on_brokers = sorted(set(settings.sources_used))
+    if settings.redis_url is None and on_brokers:
+        said.append(
+            f"redis_url is unset: completions of routes on {', '.join(on_brokers)} wake held "
+            "calls, but reach no webhook (Redis is the sidecar's own store: tracking, "
+            "subscriptions, the outbox)"
+        )
+    unused = sorted(set(settings.sources) - set(on_brokers))
+    if unused:
+        said.append(f"sources {', '.join(unused)}: no route waits on them (nothing is read)")
     if settings.proxy.client == "session":
         said.append(
             "proxy.client: session is ignored: calls, polls and GETs of a Location all go "

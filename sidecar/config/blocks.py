@@ -119,6 +119,12 @@ class Readiness(Model):
         "connected). false: /readyz still names the problem but answers 200, so a load balancer "
         "keeps sending calls, which fall back to 202 until Redis is back. Default true.",
     )
+    require_sources: bool = Field(
+        True,
+        description="Not ready while a broker source (sources:) is not read. false: /readyz "
+        "names it but answers 200; calls on its routes fall back to 202 until it is back. "
+        "Default true.",
+    )
 
 
 class Log(Model):

@@ -73,16 +73,50 @@ class Correlation(Model):
 
 
 class StreamWait(Model):
-    """Wait for a completion event on a Redis stream."""
+    """Wait for a completion event on a Redis stream, or on a broker named in `sources:`."""
 
-    key: str = Field(..., min_length=1, description="Stream key (not prefixed). Required.")
-    id_field: str = Field("correlation_id", description="Event field holding the id.")
-    type_field: str = Field("type", description="Event field holding the event type.")
+    source: str | None = Field(
+        None,
+        description="A name from `sources:` (Kafka, AMQP, NATS JetStream). Default: the Redis "
+        "at redis_url.",
+    )
+    key: str = Field(
+        ...,
+        min_length=1,
+        description="Redis stream key (not prefixed) · Kafka topic · AMQP exchange · NATS "
+        "subject (a JetStream stream must capture it). Required.",
+    )
+    binding: str | None = Field(
+        None,
+        min_length=1,
+        description="AMQP only: the routing-key pattern bound to the exchange. Default '#'.",
+    )
+    id_field: str = Field(
+        "correlation_id",
+        description="Where the id is: an entry field (Redis); for a broker message a header of "
+        "that name, else that member of the JSON body; /a/pointer: a JSON pointer into the body; "
+        "@key: the Kafka record key (@routing_key, @subject: AMQP's, NATS's). "
+        "Default correlation_id.",
+    )
+    type_field: str = Field("type", description="Where the event type is (as id_field).")
     success: list[str] = Field(..., min_length=1, description="Types that mean success.")
     failure: list[str] = Field(default_factory=list, description="Types that mean failure.")
     data_field: str = Field(
-        "payload", description="Event field holding the result (JSON text, else returned as text)."
+        "payload",
+        description="Where the result is (as id_field; JSON text, else returned as text); "
+        "'' (brokers): the whole body. Default payload.",
     )
+
+    @property
+    def stream_id(self) -> str:
+        """What the waiters and metrics know this stream by: the Redis key, or
+        `<source>/<key>` for a broker (a source name has no slash)."""
+        return self.key if self.source is None else f"{self.source}/{self.key}"
+
+    @property
+    def amqp_binding(self) -> str:
+        """The routing-key pattern bound (AMQP)."""
+        return self.binding if self.binding is not None else "#"
 
     @model_validator(mode="after")
     def _types_disjoint(self) -> StreamWait:

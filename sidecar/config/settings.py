@@ -18,6 +18,7 @@ from pydantic_settings import (
 
 from .blocks import Clients, Log, Proxy, Readiness, RedisSentinel, RedisTls, StreamReader, Tenancy
 from .routes import Route
+from .sources import Sources, check_sources
 from .types import (
     Duration,
     HeaderName,
@@ -116,6 +117,11 @@ class Settings(BaseSettings):
     stream_reader: StreamReader = Field(default_factory=StreamReader)
     log: Log = Field(default_factory=Log)
     readiness: Readiness = Field(default_factory=Readiness)
+    sources: Sources = Field(
+        default_factory=dict,
+        description="Brokers a route may wait on (wait.stream.source), by name: Kafka, AMQP, "
+        "NATS JetStream. Default: none (streams are read from the Redis at redis_url).",
+    )
     routes: list[Route] = Field(default_factory=list, description="Ordered; first match wins.")
     webhooks: Webhooks = Field(default_factory=Webhooks)
     portal: Portal = Field(default_factory=Portal)
@@ -146,25 +152,36 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Settings:
-        problems = cross_check(self.model_dump(mode="python"))
+        problems = cross_check(self.model_dump(mode="python", exclude_unset=True))
         if problems:
             raise ValueError("\n".join(problems))
         return self
 
     @property
     def stream_keys(self) -> list[str]:
-        """Every stream key a route waits on, in route order, without repeats."""
-        keys = [r.wait.stream.key for r in self.routes if r.wait and r.wait.stream]
+        """Every Redis stream key a route waits on, in route order, without repeats (streams
+        of broker sources are not Redis keys)."""
+        keys = [
+            r.wait.stream.key
+            for r in self.routes
+            if r.wait and r.wait.stream and r.wait.stream.source is None
+        ]
         return list(dict.fromkeys(keys))
+
+    @property
+    def sources_used(self) -> list[str]:
+        """Every source some route waits on, in route order, without repeats."""
+        names = [r.wait.stream.source for r in self.routes if r.wait and r.wait.stream]
+        return list(dict.fromkeys(n for n in names if n is not None))
 
 
 def cross_check(raw: Mapping[str, Any]) -> list[str]:
     """Rules spanning several keys, checked on raw (possibly invalid) data so they add to
     field errors instead of hiding behind them."""
     problems: list[str] = []
-    routes = raw.get("routes")
+    routes = raw.get("routes", [])
     if not isinstance(routes, Sequence) or isinstance(routes, str):
-        return problems
+        routes = []
     seen: dict[str, int] = {}
     has_redis = bool(raw.get("redis_url"))
     for index, route in enumerate(routes):
@@ -180,8 +197,16 @@ def cross_check(raw: Mapping[str, Any]) -> list[str]:
             else:
                 seen[name] = index
         wait = route.get("wait")
-        if not has_redis and isinstance(wait, Mapping) and wait.get("stream"):
+        stream = wait.get("stream") if isinstance(wait, Mapping) else None
+        on_redis = not (isinstance(stream, Mapping) and stream.get("source") is not None)
+        if not has_redis and stream and on_redis:
             problems.append(f"routes[{index}].wait.stream: a stream wait needs redis_url")
+    # Sources first, then every route's problems in route order.
+    linked = check_sources(raw)
+    on_routes = [p for p in (*problems, *linked) if p.startswith("routes[")]
+    problems = [p for p in linked if not p.startswith("routes[")] + sorted(
+        on_routes, key=lambda p: int(p[len("routes[") : p.index("]")])
+    )
     webhooks = raw.get("webhooks")
     if not has_redis and isinstance(webhooks, Mapping) and webhooks.get("subscriptions"):
         problems.append("webhooks.subscriptions: webhooks need redis_url")

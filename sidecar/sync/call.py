@@ -18,8 +18,9 @@ import re
 import orjson
 from aiohttp import web
 
+from ..completions.hub import CompletionHub
 from ..completions.poll import json_pointer
-from ..config import Route
+from ..config import Route, StreamWait
 from ..http.body import read_whole
 from ..http.context import CallContext
 from ..http.headers import (
@@ -35,6 +36,7 @@ from ..http.upstream import Replayed, open_upstream, relay
 from ..logs import Every
 from ..metrics import METRICS
 from ..routing import RUNTIME
+from ..sources.health import SOURCE_HEALTH
 from ..state import HUB
 from .answers import Accepted, body_of, failed, fallback, succeeded
 from .identity import own_correlation_id
@@ -182,12 +184,23 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
             app[HELD].release(route.name)
         waits.close()
     if verdict is None:
-        reason = "redis" if hub is not None and not hub.connected.is_set() else "budget"
+        reason = fallback_reason(app, hub, spec.stream)
         if reason == "budget" and hub is not None and spec.stream is not None:
-            diagnose(app, route, hub.said(route.name), hub.suspect(spec.stream.key))
+            diagnose(app, route, hub.said(route.name), hub.suspect(spec.stream.stream_id))
         await settle(track)
         return fallback(request, call, accepted, applied, reason)
     return await answer(request, call, route, accepted, verdict, applied)
+
+
+def fallback_reason(
+    app: web.Application, hub: CompletionHub | None, stream: StreamWait | None
+) -> str:
+    """Why a held call ran out of budget: its source was not read (`redis`, or `source` for a
+    broker), or just the budget."""
+    if stream is not None and stream.source is not None:
+        health = app.get(SOURCE_HEALTH)
+        return "source" if health is not None and not health.is_up(stream.source) else "budget"
+    return "redis" if hub is not None and not hub.connected.is_set() else "budget"
 
 
 def diagnose(app: web.Application, route: Route, every: Every, example: str | None) -> None:
@@ -203,7 +216,7 @@ def diagnose(app: web.Application, route: Route, every: Every, example: str | No
             "no call waits on: check correlation.source and wait.stream.id_field",
             extra={
                 "route": route.name,
-                "stream": spec.key,
+                "stream": spec.stream_id,
                 "id_field": spec.id_field,
                 "correlation_source": route.correlation.source,
                 "example_id": example,

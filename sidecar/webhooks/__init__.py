@@ -5,7 +5,9 @@ Modules, bottom up: `keys` (the Redis key layout), `signing` (Standard Webhooks)
 `messages` (the message log), `quotas`, `metrics`, `fanout` (payloads and messages of a
 completion), `attempt` (one signed POST), `retry` (when an attempt is made again), `planner`
 (fair slots), `outcome` (recording what an attempt led to), `runtime` (the services, built
-once), `supervise`, `delivery` (the workers' loops), `dispatcher` (completion streams → outbox).
+once), `supervise`, `delivery` (the workers' loops), `handoff` (completions held until their
+call is tracked, then written to the outbox), `dispatcher` (Redis completion streams → outbox),
+`brokers` (each broker source's shared read → outbox).
 `webhooks_ctx` runs them. The HTTP API over them lives in `sidecar.admin`.
 """
 
@@ -21,9 +23,11 @@ from ..completions.publish import PUBLISHER
 from ..connections import REDIS_FAULTS, Client
 from ..metrics import METRICS
 from ..routing import RUNTIME
+from ..sources.health import SOURCE_HEALTH
 from ..state import REDIS, TRACKER
 from ..tasks import TaskSet
 from .attempt import create_webhook_session
+from .brokers import BrokerDispatcher
 from .delivery import DeliveryWorker
 from .dispatcher import Dispatcher
 from .fanout import known_events
@@ -72,6 +76,9 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
         tasks.spawn(_prepare_until_done(runtime, dispatcher, worker))
     tasks.spawn(worker.run())
     tasks.spawn(supervised("dispatcher", dispatcher.run))
+    for name in settings.sources:  # each broker's shared read, acknowledged after the outbox
+        broker = BrokerDispatcher(name, runtime, app[RUNTIME], app[SOURCE_HEALTH])
+        tasks.spawn(supervised(f"dispatcher {name}", broker.run))
     yield
     await tasks.close()
     streams = [(s, dispatch_group(runtime.prefix)) for s in app[RUNTIME].settings.stream_keys]

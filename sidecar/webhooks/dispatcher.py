@@ -1,9 +1,10 @@
 """The dispatcher: reads every completion stream through one consumer group and fans out.
 
 Each event is dispatched once across replicas; a crashed replica's pending entries are claimed
-(XAUTOCLAIM) by another. An event whose call is not tracked yet (it can beat the 202) stays
-pending for `UNTRACKED_GRACE_S`, then goes to operator-owned subscriptions only. Completions are
-handled in batches: a few Redis round trips per read, not per completion.
+(XAUTOCLAIM) by another. Completions go to the outbox through the `Handoff` every dispatcher
+shares (an event whose call is not tracked yet stays pending for its grace); an entry is
+acknowledged only once the outbox holds its messages. The brokers' dispatchers are in
+`brokers`.
 """
 
 from __future__ import annotations
@@ -11,26 +12,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import ResponseError
 
-from ..completions.completion import Event, MalformedEvent, Status
+from ..completions.completion import MalformedEvent
 from ..completions.decoder import Decoder
-from ..config import Route, Settings
+from ..config import Settings
 from ..routing import Runtime
 from ..tasks import checkpoint
-from ..tenancy import OPERATOR
-from ..tracking import TrackedCall
-from .fanout import candidates, messages_for
+from .handoff import Handoff, Held
 from .keys import dispatch_group
 from .outbox import create_group, group_lost
 from .runtime import WebhookRuntime
 
 logger = logging.getLogger(__name__)
 
-UNTRACKED_GRACE_S = 4.0
 RETRY_PENDING_S = 0.1
 CLAIM_IDLE_S = 15.0  # longer than the grace: an entry being retried here is never stolen
 BLOCK_MS = 1000
@@ -43,18 +40,6 @@ BATCH = 200
 LINGER_S = 0.02
 
 
-@dataclass(slots=True)
-class Pending:
-    """An event waiting for its tracked call."""
-
-    stream: str
-    entry_id: str
-    route: Route
-    status: Status
-    event: Event
-    first_seen: float
-
-
 class Dispatcher:
     """Turns stream completions into outbox messages."""
 
@@ -63,7 +48,7 @@ class Dispatcher:
         self.connections = webhooks.connections
         self.store, self.outbox, self.tracker = webhooks.store, webhooks.outbox, webhooks.tracker
         self.consumer = webhooks.consumer
-        self._pending: dict[tuple[str, str], Pending] = {}
+        self.handoff = Handoff(webhooks, "redis")
         self._groups: set[str] = set()
         self._last_claim = 0.0
         self._decoder = Decoder(runtime.settings)
@@ -116,7 +101,8 @@ class Dispatcher:
             if not self._hold(stream, entry_id, fields):
                 done.append((stream, entry_id))
         await self._ack(done)
-        await self._dispatch_pending()
+        handed = await self.handoff.flush()
+        await self._ack([item.token for item in handed])
         if len(entries) < BATCH:
             await asyncio.sleep(LINGER_S)
 
@@ -130,7 +116,7 @@ class Dispatcher:
                 )
                 out += [(stream, e.decode(), f) for e, f in reply[1] if f]
         groups = self.connections.slot_groups(streams)
-        block = int(RETRY_PENDING_S * 1000) if self._pending else BLOCK_MS
+        block = int(RETRY_PENDING_S * 1000) if self.handoff.pending else BLOCK_MS
         if len(groups) > 1:  # one read per slot on a cluster: each blocks briefly, in turn
             block = min(block, MULTI_SLOT_BLOCK_MS)
         for keys in groups:
@@ -154,56 +140,18 @@ class Dispatcher:
         if found is None:
             return False  # no route uses this event type
         route, status, event = found
-        self._pending[(stream, entry_id)] = Pending(
-            stream, entry_id, route, status, event, time.monotonic()
+        self.handoff.hold(
+            Held(
+                (stream, entry_id),
+                route,
+                status,
+                event,
+                int(entry_id.split("-")[0]) / 1000,
+                f"{stream}/{entry_id}",
+                (stream, entry_id),
+            )
         )
         return True
-
-    async def _dispatch_pending(self) -> None:
-        """Fan out every held completion whose call is tracked (or whose grace is over), in a
-        few round trips for the whole batch: the tracked calls, the subscriptions (cached), the
-        enqueues, the acks."""
-        if not self._pending:
-            return
-        items = list(self._pending.values())
-        anyone = await self.store.anyone()
-        tracked: list[TrackedCall | None] = [None] * len(items)
-        if anyone:  # nobody subscribed: nothing to look up, every completion is done
-            tracked = await self.tracker.get_many([i.event.correlation_id for i in items])
-        now = time.monotonic()
-        ready: list[tuple[Pending, TrackedCall | None]] = [
-            (item, call)
-            for item, call in zip(items, tracked, strict=True)
-            if not anyone or call is not None or now - item.first_seen > UNTRACKED_GRACE_S
-        ]
-        # Only the owners this batch concerns are read: the callers and the operator.
-        tenants = {call.tenant for _, call in ready if call is not None and call.tenant}
-        subs = await self.store.of_owners({OPERATOR, *tenants}) if anyone else {}
-        messages = [
-            message
-            for item, call in ready
-            for message in messages_for(
-                candidates(subs, call),
-                item.route,
-                item.status,
-                item.event.data,
-                item.event.correlation_id,
-                # An id several calls wait on belongs to none of them: operator subscriptions
-                # only (the calls' own polls publish what they learn to their own clients).
-                None if call is not None and call.ambiguous else call,
-                int(item.entry_id.split("-")[0]) / 1000,
-                f"{item.stream}/{item.entry_id}",
-            )
-        ]
-        count = await self.outbox.enqueue_many(messages)
-        await self._ack([(item.stream, item.entry_id) for item, _ in ready])
-        for item, _ in ready:
-            del self._pending[(item.stream, item.entry_id)]
-        if messages:
-            logger.debug(
-                "completions dispatched",
-                extra={"completions": len(ready), "messages": len(messages), "new": count},
-            )
 
     async def _ack(self, entries: list[tuple[str, str]]) -> None:
         """Acknowledge entries, one XACK per stream."""

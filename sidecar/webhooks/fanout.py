@@ -105,11 +105,13 @@ def messages_for(
     tracked: TrackedCall | None,
     completed_at: float,
     call_identity: str,
+    traceparent: str = "",
 ) -> list[Message]:
     """The messages of one completion (whose event or poll carried `wait_id`): for the
     caller's and operator-owned subscriptions of `subs` (all of them) that want its type.
     Message ids derive from the call, so enqueueing the same completion again (another path,
-    another replica) is a no-op."""
+    another replica) is a no-op. Deliveries are traced as children of the call's span, else
+    of the `traceparent` the completion's message carried."""
     event_type = event_type_of(route, status)
     targets = matching_in(subs, tracked.tenant if tracked else None, event_type)
     if not targets:
@@ -133,7 +135,7 @@ def messages_for(
             event_type,
             body,
             created_ms,
-            traceparent=tracked.traceparent if tracked else "",
+            traceparent=(tracked.traceparent if tracked else "") or traceparent,
         )
         for s in targets
     ]

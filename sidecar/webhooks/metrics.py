@@ -40,6 +40,14 @@ class WebhookMetrics:
             multiprocess_mode="livemax",
             registry=r,
         )
+        self.held = Gauge(
+            "sidecar_webhook_completions_held",
+            "Completions read and not yet handed to the outbox (unacknowledged: their call's "
+            "record is awaited, or Redis is down), by source (redis, or a sources: name).",
+            ["source"],
+            multiprocess_mode="livesum",
+            registry=r,
+        )
         self.dead_letters = Counter(
             "sidecar_webhook_dead_letters", "Messages that failed their last attempt.", registry=r
         )

@@ -1,0 +1,1 @@
+"""An asynchronous orders API whose workers announce completions on a Kafka topic."""
