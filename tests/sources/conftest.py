@@ -36,7 +36,7 @@ from devtools.brokers import (
 )
 
 from ..replicas.support import Receiver
-from ..test_server import StartProcess, sidecar_processes
+from ..processes import StartProcess, sidecar_processes
 from .support import Broker
 
 # Tiny timeouts: a broker that went away is noticed, and a replica that died is replaced in

@@ -22,7 +22,7 @@ import aiohttp
 import orjson
 
 from ..replicas.support import Receiver, kill, metric_total
-from ..test_server import SidecarProcess, StartProcess, base_config
+from ..processes import SidecarProcess, StartProcess, base_config
 from .support import OK, SECRET, SOURCE, Broker, audit_subscription, orders_api, route
 
 TOKEN = "operator-token-for-source-replicas"

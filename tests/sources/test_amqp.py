@@ -20,7 +20,7 @@ from devtools.brokers import AmqpPublisher, RabbitServer
 from ..conftest import SidecarFactory, Upstream
 from ..helpers import until
 from ..replicas.support import Receiver
-from ..test_server import StartProcess
+from ..processes import StartProcess
 from . import replicas, support
 from .conftest import AMQP_OPTIONS, unique
 from .support import OK, Broker, Env, EnvFactory

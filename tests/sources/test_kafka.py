@@ -19,7 +19,7 @@ from devtools.brokers import KafkaPublisher, TansuServer
 from ..conftest import SidecarFactory, Upstream
 from ..helpers import until
 from ..replicas.support import Receiver
-from ..test_server import StartProcess
+from ..processes import StartProcess
 from . import replicas, support
 from .conftest import KAFKA_OPTIONS, unique
 from .support import OK, Broker, Env, EnvFactory

@@ -20,7 +20,7 @@ from devtools.brokers import NatsPublisher, NatsServer
 from ..conftest import SidecarFactory, Upstream
 from ..helpers import until
 from ..replicas.support import Receiver
-from ..test_server import StartProcess
+from ..processes import StartProcess
 from . import replicas, support
 from .conftest import NATS_OPTIONS, unique
 from .support import Broker, Env, EnvFactory
