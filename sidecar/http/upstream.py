@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
 from yarl import URL
 
 from ..config import Proxy
@@ -87,7 +88,15 @@ def upstream_url(base: URL, request: web.Request) -> URL:
 
 class NoInventedHeaders:
     """A response that adds no `Content-Type` and no `Server` of its own: a relayed answer
-    carries exactly the upstream's."""
+    carries exactly the upstream's. A 304 keeps the upstream's `Content-Length` (the length of
+    the answer it stands for, RFC 9110 8.6), which aiohttp would drop."""
+
+    _kept_length: str | None = None
+
+    async def _start(self, request: web.BaseRequest) -> AbstractStreamWriter:
+        if self.status == 304:  # type: ignore[attr-defined]
+            self._kept_length = self._headers.get(hdrs.CONTENT_LENGTH)  # type: ignore[attr-defined]
+        return await super()._start(request)  # type: ignore[misc,no-any-return]
 
     async def _prepare_headers(self) -> None:
         headers = self._headers  # type: ignore[attr-defined]
@@ -96,6 +105,8 @@ class NoInventedHeaders:
         for name in (hdrs.CONTENT_TYPE, hdrs.SERVER):
             if name not in had:
                 headers.popall(name, None)
+        if self._kept_length is not None:
+            headers[hdrs.CONTENT_LENGTH] = self._kept_length
 
 
 class Relayed(NoInventedHeaders, web.StreamResponse):
