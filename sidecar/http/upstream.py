@@ -156,8 +156,10 @@ async def relay(
     call: CallContext,
     upstream: UpstreamResponse,
     extra_headers: dict[str, str] | None = None,
+    already: bytes = b"",
 ) -> web.StreamResponse:
-    """Relay an upstream answer unchanged (status, headers, body), streamed."""
+    """Relay an upstream answer unchanged (status, headers, body), streamed; `already` is the
+    start of its body when the caller has read that much of it."""
     headers = response_headers(upstream.headers, upstream=call.upstream, origin=call.origin)
     headers[request.app[RUNTIME].settings.correlation_header] = call.correlation_id
     if extra_headers:
@@ -167,7 +169,8 @@ async def relay(
         # Small and of known length: read whole, and answered in one write (status line,
         # headers and body together), not streamed in pieces.
         try:
-            body = await upstream.content.readexactly(length) if length else b""
+            rest = length - len(already)
+            body = already + (await upstream.content.readexactly(rest) if rest > 0 else b"")
         except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError) as exc:
             raise UpstreamUnreachable(
                 f"upstream failed mid-answer: {exc.__class__.__name__}", kind="protocol"
@@ -180,6 +183,8 @@ async def relay(
     call.response = response
     if request.method != "HEAD":
         try:
+            if already:
+                await response.write(already)
             async for chunk in upstream.content.iter_chunked(CHUNK):
                 await response.write(chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -95,9 +95,9 @@ async def forward_command(
         if upstream.status != 202:
             return await relay(request, call, upstream)
         body, whole = await read_accepted(upstream)
-        if not whole:  # pragma: no cover - a 202 body over 1 MiB is not something to hold
+        if not whole:  # a 202 body over 1 MiB is not something to hold: relayed, whole
             logger.warning("202 body too large to hold; relayed", extra={"route": call.route_name})
-            return await relay(request, call, upstream)
+            return await relay(request, call, upstream, already=body)
         location = upstream.headers.get("Location")
         if location is not None and not usable_location(location):
             logger.warning(
