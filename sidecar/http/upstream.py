@@ -23,6 +23,7 @@ from yarl import URL
 
 from ..config import Proxy
 from ..errors import BadRequest, RequestTimeout, SidecarError, UpstreamTimeout, UpstreamUnreachable
+from ..logs import Every
 from ..routing import RUNTIME
 from .body import paced
 from .context import CallContext
@@ -182,23 +183,47 @@ async def relay(
     await response.prepare(request)
     call.response = response
     if request.method != "HEAD":
-        try:
-            if already:
-                await response.write(already)
-            async for chunk in upstream.content.iter_chunked(CHUNK):
-                await response.write(chunk)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # Too late for a 502: cut the answer so the client cannot take it as complete.
-            logger.warning(
-                "upstream failed mid-answer; connection closed",
-                extra={"correlation_id": call.correlation_id, "error": exc.__class__.__name__},
-            )
-            call.outcome, call.error_kind = "upstream_error", "protocol"
-            if request.transport is not None:
-                request.transport.close()
-            return response
+        chunks = upstream.content.iter_chunked(CHUNK)
+        chunk: bytes | None = already
+        while chunk is not None:
+            try:
+                if chunk:
+                    await response.write(chunk)
+            except ConnectionError:
+                # The client hung up mid-answer: nobody to relay to, and no fault of the
+                # upstream's (the connection to it is closed on release: its answer was cut).
+                call.outcome = "client_gone"
+                return response
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                chunk = None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # Too late for a 502: cut the answer so the client cannot take it as complete.
+                _mid_answer(call, exc)
+                if request.transport is not None:
+                    request.transport.close()
+                return response
     await response.write_eof()
     return response
+
+
+_said_mid_answer = Every()
+
+
+def _mid_answer(call: CallContext, error: BaseException) -> None:
+    """An upstream that failed after its answer started: counted always, logged at most once a
+    second (with how many were held back)."""
+    call.outcome, call.error_kind = "upstream_error", "protocol"
+    if _said_mid_answer.ready():
+        logger.warning(
+            "upstream failed mid-answer; connection closed",
+            extra={
+                "correlation_id": call.correlation_id,
+                "error": error.__class__.__name__,
+                "since_last_line": _said_mid_answer.take_skipped(),
+            },
+        )
 
 
 async def pass_through(
