@@ -21,6 +21,7 @@ from .config import Settings
 from .connections import RedisConnections, RedisHealth
 from .http.body import expect_continue
 from .http.boundary import problem_middleware
+from .http.budget import BUDGET, ByteBudget
 from .http.listener import ClientGuard, GuardedAppRunner
 from .http.pool import POOL
 from .http.upstream import create_pool
@@ -158,6 +159,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     export_limits(app[METRICS], settings)
     app[RUNTIME].on_reload.append(lambda new: export_limits(app[METRICS], new))
     app[HELD] = HeldCalls()
+    app[BUDGET] = ByteBudget(settings.clients.buffer_budget, app[METRICS].body_bytes)
     app[PUBLISHER] = NoPublisher()  # the webhooks capability replaces it when it runs
     app.router.add_route("*", "/{tail:.*}", proxy_handler, expect_handler=expect_continue)
     app.cleanup_ctx.append(http_ctx)

@@ -25,7 +25,8 @@ from ..config import Proxy
 from ..errors import BadRequest, RequestTimeout, SidecarError, UpstreamTimeout, UpstreamUnreachable
 from ..logs import Every
 from ..routing import RUNTIME
-from .body import paced
+from .body import pass_through_body
+from .budget import release
 from .context import CallContext
 from .headers import response_headers, upstream_request_headers
 from .pool import POOL, PoolError, UpstreamPool, UpstreamResponse
@@ -121,8 +122,9 @@ class Replayed(NoInventedHeaders, web.Response):
 async def open_upstream(
     request: web.Request, call: CallContext, body: bytes | None = None
 ) -> UpstreamResponse:
-    """Send the request upstream, with `body` (read already) or the client's body streamed
-    within `clients.body_timeout` per part; return the response (headers read)."""
+    """Send the request upstream, with `body` (read already) or the client's body (its start
+    read first, the rest streamed at the client's pace); return the response (headers read).
+    Whatever the body held of the process's budget is given back once it has been sent."""
     settings = request.app[RUNTIME].settings
     headers = upstream_request_headers(
         request.headers,
@@ -135,19 +137,23 @@ async def open_upstream(
         trace=call.trace.headers() if call.trace else None,
     )
     data: bytes | AsyncIterator[bytes] | None = body
-    if body is None and request.body_exists:
-        data = paced(request, call, settings.clients)
+    if body is None:
+        data = await pass_through_body(request, call, settings.clients)
     url = upstream_url(call.upstream, request)
     started = time.perf_counter()
     try:
         with upstream_errors():
             response = await request.app[POOL].request(request.method, url, headers, data)
+    except RequestTimeout:
+        raise  # the client's body was too slow
     except SidecarError:
         if call.client_stalled:  # the client's body stalled, not the upstream
             raise RequestTimeout(
-                f"each part of the body must arrive within {settings.clients.body_timeout:g}s"
+                "the body came too slowly (clients.body_timeout, clients.min_body_rate)"
             ) from None
         raise
+    finally:
+        release(request)
     call.upstream_s = time.perf_counter() - started
     return response
 

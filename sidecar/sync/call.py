@@ -143,6 +143,7 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
             # event seen before (cached) cannot be this call's.
             waits.listen(spec.stream, call.correlation_id, cached=False)
         accepted = await forward_command(request, call, body)
+        body = None  # forwarded: a held call keeps no copy of it (nor its share of the budget)
         if not isinstance(accepted, Accepted):
             return accepted
         wait_id = completion_id(route, call, accepted)
