@@ -161,7 +161,9 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app[HELD] = HeldCalls()
     app[BUDGET] = ByteBudget(settings.clients.buffer_budget, app[METRICS].body_bytes)
     app[PUBLISHER] = NoPublisher()  # the webhooks capability replaces it when it runs
-    app.router.add_route("*", "/{tail:.*}", proxy_handler, expect_handler=expect_continue)
+    # Every path, control characters included (`.` would not match a decoded %0a): they belong
+    # to the upstream, not to a 404 of ours.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", proxy_handler, expect_handler=expect_continue)
     app.cleanup_ctx.append(http_ctx)
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(tracking_ctx)
