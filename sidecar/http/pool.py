@@ -40,6 +40,7 @@ from .connection import Connection, Key, PoolError, Said, Stale
 
 IDLE_S = 15.0  # an idle connection older than this is closed rather than reused
 SWEEP_S = 0.5  # how often read timeouts and idle connections are looked at
+JOIN_UP_TO = 64 * 1024  # a body up to this size goes out in one write with the head
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 NO_BODY = frozenset({204, 304})  # answers that never have a body, whatever their headers say
@@ -315,7 +316,11 @@ class UpstreamPool:
         if transport is None or conn.lost:
             raise Stale()
         if isinstance(body, bytes) or body is None:
-            transport.write(head + body if body else head)
+            if body and len(body) > JOIN_UP_TO:
+                transport.write(head)  # no copy of a large body: the transport keeps it as is
+                transport.write(body)
+            else:
+                transport.write(head + body if body else head)  # one segment, one send
             return
         # A streamed body goes on in the background: the upstream may answer (and stream its
         # answer back) before it has read the whole request.
