@@ -140,8 +140,11 @@ async def admin_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def export_limits(metrics: Metrics, settings: Settings) -> None:
-    """Publish each sync route's `max_waiting`, so a dashboard can set held calls against it."""
-    metrics.max_waiting.clear()
+    """Publish each sync route's `max_waiting`, so a dashboard can set held calls against it.
+    (A worker cannot clear a multiprocess gauge: prometheus_client only warns, on stderr, in the
+    middle of the log; a route a reload removed keeps its last value there.)"""
+    if not in_worker():
+        metrics.max_waiting.clear()
     metrics.initialise(settings.routes)
     for route in settings.routes:
         if route.is_sync:
