@@ -174,5 +174,7 @@ async def test_no_client_gets_another_s_answer_however_the_upstream_misbehaves(
     assert results["nginx"][0] == 0, results
     wrong, right, connections = results["sidecar"]
     assert wrong == 0, results
-    assert right >= 100  # the glued, late and plain answers (the 101s are 502s)
+    # Most glued, late and plain answers arrive whole (the 101s are 502s, and late bytes racing a
+    # reuse may turn the next request on that connection into a 502, never a wrong answer).
+    assert right >= 100, results
     assert connections < 200  # good connections are still kept alive and reused
