@@ -49,8 +49,15 @@ async def run_to_exit(
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
-    async with asyncio.timeout(20):
-        _, stderr = await proc.communicate()
+    try:
+        async with asyncio.timeout(20):
+            _, stderr = await proc.communicate()
+    except TimeoutError:
+        # Still running (restarting its workers, say): stop it and all it started, then fail.
+        proc.terminate()
+        async with asyncio.timeout(20):
+            _, stderr = await proc.communicate()
+        pytest.fail(f"sidecar run did not exit by itself:\n{stderr.decode()[-2000:]}")
     assert proc.returncode is not None
     return proc.returncode, stderr.decode().splitlines()
 
