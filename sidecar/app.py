@@ -23,6 +23,7 @@ from .config import Settings
 from .connections import RedisConnections, RedisHealth
 from .http.body import expect_continue
 from .http.boundary import problem_middleware
+from .http.budget import BUDGET, ByteBudget
 from .http.listener import ClientGuard, GuardedAppRunner
 from .http.pool import POOL
 from .http.upstream import create_pool
@@ -158,8 +159,11 @@ async def admin_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def export_limits(metrics: Metrics, settings: Settings) -> None:
-    """Publish each sync route's `max_waiting`, so a dashboard can set held calls against it."""
-    metrics.max_waiting.clear()
+    """Publish each sync route's `max_waiting`, so a dashboard can set held calls against it.
+    (A worker cannot clear a multiprocess gauge: prometheus_client only warns, on stderr, in the
+    middle of the log; a route a reload removed keeps its last value there.)"""
+    if not in_worker():
+        metrics.max_waiting.clear()
     metrics.initialise(settings.routes)
     for route in settings.routes:
         if route.is_sync:
@@ -178,8 +182,11 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app[RUNTIME].on_reload.append(lambda new: export_limits(app[METRICS], new))
     app[HELD] = HeldCalls()
     app[SOURCE_HEALTH] = SourceHealth(app[METRICS].registry)
+    app[BUDGET] = ByteBudget(settings.clients.buffer_budget, app[METRICS].body_bytes)
     app[PUBLISHER] = NoPublisher()  # the webhooks capability replaces it when it runs
-    app.router.add_route("*", "/{tail:.*}", proxy_handler, expect_handler=expect_continue)
+    # Every path, control characters included (`.` would not match a decoded %0a): they belong
+    # to the upstream, not to a 404 of ours.
+    app.router.add_route("*", r"/{tail:[\s\S]*}", proxy_handler, expect_handler=expect_continue)
     app.cleanup_ctx.append(http_ctx)
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(tracking_ctx)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -62,25 +63,30 @@ def routes_table(settings: Settings) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Serve until stopped."""
+    """Serve until stopped; `CANNOT_START` at once, saying why in one line, when no restart
+    could help (a port in use, no writable directory for the workers' metrics)."""
     from .server import serve  # keeps `check` and `schema` light
-    from .workers import Supervisor, in_worker, worker_count
+    from .workers import CANNOT_START, CannotStart, Supervisor, in_worker, worker_count
 
     path = _config_path(args.config)
     settings = _load_or_exit(path)
     setup_logging(settings.log.level, settings.log.format)
     count = worker_count(settings)
-    if count > 1 and not in_worker():
-        if not sys.platform.startswith("linux"):
-            print(
-                f"{path}: workers: {settings.workers} needs Linux (SO_REUSEPORT balancing); "
-                "run one process per port, or several replicas",
-                file=sys.stderr,
-            )
-            return 2
-        return asyncio.run(Supervisor(settings, path, count).run())
-    with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
-        runner.run(serve(settings, path))
+    try:
+        if count > 1 and not in_worker():
+            if not sys.platform.startswith("linux"):
+                print(
+                    f"{path}: workers: {settings.workers} needs Linux (SO_REUSEPORT "
+                    "balancing); run one process per port, or several replicas",
+                    file=sys.stderr,
+                )
+                return 2
+            return asyncio.run(Supervisor(settings, path, count).run())
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            runner.run(serve(settings, path))
+    except CannotStart as reason:
+        logging.getLogger("sidecar.server").error(f"{reason}; exiting")
+        return CANNOT_START
     return 0
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
 import ssl
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -444,11 +445,22 @@ class RedisHealth:
             await asyncio.sleep(PROBE_EVERY_S)
 
 
+_SECRET_PARAMETER = re.compile(r"pass|secret|token|auth|key", re.IGNORECASE)
+
+
 def redacted(url: str) -> str:
-    """A Redis URL without its password, for logs."""
+    """A Redis URL without its password, for logs and `/readyz`: neither the one before the
+    host (`redis://user:password@host`) nor one given as a query parameter
+    (`?password=...`, or any parameter whose name says it is a secret)."""
     scheme, sep, rest = url.partition("://")
-    if "@" not in rest:
-        return url
-    credentials, _, host = rest.rpartition("@")
-    user = credentials.partition(":")[0]
-    return f"{scheme}{sep}{user + ':***' if user else '***'}@{host}"
+    rest, question, query = rest.partition("?")
+    if "@" in rest:
+        credentials, _, host = rest.rpartition("@")
+        user = credentials.partition(":")[0]
+        rest = f"{user + ':***' if user else '***'}@{host}"
+    if question:
+        query = "&".join(
+            f"{name}=***" if _SECRET_PARAMETER.search(name) else f"{name}{eq}{value}"
+            for name, eq, value in (part.partition("=") for part in query.split("&"))
+        )
+    return f"{scheme}{sep}{rest}{question}{query}"

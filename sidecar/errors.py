@@ -14,6 +14,7 @@
     ├── InternalError            500 internal-error       (a bug of ours)
     ├── UpstreamUnreachable      502 upstream-unreachable
     ├── Unavailable              503 unavailable
+    ├── Overloaded               503 overloaded           (a budget of the process is spent)
     └── UpstreamTimeout          504 upstream-timeout
 
 Handlers raise these; the one error boundary (`sidecar.boundary`) turns them, and anything
@@ -106,6 +107,12 @@ class UpstreamUnreachable(SidecarError):
 
 class Unavailable(SidecarError):
     status, code, title, outcome = 503, "unavailable", "Service unavailable", "internal_error"
+
+
+class Overloaded(SidecarError):
+    """Refused because a budget of the whole process is spent (its request was not read)."""
+
+    status, code, title, closes = 503, "overloaded", "Overloaded", True
 
 
 class UpstreamTimeout(SidecarError):

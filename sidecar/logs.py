@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 from typing import Any
@@ -41,17 +42,50 @@ class JsonFormatter(logging.Formatter):
         line.update(_fields(record))
         if record.exc_info:
             line["traceback"] = self.formatException(record.exc_info)
-        return orjson.dumps(line, default=str).decode()
+        text = orjson.dumps(line, default=str).decode()  # control characters come out escaped
+        if "\u2028" in text or "\u2029" in text:  # valid JSON, but line breaks to some readers
+            text = text.replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+        return text
+
+
+# Control characters (C0, DEL, C1) and the Unicode line separators: a value carrying them (a
+# path with %0d%0a or a terminal escape, say) could forge a line or rewrite the terminal.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_QUOTE = re.compile(r'[\s"=\\]')
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def _escaped(text: str) -> str:
+    """`text` with every control character written as an escape (`\\n`, `\\x1b`, `\\u2028`)."""
+    return _UNSAFE.sub(_escape, text) if _UNSAFE.search(text) else text
+
+
+def _value(value: object) -> str:
+    """A field's value for a `key=value` line: as it is when it is plain, else quoted, with
+    backslashes and quotes escaped and control characters written as escapes (so no value
+    can pose as another field or another line)."""
+    text = str(value)
+    if text and not _QUOTE.search(text) and not _UNSAFE.search(text):
+        return text
+    return '"' + _escaped(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'
 
 
 class TextFormatter(logging.Formatter):
-    """Human-readable: the message followed by `key=value` fields."""
+    """Human-readable: the message followed by `key=value` fields, one line per record
+    (control characters escaped, values quoted where they could pose as more fields); a
+    traceback follows on lines of its own."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{k}={v}" for k, v in _fields(record).items())
-        base = (
-            f"{self.formatTime(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
-        )
+        fields = " ".join(f"{k}={_value(v)}" for k, v in _fields(record).items())
+        message = _escaped(record.getMessage())
+        base = f"{self.formatTime(record)} {record.levelname:<7} {record.name}: {message}"
         text = f"{base} {fields}" if fields else base
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)

@@ -118,8 +118,21 @@ class Metrics:
         self.client_timeouts = Counter(
             "sidecar_client_timeouts",
             "Clients too slow to send their request, by listener and phase (idle: nothing "
-            "sent; headers; body), answered 408 (idle: closed) and disconnected.",
+            "sent; headers; body: a pause too long; body_rate: under clients.min_body_rate), "
+            "answered 408 (idle: closed) and disconnected.",
             ["listener", "phase"],
+            registry=r,
+        )
+        self.body_bytes = Gauge(
+            "sidecar_body_buffer_bytes",
+            "Bytes of request bodies held in memory now (bounded by clients.buffer_budget).",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.body_budget_refused = Counter(
+            "sidecar_body_budget_refused",
+            "Calls answered 503 because their body did not fit in clients.buffer_budget, by route.",
+            ["route"],
             registry=r,
         )
         self.malformed_requests = Counter(

@@ -13,6 +13,7 @@ import time
 
 from aiohttp import web
 
+from .http.budget import release
 from .http.context import CONTEXT, CallContext, RequestContext
 from .http.headers import client_origin, correlation_id
 from .http.upstream import pass_through
@@ -63,6 +64,7 @@ class ProxyListener:
         """Count the call and write its access log line."""
         assert isinstance(context, CallContext)
         current.set(None)  # the connection's next request is another call
+        release(request)  # whatever its body still held of the budget
         metrics = self.app[METRICS]
         metrics.in_flight.dec()
         elapsed = time.perf_counter() - context.started

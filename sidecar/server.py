@@ -1,5 +1,6 @@
 """Running the sidecar as a process: set the process up (`process`), listen, drain on
-SIGTERM/SIGINT, reload routes on SIGHUP."""
+SIGTERM/SIGINT, reload routes on SIGHUP. A listener that cannot bind its address ends the run
+with `workers.CannotStart` (no traceback, no restart)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from .process import (
     settle_memory,
 )
 from .routing import RUNTIME
-from .workers import die_with_supervisor, in_worker
+from .workers import cannot_listen, die_with_supervisor, in_worker
 
 logger = logging.getLogger(__name__)
 
@@ -100,12 +101,18 @@ async def serve(settings: Settings, config_path: Path) -> None:
 
 
 async def _serve_until(stop: asyncio.Event, runner: web.AppRunner, settings: Settings) -> None:
-    await runner.setup()
+    try:
+        await runner.setup()  # the admin listener binds here
+    except OSError as error:
+        raise cannot_listen(error, settings.admin_listen) or error from None
     if stop.is_set():  # told to stop while starting up: never listen
         return
     host, port = split_host_port(settings.listen)
     site = web.TCPSite(runner, host, port, backlog=4096, reuse_port=in_worker() or None)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as error:
+        raise cannot_listen(error, settings.listen) or error from None
     logger.info(
         "sidecar listening",
         extra={

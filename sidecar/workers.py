@@ -6,16 +6,24 @@ told it is worker i), restarts one that dies (with a growing pause if it keeps d
 SIGHUP on (each worker reloads) and SIGTERM/SIGINT on (each drains within `shutdown_grace`),
 then exits. Metrics go through prometheus_client's multiprocess mode: every worker writes its
 samples to a shared directory, and `/metrics`, whichever worker answers it, sums them (gauges of
-live workers only: held calls, connections).
+live workers only: held calls, connections). That directory is made fresh in `$TMPDIR` (else the
+system's temporary directory), so a read-only root filesystem needs a writable one mounted
+there (on Kubernetes, an emptyDir at /tmp).
+
+What no restart can mend ends the run at once, said in one line, with exit code `CANNOT_START`:
+a listener's address that cannot be bound (in use, not permitted), checked by the supervisor
+before any worker starts and by each worker as it binds; no writable metrics directory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
@@ -27,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 WORKER_ENV = "SIDECAR_WORKER_INDEX"
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+CANNOT_START = 78  # sysexits' EX_CONFIG: what a restart cannot mend (a port in use, say)
 RESTART_MIN_S = 1.0
 RESTART_MAX_S = 30.0
 STABLE_S = 10.0  # a worker that lived this long restarts at once when it dies
@@ -63,6 +72,48 @@ def die_with_supervisor() -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # the supervisor died before we asked
 
 
+class CannotStart(Exception):
+    """Something a restart cannot mend: the process exits with `CANNOT_START`, saying why."""
+
+
+def cannot_listen(error: OSError, address: str) -> CannotStart | None:
+    """`error` from binding `address`, as a `CannotStart` when it is about the address (in
+    use, not permitted, not this host's); None for any other OSError."""
+    if error.errno not in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+        return None
+    reason = os.strerror(error.errno).lower() if error.errno else str(error)
+    return CannotStart(f"cannot listen on {address}: {reason}")
+
+
+def check_listen(address: str) -> None:
+    """Bind `address` as the workers will (SO_REUSEPORT) and let it go: CannotStart when they
+    could not."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        try:
+            sock.bind((host, int(port)))
+        except OSError as error:
+            raise cannot_listen(error, address) or error from None
+
+
+def metrics_directory() -> str:
+    """A fresh directory for the workers' metrics, in `$TMPDIR` when set (never another one
+    instead), else in the system's temporary directory; CannotStart when none can be made."""
+    try:
+        return tempfile.mkdtemp(prefix="sidecar-metrics-", dir=os.environ.get("TMPDIR") or None)
+    except OSError as error:
+        where = os.environ.get("TMPDIR") or "any temporary directory"
+        raise CannotStart(
+            f"workers need a writable directory for their metrics, and {where} is not "
+            f"({error.strerror or error}): mount a writable volume and point TMPDIR at it (on "
+            "Kubernetes with readOnlyRootFilesystem, an emptyDir at /tmp)"
+        ) from None
+
+
 class Supervisor:
     """Runs and watches the workers."""
 
@@ -70,9 +121,11 @@ class Supervisor:
         self.settings = settings
         self.config_path = config_path
         self.count = count
-        self.metrics_dir = tempfile.mkdtemp(prefix="sidecar-metrics-")
+        self.metrics_dir = ""
         self.procs: dict[int, asyncio.subprocess.Process] = {}
         self.stopping = False
+        self.failed = 0  # the exit code, when a worker could not start at all
+        self._stop = asyncio.Event()
 
     def _env(self, index: int) -> dict[str, str]:
         return {
@@ -106,6 +159,14 @@ class Supervisor:
             self._forget(proc.pid)
             if self.stopping:
                 return
+            if code == CANNOT_START:  # it said why; starting it again would say it again
+                logger.error(
+                    "a worker cannot start; stopping",
+                    extra={"worker": index, "pid": proc.pid, "code": code},
+                )
+                self.failed = CANNOT_START
+                self._stop.set()
+                return
             lived = time.monotonic() - started
             if lived > STABLE_S:
                 pause = RESTART_MIN_S
@@ -128,9 +189,13 @@ class Supervisor:
                 proc.send_signal(sig)
 
     async def run(self) -> int:
-        """Start the workers and supervise them until SIGTERM/SIGINT; 0 when they all stopped."""
+        """Start the workers and supervise them until SIGTERM/SIGINT; 0 when they all stopped,
+        `CANNOT_START` when they could not (the reason logged once)."""
+        check_listen(self.settings.listen)
+        check_listen(self.settings.admin_listen)
+        self.metrics_dir = metrics_directory()
         loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
+        stop = self._stop
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._signal, signal.SIGHUP)
@@ -153,4 +218,4 @@ class Supervisor:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             shutil.rmtree(self.metrics_dir, ignore_errors=True)
-        return 0
+        return self.failed

@@ -26,7 +26,7 @@ from aiohttp.web_server import Server
 from redis.asyncio.cluster import NodesManager, RedisCluster
 from redis.asyncio.connection import AbstractConnection
 
-from sidecar.http.pool import _Connection
+from sidecar.http.connection import Connection
 
 
 def params(function: object) -> list[str]:
@@ -40,7 +40,7 @@ def test_the_pinned_minor_versions_are_installed() -> None:
 
 async def test_the_pool_parses_an_answer_with_aiohttp_s_parser() -> None:
     loop = asyncio.get_running_loop()
-    conn = _Connection(loop, ("http", "h", 80))
+    conn = Connection(loop, ("http", "h", 80))
     for name in ("_parser", "_reading_paused", "transport"):
         assert hasattr(conn, name), f"aiohttp's BaseProtocol no longer keeps {name}"
     assert inspect.iscoroutinefunction(BaseProtocol._drain_helper)

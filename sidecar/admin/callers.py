@@ -4,7 +4,9 @@
     Authorization: Bearer psess_...          a portal session: its owner (a tenant, or the
                                              operator); read-only sessions change nothing
     <credential header>: <value>             a client: its own data only (the value hashed as
-                                             the proxy hashes it)
+                                             the proxy hashes it); with a credential a browser
+                                             sends by itself (a Cookie, Basic), writes only
+                                             from the listener's own origin (`csrf`)
 
 `caller_of` resolves a request to `OPERATOR` or a tenant (401 without a credential; a session
 that expired, was revoked or is unknown answers 401 with its `reason`; a read-only session's
@@ -23,6 +25,7 @@ from ..tenancy import OPERATOR
 from ..timestamps import iso
 from ..webhooks.runtime import WebhookRuntime
 from ..webhooks.store import Subscription
+from .csrf import refuse_cross_site
 from .endpoints import ID_RE
 from .services import services
 from .sessions import PortalSession, PortalSessions, bearer_session_token
@@ -107,6 +110,7 @@ async def caller_of(request: web.Request) -> str:
             f"send your client credential in the {header} header",
             headers={"WWW-Authenticate": REALM},
         )
+    refuse_cross_site(request, settings, header, credential)
     await found.verifier.check(credential)  # with tenancy.verify: only what the API accepts
     return tenant
 
@@ -128,10 +132,12 @@ async def subscription_of(
 
 
 def client_address(request: web.Request) -> str:
-    """The caller's address: the first `X-Forwarded-For` entry when forwarded headers are
-    trusted (`proxy.trust_forwarded_headers`), else the peer's."""
+    """The caller's address, for limits per address: the peer's; when forwarded headers are
+    trusted (`proxy.trust_forwarded_headers`: one proxy of the operator's in front), the
+    right-most `X-Forwarded-For` entry, the one that proxy added: the address it saw. Entries
+    to its left are whatever the client sent, so a limit keyed on them is no limit."""
     settings = services(request).settings
-    forwarded = request.headers.get("X-Forwarded-For", "")
+    forwarded = ",".join(request.headers.getall("X-Forwarded-For", ()))
     if settings.proxy.trust_forwarded_headers and forwarded.strip():
-        return forwarded.split(",")[0].strip()[:64] or "unknown"
+        return forwarded.rsplit(",", 1)[-1].strip()[:64] or "unknown"
     return request.remote or "unknown"

@@ -64,10 +64,13 @@ def example_payload(
 
 def declared_types(settings: Settings) -> list[dict[str, Any]]:
     """Every event type of the config, in route order, then the test type; without examples
-    from the log yet (`data` None where none is declared)."""
+    from the log yet (`data` None where none is declared). A route without `wait` (a named
+    pass-through) completes nothing, so its types never fire and are not listed."""
     out: list[dict[str, Any]] = []
     seen: set[str] = set()
     for route in settings.routes:
+        if not route.is_sync:
+            continue
         for outcome in ("success", "failure"):
             spec = route.webhook_events.spec(outcome)
             name = route.success_event if outcome == "success" else route.failure_event

@@ -220,7 +220,12 @@ class MessageDetail(View):
     state: str = Field(..., description="queued, scheduled, delivered, failed or skipped.")
     trigger: str | None = Field(None, description="What made it: scheduled (a completion) or test.")
     attempts_made: int | None = None
-    payload: Any = Field(..., description="The JSON body as sent.")
+    payload: Any = Field(..., description="The JSON body as sent, parsed.")
+    body: str = Field(
+        "",
+        description="The body exactly as sent, the bytes the signature covers (paste it into "
+        "a verifier as it is).",
+    )
     headers: dict[str, str | None] = Field(
         ..., description="webhook-id, webhook-timestamp, webhook-signature of the last attempt."
     )

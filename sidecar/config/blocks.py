@@ -147,8 +147,8 @@ class Clients(Model):
         30.0,
         gt=0,
         description="A synchronised route's whole body must arrive within this (it is read in "
-        "full before the upstream is called); on other routes, the longest pause between two "
-        "parts of a streamed body. Else 408 and the connection is closed. Default 30s.",
+        "full before the upstream is called); on any route, the longest pause between two "
+        "parts of a body. Else 408 and the connection is closed. Default 30s.",
     )
     idle_timeout: Duration = Field(
         75.0, gt=0, description="How long an idle keep-alive connection is kept. Default 75s."
@@ -171,8 +171,45 @@ class Clients(Model):
         10 * 1024 * 1024,
         ge=0,
         description="Largest body of a call on a synchronised route (larger: 413). Pass-through "
-        "bodies are streamed and not limited. Default 10MiB.",
+        "bodies are not limited in size (their start is buffered: pass_through_buffer). "
+        "Default 10MiB.",
     )
+    buffer_budget: ByteSize = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="Bytes of request bodies one process holds in memory at once, all calls "
+        "together: synchronised bodies until they are forwarded, the buffered start of "
+        "pass-through bodies until an upstream connection takes it. A body that does not fit: "
+        "503 + Retry-After. At least max_body. Default 256MiB.",
+    )
+    pass_through_buffer: ByteSize = Field(
+        64 * 1024,
+        ge=0,
+        description="A pass-through body is read up to this many bytes before an upstream "
+        "connection is taken (all of it when it is no larger, then sent with a Content-Length), "
+        "so a slow sender holds a socket, never a pooled connection; the rest is streamed. 0: "
+        "streamed from its first byte. Default 64KiB.",
+    )
+    min_body_rate: ByteSize = Field(
+        240,
+        ge=0,
+        description="Bytes a second a request body must average once body_rate_grace has "
+        "passed (time spent waiting for the upstream to take bytes does not count), else 408 "
+        "and the connection is closed. 0: no minimum. Default 240 (Kestrel's).",
+    )
+    body_rate_grace: Duration = Field(
+        5.0,
+        ge=0,
+        description="How long a body may take before min_body_rate applies. Default 5s.",
+    )
+
+    @model_validator(mode="after")
+    def _budget_fits(self) -> Clients:
+        if self.buffer_budget < self.max_body:
+            raise ValueError("buffer_budget must be at least max_body (one body must fit)")
+        if self.buffer_budget < self.pass_through_buffer:
+            raise ValueError("buffer_budget must be at least pass_through_buffer")
+        return self
 
 
 class Proxy(Model):

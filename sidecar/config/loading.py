@@ -1,7 +1,8 @@
 """Loading the config: YAML, `${VAR}` / `${VAR:-default}` interpolation, `SIDECAR_*` overrides,
 every problem at once.
 
-`load_settings(path, env=...)` reads the YAML file; `parse_settings(raw, source, env=...)`
+`load_settings(path, env=...)` reads the YAML file (a key named twice in a mapping is an error
+with both its lines, not the later one silently winning); `parse_settings(raw, source, env=...)`
 validates a parsed mapping. Both take the environment explicitly (the command line passes
 `os.environ`; tests pass their own): it fills `${VAR}` and its `SIDECAR_*` variables override
 the file (env wins; nested keys with `__`, e.g. `SIDECAR_WEBHOOKS__TIMEOUT=5s`). A bad file
@@ -116,13 +117,58 @@ def load_settings(path: str | os.PathLike[str] | None, *, env: Mapping[str, str]
     except OSError as exc:
         raise ConfigError(str(path), [f"cannot read the file: {exc.strerror}"]) from None
     try:
-        raw = yaml.safe_load(text)
+        raw, duplicates = read_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(str(path), [f"{where}invalid YAML ({reason})"]) from None
-    return parse_settings(raw, str(path), env=env)
+    if not duplicates:
+        return parse_settings(raw, str(path), env=env)
+    try:  # every problem at once: the duplicates, and whatever else is wrong
+        parse_settings(raw, str(path), env=env)
+    except ConfigError as error:
+        raise ConfigError(str(path), duplicates + error.problems) from None
+    raise ConfigError(str(path), duplicates)
+
+
+def read_yaml(text: str) -> tuple[Any, list[str]]:
+    """The YAML document in `text`, and a problem for every key a mapping names twice (a
+    second `routes:` or `log:` would silently replace the first: YAML loaders keep the last)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        duplicates = [p for _, p in sorted(duplicate_keys(node, ""))] if node is not None else []
+        return (loader.construct_document(node) if node is not None else None), duplicates
+    finally:
+        loader.dispose()
+
+
+def duplicate_keys(node: yaml.Node, path: str) -> list[tuple[int, str]]:
+    """For every key named twice in a mapping of `node`: the second one's line, and the
+    problem (`key.path: ...`, with both lines)."""
+    problems: list[tuple[int, str]] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[object, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            line = key_node.start_mark.line + 1
+            where = f"{path}.{key}" if path else str(key)
+            if key is not None and key in seen:
+                problems.append(
+                    (
+                        line,
+                        f"{where}: duplicate key on lines {seen[key]} and {line} (name each "
+                        "key once: YAML would keep only the last)",
+                    )
+                )
+            elif key is not None:
+                seen[key] = line
+            problems += duplicate_keys(value_node, where)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            problems += duplicate_keys(item, f"{path}[{index}]")
+    return problems
 
 
 def json_schema() -> dict[str, Any]:

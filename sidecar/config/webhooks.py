@@ -199,6 +199,7 @@ class Portal(Model):
         60,
         ge=1,
         le=100_000,
-        description="Sign-ins (POST /admin/api/sign-in) allowed per client address and minute, "
+        description="Sign-ins (POST /admin/api/sign-in) allowed per client address (the peer's; "
+        "with proxy.trust_forwarded_headers, the right-most X-Forwarded-For entry) and minute, "
         "across replicas; past it 429 with Retry-After. Default 60.",
     )

@@ -11,8 +11,10 @@ keeps of a client:
     timeouts      the TCP/TLS connect (`connect_timeout_s`); the longest silence of the upstream
                   while an answer is awaited or read (`read_timeout_s`), watched by one timer
                   for the whole pool, not one per request
-    HEAD, 1xx     a HEAD answer has no body; interim 1xx answers are skipped
+    HEAD, 1xx     a HEAD, 204 or 304 answer has no body; interim 1xx answers are skipped
     chunked       bodies of unknown length are sent chunked; answers are decoded by the parser
+    one answer    a connection that carries anything unexpected (stray bytes, a protocol
+                  switch, a malformed head) is closed, never reused (`http.connection`)
     stale reuse   an idempotent request (GET, HEAD, PUT, DELETE, OPTIONS, TRACE) with no
                   streamed body that finds its reused connection closed before any answer is
                   sent again once, on a new connection
@@ -28,152 +30,22 @@ import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from aiohttp import ClientPayloadError, ServerTimeoutError, web
-from aiohttp.base_protocol import BaseProtocol
-from aiohttp.http_parser import HttpResponseParser, RawResponseMessage
+from aiohttp import ClientPayloadError, web
+from aiohttp.http_parser import RawResponseMessage
 from aiohttp.streams import StreamReader
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from .connection import Connection, Key, PoolError, Said, Stale
+
 IDLE_S = 15.0  # an idle connection older than this is closed rather than reused
 SWEEP_S = 0.5  # how often read timeouts and idle connections are looked at
-READ_BUFFER = 2**16
+JOIN_UP_TO = 64 * 1024  # a body up to this size goes out in one write with the head
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
+NO_BODY = frozenset({204, 304})  # answers that never have a body, whatever their headers say
 
-Key = tuple[str, str, int]  # scheme, host, port
-
-
-class PoolError(Exception):
-    """A request that got no answer; `kind` says why (connect, timeout, protocol)."""
-
-    def __init__(self, message: str, kind: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
-class _Stale(Exception):
-    """The connection was closed before any byte of the answer arrived."""
-
-
-class _Connection(BaseProtocol):
-    """One connection to the upstream and the answer it is reading."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, key: Key) -> None:
-        super().__init__(loop)
-        self.key = key
-        self.answer: asyncio.Future[tuple[RawResponseMessage, StreamReader]] | None = None
-        self.payload: StreamReader | None = None
-        self.last_active = loop.time()
-        self.got_bytes = False
-        self.should_close = False
-        self.lost = False
-        self.awaiting = False  # an answer (headers or body) is expected from the upstream
-        self.writer: asyncio.Task[None] | None = None  # a request body still being sent
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.lost = True
-        if self._parser is not None:
-            try:
-                self._parser.feed_eof()
-            except Exception as error:  # the answer was cut: its reader learns why
-                if self.payload is not None and not self.payload.is_eof():
-                    self.payload.set_exception(
-                        ClientPayloadError(f"the upstream closed mid-answer: {error!r}")
-                    )
-        if self.answer is not None and not self.answer.done():
-            if self.got_bytes:
-                self.answer.set_exception(PoolError("the upstream closed mid-answer", "protocol"))
-            else:
-                self.answer.set_exception(_Stale())
-        super().connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if data:
-            self.last_active = self._loop.time()
-            self.got_bytes = True
-        if self._parser is None:  # bytes nobody asked for: the connection is not reusable
-            if data:
-                self.should_close = True
-            return
-        try:
-            messages, _upgraded, _tail = self._parser.feed_data(data)
-        except Exception as exc:
-            self._fail(PoolError(f"the upstream's answer is malformed: {exc}", "protocol"))
-            return
-        for message, payload in messages:
-            if 100 <= message.code < 200 and message.code != 101:
-                continue  # an interim answer (100 Continue, 103 Early Hints)
-            if message.should_close:
-                self.should_close = True
-            self.payload = payload
-            if self.answer is not None and not self.answer.done():
-                self.answer.set_result((message, payload))
-
-    def _fail(self, error: Exception) -> None:
-        self.should_close = True
-        if self.answer is not None and not self.answer.done():
-            self.answer.set_exception(error)
-        elif self.payload is not None and not self.payload.is_eof():
-            self.payload.set_exception(ClientPayloadError(str(error)))
-        if self.transport is not None:
-            self.transport.close()
-
-    def expect(self, head_request: bool) -> None:
-        """Get ready for the answer to a new request."""
-        self._parser = HttpResponseParser(
-            self,
-            self._loop,
-            READ_BUFFER,
-            payload_exception=ClientPayloadError,
-            response_with_body=not head_request,
-            auto_decompress=False,
-        )
-        self.answer = self._loop.create_future()
-        self.payload = None
-        self.writer = None
-        self.got_bytes = False
-        self.awaiting = True
-        self.last_active = self._loop.time()
-
-    def timed_out(self, now: float, limit_s: float) -> bool:
-        """True when the upstream owes us bytes and has been silent longer than `limit_s` (a
-        body we stopped reading, for a slow client, does not count; nor one received whole)."""
-        if not self.awaiting:
-            return False
-        if self.payload is not None and self.payload.is_eof():
-            self.awaiting = False
-            return False
-        return not self._reading_paused and now - self.last_active > limit_s
-
-    def expire(self) -> None:
-        """End an answer the upstream went silent on."""
-        error = ServerTimeoutError("the upstream did not answer in time")
-        if self.answer is not None and not self.answer.done():
-            self.answer.set_exception(PoolError("the upstream did not answer in time", "timeout"))
-        elif self.payload is not None and not self.payload.is_eof():
-            self.payload.set_exception(error)
-        self.should_close = True
-        if self.transport is not None:
-            self.transport.abort()
-
-    def reusable(self) -> bool:
-        """True when the answer was read whole and the connection may carry another."""
-        return (
-            not self.lost
-            and not self.should_close
-            and (self.writer is None or self.writer.done())
-            and self.payload is not None
-            and self.payload.is_eof()
-            and self.transport is not None
-            and not self.transport.is_closing()
-        )
-
-    def close(self) -> None:
-        """Close the connection."""
-        self.should_close = True
-        if self.transport is not None:
-            self.transport.close()
+__all__ = ["POOL", "PoolError", "UpstreamPool", "UpstreamResponse"]
 
 
 class UpstreamResponse:
@@ -185,7 +57,7 @@ class UpstreamResponse:
     def __init__(
         self,
         pool: UpstreamPool,
-        conn: _Connection,
+        conn: Connection,
         message: RawResponseMessage,
         payload: StreamReader,
     ) -> None:
@@ -195,7 +67,11 @@ class UpstreamResponse:
         self.headers: CIMultiDictProxy[str] = message.headers
         self.content = payload
         length = message.headers.get("Content-Length")
-        self.content_length = int(length) if length and length.isdigit() else None
+        # The length of the body to read: a 204 or 304 has none, whatever its headers say
+        # (a 304 names the length of the answer it stands for).
+        self.content_length: int | None = (
+            0 if message.code in NO_BODY else int(length) if length and length.isdigit() else None
+        )
 
     def release(self) -> None:
         """Give the connection back (or close it, when its answer was not read whole)."""
@@ -239,14 +115,15 @@ class UpstreamPool:
         self.connect_timeout_s = connect_timeout_s
         self.read_timeout_s = read_timeout_s
         self.ssl_context = ssl_context
-        self._idle: dict[Key, list[_Connection]] = {}
-        self._busy: set[_Connection] = set()
+        self._idle: dict[Key, list[Connection]] = {}
+        self._busy: set[Connection] = set()
         self._open = 0
         self._waiting = 0
         self._freed = asyncio.Condition()
         self._sweeper: asyncio.TimerHandle | None = None
         self._notifying: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._said = Said()
 
     # -- connections ---------------------------------------------------------------------------
 
@@ -257,13 +134,13 @@ class UpstreamPool:
             if conn.timed_out(now, self.read_timeout_s):
                 conn.expire()
         for conns in self._idle.values():
-            for conn in [c for c in conns if now - c.last_active > IDLE_S or c.lost]:
+            for conn in [c for c in conns if now - c.last_active > IDLE_S or not c.usable()]:
                 conns.remove(conn)
                 self._gone(conn)
                 conn.close()
         self._sweeper = loop.call_later(SWEEP_S, self._sweep) if not self._closed else None
 
-    def _gone(self, conn: _Connection) -> None:
+    def _gone(self, conn: Connection) -> None:
         self._open -= 1
         self._wake()
 
@@ -277,7 +154,7 @@ class UpstreamPool:
             self._notifying.add(task)
             task.add_done_callback(self._notifying.discard)
 
-    async def _acquire(self, key: Key) -> tuple[_Connection, bool]:
+    async def _acquire(self, key: Key) -> tuple[Connection, bool]:
         """A connection to `key`: an idle one (True) or a new one (False)."""
         if self._sweeper is None and not self._closed:
             self._sweeper = asyncio.get_running_loop().call_later(SWEEP_S, self._sweep)
@@ -285,7 +162,7 @@ class UpstreamPool:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
-            if not conn.lost and loop.time() - conn.last_active <= IDLE_S:
+            if conn.usable() and loop.time() - conn.last_active <= IDLE_S:
                 self._busy.add(conn)
                 return conn, True
             self._gone(conn)
@@ -295,7 +172,7 @@ class UpstreamPool:
             idle = self._idle.get(key)
             if idle:
                 conn = idle.pop()
-                if not conn.lost:
+                if conn.usable():
                     self._busy.add(conn)
                     return conn, True
                 self._gone(conn)
@@ -322,7 +199,7 @@ class UpstreamPool:
         finally:
             self._waiting -= 1
 
-    async def _connect(self, key: Key) -> _Connection:
+    async def _connect(self, key: Key) -> Connection:
         scheme, host, port = key
         loop = asyncio.get_running_loop()
         secure = scheme == "https"
@@ -330,7 +207,7 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 _transport, conn = await loop.create_connection(
-                    lambda: _Connection(loop, key),
+                    lambda: Connection(loop, key, self._said),
                     host,
                     port,
                     ssl=context,
@@ -342,7 +219,7 @@ class UpstreamPool:
             raise PoolError(f"cannot connect to {host}:{port}: {exc}", "connect") from exc
         return conn
 
-    def put(self, conn: _Connection) -> None:
+    def put(self, conn: Connection) -> None:
         """Take a connection back after an answer."""
         self._busy.discard(conn)
         if conn.writer is not None and not conn.writer.done():
@@ -351,11 +228,7 @@ class UpstreamPool:
             conn.writer.exception()  # seen
         conn.awaiting = False
         if conn.reusable() and not self._closed:
-            # An idle connection keeps nothing of its last answer (a pool of 1,000 would hold
-            # 1,000 answers' headers).
-            conn._parser = None
-            conn.answer = conn.payload = conn.writer = None
-            conn.last_active = asyncio.get_running_loop().time()
+            conn.idle()
             self._idle.setdefault(conn.key, []).append(conn)
             self._wake()
             return
@@ -382,7 +255,7 @@ class UpstreamPool:
                 await self._send(conn, head, body)
                 assert conn.answer is not None
                 message, payload = await self._answer(conn)
-            except _Stale:
+            except Stale:
                 self._busy.discard(conn)
                 self._gone(conn)
                 if attempt == 1 and reused and replayable:
@@ -398,7 +271,7 @@ class UpstreamPool:
             return UpstreamResponse(self, conn, message, payload)
         raise AssertionError("unreachable")
 
-    async def _answer(self, conn: _Connection) -> tuple[RawResponseMessage, StreamReader]:
+    async def _answer(self, conn: Connection) -> tuple[RawResponseMessage, StreamReader]:
         """The answer's headers; while a streamed body is still being sent, whichever comes
         first: the answer, or the body's failure (a client too slow, an upstream gone)."""
         answer, writer = conn.answer, conn.writer
@@ -437,13 +310,17 @@ class UpstreamPool:
         return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "surrogateescape")
 
     async def _send(
-        self, conn: _Connection, head: bytes, body: bytes | AsyncIterator[bytes] | None
+        self, conn: Connection, head: bytes, body: bytes | AsyncIterator[bytes] | None
     ) -> None:
         transport = conn.transport
         if transport is None or conn.lost:
-            raise _Stale()
+            raise Stale()
         if isinstance(body, bytes) or body is None:
-            transport.write(head + body if body else head)
+            if body and len(body) > JOIN_UP_TO:
+                transport.write(head)  # no copy of a large body: the transport keeps it as is
+                transport.write(body)
+            else:
+                transport.write(head + body if body else head)  # one segment, one send
             return
         # A streamed body goes on in the background: the upstream may answer (and stream its
         # answer back) before it has read the whole request.
@@ -451,7 +328,7 @@ class UpstreamPool:
         chunked = b"Transfer-Encoding: chunked" in head
         conn.writer = asyncio.get_running_loop().create_task(self._stream(conn, body, chunked))
 
-    async def _stream(self, conn: _Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
+    async def _stream(self, conn: Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
         transport = conn.transport
         assert transport is not None
         try:

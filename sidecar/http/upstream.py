@@ -18,12 +18,15 @@ from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
 from yarl import URL
 
 from ..config import Proxy
 from ..errors import BadRequest, RequestTimeout, SidecarError, UpstreamTimeout, UpstreamUnreachable
+from ..logs import Every
 from ..routing import RUNTIME
-from .body import paced
+from .body import pass_through_body
+from .budget import release
 from .context import CallContext
 from .headers import response_headers, upstream_request_headers
 from .pool import POOL, PoolError, UpstreamPool, UpstreamResponse
@@ -87,7 +90,15 @@ def upstream_url(base: URL, request: web.Request) -> URL:
 
 class NoInventedHeaders:
     """A response that adds no `Content-Type` and no `Server` of its own: a relayed answer
-    carries exactly the upstream's."""
+    carries exactly the upstream's. A 304 keeps the upstream's `Content-Length` (the length of
+    the answer it stands for, RFC 9110 8.6), which aiohttp would drop."""
+
+    _kept_length: str | None = None
+
+    async def _start(self, request: web.BaseRequest) -> AbstractStreamWriter:
+        if self.status == 304:  # type: ignore[attr-defined]
+            self._kept_length = self._headers.get(hdrs.CONTENT_LENGTH)  # type: ignore[attr-defined]
+        return await super()._start(request)  # type: ignore[misc,no-any-return]
 
     async def _prepare_headers(self) -> None:
         headers = self._headers  # type: ignore[attr-defined]
@@ -96,6 +107,8 @@ class NoInventedHeaders:
         for name in (hdrs.CONTENT_TYPE, hdrs.SERVER):
             if name not in had:
                 headers.popall(name, None)
+        if self._kept_length is not None:
+            headers[hdrs.CONTENT_LENGTH] = self._kept_length
 
 
 class Relayed(NoInventedHeaders, web.StreamResponse):
@@ -109,8 +122,9 @@ class Replayed(NoInventedHeaders, web.Response):
 async def open_upstream(
     request: web.Request, call: CallContext, body: bytes | None = None
 ) -> UpstreamResponse:
-    """Send the request upstream, with `body` (read already) or the client's body streamed
-    within `clients.body_timeout` per part; return the response (headers read)."""
+    """Send the request upstream, with `body` (read already) or the client's body (its start
+    read first, the rest streamed at the client's pace); return the response (headers read).
+    Whatever the body held of the process's budget is given back once it has been sent."""
     settings = request.app[RUNTIME].settings
     headers = upstream_request_headers(
         request.headers,
@@ -123,19 +137,23 @@ async def open_upstream(
         trace=call.trace.headers() if call.trace else None,
     )
     data: bytes | AsyncIterator[bytes] | None = body
-    if body is None and request.body_exists:
-        data = paced(request, call, settings.clients)
+    if body is None:
+        data = await pass_through_body(request, call, settings.clients)
     url = upstream_url(call.upstream, request)
     started = time.perf_counter()
     try:
         with upstream_errors():
             response = await request.app[POOL].request(request.method, url, headers, data)
+    except RequestTimeout:
+        raise  # the client's body was too slow
     except SidecarError:
         if call.client_stalled:  # the client's body stalled, not the upstream
             raise RequestTimeout(
-                f"each part of the body must arrive within {settings.clients.body_timeout:g}s"
+                "the body came too slowly (clients.body_timeout, clients.min_body_rate)"
             ) from None
         raise
+    finally:
+        release(request)
     call.upstream_s = time.perf_counter() - started
     return response
 
@@ -145,8 +163,10 @@ async def relay(
     call: CallContext,
     upstream: UpstreamResponse,
     extra_headers: dict[str, str] | None = None,
+    already: bytes = b"",
 ) -> web.StreamResponse:
-    """Relay an upstream answer unchanged (status, headers, body), streamed."""
+    """Relay an upstream answer unchanged (status, headers, body), streamed; `already` is the
+    start of its body when the caller has read that much of it."""
     headers = response_headers(upstream.headers, upstream=call.upstream, origin=call.origin)
     headers[request.app[RUNTIME].settings.correlation_header] = call.correlation_id
     if extra_headers:
@@ -156,7 +176,8 @@ async def relay(
         # Small and of known length: read whole, and answered in one write (status line,
         # headers and body together), not streamed in pieces.
         try:
-            body = await upstream.content.readexactly(length) if length else b""
+            rest = length - len(already)
+            body = already + (await upstream.content.readexactly(rest) if rest > 0 else b"")
         except (aiohttp.ClientError, TimeoutError, asyncio.IncompleteReadError) as exc:
             raise UpstreamUnreachable(
                 f"upstream failed mid-answer: {exc.__class__.__name__}", kind="protocol"
@@ -168,21 +189,47 @@ async def relay(
     await response.prepare(request)
     call.response = response
     if request.method != "HEAD":
-        try:
-            async for chunk in upstream.content.iter_chunked(CHUNK):
-                await response.write(chunk)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            # Too late for a 502: cut the answer so the client cannot take it as complete.
-            logger.warning(
-                "upstream failed mid-answer; connection closed",
-                extra={"correlation_id": call.correlation_id, "error": exc.__class__.__name__},
-            )
-            call.outcome, call.error_kind = "upstream_error", "protocol"
-            if request.transport is not None:
-                request.transport.close()
-            return response
+        chunks = upstream.content.iter_chunked(CHUNK)
+        chunk: bytes | None = already
+        while chunk is not None:
+            try:
+                if chunk:
+                    await response.write(chunk)
+            except ConnectionError:
+                # The client hung up mid-answer: nobody to relay to, and no fault of the
+                # upstream's (the connection to it is closed on release: its answer was cut).
+                call.outcome = "client_gone"
+                return response
+            try:
+                chunk = await chunks.__anext__()
+            except StopAsyncIteration:
+                chunk = None
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # Too late for a 502: cut the answer so the client cannot take it as complete.
+                _mid_answer(call, exc)
+                if request.transport is not None:
+                    request.transport.close()
+                return response
     await response.write_eof()
     return response
+
+
+_said_mid_answer = Every()
+
+
+def _mid_answer(call: CallContext, error: BaseException) -> None:
+    """An upstream that failed after its answer started: counted always, logged at most once a
+    second (with how many were held back)."""
+    call.outcome, call.error_kind = "upstream_error", "protocol"
+    if _said_mid_answer.ready():
+        logger.warning(
+            "upstream failed mid-answer; connection closed",
+            extra={
+                "correlation_id": call.correlation_id,
+                "error": error.__class__.__name__,
+                "since_last_line": _said_mid_answer.take_skipped(),
+            },
+        )
 
 
 async def pass_through(

@@ -97,9 +97,9 @@ async def forward_command(
         if upstream.status != 202:
             return await relay(request, call, upstream)
         body, whole = await read_accepted(upstream)
-        if not whole:  # pragma: no cover - a 202 body over 1 MiB is not something to hold
+        if not whole:  # a 202 body over 1 MiB is not something to hold: relayed, whole
             logger.warning("202 body too large to hold; relayed", extra={"route": call.route_name})
-            return await relay(request, call, upstream)
+            return await relay(request, call, upstream, already=body)
         location = upstream.headers.get("Location")
         if location is not None and not usable_location(location):
             logger.warning(
@@ -145,6 +145,7 @@ async def synchronise(request: web.Request, call: CallContext) -> web.StreamResp
             # event seen before (cached) cannot be this call's.
             waits.listen(spec.stream, call.correlation_id, cached=False)
         accepted = await forward_command(request, call, body)
+        body = None  # forwarded: a held call keeps no copy of it (nor its share of the budget)
         if not isinstance(accepted, Accepted):
             return accepted
         wait_id = completion_id(route, call, accepted)

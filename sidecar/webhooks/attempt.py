@@ -2,7 +2,8 @@
 
 `post_once` never raises: it returns an `AttemptResult` whose `error` is a class (dns, refused,
 connect, tls, timeout, http, internal) for the attempts log. What follows from it is decided in
-`retry`.
+`retry`. The target URL's query and password (a receiver's `?token=`, say) never reach the
+attempts log nor a log line: where an error quotes the URL, it is shown with them masked.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -22,6 +24,32 @@ from .targets import GuardedResolver, TargetPolicy, TargetRefused
 logger = logging.getLogger(__name__)
 
 EXCERPT_BYTES = 2048
+
+
+def shown_url(url: str) -> str:
+    """`url` for logs and error details: every query value and the password masked."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    query = "&".join(
+        f"{name}=***" if eq else name
+        for name, eq, _ in (part.partition("=") for part in parts.query.split("&") if part)
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _scrubbed(detail: str, url: str) -> str:
+    """An error's text without the secrets of `url`, wherever it quotes it."""
+    parts = urlsplit(url)
+    if not parts.query and "@" not in parts.netloc and not parts.fragment:
+        return detail
+    detail = detail.replace(url, shown_url(url))
+    for secret in (parts.query, parts.fragment, parts.password or ""):
+        if secret:
+            detail = detail.replace(secret, "***")
+    return detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +100,7 @@ async def post_once(
         status: int | None, error: str | None, detail: str = "", **kw: object
     ) -> AttemptResult:
         elapsed = time.perf_counter() - started
+        detail = _scrubbed(detail, url)
         return AttemptResult(status, elapsed, error, detail, headers=signed, **kw)  # type: ignore[arg-type]
 
     try:
@@ -114,5 +143,5 @@ async def post_once(
     except (ValueError, TypeError, binascii.Error) as exc:
         # Ours, not the receiver's (e.g. a secret that does not decode): recorded and retried
         # like any failure, so the message is never stuck unacknowledged.
-        logger.exception("webhook attempt could not be made", extra={"url": url})
+        logger.exception("webhook attempt could not be made", extra={"url": shown_url(url)})
         return done(None, "internal", f"{exc.__class__.__name__}: {exc}")

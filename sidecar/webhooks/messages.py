@@ -180,6 +180,7 @@ class MessageLog:
             "trigger": msg.get("trigger", b"").decode(),
             "attempts_made": int(msg.get("attempts") or 0),
             "payload": payload,
+            "body": msg.get("body", b"").decode("utf-8", "replace"),
             "headers": headers,
             "attempts": attempts,
         }

@@ -24,6 +24,7 @@ ROUTE = {
     "name": "create-user",
     "method": "POST",
     "path": "/api/users",
+    "wait": {"poll": {}},  # a synchronised route: only their events can fire
     "webhook_events": {
         "success": {
             "type": "user.created",

@@ -125,8 +125,8 @@ async def test_sign_ins_are_rate_limited_per_address(start_admin: StartAdmin) ->
     behind = await start_admin(
         portal={"sign_ins_per_minute": 1}, proxy={"trust_forwarded_headers": True}
     )
-    for address in ("203.0.113.9", "203.0.113.10"):
-        forwarded = {"X-Forwarded-For": f"{address}, 10.0.0.1"}
+    for address in ("203.0.113.9", "203.0.113.10"):  # the right-most entry: the proxy's peer
+        forwarded = {"X-Forwarded-For": f"10.0.0.1, {address}"}
         assert (await behind.call("POST", "/sign-in", forwarded, body)).status == 201
     again = await behind.call("POST", "/sign-in", {"X-Forwarded-For": "203.0.113.9"}, body)
     assert again.status == 429

@@ -35,8 +35,8 @@ from devtools.brokers import (
     amqp_answers,
 )
 
-from ..replicas.support import Receiver
 from ..processes import StartProcess, sidecar_processes
+from ..replicas.support import Receiver
 from .support import Broker
 
 # Tiny timeouts: a broker that went away is noticed, and a replica that died is replaced in

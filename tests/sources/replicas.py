@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 import orjson
 
-from ..replicas.support import Receiver, kill, metric_total
 from ..processes import SidecarProcess, StartProcess, base_config
+from ..replicas.support import Receiver, kill, metric_total
 from .support import OK, SECRET, SOURCE, Broker, audit_subscription, orders_api, route
 
 TOKEN = "operator-token-for-source-replicas"

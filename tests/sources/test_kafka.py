@@ -18,8 +18,8 @@ from devtools.brokers import KafkaPublisher, TansuServer
 
 from ..conftest import SidecarFactory, Upstream
 from ..helpers import until
-from ..replicas.support import Receiver
 from ..processes import StartProcess
+from ..replicas.support import Receiver
 from . import replicas, support
 from .conftest import KAFKA_OPTIONS, unique
 from .support import OK, Broker, Env, EnvFactory

@@ -19,8 +19,8 @@ from devtools.brokers import NatsPublisher, NatsServer
 
 from ..conftest import SidecarFactory, Upstream
 from ..helpers import until
-from ..replicas.support import Receiver
 from ..processes import StartProcess
+from ..replicas.support import Receiver
 from . import replicas, support
 from .conftest import NATS_OPTIONS, unique
 from .support import Broker, Env, EnvFactory

@@ -11,6 +11,7 @@ script or style, no eval, requests only to this origin) whose `frame-ancestors` 
 from __future__ import annotations
 
 import hashlib
+import html
 import mimetypes
 from dataclasses import dataclass
 from importlib import resources
@@ -62,6 +63,21 @@ def load_static() -> dict[str, StaticFile]:
             etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
             files[name] = StaticFile(body, content_type, etag)
     return files
+
+
+CREDENTIAL_META = b'<meta name="sidecar-credential-header" content="Authorization">'
+
+
+def configured(files: dict[str, StaticFile], settings: Settings) -> dict[str, StaticFile]:
+    """The files as this sidecar serves them: the page names the configured credential header
+    (`tenancy.credential_header`), so sign-in says which header's value to paste."""
+    page = files.get("index.html")
+    if page is None or CREDENTIAL_META not in page.body:
+        return files
+    header = html.escape(settings.tenancy.credential_header, quote=True).encode()
+    body = page.body.replace(CREDENTIAL_META, CREDENTIAL_META.replace(b"Authorization", header))
+    etag = '"' + hashlib.sha256(body).hexdigest()[:20] + '"'
+    return {**files, "index.html": StaticFile(body, page.content_type, etag)}
 
 
 def content_security_policy(settings: Settings) -> str:
@@ -128,7 +144,7 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
 
 def setup_portal(admin: web.Application) -> None:
     """Serve the page at `/admin/` and its files at `/admin/static/`."""
-    admin[PORTAL_FILES] = load_static()
+    admin[PORTAL_FILES] = configured(load_static(), admin[SERVICES].settings)
     admin.router.add_get("/admin", to_index)
     admin.router.add_get("/admin/", index)
     admin.router.add_get("/admin/static/{path:.+}", static_file)

@@ -5,12 +5,14 @@ import { h } from "./dom.js";
 
 /**
  * Ask for confirmation. `fields` are extra form rows (already labelled); `collect()` reads
- * them. Resolves with collect()'s value (or true) when confirmed, null when cancelled.
+ * them; `dismiss` names the button that declines (Cancel). Resolves with collect()'s value (or
+ * true) when confirmed, null when declined.
  */
 export function confirmDialog({
   title,
   body,
   confirm,
+  dismiss = "Cancel",
   danger = false,
   fields = [],
   collect = null,
@@ -18,7 +20,7 @@ export function confirmDialog({
   const opener = document.activeElement;
   return new Promise((resolve) => {
     const headingId = `dialog-${Math.random().toString(36).slice(2)}`;
-    const cancel = h("button", { type: "button" }, "Cancel");
+    const cancel = h("button", { type: "button" }, dismiss);
     const ok = h("button", { type: "submit", class: danger ? "danger" : "primary" }, confirm);
     const form = h(
       "form",

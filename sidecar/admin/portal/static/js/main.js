@@ -3,6 +3,7 @@
 // and the polling that keeps open views live.
 
 import { ApiError, api, onUnauthorized, session } from "./api.js";
+import { confirmDialog } from "./dialog.js";
 import { append, clear, h } from "./dom.js";
 import {
   renderEditEndpoint,
@@ -135,13 +136,14 @@ function showSignedOut(message) {
   if (heading) heading.focus();
 }
 
-async function signedIn() {
+async function signedIn(note = null) {
   try {
     state.me = await api.me();
   } catch (error) {
     showSignedOut(sessionEndedMessage(error));
     return;
   }
+  if (note) flashed = note;
   document.body.classList.add("signed-in");
   nav.hidden = false;
   signOutButton.hidden = false;
@@ -203,29 +205,64 @@ async function signOut() {
   showSignedOut("You signed out.");
 }
 
+/** A portal link's token, taken out of the address bar (and the history) at once; null. */
 function takeTokenFromFragment() {
   const match = window.location.hash.match(/^#session=([A-Za-z0-9_-]+)/);
-  if (!match) return;
-  session.set(match[1]);
-  // Out of the address bar (and the history) at once.
+  if (!match) return null;
   window.history.replaceState(
     null,
     "",
     `${window.location.pathname}${window.location.search}#/endpoints`,
   );
+  return match[1];
+}
+
+/** Sign in with a portal link's token. A live session in this tab is never replaced without
+ * asking: a link someone else sent would otherwise sign this tab in as them. */
+async function useLink(token) {
+  const current = session.token;
+  let me = null;
+  if (current && current !== token) {
+    try {
+      me = await api.me();
+    } catch {
+      me = null; // the current session has ended: nothing to keep
+    }
+  }
+  if (!me) {
+    session.set(token);
+    await signedIn();
+    return;
+  }
+  if (!state.me) await signedIn(); // show who this tab is signed in as, behind the question
+  const who = me.kind === "operator" ? "the operator" : `client ${me.tenant.slice(0, 10)}…`;
+  const switchTo = await confirmDialog({
+    title: "Open the portal link?",
+    body: `This tab is signed in as ${who}. The link you opened signs in with another session, possibly of another account. Switch to it only if you asked for this link.`,
+    confirm: "Switch to the link's session",
+    dismiss: "Keep my session",
+  });
+  if (switchTo) {
+    session.set(token);
+    await signedIn("Signed in with the portal link.");
+  } else {
+    flashed = "You kept your session; the portal link was not used.";
+    await route();
+  }
 }
 
 onUnauthorized((error) => showSignedOut(sessionEndedMessage(error)));
 signOutButton.addEventListener("click", signOut);
 window.addEventListener("hashchange", () => {
-  if (window.location.hash.startsWith("#session=")) {
-    takeTokenFromFragment();
-    signedIn();
+  const linked = takeTokenFromFragment();
+  if (linked) {
+    useLink(linked);
     return;
   }
   route();
 });
 
-takeTokenFromFragment();
-if (session.token) signedIn();
+const linked = takeTokenFromFragment();
+if (linked) useLink(linked);
+else if (session.token) signedIn();
 else showSignedOut(null);

@@ -445,7 +445,7 @@ export async function renderEndpoint(root, ctx, id) {
       });
       const chosen = await confirmDialog({
         title: "Recover failed messages",
-        body: "Redeliver every message to this endpoint whose last attempt failed since the time you choose.",
+        body: "Redeliver every message to this endpoint whose delivery failed for good (every retry used up) since the time you choose. Messages still waiting for a scheduled retry are left alone: they keep their schedule, and each message shows when its next retry is due.",
         confirm: "Recover",
         fields: [field("Since", since, "Your local time.").row],
         collect: () => localToIso(since.value),
@@ -455,8 +455,8 @@ export async function renderEndpoint(root, ctx, id) {
         const result = await api.recover(sub.id, chosen);
         ctx.notice(
           result.count === 0
-            ? `No failed messages since ${when(result.since)}.`
-            : `${result.count} failed message${result.count === 1 ? "" : "s"} queued for redelivery.`,
+            ? `No failed messages since ${when(result.since)}. Messages waiting for a retry keep their schedule.`
+            : `${result.count} failed message${result.count === 1 ? "" : "s"} queued for redelivery. Messages waiting for a retry keep their schedule.`,
         );
       } catch (error) {
         ctx.notice(error.message);

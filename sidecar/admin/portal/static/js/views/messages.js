@@ -3,7 +3,7 @@
 
 import { ApiError, api } from "../api.js";
 import { append, clear, field, h, pre, tableRegion, title } from "../dom.js";
-import { duration, json, localToIso, when } from "../format.js";
+import { duration, fromNow, json, localToIso, when } from "../format.js";
 
 const POLL_MS = 1500;
 const PAGE_SIZE = 25;
@@ -77,7 +77,15 @@ export function attemptsPanel(
     return h(
       "td",
       {},
-      h("a", { href: `#/endpoints/${encodeURIComponent(attempt.sub_id)}` }, url || attempt.sub_id),
+      h(
+        "a",
+        {
+          href: `#/endpoints/${encodeURIComponent(attempt.sub_id)}`,
+          title: url || attempt.sub_id,
+          class: "short-url",
+        },
+        url || attempt.sub_id,
+      ),
     );
   };
 
@@ -242,6 +250,46 @@ export async function renderMessages(root, ctx) {
   append(root, find);
 }
 
+/** When the next attempt is due, for a message waiting for a scheduled retry; else null. */
+function nextAttempt(message) {
+  if (message.state !== "scheduled") return null;
+  return message.attempts.find((a) => a.next_attempt_at)?.next_attempt_at || null;
+}
+
+/** The payload exactly as sent (what the signature covers), to copy into a verifier, and the
+ * same payload formatted for reading. */
+function payloadSection(message) {
+  const raw = message.body || JSON.stringify(message.payload);
+  const copied = h("span", { class: "hint", role: "status" });
+  const copy = h("button", { type: "button" }, "Copy payload as sent");
+  const exact = pre(raw, "Payload as sent");
+  copy.addEventListener("click", async () => {
+    window.getSelection()?.selectAllChildren(exact);
+    try {
+      await navigator.clipboard.writeText(raw);
+      copied.textContent = "Copied.";
+    } catch {
+      copied.textContent = "Selected: press Ctrl+C (⌘C) to copy.";
+    }
+  });
+  return [
+    h("h2", {}, "Payload"),
+    h(
+      "p",
+      { class: "hint" },
+      "Exactly as sent: the bytes the signature covers. Paste them as they are into Verify a signature.",
+    ),
+    exact,
+    h("div", { class: "actions" }, copy, copied),
+    h(
+      "details",
+      {},
+      h("summary", {}, "Formatted"),
+      pre(json(message.payload), "Formatted for reading"),
+    ),
+  ];
+}
+
 function notFound(root, id) {
   clear(root);
   append(
@@ -277,6 +325,19 @@ export async function renderMessage(root, ctx, id) {
   clear(root);
   const attemptsArea = h("div");
   const stateValue = h("dd", {}, message.state);
+  const nextTerm = h("dt", {}, "Next attempt");
+  const nextValue = h("dd");
+  const drawNext = (fresh) => {
+    const due = nextAttempt(fresh);
+    nextTerm.hidden = nextValue.hidden = !due;
+    clear(nextValue);
+    if (due)
+      append(
+        nextValue,
+        h("time", { datetime: due }, when(due)),
+        ` (${fromNow(due)}; Recover leaves it to this schedule)`,
+      );
+  };
   const drawAttempts = (attempts) => {
     clear(attemptsArea);
     if (attempts.length === 0) {
@@ -342,8 +403,11 @@ export async function renderMessage(root, ctx, id) {
       h("dd", {}, when(message.created_at)),
       h("dt", {}, "State"),
       stateValue,
+      nextTerm,
+      nextValue,
     ),
   );
+  drawNext(message);
   if (!ctx.readOnly) {
     const redeliver = h("button", { type: "button", class: "primary" }, "Redeliver");
     const result = h("p", { role: "status" });
@@ -362,8 +426,7 @@ export async function renderMessage(root, ctx, id) {
   }
   append(
     root,
-    h("h2", {}, "Payload"),
-    pre(json(message.payload), "Payload"),
+    payloadSection(message),
     h("h2", {}, "Webhook headers"),
     tableRegion(
       "Webhook headers",
@@ -388,6 +451,7 @@ export async function renderMessage(root, ctx, id) {
     const fresh = await api.message(id);
     if (!ctx.live()) return;
     stateValue.textContent = fresh.state;
+    drawNext(fresh);
     const key = JSON.stringify(fresh.attempts);
     if (key !== shown) {
       shown = key;

@@ -4,7 +4,27 @@
 import { ApiError, api, session } from "../api.js";
 import { append, field, h } from "../dom.js";
 
+/** The header clients send their credential in (the page is served naming it). */
+export function credentialHeader() {
+  const meta = document.querySelector('meta[name="sidecar-credential-header"]');
+  return meta?.getAttribute("content") || "Authorization";
+}
+
+/** A note when a client credential names an account with nothing in it: any value signs in,
+ * so a typo would otherwise look like an account whose endpoints are gone. */
+async function emptyAccountNote(header) {
+  const [me, { subscriptions }, { attempts }] = await Promise.all([
+    api.me(),
+    api.subscriptions(),
+    api.messages({ limit: 1 }),
+  ]);
+  if (me.kind !== "client" || subscriptions.length > 0 || attempts.length > 0) return null;
+  return `No endpoints or messages under this credential yet. If you expected some, check the credential: it must be exactly what your application sends in its ${header} header.`;
+}
+
 export function renderSignIn(root, { message, onSignedIn, setTitle }) {
+  const header = credentialHeader();
+  const example = header.toLowerCase() === "authorization" ? " (for example Bearer key-…)" : "";
   setTitle("Sign in");
   const credential = h("input", {
     type: "password",
@@ -22,7 +42,7 @@ export function renderSignIn(root, { message, onSignedIn, setTitle }) {
     field(
       "Credential",
       credential,
-      "The credential your application sends on its API calls (for example Bearer key-…), or the operator's admin token.",
+      `The value your application sends in its ${header} header on API calls${example}, or the operator's admin token.`,
     ).row,
     errorBox,
     h("div", { class: "actions" }, submit),
@@ -41,7 +61,7 @@ export function renderSignIn(root, { message, onSignedIn, setTitle }) {
       const created = await api.signIn(value);
       session.set(created.token);
       credential.value = "";
-      await onSignedIn();
+      await onSignedIn(await emptyAccountNote(header));
     } catch (error) {
       const text = error instanceof ApiError ? error.message : "Sign-in failed.";
       append(errorBox, h("p", { role: "alert" }, text));
