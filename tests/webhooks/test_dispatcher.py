@@ -20,13 +20,15 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
 import sidecar.webhooks.dispatcher as dispatcher_module
+import sidecar.webhooks.handoff as handoff_module
 from devtools.redis_server import RedisServer
 from sidecar.config import Settings, parse_settings
 from sidecar.connections import RedisConnections
 from sidecar.routing import Runtime
 from sidecar.tracking import CallTracker, TrackedCall
 from sidecar.webhooks.attempt import create_webhook_session
-from sidecar.webhooks.dispatcher import UNTRACKED_GRACE_S, Dispatcher
+from sidecar.webhooks.dispatcher import Dispatcher
+from sidecar.webhooks.handoff import UNTRACKED_GRACE_S
 from sidecar.webhooks.keys import dispatch_group
 from sidecar.webhooks.metrics import WebhookMetrics
 from sidecar.webhooks.runtime import WebhookRuntime
@@ -193,6 +195,7 @@ async def test_past_the_grace_an_untracked_completion_goes_to_the_operator_only(
 ) -> None:
     clock = Clock()
     monkeypatch.setattr(dispatcher_module, "time", clock)
+    monkeypatch.setattr(handoff_module, "time", clock)  # where completions are held
     async with dispatching(redis, redis_url, key_prefix) as p:
         await subscribe(p, "t_a", "a")
         await subscribe(p, "operator", "op")
