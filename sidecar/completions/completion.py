@@ -7,8 +7,12 @@
     Completion  the result of one call, however it was learnt (an event, or a poll)
 
 An event's data is JSON text when it parses; other text is data too (not JSON). A message
-without the id, with fields that are not UTF-8, or whose data looks like JSON (`{`, `[`) but does
-not parse is malformed (`MalformedEvent`): counted and logged by the readers, never fatal.
+without the id, with fields that are not UTF-8, whose data looks like JSON (`{`, `[`) but does
+not parse, or whose data the sidecar could not send on is malformed (`MalformedEvent`): counted
+and logged by the readers, never fatal. Data is checked at intake against what the encoder will
+have to do with it later (a payload, a problem body): at most `MAX_DATA_BYTES`, nested at most
+`MAX_DATA_DEPTH` levels (orjson reads 1,024 levels but writes only 255, and an answer wraps the
+data once more), no number outside a double's range (orjson refuses those on reading).
 """
 
 from __future__ import annotations
@@ -22,6 +26,9 @@ import orjson
 from ..config import StreamWait
 
 Status = Literal["succeeded", "failed"]
+
+MAX_DATA_BYTES = 16 * 1024 * 1024  # a completion's data; larger is malformed
+MAX_DATA_DEPTH = 128  # levels of nesting of a completion's JSON data; deeper is malformed
 
 
 class MalformedEvent(ValueError):
@@ -114,13 +121,38 @@ def parse_data(raw: bytes | None, is_json: bool) -> Any:
 
 def check_data(raw: bytes | None) -> bool:
     """Whether a data field is JSON; raises `MalformedEvent` for one that looks like JSON
-    (`{`, `[`) but does not parse. Other text is data too (not JSON)."""
+    (`{`, `[`) but does not parse, and for data past the limits (see the module). Other text
+    is data too (not JSON)."""
     if raw is None:
         return False
+    if len(raw) > MAX_DATA_BYTES:
+        raise MalformedEvent(f"data larger than {MAX_DATA_BYTES} bytes")
     try:
-        orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError:
         if raw.lstrip()[:1] in (b"{", b"["):
             raise MalformedEvent("data is not valid JSON") from None
         return False
+    check_value(value)
     return True
+
+
+def check_value(value: Any) -> None:
+    """Raise `MalformedEvent` when parsed JSON nests deeper than `MAX_DATA_DEPTH`."""
+    if too_deep(value, MAX_DATA_DEPTH):
+        raise MalformedEvent(f"data nested deeper than {MAX_DATA_DEPTH} levels")
+
+
+def too_deep(value: Any, limit: int) -> bool:
+    """True when containers nest deeper than `limit` levels in `value` (walked without
+    recursion, so no value can exhaust the stack; scalars are never pushed)."""
+    if not isinstance(value, dict | list):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False

@@ -26,7 +26,15 @@ from typing import Any
 import orjson
 
 from ..config import Route, Settings, StreamWait
-from .completion import Event, MalformedEvent, Message, Status, check_data
+from .completion import (
+    MAX_DATA_BYTES,
+    Event,
+    MalformedEvent,
+    Message,
+    Status,
+    check_data,
+    check_value,
+)
 from .poll import json_pointer
 
 
@@ -254,9 +262,15 @@ def decode_message(stream: str, message: Message, spec: StreamWait, body: Body) 
             data.decode("utf-8")
         except UnicodeDecodeError:
             raise MalformedEvent("the data is not UTF-8") from None
-        whole_json = data is body.raw and body.parsed is not _NOT_JSON
-        raw, is_json = data, True if whole_json else check_data(data)
+        if data is body.raw and body.parsed is not _NOT_JSON:  # the whole body: parsed once
+            if len(data) > MAX_DATA_BYTES:
+                raise MalformedEvent(f"data larger than {MAX_DATA_BYTES} bytes")
+            check_value(body.parsed)
+            raw, is_json = data, True
+        else:
+            raw, is_json = data, check_data(data)
     else:
+        check_value(data)  # deeper would not even be written out again here
         raw, is_json = orjson.dumps(data), True
     trace = message.headers.get("traceparent")
     return Event(

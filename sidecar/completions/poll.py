@@ -26,7 +26,7 @@ from ..http.pool import UpstreamPool
 from ..http.upstream import UPSTREAM_ERRORS, upstream_errors
 from ..logs import Every
 from ..metrics import Metrics
-from .completion import Completion, Status
+from .completion import MAX_DATA_BYTES, MAX_DATA_DEPTH, Completion, Status, too_deep
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ _failed_log = Every()  # one line a second at most while the upstream is down
 GROWTH = 1.5  # each pending poll waits this much longer, up to max_interval
 JITTER = 0.1  # ±10 % on every delay, so synchronised clients don't poll in lockstep
 MAX_REDIRECTS = 5
-MAX_BODY = 4 * 1024 * 1024  # a status document larger than this is not read whole
+MAX_BODY = MAX_DATA_BYTES  # a status document (or resource) larger than this is a poll error
 REDIRECTS = (301, 302, 303, 307, 308)
 
 
@@ -71,13 +71,17 @@ def json_pointer(document: Any, pointer: str) -> Any:
 
 
 def decode_body(body: bytes, content_type: str | None) -> tuple[Any, bool]:
-    """(value, is_json) of a poll body: JSON when it parses, else text."""
+    """(value, is_json) of a poll body: JSON when it parses (and nests no deeper than a
+    completion's data may, so it can be sent on), else text."""
     if not body:
         return None, False
     try:
-        return orjson.loads(body), True
+        value = orjson.loads(body)
     except orjson.JSONDecodeError:
         return body.decode("utf-8", "replace"), False
+    if too_deep(value, MAX_DATA_DEPTH):
+        return body.decode("utf-8", "replace"), False
+    return value, True
 
 
 def judge(spec: PollWait, answer: PollAnswer) -> Status | None:
@@ -99,16 +103,23 @@ def judge(spec: PollWait, answer: PollAnswer) -> Status | None:
     return "succeeded" if answer.status in spec.done_status else None
 
 
+class TooLarge(ValueError):
+    """A status document (or resource) larger than a completion's data may be."""
+
+
 async def read_capped(content: StreamReader, limit: int) -> bytes:
-    """A body read to its end, or to `limit` bytes when it is longer."""
-    chunks, size = [], 0
-    while size < limit:
-        chunk = await content.read(limit - size)
+    """A body read to its end; `TooLarge` when it is longer than `limit` (never a truncated
+    body taken for a whole one)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await content.read(limit + 1 - size)
         if not chunk:
-            break
+            return b"".join(chunks)
         chunks.append(chunk)
         size += len(chunk)
-    return b"".join(chunks)
+        if size > limit:
+            raise TooLarge(f"the answer is larger than {limit} bytes")
 
 
 async def fetch(
@@ -119,7 +130,7 @@ async def fetch(
 ) -> PollAnswer:
     """GET `url` through the upstream client, following redirects (a 303 leads to the
     resource) up to MAX_REDIRECTS, all within `timeout_s`. Raises the upstream errors
-    (`UPSTREAM_ERRORS`), TimeoutError, or `TooManyRedirects`."""
+    (`UPSTREAM_ERRORS`), TimeoutError, `TooManyRedirects` or `TooLarge`."""
     async with asyncio.timeout(max(timeout_s, 0.001)):
         for _ in range(MAX_REDIRECTS + 1):
             with upstream_errors():

@@ -72,10 +72,7 @@ class BrokerDispatcher:
         try:
             found = self.decoder.route_for_message(received.stream, message)
         except MalformedEvent as exc:
-            logger.warning(
-                "malformed completion event",
-                extra={"stream": received.stream, "entry": message.position, "error": str(exc)},
-            )
+            self.handoff.set_aside(received.stream, message.position, "malformed", str(exc))
             return None
         if found is None:
             return None  # no route uses this event type

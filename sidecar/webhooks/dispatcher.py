@@ -132,10 +132,7 @@ class Dispatcher:
         try:
             found = self.decoder.route_for(stream, entry_id, fields)
         except MalformedEvent as exc:
-            logger.warning(
-                "malformed completion event",
-                extra={"stream": stream, "entry": entry_id, "error": str(exc)},
-            )
+            self.handoff.set_aside(stream, entry_id, "malformed", str(exc))
             return False
         if found is None:
             return False  # no route uses this event type

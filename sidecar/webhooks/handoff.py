@@ -3,7 +3,11 @@ brokers alike): completions are held until their call is tracked, then written i
 
 A completion can beat its call's `202` (a fast backend), and the call's record (its tenant, its
 Location) is written only after that: a completion whose call is not tracked yet is held for
-`UNTRACKED_GRACE_S`, then goes to operator-owned subscriptions only. Each flush costs a few
+`UNTRACKED_GRACE_S`, then goes to operator-owned subscriptions only. A completion that cannot
+be turned into messages (malformed, or a payload that cannot be made) is set aside on its own:
+recorded in the dead-completions stream, counted, said in one log line (a second at most), and
+released to be acknowledged with the rest; it never holds its batch back, and no replica
+retries it. Each flush costs a few
 Redis round trips for the whole batch (the tracked calls, the subscriptions of the owners it
 concerns (cached), the enqueues), not a few per completion. A completion is released to be
 acknowledged only once the outbox holds its messages; a Redis fault leaves it held
@@ -18,11 +22,17 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from redis.typing import EncodableT, FieldT
+
 from ..completions.completion import Event, Status
 from ..config import Route
+from ..logs import Every
 from ..tenancy import OPERATOR
+from ..timestamps import iso
 from ..tracking import TrackedCall
 from .fanout import candidates, messages_for
+from .keys import dead_completions_key
+from .outbox import Message
 from .runtime import WebhookRuntime
 
 logger = logging.getLogger(__name__)
@@ -44,13 +54,48 @@ class Held:
     first_seen: float = 0.0  # monotonic
 
 
+DEAD_KEPT = 10_000  # completions set aside, kept for inspection (approximate)
+_dead_log = Every()
+
+
 class Handoff:
     """Completions held for the outbox, released once written."""
 
     def __init__(self, webhooks: WebhookRuntime, source: str) -> None:
         self.store, self.outbox, self.tracker = webhooks.store, webhooks.outbox, webhooks.tracker
+        self.redis, self.prefix, self.metrics = webhooks.redis, webhooks.prefix, webhooks.metrics
         self.pending: dict[Hashable, Held] = {}
+        self._dead: list[dict[FieldT, EncodableT]] = []  # set aside, to record at the next flush
         self._gauge = webhooks.metrics.held.labels(source)
+
+    def set_aside(
+        self, stream: str, position: str, reason: str, detail: str, route: str = ""
+    ) -> None:
+        """A completion that cannot be turned into messages: counted and said now, recorded in
+        the dead-completions stream at the next flush. The caller acknowledges it."""
+        self.metrics.dead_completions.labels(reason).inc()
+        self._dead.append(
+            {
+                "stream": stream,
+                "position": position,
+                "route": route,
+                "reason": reason,
+                "detail": detail[:500],
+                "at": iso(time.time()),
+            }
+        )
+        if _dead_log.ready():
+            logger.warning(
+                "completion set aside: it cannot be turned into webhook messages",
+                extra={
+                    "stream": stream,
+                    "entry": position,
+                    "route": route or None,
+                    "reason": reason,
+                    "detail": detail[:500],
+                    "since_last_line": _dead_log.take_skipped(),
+                },
+            )
 
     def hold(self, held: Held) -> None:
         """Keep a completion until its call is tracked (or its grace is over)."""
@@ -64,6 +109,7 @@ class Handoff:
         outbox; those, released, are returned for the reader to acknowledge. Raises Redis
         faults, and then nothing is released."""
         if not self.pending:
+            await self._record_dead()
             return []
         items = list(self.pending.values())
         anyone = await self.store.anyone()
@@ -79,24 +125,28 @@ class Handoff:
         # Only the owners this batch concerns are read: its callers and the operator.
         tenants = {call.tenant for _, call in ready if call is not None and call.tenant}
         subs = await self.store.of_owners({OPERATOR, *tenants}) if anyone else {}
-        messages = [
-            message
-            for item, call in ready
-            for message in messages_for(
-                candidates(subs, call),
-                item.route,
-                item.status,
-                item.event.data,
-                item.event.correlation_id,
-                # An id several calls wait on belongs to none of them: operator subscriptions
-                # only (the calls' own polls publish what they learn to their own clients).
-                None if call is not None and call.ambiguous else call,
-                item.completed_at,
-                item.identity,
-                traceparent=item.event.traceparent,
-            )
-        ]
+        messages: list[Message] = []
+        for item, call in ready:
+            try:
+                messages += messages_for(
+                    candidates(subs, call),
+                    item.route,
+                    item.status,
+                    item.event.data,
+                    item.event.correlation_id,
+                    # An id several calls wait on belongs to none of them: operator
+                    # subscriptions only (the calls' own polls publish to their own clients).
+                    None if call is not None and call.ambiguous else call,
+                    item.completed_at,
+                    item.identity,
+                    traceparent=item.event.traceparent,
+                )
+            except (ValueError, TypeError) as exc:  # orjson's, for data it cannot write
+                stream, _, position = item.identity.rpartition("/")
+                detail = f"{exc.__class__.__name__}: {exc}"
+                self.set_aside(stream, position, "unsendable", detail, item.route.name)
         count = await self.outbox.enqueue_many(messages)
+        await self._record_dead()
         for item, _ in ready:
             del self.pending[item.key]
         self._gauge.set(len(self.pending))
@@ -106,3 +156,15 @@ class Handoff:
                 extra={"completions": len(ready), "messages": len(messages), "new": count},
             )
         return [item for item, _ in ready]
+
+    async def _record_dead(self) -> None:
+        """Write the completions set aside since the last flush (a Redis fault keeps them)."""
+        if not self._dead:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for fields in self._dead:
+                pipe.xadd(
+                    dead_completions_key(self.prefix), fields, maxlen=DEAD_KEPT, approximate=True
+                )
+            await pipe.execute()
+        self._dead.clear()

@@ -28,6 +28,8 @@ Cluster slot, while different owners spread across the cluster.
     {prefix}:wh:dues                     sorted set: owner → its earliest scheduled retry (ms)
     {prefix}:wh:bell                     stream, MAXLEN 1: rung on every enqueue (wakes readers)
     {prefix}:wh:dead                     stream, MAXLEN ~ outbox_maxlen: dead letters
+    {prefix}:wh:dead-completions         stream, MAXLEN ~ 10000: completions set aside (stream,
+                                         position, route, reason, time)
     {prefix}:wh:log                      stream, MAXLEN ~ 100000: every owner's attempts (the
                                          operator's message log), with their owner
     {prefix}:wh:owner-of:{mid}           string, the message's TTL: its owner (the operator's
@@ -147,6 +149,11 @@ def dues_key(prefix: str) -> str:
 def bell_key(prefix: str) -> str:
     """A one-entry stream rung on every enqueue."""
     return f"{wh(prefix)}:bell"
+
+
+def dead_completions_key(prefix: str) -> str:
+    """Stream of completions that could not be turned into messages."""
+    return f"{wh(prefix)}:dead-completions"
 
 
 def dead_key(prefix: str) -> str:

@@ -40,6 +40,15 @@ class WebhookMetrics:
             multiprocess_mode="livemax",
             registry=r,
         )
+        self.dead_completions = Counter(
+            "sidecar_webhook_completions_dead_lettered",
+            "Completions that could not be turned into webhook messages, set aside one by one "
+            "(recorded in the dead-completions stream, acknowledged, never retried), by reason: "
+            "malformed (they cannot be decoded, or their data is past the limits) or unsendable "
+            "(their payload could not be made).",
+            ["reason"],
+            registry=r,
+        )
         self.held = Gauge(
             "sidecar_webhook_completions_held",
             "Completions read and not yet handed to the outbox (unacknowledged: their call's "
@@ -76,5 +85,7 @@ class WebhookMetrics:
             self.disabled.labels(reason)
         for quota in QUOTAS:
             self.quota_refusals.labels(quota)
+        for reason in ("malformed", "unsendable"):
+            self.dead_completions.labels(reason)
         for queue in ("outbox", "scheduled"):
             self.queue_depth.labels(queue)

@@ -157,11 +157,19 @@ async def test_a_batch_is_fanned_out_and_acknowledged_in_few_round_trips(
             assert await p.messages() == sorted(
                 (name, f"c-{n}") for n in range(5) for name in ("a", "op")
             )
+            # The malformed entry is set aside on its own: recorded, counted, said once.
+            [(_id, dead)] = await redis.xrange(f"{key_prefix}:wh:dead-completions")
+            assert (dead[b"reason"], dead[b"detail"]) == (
+                b"malformed",
+                b"no 'correlation_id' field",
+            )
+            counted = p.webhooks.metrics.dead_completions.labels("malformed")._value.get()
+            assert counted == 1
     finally:
         await redis.aclose()
-    said = [r for r in caplog.records if r.getMessage() == "malformed completion event"]
+    said = [r for r in caplog.records if "completion set aside" in r.getMessage()]
     assert len(said) == 1 and said[0].levelno == logging.WARNING
-    assert said[0].error == "no 'correlation_id' field"  # type: ignore[attr-defined]
+    assert said[0].detail == "no 'correlation_id' field"  # type: ignore[attr-defined]
 
 
 async def test_without_subscriptions_every_completion_is_simply_acknowledged(
