@@ -2,7 +2,9 @@
 environment variables.
 
     types      durations, sizes, addresses, URLs, header names, secrets from files; `Model`
-    routes     a route: match, correlation, wait (stream, poll), respond, webhook events
+    routes     a route: match, correlation, wait (stream, poll), respond, idempotency, webhook
+               events
+    operations the sidecar's own status monitor (path, retention, stored results)
     blocks     process-level blocks: clients, proxy, stream reader, tenancy, readiness, log, Redis
     webhooks   webhook delivery, YAML-declared subscriptions, the portal
     settings   `Settings` (the whole file) and the rules spanning several keys
@@ -28,6 +30,7 @@ from .routes import (
     HTTP_METHODS,
     Correlation,
     EventType,
+    Idempotency,
     PollWait,
     Respond,
     Route,
@@ -36,6 +39,7 @@ from .routes import (
     WebhookEvents,
     compile_path_template,
 )
+from .operations import Operations
 from .settings import Settings
 from .types import ByteSize, Duration, Model, parse_duration, parse_size
 from .webhooks import DeclaredSubscription, Portal, Webhooks
@@ -51,8 +55,10 @@ __all__ = [
     "DeclaredSubscription",
     "Duration",
     "EventType",
+    "Idempotency",
     "Log",
     "Model",
+    "Operations",
     "PollWait",
     "Portal",
     "Proxy",
