@@ -1,7 +1,7 @@
 """The wiring diagram: `create_app(settings)` builds the proxy app and its resources, in order.
 
 Startup runs the cleanup contexts top to bottom; shutdown undoes them in reverse:
-HTTP client → Redis → call tracking → completion hub → pollers → webhooks → admin server.
+HTTP client → Redis → call tracking → operations → completion hub → pollers → webhooks → admin.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from .http.listener import ClientGuard, GuardedAppRunner
 from .http.pool import POOL
 from .http.upstream import create_pool
 from .metrics import METRICS, Metrics
+from .operations import OPERATIONS, Operations
 from .proxy import ProxyListener, proxy_handler
 from .routing import RUNTIME, Runtime
 from .sources.redis_streams import RedisStreamReader
@@ -79,6 +80,20 @@ async def tracking_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+async def operations_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Operations (idempotency, the status monitor, timelines): with Redis only."""
+    connections, runtime = app[REDIS], app[RUNTIME]
+    if connections is None:
+        app[OPERATIONS] = None
+        yield
+        return
+    ops = Operations.create(connections.shared, runtime.settings, app[METRICS].registry)
+    app[OPERATIONS] = ops
+    runtime.on_reload.append(ops.metrics.follow)
+    yield
+    runtime.on_reload.remove(ops.metrics.follow)
+
+
 async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
     """The completion hub and the reader that feeds it, when Redis is configured."""
     runtime, connections = app[RUNTIME], app[REDIS]
@@ -125,6 +140,7 @@ async def admin_ctx(app: web.Application) -> AsyncIterator[None]:
         redis=app[REDIS],
         hub=app[HUB],
         webhooks=app.get(WEBHOOKS),
+        operations=app[OPERATIONS],
     )
     admin = create_admin_app(services)
     runner = GuardedAppRunner(admin, guard=client_guard(app, "admin"), access_log=None)
@@ -163,6 +179,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.cleanup_ctx.append(http_ctx)
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(tracking_ctx)
+    app.cleanup_ctx.append(operations_ctx)
     app.cleanup_ctx.append(hub_ctx)
     app.cleanup_ctx.append(pollers_ctx)
     app.cleanup_ctx.append(webhooks_ctx)

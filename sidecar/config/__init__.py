@@ -25,6 +25,7 @@ from .loading import (
     load_settings,
     parse_settings,
 )
+from .operations import Operations
 from .routes import (
     EVENT_TYPE_PATTERN,
     HTTP_METHODS,
@@ -39,7 +40,6 @@ from .routes import (
     WebhookEvents,
     compile_path_template,
 )
-from .operations import Operations
 from .settings import Settings
 from .types import ByteSize, Duration, Model, parse_duration, parse_size
 from .webhooks import DeclaredSubscription, Portal, Webhooks

@@ -9,6 +9,7 @@ written, then handed to the app's publisher.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import suppress
 
 from aiohttp import web
@@ -23,6 +24,8 @@ from ..http.context import CONTEXT, CallContext
 from ..http.pool import POOL
 from ..http.upstream import UPSTREAM_ERRORS
 from ..metrics import METRICS
+from ..operations import OPERATIONS
+from ..operations.writer import completed
 from ..routing import RUNTIME
 from ..state import POLLERS, TRACKER
 from .answers import Accepted
@@ -74,8 +77,11 @@ async def get_location(request: web.Request, route: Route, accepted: Accepted) -
     return got if 200 <= got.status < 300 else None
 
 
-async def completion_learnt(app: web.Application, route: Route, completion: Completion) -> None:
-    """Record a poll-detected completion so every replica (and webhooks) learns it once."""
+async def completion_learnt(
+    app: web.Application, route: Route, completion: Completion, answer: PollAnswer | None = None
+) -> None:
+    """Record a poll-detected completion so every replica (and webhooks) learns it once, and
+    its operation's outcome (with the resource the last poll got, for `body: location`)."""
     tracker = app[TRACKER]
     if tracker is None:
         return
@@ -89,6 +95,22 @@ async def completion_learnt(app: web.Application, route: Route, completion: Comp
     tracked = None
     with suppress(*REDIS_FAULTS):
         tracked = await tracker.get(completion.correlation_id)
+    ops = app[OPERATIONS]
+    if ops is not None and tracked is not None:
+        settings = app[RUNTIME].settings
+        resource = None
+        if route.respond.body == "location" and answer is not None and 200 <= answer.status < 300:
+            resource = (answer.body, answer.content_type)
+        ops.writer.soon(
+            completed(
+                tracked.identity,
+                completion,
+                time.time(),
+                max_result=settings.operations.max_result,
+                events_ttl_ms=int(settings.tracking_ttl * 1000),
+                resource=resource,
+            )
+        )
     await app[PUBLISHER].publish(route, completion, tracked)
 
 
@@ -115,7 +137,7 @@ async def _poll(
     if result is None:
         return None
     await settle(track)
-    await completion_learnt(app, route, result[0])
+    await completion_learnt(app, route, result[0], result[1])
     return Verdict(*result)
 
 

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 from yarl import URL
@@ -20,8 +21,10 @@ from ..http.context import CallContext
 from ..logs import Every
 from ..routing import RUNTIME
 from ..state import HASHER, POLLERS, TRACKER
+from ..timeline import Intake
 from ..tracking import CallTracker, TrackedCall
 from .answers import Accepted
+from .journal import Journal
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +36,17 @@ _untracked_log = Every()  # while Redis is down, one line a second, not one per 
 
 
 def track_later(
-    request: web.Request, call: CallContext, route: Route, wait_id: str, accepted: Accepted
+    request: web.Request,
+    call: CallContext,
+    route: Route,
+    wait_id: str,
+    accepted: Accepted,
+    journal: Journal | None = None,
+    token: str | None = None,
 ) -> TrackTask | None:
-    """Start writing the call's tracking record in the background (None without Redis). The
-    task's result says whether the record is this call's (False: its id belongs to another)."""
+    """Start writing the call's tracking record in the background (None without Redis), with
+    its operation's intake from `journal` (and its status `token`, if it has one). The task's
+    result says whether the record is this call's (False: its id belongs to another)."""
     app = request.app
     tracker = app[TRACKER]
     if tracker is None:
@@ -44,6 +54,13 @@ def track_later(
     credential = request.headers.get(app[RUNTIME].settings.tenancy.credential_header)
     hasher = app[HASHER]
     known = hasher.known(credential)
+    created_at = time.time()
+
+    def intake(tenant: str | None) -> Intake | None:
+        if journal is None or not journal.on:
+            return None
+        return journal.intake(tenant, wait_id, accepted, token=token, created_at=created_at)
+
     record = TrackedCall(
         wait_id=wait_id,
         correlation_id=call.correlation_id,
@@ -55,12 +72,13 @@ def track_later(
         if accepted.client_location
         else None,
         upstream_location=str(accepted.upstream_location) if accepted.upstream_location else None,
-        created_at=time.time(),
+        created_at=created_at,
         traceparent=call.trace.traceparent if call.trace else "",
     )
     if not known:  # the key is still to be loaded from Redis: a task does both
-        return app[POLLERS].spawn(_write(app, tracker, record, credential))
+        return app[POLLERS].spawn(_write(app, tracker, record, credential, intake))
     # The common case, kept lean: the record joins the next batch; no task of its own.
+    record = dataclasses.replace(record, intake=intake(record.tenant)) if journal else record
     written = tracker.record_soon(record)
     outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
     written.add_done_callback(lambda done: _settled(done, outcome, record))
@@ -111,12 +129,18 @@ def _foreign(record: TrackedCall) -> None:
 
 
 async def _write(
-    app: web.Application, tracker: CallTracker, record: TrackedCall, credential: str | None
+    app: web.Application,
+    tracker: CallTracker,
+    record: TrackedCall,
+    credential: str | None,
+    intake: Callable[[str | None], Intake | None],
 ) -> bool:
     try:
         async with asyncio.timeout(WRITE_TIMEOUT_S):
             tenant = await app[HASHER].tenant(credential)
-            written = await tracker.record(dataclasses.replace(record, tenant=tenant))
+            written = await tracker.record(
+                dataclasses.replace(record, tenant=tenant, intake=intake(tenant))
+            )
     except REDIS_FAULTS as exc:
         _untracked(record, exc)
         return False

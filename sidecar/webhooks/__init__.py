@@ -20,6 +20,7 @@ from aiohttp import web
 from ..completions.publish import PUBLISHER
 from ..connections import REDIS_FAULTS, Client
 from ..metrics import METRICS
+from ..operations import OPERATIONS
 from ..routing import RUNTIME
 from ..state import REDIS, TRACKER
 from ..tasks import TaskSet
@@ -62,7 +63,7 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     app[PUBLISHER] = runtime
     runtime.metrics.initialise(sorted(known_events(settings)))
     worker = DeliveryWorker(runtime)
-    dispatcher = Dispatcher(runtime, app[RUNTIME])
+    dispatcher = Dispatcher(runtime, app[RUNTIME], app.get(OPERATIONS))
     tasks = TaskSet("webhooks")
     try:
         prepared = await asyncio.wait_for(_prepare(runtime, dispatcher, worker), PREPARE_WAIT_S)

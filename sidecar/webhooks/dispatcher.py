@@ -3,7 +3,9 @@
 Each event is dispatched once across replicas; a crashed replica's pending entries are claimed
 (XAUTOCLAIM) by another. An event whose call is not tracked yet (it can beat the 202) stays
 pending for `UNTRACKED_GRACE_S`, then goes to operator-owned subscriptions only. Completions are
-handled in batches: a few Redis round trips per read, not per completion.
+handled in batches: a few Redis round trips per read, not per completion. The dispatcher also
+records each tracked call's outcome on its operation (once across replicas, like the fan-out),
+so the status monitor and idempotent retries learn completions that came after a fallback 202.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from redis.exceptions import ResponseError
 from ..completions.completion import Event, MalformedEvent, Status
 from ..completions.decoder import Decoder
 from ..config import Route, Settings
+from ..operations import Operations
+from ..operations.writer import completed
 from ..routing import Runtime
 from ..tasks import checkpoint
 from ..tracking import TrackedCall
@@ -57,8 +61,11 @@ class Pending:
 class Dispatcher:
     """Turns stream completions into outbox messages."""
 
-    def __init__(self, webhooks: WebhookRuntime, runtime: Runtime) -> None:
+    def __init__(
+        self, webhooks: WebhookRuntime, runtime: Runtime, operations: Operations | None = None
+    ) -> None:
         self.redis, self.runtime = webhooks.redis, runtime
+        self.operations = operations
         self.connections = webhooks.connections
         self.store, self.outbox, self.tracker = webhooks.store, webhooks.outbox, webhooks.tracker
         self.consumer = webhooks.consumer
@@ -167,13 +174,15 @@ class Dispatcher:
         items = list(self._pending.values())
         subs = await self.store.snapshot()
         tracked: list[TrackedCall | None] = [None] * len(items)
-        if subs:  # nobody subscribed: nothing to look up, every completion is done
+        # Nobody subscribed and no operations to record: nothing to look up, all done.
+        waiting = bool(subs) or self.operations is not None
+        if waiting:
             tracked = await self.tracker.get_many([i.event.correlation_id for i in items])
         now = time.monotonic()
         ready: list[tuple[Pending, TrackedCall | None]] = [
             (item, call)
             for item, call in zip(items, tracked, strict=True)
-            if not subs or call is not None or now - item.first_seen > UNTRACKED_GRACE_S
+            if not waiting or call is not None or now - item.first_seen > UNTRACKED_GRACE_S
         ]
         messages = [
             message
@@ -190,6 +199,7 @@ class Dispatcher:
             )
         ]
         count = await self.outbox.enqueue_many(messages)
+        await self._record_outcomes(ready)
         await self._ack([(item.stream, item.entry_id) for item, _ in ready])
         for item, _ in ready:
             del self._pending[(item.stream, item.entry_id)]
@@ -198,6 +208,27 @@ class Dispatcher:
                 "completions dispatched",
                 extra={"completions": len(ready), "messages": len(messages), "new": count},
             )
+
+    async def _record_outcomes(self, ready: list[tuple[Pending, TrackedCall | None]]) -> None:
+        """Each tracked call's outcome on its operation (one batch; the first record wins)."""
+        if self.operations is None:
+            return
+        settings = self.settings
+        writes = [
+            self.operations.writer.soon(
+                completed(
+                    call.identity,
+                    item.event.completion(item.status),
+                    int(item.entry_id.split("-")[0]) / 1000,
+                    max_result=settings.operations.max_result,
+                    events_ttl_ms=int(settings.tracking_ttl * 1000),
+                )
+            )
+            for item, call in ready
+            if call is not None
+        ]
+        if writes:
+            await asyncio.gather(*writes)
 
     async def _ack(self, entries: list[tuple[str, str]]) -> None:
         """Acknowledge entries, one XACK per stream."""
