@@ -126,10 +126,11 @@ class OperationStore:
         keys = [idempotency_key(self.prefix, scope)]
         return bool(await self._take_over(keys=keys, args=[seen.encode(), new.encode()]))
 
-    async def expunge(self, op: Operation, message_keys: list[str]) -> None:
+    async def expunge(self, op: Operation, also: list[str]) -> None:
         """Forget an operation: its hash and events, its status token, its Idempotency-Key and
         tracking record (if they are still its own), its Location's lookup, and its webhook
-        messages (their payloads hold its result). Attempt summaries (no payload) stay."""
+        messages (`also`: their keys, whose payloads hold its result). Attempt summaries (no
+        payload) stay."""
         cid = op.correlation_id
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.delete(operation_key(self.prefix, cid), operation_events_key(self.prefix, cid))
@@ -138,8 +139,8 @@ class OperationStore:
             if op.upstream_location:
                 path = location_lookup_path(op.upstream_location)
                 pipe.delete(location_key(self.prefix, path))
-            for key in message_keys:
-                pipe.delete(key, key + ":log")
+            if also:
+                pipe.delete(*also)
             await pipe.execute()
         if op.idem_digest:
             await self._forget_key(keys=[idempotency_key(self.prefix, op.idem_digest)], args=[cid])

@@ -151,7 +151,7 @@ def completed(
         at_s,
         source=completion.source,
         event_type=completion.event_type,
-        status=completion.status,
+        state=completion.status,
     )
     return Update(
         correlation_id,

@@ -14,6 +14,7 @@ Without Redis there are no operations, and every method here does nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -21,12 +22,14 @@ import orjson
 from aiohttp import web
 
 from ..config import Route
+from ..connections import REDIS_FAULTS
 from ..errors import SidecarError
 from ..http.context import CallContext
 from ..operations import OPERATIONS, Operations
 from ..operations.records import KEPT_HEADERS, Outcome, digest
 from ..operations.writer import Update
 from ..routing import RUNTIME
+from ..state import HASHER, POLLERS
 from ..timeline import (
     ANSWERED,
     CLIENT_GONE,
@@ -89,6 +92,10 @@ class Journal:
             return
         self.route = route
         call, request = self.call, self.request
+        credential = request.headers.get(request.app[RUNTIME].settings.tenancy.credential_header)
+        hasher = request.app[HASHER]
+        if hasher.known(credential):  # else learnt by the tracking write, or at `close`
+            self.tenant = hasher.tenant_now(credential)
         self.received_s = time.time() - (time.perf_counter() - call.started)
         self.events.append(
             event(RECEIVED, self.received_s, method=request.method, path=request.path)
@@ -206,10 +213,25 @@ class Journal:
         if update is None:
             return
         writer, track = self.ops.writer, self._track
-        if track is None or track.done():
+        if update.create is not None and self.tenant is None and self._credential():
+            # The credential's hash key is still to be loaded (from Redis): a task does both.
+            self.request.app[POLLERS].spawn(self._owned(update))
+        elif track is None or track.done():
             writer.soon(update)
         else:
             track.add_done_callback(lambda _: writer.soon(update))
+
+    def _credential(self) -> str | None:
+        header = self.request.app[RUNTIME].settings.tenancy.credential_header
+        return self.request.headers.get(header) or None
+
+    async def _owned(self, update: Update) -> None:
+        """Write an operation made at `close` once its owner is known."""
+        assert self.ops is not None and update.create is not None
+        with contextlib.suppress(*REDIS_FAULTS):
+            tenant = await self.request.app[HASHER].tenant(self._credential())
+            update.create["tenant"] = tenant or ""
+        self.ops.writer.soon(update)
 
     def _closing(self, error: BaseException | None, gone: bool) -> Update | None:
         call = self.call
@@ -246,7 +268,7 @@ class Journal:
                         self.outcome.at_ms / 1000,
                         source=self.outcome.source,
                         event_type=self.outcome.event_type,
-                        status=self.outcome.state,
+                        state=self.outcome.state,
                     )
                 ]
         if self._track is None:  # no tracking record: this write makes the operation
@@ -270,6 +292,8 @@ class Journal:
         if failed or never_answered:
             update.idem_digest, update.idem_owner = self.idem
             update.release = True
+            if self.ops is not None and self.route is not None:
+                self.ops.metrics.idempotent.labels(self.route.name, "released").inc()
         elif self._track is None and outcome is not None:
             update.idem_digest, update.idem_owner = self.idem
 
