@@ -114,11 +114,14 @@ end
 """
 
 # A Lua function writing an operation's hash and first events (`spec`: f fields, t ttl_ms,
-# e events, m flags, et events' ttl_ms), with the 202's body (`blob`, '' for none).
+# e events, m flags, et events' ttl_ms), with the 202's body (`blob`, '' for none), afresh.
 LUA_INTAKE = (
     LUA_APPEND
     + """
 local function intake(op, ev, spec, blob)
+  -- An operation starts here: whatever an earlier call under this id left (its claim expired
+  -- before its operation did) is not this one's.
+  redis.call('DEL', op, ev)
   local flat = {}
   for name, value in pairs(spec.f) do
     flat[#flat + 1] = name

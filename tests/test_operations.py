@@ -266,3 +266,27 @@ async def test_what_an_operation_keeps_in_redis_is_bounded_and_expires(
 
 async def _dropped(redis: aioredis.Redis, op: str) -> bool:
     return bool(await redis.hget(op, "dropped"))
+
+
+async def test_a_reused_correlation_id_never_reads_the_earlier_calls_operation(
+    orders: OrdersFactory, redis: aioredis.Redis
+) -> None:
+    env = await orders(location=False, tracking_ttl="1s")
+    first = await place(env.sidecar, A, Prefer="respond-async", **{"X-Correlation-ID": "mine-1"})
+    assert first.headers["X-Correlation-ID"] == "mine-1"
+    await env.api.complete("mine-1", {"secret": "of A"})
+
+    async def done() -> bool:
+        return bool((await status(env.sidecar, first.headers["Location"])).status == 200)
+
+    await until_true(done)
+
+    async def claim_expired() -> bool:
+        return not await redis.exists(f"{env.prefix}:claim:{{mine-1}}")
+
+    await until_true(claim_expired, timeout_s=5)  # its operation is kept longer (retention)
+    second = await place(env.sidecar, B, Prefer="respond-async", **{"X-Correlation-ID": "mine-1"})
+    assert second.headers["X-Correlation-ID"] == "mine-1"  # free again: B's now
+    theirs = await status(env.sidecar, second.headers["Location"], B)
+    assert theirs.status == 202  # B's own, pending: nothing of A's
+    assert (await status(env.sidecar, first.headers["Location"], A)).status == 404

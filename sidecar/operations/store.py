@@ -132,15 +132,14 @@ class OperationStore:
         messages (`also`: their keys, whose payloads hold its result). Attempt summaries (no
         payload) stay."""
         cid = op.correlation_id
+        keys = [operation_key(self.prefix, cid), operation_events_key(self.prefix, cid), *also]
+        if op.token_digest:
+            keys.append(status_token_key(self.prefix, op.token_digest))
+        if op.upstream_location:
+            keys.append(location_key(self.prefix, location_lookup_path(op.upstream_location)))
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.delete(operation_key(self.prefix, cid), operation_events_key(self.prefix, cid))
-            if op.token_digest:
-                pipe.delete(status_token_key(self.prefix, op.token_digest))
-            if op.upstream_location:
-                path = location_lookup_path(op.upstream_location)
-                pipe.delete(location_key(self.prefix, path))
-            if also:
-                pipe.delete(*also)
+            for key in keys:  # one by one: on a cluster they live in several slots
+                pipe.delete(key)
             await pipe.execute()
         if op.idem_digest:
             await self._forget_key(keys=[idempotency_key(self.prefix, op.idem_digest)], args=[cid])

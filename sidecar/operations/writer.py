@@ -6,8 +6,8 @@ with the other calls' in the next batch; nobody waits for it on the call path. T
 dispatcher and the pollers record outcomes learnt after a call was answered through the same
 writer. An outcome is written once (the first to record it wins; the other writers' events that
 only the first should add, like `completed`, are then left out). An update never creates an
-operation unless it says so (`create`): a completion for a call the sidecar never saw leaves
-nothing behind.
+operation unless it says so (`create`, for a call that had no tracking record: then afresh):
+a completion for a call the sidecar never saw leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -47,7 +47,10 @@ for a = 1, #ARGV, 3 do
   k = k + 2
   local spec = cjson.decode(ARGV[a])
   local reply = 0
-  if redis.call('EXISTS', op) == 0 and spec.c then
+  if spec.c then
+    -- A call that had no tracking record makes its operation here, afresh (an earlier call's
+    -- under the same id, whose claim expired first, is not this one's).
+    redis.call('DEL', op, ev)
     local flat = {}
     for name, value in pairs(spec.c) do
       flat[#flat + 1] = name

@@ -241,6 +241,8 @@ async def _follow(
     kind, check_s = IDEMPOTENT_REPLAY, FIRST_CHECK_S
     while True:
         op = await ops.store.get(held.correlation_id) if held.correlation_id else None
+        if op is not None and op.idem_digest != scope:
+            op = None  # a later call's, under a reused id: this key's operation is gone
         if op is not None and op.outcome is not None:
             return await _answered(request, call, route, ops, op, kind, journal, applied)
         if (held.correlation_id and op is None) or (

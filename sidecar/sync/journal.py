@@ -92,10 +92,6 @@ class Journal:
             return
         self.route = route
         call, request = self.call, self.request
-        credential = request.headers.get(request.app[RUNTIME].settings.tenancy.credential_header)
-        hasher = request.app[HASHER]
-        if hasher.known(credential):  # else learnt by the tracking write, or at `close`
-            self.tenant = hasher.tenant_now(credential)
         self.received_s = time.time() - (time.perf_counter() - call.started)
         self.events.append(
             event(RECEIVED, self.received_s, method=request.method, path=request.path)
@@ -213,10 +209,15 @@ class Journal:
         if update is None:
             return
         writer, track = self.ops.writer, self._track
-        if update.create is not None and self.tenant is None and self._credential():
-            # The credential's hash key is still to be loaded (from Redis): a task does both.
-            self.request.app[POLLERS].spawn(self._owned(update))
-        elif track is None or track.done():
+        credential = self._credential()
+        if update.create is not None and credential is not None:
+            hasher = self.request.app[HASHER]
+            if not hasher.known(credential):
+                # The credential's hash key is still to be loaded (from Redis): a task does both.
+                self.request.app[POLLERS].spawn(self._owned(update))
+                return
+            update.create["tenant"] = hasher.tenant_now(credential) or ""
+        if track is None or track.done():
             writer.soon(update)
         else:
             track.add_done_callback(lambda _: writer.soon(update))

@@ -27,7 +27,7 @@ from ..errors import NotFound, SidecarError, UpstreamUnreachable
 from ..http.context import CallContext
 from ..http.prefer import parse_prefer
 from ..operations import OPERATIONS, Operations
-from ..operations.records import TOKEN_LENGTH, Operation, Outcome, new_token
+from ..operations.records import TOKEN_LENGTH, Operation, Outcome, digest, new_token
 from ..routing import RUNTIME
 from ..state import HASHER, HUB, TRACKER
 from ..timeline import LONG_POLL, STATUS_READ
@@ -127,7 +127,9 @@ async def _authorised(request: web.Request, ops: Operations) -> Operation | None
         header = request.app[RUNTIME].settings.tenancy.credential_header
         if await request.app[HASHER].tenant(request.headers.get(header)) != tenant:
             return None
-    return await ops.store.get(correlation_id)
+    op = await ops.store.get(correlation_id)
+    # The operation must still be the token's (not a later call's under a reused id).
+    return op if op is not None and op.token_digest == digest(token) else None
 
 
 async def _answer(
