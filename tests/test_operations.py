@@ -282,7 +282,8 @@ async def test_a_reused_correlation_id_never_reads_the_earlier_calls_operation(
     await until_true(done)
 
     async def claim_expired() -> bool:
-        return not await redis.exists(f"{env.prefix}:claim:{{mine-1}}")
+        keys = [f"{env.prefix}:claim:{{mine-1}}", f"{env.prefix}:call:{{mine-1}}"]
+        return not await redis.exists(*keys)
 
     await until_true(claim_expired, timeout_s=5)  # its operation is kept longer (retention)
     second = await place(env.sidecar, B, Prefer="respond-async", **{"X-Correlation-ID": "mine-1"})
