@@ -29,7 +29,7 @@ from ..timestamps import iso
 from ..webhooks.keys import message_key, message_log_key
 from ..webhooks.outbox import message_id_for
 from ..webhooks.runtime import WebhookRuntime
-from .callers import caller_of, is_operator
+from .callers import caller_of
 from .endpoints import CORRELATION_RE, answer, endpoint
 from .services import operations_of, services
 from .views import OperationView
@@ -83,9 +83,9 @@ async def expunge_operation(request: web.Request) -> web.Response:
     status URL, Idempotency-Key, tracking record and webhook messages with their payloads);
     204. Its status URL answers 404 from now on, and a retry with its key runs anew."""
     ops = operations_of(request)
-    if not is_operator(request.headers.get("Authorization"), services(request).settings):
-        await caller_of(request)  # 401 without a credential, or a session's own 401/403
-        raise Forbidden("only the operator (Authorization: Bearer <admin_token>) expunges")
+    # The admin token, or an operator's portal session (not a read-only one: 403 there).
+    if await caller_of(request) != OPERATOR:
+        raise Forbidden("only the operator expunges an operation")
     op, _ = await _visible(request, ops, OPERATOR)
     runtime = services(request).webhooks
     messages = []
