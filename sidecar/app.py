@@ -92,6 +92,7 @@ async def operations_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime.on_reload.append(ops.metrics.follow)
     yield
     runtime.on_reload.remove(ops.metrics.follow)
+    await ops.writer.close()
 
 
 async def hub_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -33,7 +33,9 @@ from __future__ import annotations
 
 def tag(value: str) -> str:
     """`value` as a hash tag: braces and `%` percent-encoded, in braces."""
-    return "{" + value.replace("%", "%25").replace("{", "%7B").replace("}", "%7D") + "}"
+    if "%" in value or "{" in value or "}" in value:  # rare: ids are checked or minted
+        value = value.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
+    return "{" + value + "}"
 
 
 def claim_key(prefix: str, wait_id: str) -> str:

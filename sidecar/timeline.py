@@ -65,19 +65,18 @@ Event = dict[str, Any]
 
 
 def event(kind: str, at_s: float, **fields: Any) -> Event:
-    """One event at `at_s` (epoch seconds); fields that are None are left out, text is cut at
-    `MAX_TEXT` (a Location or a path is the API's or the client's, of any length)."""
+    """One event at `at_s` (epoch seconds); fields that are None are left out. Text that came
+    from outside (a path, a Location) is cut by the caller (`cut`)."""
     out: Event = {"k": kind, "t": int(at_s * 1000)}
     for name, value in fields.items():
-        if value is None:
-            continue
-        out[name] = value[:MAX_TEXT] if isinstance(value, str) else value
+        if value is not None:
+            out[name] = value
     return out
 
 
-def events_spec(events: list[Event]) -> tuple[list[Event], list[int]]:
-    """The events and their milestone flags, as the Lua `append_events` takes them."""
-    return events, [1 if e["k"] in MILESTONES else 0 for e in events]
+def cut(text: str | None) -> str | None:
+    """Text from a client or the API, at most `MAX_TEXT` characters."""
+    return text if text is None or len(text) <= MAX_TEXT else text[:MAX_TEXT]
 
 
 def decode_event(raw: bytes) -> Event | None:
@@ -152,7 +151,7 @@ end
 """
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every call, where frozen init costs
 class Intake:
     """What an operation writes with its call's tracking record: its hash, its first events,
     its status token (`respond.location: sidecar`) and the binding of its Idempotency-Key."""
@@ -175,13 +174,13 @@ class Intake:
         return self.correlation_id
 
     def spec(self) -> bytes:
-        """The JSON the tracking script reads (see `LUA_INTAKE`)."""
-        events, flags = events_spec(self.events)
+        """The JSON the tracking script reads (see `LUA_INTAKE`). Its events are milestones
+        (received, forwarded, upstream_answered, held or fallback)."""
         spec: dict[str, Any] = {
             "f": self.fields,
             "t": self.ttl_ms,
-            "e": events,
-            "m": flags,
+            "e": self.events,
+            "m": [1] * len(self.events),
             "et": self.events_ttl_ms,
         }
         if self.token_digest is not None:

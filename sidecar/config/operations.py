@@ -11,6 +11,7 @@ from .types import ByteSize, Duration, Model
 
 # Unreserved characters and slashes only: the path is compared as sent, never decoded.
 _PATH = re.compile(r"^(/[A-Za-z0-9._~-]+)+$")
+MAX_RESULT = 64 * 1024 * 1024  # bytes kept per operation at most: Redis holds them all
 
 
 class Operations(Model):
@@ -31,7 +32,6 @@ class Operations(Model):
     max_result: ByteSize = Field(
         1024 * 1024,
         ge=0,
-        le=64 * 1024 * 1024,
         description="Largest result (event data, or a resource body) kept per operation for "
         "the status monitor and idempotent replays; a larger one is not kept, and reading it "
         "later answers 410 (or 303 to the API's own Location). At most 64MiB. Default 1MiB.",
@@ -45,4 +45,11 @@ class Operations(Model):
                 f"invalid path {value!r} (like /.sidecar/operations: segments of letters, "
                 "digits and . _ ~ -, no trailing slash)"
             )
+        return value
+
+    @field_validator("max_result")
+    @classmethod
+    def _max_result(cls, value: int) -> int:
+        if value > MAX_RESULT:
+            raise ValueError(f"at most 64MiB ({MAX_RESULT} bytes), not {value} bytes")
         return value

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import orjson
 
-from ..completions.completion import Completion
+from ..completions.completion import Completion, Event, Status
 
 State = Literal["pending", "succeeded", "failed", "expired"]
 
@@ -78,7 +78,7 @@ class IdemHold:
         return cls(parts[0], parts[1], int(parts[2]), parts[3] if len(parts) > 3 else "")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built for every call, where frozen init costs
 class Outcome:
     """How an operation ended, as kept for the status monitor and idempotent replays."""
 
@@ -117,6 +117,19 @@ class Outcome:
             is_json=completion.is_json,
             body=resource[0] if resource else None,
             content_type=resource[1] if resource else None,
+        )
+
+    @classmethod
+    def of_event(cls, event: Event, state: Status, at_s: float) -> Outcome:
+        """The outcome a completion event makes, its data kept as sent (never parsed here)."""
+        return cls(
+            "completion",
+            state,
+            int(at_s * 1000),
+            source="stream",
+            event_type=event.event_type,
+            data=event.raw,
+            is_json=event.is_json,
         )
 
     def completion(self, correlation_id: str) -> Completion:

@@ -118,15 +118,18 @@ async def own_call(
     """Make the call its own: its correlation id and, with an Idempotency-Key, the key (one
     round trip for both). `Claimed` when it holds the key, an answer when the key belongs to an
     earlier call (attached, replayed), None without a key (or without Redis answering)."""
-    spec, ops = route.idempotency, request.app[OPERATIONS]
-    tracker = request.app[TRACKER]
+    spec = route.idempotency
+    if spec is None:  # the common case, kept lean
+        await own_correlation_id(request, call)
+        return None
+    ops, tracker = request.app[OPERATIONS], request.app[TRACKER]
     try:
-        key = key_of(request, spec.header) if spec is not None else None
+        key = key_of(request, spec.header)
     except BadRequest:
         if ops is not None:
             ops.metrics.idempotent.labels(route.name, "invalid").inc()
         raise
-    if key is None or spec is None or ops is None or tracker is None:
+    if key is None or ops is None or tracker is None:
         await own_correlation_id(request, call)
         return None
     credential = request.headers.get(request.app[RUNTIME].settings.tenancy.credential_header)

@@ -37,10 +37,12 @@ from ..timeline import (
     FALLBACK,
     FORWARDED,
     HELD,
+    MILESTONES,
     RECEIVED,
     UPSTREAM_ANSWERED,
     Event,
     Intake,
+    cut,
     event,
 )
 from .answers import Accepted
@@ -58,11 +60,13 @@ class Journal:
         "events",
         "fallback_said",
         "idem",
+        "on",
         "ops",
         "outcome",
         "received_s",
         "request",
         "route",
+        "settings",
         "tenant",
     )
 
@@ -70,6 +74,8 @@ class Journal:
         self.request = request
         self.call = call
         self.ops: Operations | None = request.app[OPERATIONS]
+        self.settings = request.app[RUNTIME].settings  # of the call's start, throughout
+        self.on = False  # True once started with Redis configured: every method a no-op else
         self.route: Route | None = None
         self.events: list[Event] = []
         self.received_s = 0.0
@@ -81,42 +87,48 @@ class Journal:
         self._follows: tuple[str, str, dict[str, Any]] | None = None
         self._detached = False
 
-    @property
-    def on(self) -> bool:
-        """True when the call is being journaled (Redis is configured and the call started)."""
-        return self.ops is not None and self.route is not None
-
     def start(self, route: Route) -> None:
         """The call is received (its body read): its first event."""
         if self.ops is None:
             return
-        self.route = route
+        self.route, self.on = route, True
         call, request = self.call, self.request
         self.received_s = time.time() - (time.perf_counter() - call.started)
+        # Events are built as literals on the call path (one dict each, no helper per event).
         self.events.append(
-            event(RECEIVED, self.received_s, method=request.method, path=request.path)
+            {
+                "k": RECEIVED,
+                "t": int(self.received_s * 1000),
+                "method": request.method,
+                "path": cut(request.path),
+            }
         )
-
-    def add(self, kind: str, **fields: Any) -> None:
-        """An event now."""
-        if self.on:
-            self.events.append(event(kind, time.time(), **fields))
 
     def forwarded(self) -> None:
         """The call goes upstream."""
-        self.add(FORWARDED)
+        if self.on:
+            self.events.append({"k": FORWARDED, "t": int(time.time() * 1000)})
 
     def upstream_answered(self, status: int, location: str | None = None) -> None:
         """The upstream answered (headers read)."""
-        upstream_ms = None if self.call.upstream_s is None else round(self.call.upstream_s * 1e3, 1)
-        self.add(UPSTREAM_ANSWERED, status=status, location=location, after_ms=upstream_ms)
+        if not self.on:
+            return
+        answered: Event = {"k": UPSTREAM_ANSWERED, "t": int(time.time() * 1000), "status": status}
+        if location:
+            answered["location"] = cut(location)
+        if self.call.upstream_s is not None:
+            answered["after_ms"] = round(self.call.upstream_s * 1000, 1)
+        self.events.append(answered)
 
     def holding(self, holding: bool, shed: bool, budget_s: float) -> None:
         """The call is held for its completion, or answered 202 at once."""
+        if not self.on:
+            return
+        now_ms = int(time.time() * 1000)
         if holding:
-            self.add(HELD, budget_ms=round(budget_s * 1000))
+            self.events.append({"k": HELD, "t": now_ms, "budget_ms": round(budget_s * 1000)})
         else:
-            self.add(FALLBACK, reason="shed" if shed else "prefer")
+            self.events.append({"k": FALLBACK, "t": now_ms, "reason": "shed" if shed else "prefer"})
             self.fallback_said = True
 
     def learnt(self, verdict: Verdict, resource: tuple[bytes, str | None] | None = None) -> None:
@@ -152,7 +164,7 @@ class Journal:
         """The operation's first writes, to ride the tracking record (its events so far go
         with it). `more`: token, token_digest, created_at (the record's), kept (the 202)."""
         assert self.ops is not None and self.route is not None
-        settings = self.request.app[RUNTIME].settings
+        settings = self.settings
         call = self.call
         self.tenant = tenant
         fields = self._fields(tenant)
@@ -203,13 +215,14 @@ class Journal:
     def close(self, error: BaseException | None = None, *, gone: bool = False) -> None:
         """The call ended (answered, failed with `error`, or its client left: `gone`, or a
         cancellation): queue the closing write."""
-        if not self.on or self.ops is None or self._detached:
+        if not self.on or self._detached:
             return
+        assert self.ops is not None
         update = self._closing(error, gone or isinstance(error, asyncio.CancelledError))
         if update is None:
             return
         writer, track = self.ops.writer, self._track
-        credential = self._credential()
+        credential = self._credential() if update.create is not None else None
         if update.create is not None and credential is not None:
             hasher = self.request.app[HASHER]
             if not hasher.known(credential):
@@ -218,12 +231,12 @@ class Journal:
                 return
             update.create["tenant"] = hasher.tenant_now(credential) or ""
         if track is None or track.done():
-            writer.soon(update)
+            writer.later(update)
         else:
-            track.add_done_callback(lambda _: writer.soon(update))
+            track.add_done_callback(lambda _: writer.later(update))
 
     def _credential(self) -> str | None:
-        header = self.request.app[RUNTIME].settings.tenancy.credential_header
+        header = self.settings.tenancy.credential_header
         return self.request.headers.get(header) or None
 
     async def _owned(self, update: Update) -> None:
@@ -232,46 +245,50 @@ class Journal:
         with contextlib.suppress(*REDIS_FAULTS):
             tenant = await self.request.app[HASHER].tenant(self._credential())
             update.create["tenant"] = tenant or ""
-        self.ops.writer.soon(update)
+        self.ops.writer.later(update)
 
     def _closing(self, error: BaseException | None, gone: bool) -> Update | None:
-        call = self.call
+        call, settings = self.call, self.settings
         now = time.time()
+        now_ms = int(now * 1000)
         after_ms = round((now - self.received_s) * 1000, 1)
-        settings = self.request.app[RUNTIME].settings
         events_ttl_ms = int(settings.tracking_ttl * 1000)
         if self._follows is not None:
             cid, kind, fields = self._follows
-            fields = {"status": call.status or None, "after_ms": after_ms, **fields}
-            return Update(cid, [event(kind, now, **fields)], events_ttl_ms=events_ttl_ms)
+            retry = {"k": kind, "t": now_ms, "status": call.status or None, "after_ms": after_ms}
+            retry.update(fields)
+            return Update(cid, [retry], events_ttl_ms=events_ttl_ms, routine=True)
         events = self.events
         status = call.status
         if isinstance(error, SidecarError):
             status = error.status
             self.outcome = Outcome(
-                "response", "failed", int(now * 1000), source="sidecar", status=status, kept=False
+                "response", "failed", now_ms, source="sidecar", status=status, kept=False
             )
         if gone or call.outcome == "client_gone":
-            events.append(event(CLIENT_GONE, now, after_ms=after_ms))
+            events.append({"k": CLIENT_GONE, "t": now_ms, "after_ms": after_ms})
         else:
             if call.outcome == "fallback_async" and not self.fallback_said:
-                events.append(event(FALLBACK, now, reason=call.reason))
+                events.append({"k": FALLBACK, "t": now_ms, "reason": call.reason})
             events.append(
-                event(ANSWERED, now, status=status, outcome=call.outcome, after_ms=after_ms)
+                {
+                    "k": ANSWERED,
+                    "t": now_ms,
+                    "status": status,
+                    "outcome": call.outcome,
+                    "after_ms": after_ms,
+                }
             )
         update = Update(call.correlation_id, events, events_ttl_ms=events_ttl_ms)
-        if self.outcome is not None:
-            update.outcome = self.outcome.bounded(settings.operations.max_result)
-            if self.outcome.kind == "completion":
-                update.first_events = [
-                    event(
-                        COMPLETED,
-                        self.outcome.at_ms / 1000,
-                        source=self.outcome.source,
-                        event_type=self.outcome.event_type,
-                        state=self.outcome.state,
-                    )
-                ]
+        outcome = self.outcome
+        if outcome is not None:
+            update.outcome = outcome.bounded(settings.operations.max_result)
+            if outcome.kind == "completion":
+                completed: Event = {"k": COMPLETED, "t": outcome.at_ms, "source": outcome.source}
+                if outcome.event_type is not None:
+                    completed["event_type"] = outcome.event_type
+                completed["state"] = outcome.state
+                update.first_events = [completed]
         if self._track is None:  # no tracking record: this write makes the operation
             update.create = self._fields(self.tenant)
             update.ttl_ms = self._ttl_ms()
@@ -313,7 +330,7 @@ class Journal:
         """How long the operation is kept: as long as its call is tracked, its status URL
         answers, and its Idempotency-Key is remembered, whichever is longest."""
         assert self.route is not None
-        settings = self.request.app[RUNTIME].settings
+        settings = self.settings
         keep = [settings.tracking_ttl, settings.operations.retention]
         if self.route.idempotency is not None:
             keep.append(self.route.idempotency.ttl)
@@ -327,6 +344,11 @@ def note(request: web.Request, correlation_id: str, kind: str, **fields: Any) ->
     if ops is None:
         return
     ttl_ms = int(request.app[RUNTIME].settings.tracking_ttl * 1000)
-    ops.writer.soon(
-        Update(correlation_id, [event(kind, time.time(), **fields)], events_ttl_ms=ttl_ms)
+    ops.writer.later(
+        Update(
+            correlation_id,
+            [event(kind, time.time(), **fields)],
+            events_ttl_ms=ttl_ms,
+            routine=kind not in MILESTONES,
+        )
     )

@@ -25,6 +25,7 @@ from ..http.pool import POOL
 from ..http.upstream import UPSTREAM_ERRORS
 from ..metrics import METRICS
 from ..operations import OPERATIONS
+from ..operations.records import Outcome
 from ..operations.writer import completed
 from ..routing import RUNTIME
 from ..state import POLLERS, TRACKER
@@ -101,14 +102,13 @@ async def completion_learnt(
         resource = None
         if route.respond.body == "location" and answer is not None and 200 <= answer.status < 300:
             resource = (answer.body, answer.content_type)
-        ops.writer.soon(
+        ops.writer.later(
             completed(
                 tracked.identity,
-                completion,
-                time.time(),
+                completion.correlation_id,
+                Outcome.of_completion(completion, time.time(), resource),
                 max_result=settings.operations.max_result,
                 events_ttl_ms=int(settings.tracking_ttl * 1000),
-                resource=resource,
             )
         )
     await app[PUBLISHER].publish(route, completion, tracked)

@@ -49,18 +49,20 @@ class NotAllowed(SidecarError):
 
 def monitors(request: web.Request) -> bool:
     """True when the request is for the status monitor (whose paths never reach the API)."""
-    if request.app[TRACKER] is None:
-        return False  # no Redis, no monitor: the path is the API's like any other
-    prefix = request.app[RUNTIME].settings.operations.path + "/"
-    return request.rel_url.raw_path.startswith(prefix)
+    settings = request.app[RUNTIME].settings
+    # No Redis, no monitor: the path is the API's like any other. The raw target as sent (no
+    # URL object is built for the calls that are not for it).
+    return settings.redis_url is not None and request.raw_path.startswith(
+        settings.operations.path + "/"
+    )
 
 
 def point_at_monitor(request: web.Request, route: Route, accepted: Accepted) -> str | None:
     """Give the fallback 202 the monitor's Location (a new token) when the route asks for it or
     the API gave none; the token, or None when the API's Location stays."""
-    if request.app[TRACKER] is None:
-        return None
     if route.respond.location != "sidecar" and accepted.client_location is not None:
+        return None
+    if request.app[TRACKER] is None:
         return None
     settings = request.app[RUNTIME].settings
     token = new_token()
@@ -116,7 +118,8 @@ async def answer_status(request: web.Request, call: CallContext) -> web.StreamRe
 
 async def _authorised(request: web.Request, ops: Operations) -> Operation | None:
     """The operation the token names, if the caller may read it."""
-    token = request.rel_url.raw_path[len(request.app[RUNTIME].settings.operations.path) + 1 :]
+    path = request.raw_path.partition("?")[0]
+    token = path[len(request.app[RUNTIME].settings.operations.path) + 1 :]
     if not TOKEN_RE.match(token):
         return None
     found = await ops.store.token(token)

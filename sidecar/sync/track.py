@@ -61,12 +61,13 @@ def track_later(
             return None
         return journal.intake(tenant, wait_id, accepted, token=token, created_at=created_at)
 
+    tenant = hasher.tenant_now(credential) if known else None
     record = TrackedCall(
         wait_id=wait_id,
         correlation_id=call.correlation_id,
         route=route.name,
         # The keyed hash of `credential`; while its key is still to be loaded, in the task.
-        tenant=hasher.tenant_now(credential) if known else None,
+        tenant=tenant,
         # Absolute: a webhook receiver does not know the origin the caller used.
         location=str(URL(call.origin).join(URL(accepted.client_location)))
         if accepted.client_location
@@ -74,11 +75,11 @@ def track_later(
         upstream_location=str(accepted.upstream_location) if accepted.upstream_location else None,
         created_at=created_at,
         traceparent=call.trace.traceparent if call.trace else "",
+        intake=intake(tenant) if known else None,
     )
     if not known:  # the key is still to be loaded from Redis: a task does both
         return app[POLLERS].spawn(_write(app, tracker, record, credential, intake))
     # The common case, kept lean: the record joins the next batch; no task of its own.
-    record = dataclasses.replace(record, intake=intake(record.tenant)) if journal else record
     written = tracker.record_soon(record)
     outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
     written.add_done_callback(lambda done: _settled(done, outcome, record))

@@ -22,6 +22,7 @@ from ..completions.completion import Event, MalformedEvent, Status
 from ..completions.decoder import Decoder
 from ..config import Route, Settings
 from ..operations import Operations
+from ..operations.records import Outcome
 from ..operations.writer import completed
 from ..routing import Runtime
 from ..tasks import checkpoint
@@ -34,6 +35,7 @@ from .runtime import WebhookRuntime
 logger = logging.getLogger(__name__)
 
 UNTRACKED_GRACE_S = 4.0
+OUTCOME_TRIES = 5  # reads an outcome may wait for its operation (its intake may trail it)
 RETRY_PENDING_S = 0.1
 CLAIM_IDLE_S = 15.0  # longer than the grace: an entry being retried here is never stolen
 BLOCK_MS = 1000
@@ -56,6 +58,8 @@ class Pending:
     status: Status
     event: Event
     first_seen: float
+    recorded: bool = False  # its operation's outcome is written (or there is none to write)
+    tries: int = 0
 
 
 class Dispatcher:
@@ -161,7 +165,7 @@ class Dispatcher:
             return False  # no route uses this event type
         route, status, event = found
         self._pending[(stream, entry_id)] = Pending(
-            stream, entry_id, route, status, event, time.monotonic()
+            stream, entry_id, route, status, event, time.monotonic(), self.operations is None
         )
         return True
 
@@ -174,15 +178,17 @@ class Dispatcher:
         items = list(self._pending.values())
         subs = await self.store.snapshot()
         tracked: list[TrackedCall | None] = [None] * len(items)
-        # Nobody subscribed and no operations to record: nothing to look up, all done.
-        waiting = bool(subs) or self.operations is not None
-        if waiting:
+        # The tracked calls, when anything needs them: a subscription (fan-out goes to the
+        # call's owner), or an operation whose correlation id is not the completion's id.
+        if subs or any(not i.recorded and i.route.correlation.source != "request" for i in items):
             tracked = await self.tracker.get_many([i.event.correlation_id for i in items])
+        await self._record_outcomes(items, tracked)
         now = time.monotonic()
         ready: list[tuple[Pending, TrackedCall | None]] = [
             (item, call)
             for item, call in zip(items, tracked, strict=True)
-            if not waiting or call is not None or now - item.first_seen > UNTRACKED_GRACE_S
+            if ((call is not None or not subs) and item.recorded)
+            or now - item.first_seen > UNTRACKED_GRACE_S
         ]
         messages = [
             message
@@ -194,12 +200,11 @@ class Dispatcher:
                 item.event.data,
                 item.event.correlation_id,
                 call,
-                int(item.entry_id.split("-")[0]) / 1000,
+                _entry_time(item.entry_id),
                 f"{item.stream}/{item.entry_id}",
             )
         ]
         count = await self.outbox.enqueue_many(messages)
-        await self._record_outcomes(ready)
         await self._ack([(item.stream, item.entry_id) for item, _ in ready])
         for item, _ in ready:
             del self._pending[(item.stream, item.entry_id)]
@@ -209,26 +214,37 @@ class Dispatcher:
                 extra={"completions": len(ready), "messages": len(messages), "new": count},
             )
 
-    async def _record_outcomes(self, ready: list[tuple[Pending, TrackedCall | None]]) -> None:
-        """Each tracked call's outcome on its operation (one batch; the first record wins)."""
+    async def _record_outcomes(
+        self, items: list[Pending], tracked: list[TrackedCall | None]
+    ) -> None:
+        """Each completion's outcome on the operation waiting on it (one batch; the first
+        writer of an outcome wins). An operation not found yet (its intake trails its event)
+        is tried again with the next reads, a few times."""
         if self.operations is None:
             return
         settings = self.settings
-        writes = [
-            self.operations.writer.soon(
-                completed(
-                    call.identity,
-                    item.event.completion(item.status),
-                    int(item.entry_id.split("-")[0]) / 1000,
-                    max_result=settings.operations.max_result,
-                    events_ttl_ms=int(settings.tracking_ttl * 1000),
-                )
+        todo = []
+        for item, call in zip(items, tracked, strict=True):
+            if item.recorded:
+                continue
+            if call is not None:
+                cid = call.identity
+            elif item.route.correlation.source == "request":
+                cid = item.event.correlation_id  # a call's own id is what its event carries
+            else:
+                continue  # its correlation id is in its tracking record, not written yet
+            outcome = Outcome.of_event(item.event, item.status, _entry_time(item.entry_id))
+            update = completed(
+                cid,
+                item.event.correlation_id,
+                outcome,
+                max_result=settings.operations.max_result,
+                events_ttl_ms=int(settings.tracking_ttl * 1000),
             )
-            for item, call in ready
-            if call is not None
-        ]
-        if writes:
-            await asyncio.gather(*writes)
+            todo.append((item, self.operations.writer.soon(update)))
+        for item, written in todo:
+            item.tries += 1
+            item.recorded = bool(await written) or item.tries >= OUTCOME_TRIES
 
     async def _ack(self, entries: list[tuple[str, str]]) -> None:
         """Acknowledge entries, one XACK per stream."""
@@ -244,3 +260,8 @@ class Dispatcher:
         while True:
             checkpoint()
             await self.run_once()
+
+
+def _entry_time(entry_id: str) -> float:
+    """When a stream entry was written (its id's milliseconds), in epoch seconds."""
+    return int(entry_id.split("-")[0]) / 1000

@@ -71,6 +71,7 @@ async def test_concurrent_and_later_retries_run_the_command_once_and_get_one_ans
     cid = env.api.calls[0]["cid"]
     await env.api.complete(cid, {"order": 7, "state": "placed"})
     held = [await first, *[await r for r in retries]]
+    await until_true(lambda: _outcome_known(env, cid))  # written a moment after the answers
     later = [await place(env.sidecar) for _ in range(2)]
     assert len(env.api.calls) == 1
     answers = held + later
@@ -160,6 +161,7 @@ async def test_an_upstream_5xx_releases_the_key_and_a_later_answer_is_replayed(
     env.api.status, env.api.answer_body = 201, b'{"order": 9}'
     await until_true(lambda: _released(env))
     created = await place(env.sidecar)
+    await until_true(lambda: _outcome_known(env, created.headers["X-Correlation-ID"]))
     again = await place(env.sidecar)
     assert len(env.api.calls) == 2
     assert (created.status, again.status) == (201, 201)
@@ -167,6 +169,10 @@ async def test_an_upstream_5xx_releases_the_key_and_a_later_answer_is_replayed(
     assert again.headers["Content-Type"] == "application/json"
     assert again.headers["Idempotent-Replayed"] == "true"
     assert again.headers["X-Correlation-ID"] == created.headers["X-Correlation-ID"]
+
+
+async def _outcome_known(env: Orders, cid: str) -> bool:
+    return await env.api.redis.hget(f"{env.prefix}:op:{{{cid}}}", "done") == b"1"
 
 
 async def _released(env: Orders) -> bool:
@@ -265,6 +271,7 @@ async def test_a_retry_on_another_replica_attaches_to_the_first(orders: OrdersFa
     assert [a.status for a in answers] == [200, 200]
     assert [await a.json() for a in answers] == [{"order": 11}] * 2
     assert len(env.api.calls) == 1
+    await until_true(lambda: _outcome_known(env, env.api.calls[0]["cid"]))
     later = await place(two)
     assert later.headers["Idempotent-Replayed"] == "true"
     assert await later.json() == {"order": 11}
@@ -277,6 +284,7 @@ async def test_a_failed_completion_is_replayed_not_retried(orders: OrdersFactory
     cid = env.api.calls[0]["cid"]
     await env.api.complete(cid, {"reason": "out of stock"}, ok=False)
     failed = await first
+    await until_true(lambda: _outcome_known(env, cid))
     again = await place(env.sidecar)
     assert (failed.status, again.status) == (500, 500)
     assert again.headers["Content-Type"] == "application/problem+json"
