@@ -15,6 +15,7 @@ the operator's expunge in `admin.operations`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter
@@ -41,6 +42,7 @@ class OperationMetrics:
     """`sidecar_idempotent_requests_total` and `sidecar_operation_status_reads_total`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        self._series: dict[tuple[str, str], Any] = {}
         self.idempotent = Counter(
             "sidecar_idempotent_requests",
             "Calls that carried an Idempotency-Key, by route and result (new, attach, replay, "
@@ -55,6 +57,14 @@ class OperationMetrics:
             ["result"],
             registry=registry,
         )
+
+    def count(self, route: str, result: str) -> None:
+        """One more call with an Idempotency-Key (the labelled child looked up once: routes
+        and results are bounded)."""
+        child = self._series.get((route, result))
+        if child is None:
+            child = self._series[(route, result)] = self.idempotent.labels(route, result)
+        child.inc()
 
     def follow(self, settings: Settings) -> None:
         """A config reload: the new routes' series at 0 too."""

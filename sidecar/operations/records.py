@@ -43,14 +43,19 @@ def digest(*parts: str | bytes) -> str:
 
 
 def scope_digest(tenant: str | None, route: str, key: str) -> str:
-    """Where an Idempotency-Key lives: the caller's tenant, the route, the key."""
-    return digest("idempotency", tenant or "-", route, key)
+    """Where an Idempotency-Key lives: the caller's tenant, the route, the key. None of the
+    three holds a line feed (a tenant is t_<hex>, a route name [A-Za-z0-9_.-], a key printable
+    ASCII), so joining them by one is unambiguous."""
+    return hashlib.sha256(f"idempotency\n{tenant or '-'}\n{route}\n{key}".encode()).hexdigest()
 
 
 def fingerprint(method: str, target: str, body: bytes) -> str:
     """What makes two requests "the same" for an Idempotency-Key: method, path and query,
-    body. Only this digest is kept, never the body."""
-    return digest("request", method, target, body)
+    body. Only this digest is kept, never the body. A method and a request target hold no
+    line feed (HTTP forbids it), so the body follows them unambiguously."""
+    h = hashlib.sha256(f"request\n{method}\n{target}\n".encode("utf-8", "surrogateescape"))
+    h.update(body)
+    return h.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import secrets
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -47,6 +46,7 @@ from ..http.context import CallContext
 from ..http.headers import response_headers
 from ..http.pool import UpstreamResponse
 from ..http.upstream import CHUNK, Relayed, Replayed, relay, request_target
+from ..ids import new_id
 from ..keys import idempotency_key
 from ..logs import Every
 from ..operations import OPERATIONS, Operations
@@ -97,7 +97,8 @@ def key_of(request: web.Request, header: str) -> str | None:
     key = values[0].strip()
     if len(key) >= 2 and key[0] == key[-1] == '"':
         key = key[1:-1].replace('\\"', '"').replace("\\\\", "\\")
-    if not key.strip() or len(key) > MAX_KEY or not all(" " <= c <= "~" for c in key):
+    # Printable ASCII (0x20-0x7E) only: isascii() and isprintable() together say exactly that.
+    if not key.strip() or len(key) > MAX_KEY or not (key.isascii() and key.isprintable()):
         raise BadRequest(
             f"{header} must be 1-{MAX_KEY} printable ASCII characters (a UUID, say)",
             kind="idempotency",
@@ -127,7 +128,7 @@ async def own_call(
         key = key_of(request, spec.header)
     except BadRequest:
         if ops is not None:
-            ops.metrics.idempotent.labels(route.name, "invalid").inc()
+            ops.metrics.count(route.name, "invalid")
         raise
     if key is None or ops is None or tracker is None:
         await own_correlation_id(request, call)
@@ -156,7 +157,7 @@ async def own_call(
         if held is None:
             return _claimed(call, route, ops, journal, scope, mine)
         if held.fingerprint != mine.fingerprint:
-            ops.metrics.idempotent.labels(route.name, "mismatch").inc()
+            ops.metrics.count(route.name, "mismatch")
             call.idempotency = "mismatch"
             raise Unprocessable(
                 f"this {spec.header} was used with another request (method, path or body); "
@@ -177,7 +178,7 @@ def _hold(request: web.Request, method: str, body: bytes) -> IdemHold:
     proxy = request.app[RUNTIME].settings.proxy
     lease_ms = now_ms() + int((proxy.connect_timeout + proxy.read_timeout + LEASE_MARGIN_S) * 1000)
     target = fingerprint(method, request_target(request), body)
-    return IdemHold(secrets.token_hex(12), target, lease_ms, "")
+    return IdemHold(new_id().replace("-", ""), target, lease_ms, "")
 
 
 def _key_claim(request: web.Request, route: Route, scope: str, hold: IdemHold) -> Claim:
@@ -190,7 +191,7 @@ def _key_claim(request: web.Request, route: Route, scope: str, hold: IdemHold) -
 def _claimed(
     call: CallContext, route: Route, ops: Operations, journal: Journal, scope: str, hold: IdemHold
 ) -> Claimed:
-    ops.metrics.idempotent.labels(route.name, "new").inc()
+    ops.metrics.count(route.name, "new")
     call.idempotency = "new"
     journal.idem = (scope, hold.owner)
     return Claimed(scope, hold.owner)
@@ -206,7 +207,7 @@ def _unclaimed(
     """Redis did not answer: forwarded without a claim, as the API alone would be."""
     if supplied is not None:
         keep_or_mint(request, call, None)
-    ops.metrics.idempotent.labels(route.name, "unavailable").inc()
+    ops.metrics.count(route.name, "unavailable")
     call.idempotency = "unavailable"
     if _unavailable_log.ready():
         logger.warning(
@@ -264,7 +265,7 @@ async def _follow(
             reason = "budget" if holding else "prefer"
             return _accepted_again(request, call, route, ops, op, journal, applied, reason)
         if remaining <= 0 or not holding:
-            ops.metrics.idempotent.labels(route.name, "in_progress").inc()
+            ops.metrics.count(route.name, "in_progress")
             call.idempotency = "in_progress"
             retry_after = max(1, int(route.respond.retry_after))
             raise Conflict(
@@ -303,7 +304,7 @@ async def _answered(
         return _accepted_again(request, call, route, ops, op, journal, applied, "location")
     answer.headers[REPLAYED] = "true"
     result = "replay" if kind == IDEMPOTENT_REPLAY else "attach"
-    ops.metrics.idempotent.labels(route.name, result).inc()
+    ops.metrics.count(route.name, result)
     journal.follows(op.correlation_id, kind)
     return answer
 
@@ -322,7 +323,7 @@ def _accepted_again(
     _as_retry_of(call, op, IDEMPOTENT_ATTACH)
     answer = fallback(request, call, accepted_of(op), applied, reason)
     answer.headers[REPLAYED] = "true"
-    ops.metrics.idempotent.labels(route.name, "attach").inc()
+    ops.metrics.count(route.name, "attach")
     journal.follows(op.correlation_id, IDEMPOTENT_ATTACH, reason=reason)
     return answer
 

@@ -311,7 +311,7 @@ class Journal:
             update.idem_digest, update.idem_owner = self.idem
             update.release = True
             if self.ops is not None and self.route is not None:
-                self.ops.metrics.idempotent.labels(self.route.name, "released").inc()
+                self.ops.metrics.count(self.route.name, "released")
         elif self._track is None and outcome is not None:
             update.idem_digest, update.idem_owner = self.idem
 

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 
+from devtools.redis_server import RedisServer
 from sidecar.keys import idempotency_key
 from sidecar.operations.records import IdemHold, fingerprint, scope_digest
 from sidecar.state import HASHER
@@ -326,3 +327,23 @@ async def test_the_access_log_says_what_the_key_did(
         await place(env.sidecar, Prefer="respond-async")
     said = [r.__dict__.get("idempotency") for r in caplog.records if r.name == "sidecar.access"]
     assert said == ["new", "attach"]
+
+
+async def test_with_redis_down_a_call_with_a_key_is_forwarded_as_the_api_alone_would_have_it(
+    start_upstream: Upstream,
+    start_sidecar: SidecarFactory,
+    own_redis: RedisServer,
+    key_prefix: str,
+) -> None:
+    client = aioredis.Redis.from_url(own_redis.url)
+    route = order_route(f"{key_prefix}:orders.events", budget="300ms")
+    env = await start_orders(
+        start_upstream, start_sidecar, client, own_redis.url, key_prefix, route=route
+    )
+    own_redis.stop()
+    resp = await place(env.sidecar)
+    assert resp.status == 202  # never a 5xx of ours
+    assert "Idempotent-Replayed" not in resp.headers
+    assert len(env.api.calls) == 1
+    assert idempotent(env.sidecar, "unavailable") == 1
+    await client.aclose()
