@@ -166,7 +166,9 @@ async def own_call(
         following = _Following(scope, held, mine, deadline, applied, holding)
         try:
             answered = await _follow(request, call, route, ops, journal, following)
-        except _Again:
+        except _Again:  # claimed anew, with a lease from now
+            mine = _hold(request, request.method, body or b"")
+            first_claims = [_key_claim(request, route, scope, mine)]
             continue
         if isinstance(answered, Claimed):
             return _claimed(call, route, ops, journal, answered.scope, mine)

@@ -160,20 +160,28 @@ class Journal:
         if self.on:
             self._follows = (correlation_id, kind, fields)
 
-    def intake(self, tenant: str | None, wait_id: str, accepted: Accepted, **more: Any) -> Intake:
-        """The operation's first writes, to ride the tracking record (its events so far go
-        with it). `more`: token, token_digest, created_at (the record's), kept (the 202)."""
+    def intake(
+        self,
+        tenant: str | None,
+        wait_id: str,
+        accepted: Accepted,
+        *,
+        created_at: float,
+        token: str | None = None,
+    ) -> Intake:
+        """The operation's first writes, to ride the tracking record written at `created_at`
+        (its events so far go with it; `token`: its status URL's, if it has one)."""
         assert self.ops is not None and self.route is not None
         settings = self.settings
         call = self.call
         self.tenant = tenant
         fields = self._fields(tenant)
-        fields.update(wait_id=wait_id, tracked_at=repr(more["created_at"]))
+        # The record's created_at, exactly as the record writes it: message ids derive from it.
+        fields.update(wait_id=wait_id, tracked_at=repr(created_at))
         if accepted.client_location:
             fields["location"] = accepted.client_location
         if accepted.upstream_location is not None:
             fields["upstream_location"] = str(accepted.upstream_location)
-        token = more.get("token")
         if token is not None:
             fields["token"] = digest(token)
         body = b""
