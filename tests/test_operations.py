@@ -291,3 +291,19 @@ async def test_a_reused_correlation_id_never_reads_the_earlier_calls_operation(
     theirs = await status(env.sidecar, second.headers["Location"], B)
     assert theirs.status == 202  # B's own, pending: nothing of A's
     assert (await status(env.sidecar, first.headers["Location"], A)).status == 404
+
+
+async def test_a_202_the_sidecar_cannot_follow_gets_no_status_url(
+    orders: OrdersFactory, key_prefix: str
+) -> None:
+    # The id is to come from the Location, and the API sent none: nothing to wait on, so no
+    # status URL either (nothing would ever answer it).
+    route = order_route(
+        f"{key_prefix}:orders.events",
+        correlation={"source": "location"},
+        respond={"location": "sidecar"},
+    )
+    env = await orders(route=route, location=False)
+    resp = await place(env.sidecar)
+    assert resp.status == 202
+    assert "Location" not in resp.headers

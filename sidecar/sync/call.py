@@ -192,7 +192,7 @@ async def _synchronise(
         if not isinstance(accepted, Accepted):
             journal.relayed(accepted, kept_body(accepted) if claim else None)
             return accepted
-        token = accept(request, call, route, accepted, journal)
+        accept(route, accepted, journal)
         wait_id = completion_id(route, call, accepted)
         if wait_id is None:
             logger.warning(
@@ -202,8 +202,8 @@ async def _synchronise(
             return fallback(request, call, accepted, applied, "no_id")
         if wait_id != call.correlation_id:
             call.operation_id = wait_id
-        if token is None:
-            token = point_at_monitor(request, route, accepted)
+        # Only a call that will be tracked gets a status URL: nothing else would answer it.
+        token = point_at_monitor(request, route, accepted)
         journal.holding(holding, shed, budget)
         track = track_later(request, call, route, wait_id, accepted, journal, token)
         journal.tracked(track)
@@ -236,16 +236,11 @@ async def _synchronise(
     return await answer(request, call, route, accepted, verdict, applied, journal)
 
 
-def accept(
-    request: web.Request, call: CallContext, route: Route, accepted: Accepted, journal: Journal
-) -> str | None:
-    """The upstream answered 202: journaled (its Location only when clients are meant to use
-    it), and pointed at the status monitor when the route says so; the monitor's token."""
+def accept(route: Route, accepted: Accepted, journal: Journal) -> None:
+    """The upstream answered 202: journaled, with its Location only when clients are meant to
+    use it (with `respond.location: sidecar` it may be internal)."""
     shown = accepted.client_location if route.respond.location == "upstream" else None
     journal.upstream_answered(accepted.status, shown)
-    if route.respond.location == "sidecar":
-        return point_at_monitor(request, route, accepted)
-    return None
 
 
 def kept_body(response: web.StreamResponse) -> bytes | None:
@@ -273,10 +268,10 @@ async def finish_abandoned(
         return
     journal.resume()
     if isinstance(accepted, Accepted):
-        token = accept(request, call, route, accepted, journal)
+        accept(route, accepted, journal)
         wait_id = completion_id(route, call, accepted)
         if wait_id is not None:
-            token = token or point_at_monitor(request, route, accepted)
+            token = point_at_monitor(request, route, accepted)
             track = track_later(request, call, route, wait_id, accepted, journal, token)
             journal.tracked(track)
             if poll_outlives(request.app, route):
