@@ -10,7 +10,10 @@ instructions of two loads, each after a warm-up:
 2. synchronised calls: `--calls` POSTs on a stream route, each on a connection of its own (as
    the proxy benchmark's intake), 20 at a time; the upstream publishes each completion while
    the sidecar holds the call (before its 202), so a call is whole: arrival, forward, 202,
-   tracking write, completion event, 200.
+   tracking write (with the operation's first timeline events), completion event, 200 (and
+   the operation's closing write);
+3. idempotent calls: the same on a route with `idempotency: {}`, each call with a key of its
+   own, so each also claims its Idempotency-Key (for checkouts that have it; "-" otherwise).
 
 Instructions per call = the load's instructions minus the background's (the stream reader, the
 webhook loops: counted alone, idle, for as long as the load took) / calls. The upstream (aiohttp)
@@ -37,16 +40,34 @@ import redis.asyncio as aioredis
 
 from devtools.redis_server import RedisServer, answers, free_port
 
-from .harness import ROOT, STREAM_ROUTE, spawn, stop_process, wait_http
+from .harness import STREAM_ROUTE, spawn, stop_process, wait_http
 
-LOADS = ("passthrough", "synchronised")
+LOADS = ("passthrough", "synchronised", "idempotent")
+IDEMPOTENT_ROUTE = """
+  - name: bench-idempotent
+    method: POST
+    path: /pjobs
+    budget: 300s
+    idempotency: {{}}
+    wait:
+      stream: {{key: {prefix}:events, success: [Done], failure: [Failed]}}
+"""
 TOTALS = re.compile(rb"^(?:totals|summary): (\d+)", re.MULTILINE)
+HERE = Path(__file__).resolve().parents[1]
 
 
-def config(port: int, admin: int, upstream: str, redis_url: str, prefix: str) -> str:
-    """One stream route on POST /jobs; every other path passes through. Timeouts are generous:
-    under callgrind the sidecar runs ~50x slower."""
-    return f"""
+def idempotency_in(tree: Path) -> bool:
+    """True when the checkout knows `idempotency:` on routes."""
+    return (tree / "sidecar" / "sync" / "idempotency.py").exists()
+
+
+def config(
+    port: int, admin: int, upstream: str, redis_url: str, prefix: str, idempotent: bool
+) -> str:
+    """One stream route on POST /jobs (and, with `idempotent`, the same with idempotency on
+    POST /pjobs); every other path passes through. Timeouts are generous: under callgrind the
+    sidecar runs ~50x slower."""
+    base = f"""
 listen: 127.0.0.1:{port}
 admin_listen: 127.0.0.1:{admin}
 upstream: {upstream}
@@ -65,6 +86,7 @@ routes:
     wait:
       stream: {{key: {prefix}:events, success: [Done], failure: [Failed]}}
 """
+    return base + (IDEMPOTENT_ROUTE.format(prefix=prefix) if idempotent else "")
 
 
 class Callgrind:
@@ -75,7 +97,10 @@ class Callgrind:
         self.prefix = f"bench-cg-{uuid.uuid4().hex[:8]}"
         self.port, self.admin_port = free_port(), free_port()
         self.config = tmp / f"sidecar-{self.port}.yaml"
-        self.config.write_text(config(self.port, self.admin_port, upstream, redis_url, self.prefix))
+        self.idempotent = idempotency_in(tree)
+        self.config.write_text(
+            config(self.port, self.admin_port, upstream, redis_url, self.prefix, self.idempotent)
+        )
         self.out = tmp / f"cg-{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -149,16 +174,18 @@ async def passthrough(session: aiohttp.ClientSession, base: str, calls: int) -> 
     await asyncio.gather(*(one(calls // 10 + (n < calls % 10)) for n in range(10)))
 
 
-async def synchronised(base: str, stream: str, calls: int) -> None:
-    """`calls` synchronised calls, 20 at a time, each on a connection of its own."""
+async def synchronised(base: str, stream: str, calls: int, path: str = "/jobs") -> None:
+    """`calls` synchronised calls, 20 at a time, each on a connection of its own; on /pjobs
+    each with an Idempotency-Key of its own."""
     connector = aiohttp.TCPConnector(force_close=True, limit=20)
     timeout = aiohttp.ClientTimeout(total=600)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
 
         async def one() -> None:
-            async with session.post(
-                f"{base}/jobs", data=b"{}", headers={"X-Bench-Complete": stream}
-            ) as resp:
+            headers = {"X-Bench-Complete": stream}
+            if path == "/pjobs":
+                headers["Idempotency-Key"] = uuid.uuid4().hex
+            async with session.post(f"{base}{path}", data=b"{}", headers=headers) as resp:
                 await resp.read()
                 assert resp.status == 200, (resp.status, resp.headers)
 
@@ -175,12 +202,19 @@ async def measure(tree: Path, args: argparse.Namespace, upstream: str, redis_url
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as session:
                 await passthrough(session, sc.base, 50)  # warm-up
                 await synchronised(sc.base, stream, 40)
+                if sc.idempotent:
+                    await synchronised(sc.base, stream, 40, "/pjobs")
                 sc.control("--instr=on")
                 result: dict[str, Any] = {"tree": str(tree)}
-                for name, load in (
+                loads = [
                     ("passthrough", lambda: passthrough(session, sc.base, args.calls)),
                     ("synchronised", lambda: synchronised(sc.base, stream, args.calls)),
-                ):
+                ]
+                if sc.idempotent:
+                    loads.append(
+                        ("idempotent", lambda: synchronised(sc.base, stream, args.calls, "/pjobs"))
+                    )
+                for name, load in loads:
                     sc.control("--zero")
                     started = time.monotonic()
                     await load()
@@ -229,7 +263,7 @@ async def run(args: argparse.Namespace) -> int:
             "--redis-url",
             redis_url,
         ],
-        cwd=ROOT,
+        cwd=HERE,
     )
     try:
         await wait_http(f"http://127.0.0.1:{upstream_port}/stats", timeout_s=30)
@@ -241,16 +275,21 @@ async def run(args: argparse.Namespace) -> int:
         stop_process(upstream)
         if server is not None:
             server.close()
-    print("\n| checkout | pass-through, instructions per call | synchronised call |")
-    print("|---|---|---|")
+    print(
+        "\n| checkout | pass-through, instructions per call | synchronised call | idempotent call |"
+    )
+    print("|---|---|---|---|")
     for r in results:
-        print(
-            f"| {r['tree']} | {r['passthrough']['per_call'] / 1e6:.3f} M "
-            f"| {r['synchronised']['per_call'] / 1e6:.3f} M |"
-        )
+        cells = [f"{r[n]['per_call'] / 1e6:.3f} M" if n in r else "-" for n in LOADS]
+        print(f"| {r['tree']} | " + " | ".join(cells) + " |")
     if len(results) == 2:
-        ratios = [results[0][n]["per_call"] / results[1][n]["per_call"] for n in LOADS]
-        print(f"| this ÷ other | {ratios[0]:.3f} | {ratios[1]:.3f} |")
+        ratios = [
+            f"{results[0][n]['per_call'] / results[1][n]['per_call']:.3f}"
+            if n in results[0] and n in results[1]
+            else "-"
+            for n in LOADS
+        ]
+        print("| this ÷ other | " + " | ".join(ratios) + " |")
     return 0
 
 
@@ -262,7 +301,8 @@ def main() -> None:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--keep", metavar="DIR", help="keep each load's callgrind dump here")
     args = parser.parse_args()
-    args.trees = [ROOT] + ([Path(args.other).resolve()] if args.other else [])
+    # This checkout (bench/..), not harness.ROOT: a checkout is where its `sidecar/` lives.
+    args.trees = [HERE] + ([Path(args.other).resolve()] if args.other else [])
     raise SystemExit(asyncio.run(run(args)))
 
 

@@ -1,8 +1,8 @@
 """The wiring diagram: `create_app(settings)` builds the proxy app and its resources, in order.
 
 Startup runs the cleanup contexts top to bottom; shutdown undoes them in reverse:
-HTTP client → Redis → call tracking → completion hub and readers (Redis Streams, brokers) →
-pollers → webhooks → admin server.
+HTTP client → Redis → call tracking → operations → completion hub and readers (Redis
+Streams, brokers) → pollers → webhooks → admin server.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from .http.listener import ClientGuard, GuardedAppRunner
 from .http.pool import POOL
 from .http.upstream import create_pool
 from .metrics import METRICS, Metrics
+from .operations import OPERATIONS, Operations
 from .proxy import ProxyListener, proxy_handler
 from .routing import RUNTIME, Runtime
 from .sources.base import quiet_libraries
@@ -83,6 +84,21 @@ async def tracking_ctx(app: web.Application) -> AsyncIterator[None]:
     app[TRACKER] = CallTracker(redis, settings.key_prefix, settings.tracking_ttl) if redis else None
     app[HASHER] = TenantHasher(settings, redis)
     yield
+
+
+async def operations_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Operations (idempotency, the status monitor, timelines): with Redis only."""
+    connections, runtime = app[REDIS], app[RUNTIME]
+    if connections is None:
+        app[OPERATIONS] = None
+        yield
+        return
+    ops = Operations.create(connections.shared, runtime.settings, app[METRICS].registry)
+    app[OPERATIONS] = ops
+    runtime.on_reload.append(ops.metrics.follow)
+    yield
+    runtime.on_reload.remove(ops.metrics.follow)
+    await ops.writer.close()
 
 
 async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -145,6 +161,7 @@ async def admin_ctx(app: web.Application) -> AsyncIterator[None]:
         webhooks=app.get(WEBHOOKS),
         verifier=CredentialVerifier(app[POOL], app[RUNTIME], app[METRICS]),
         sources=app[SOURCE_HEALTH] if settings.sources else None,
+        operations=app[OPERATIONS],
     )
     admin = create_admin_app(services)
     runner = GuardedAppRunner(admin, guard=client_guard(app, "admin"), access_log=None)
@@ -190,6 +207,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.cleanup_ctx.append(http_ctx)
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(tracking_ctx)
+    app.cleanup_ctx.append(operations_ctx)
     app.cleanup_ctx.append(hub_ctx)
     app.cleanup_ctx.append(pollers_ctx)
     app.cleanup_ctx.append(webhooks_ctx)

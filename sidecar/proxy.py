@@ -1,5 +1,6 @@
-"""The proxy listener: every path belongs to the upstream. A request on a sync route is
-synchronised, a long-poll is held, everything else passes through, streamed.
+"""The proxy listener: every path belongs to the upstream, except the sidecar's own status
+monitor (`operations.path`, with Redis). A request on a sync route is synchronised, a long-poll
+is held, everything else passes through, streamed.
 
 `ProxyListener` begins each call (its context: route, upstream, client-facing origin, the
 correlation id) and ends it (metrics, the access log line); the shared error boundary runs
@@ -21,6 +22,7 @@ from .metrics import METRICS
 from .routing import RUNTIME
 from .sync.call import synchronise
 from .sync.longpoll import long_poll
+from .sync.status import answer_status, monitors
 from .trace import TRACEPARENT, TRACESTATE, begin, current
 
 logger = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ class ProxyListener:
                 "reason": context.reason,
                 "correlation_id": context.correlation_id,
                 "operation_id": context.operation_id,
+                "idempotency": context.idempotency,
                 "duration_ms": round(elapsed * 1000, 3),
                 "upstream_ms": _ms(context.upstream_s),
                 "wait_ms": _ms(context.wait_s),
@@ -106,6 +109,8 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     """Every path of the proxy listener."""
     call = request[CONTEXT]
     assert isinstance(call, CallContext)
+    if monitors(request):
+        return await answer_status(request, call)
     if call.route is not None and call.route.route.is_sync:
         return await synchronise(request, call)
     extra = await long_poll(request, call)

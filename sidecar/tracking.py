@@ -8,6 +8,8 @@ neither wait on it nor overwrite who it belongs to.
 
 Writes are group-committed: while one pipeline is in flight the next requests queue, and the
 whole queue goes in the next one, so a burst of 10,000 calls needs a few round trips, not 10,000.
+An operation's first timeline events, its status token and the binding of its Idempotency-Key
+ride the same script (`timeline.Intake`); claims of Idempotency-Keys ride the claims' pipeline.
 """
 
 from __future__ import annotations
@@ -23,7 +25,16 @@ import orjson
 from yarl import URL
 
 from .connections import Client, is_cluster, register, run_scripts
-from .keys import call_key, claim_key, location_key
+from .keys import (
+    call_key,
+    claim_key,
+    idempotency_key,
+    location_key,
+    operation_events_key,
+    operation_key,
+    status_token_key,
+)
+from .timeline import LUA_BIND, LUA_INTAKE, Intake
 
 WRITE_BATCH = 1000  # requests per pipeline
 RECORD_CHUNK = 32  # records per script on one server: each holds Redis well under 1 ms
@@ -32,20 +43,26 @@ State = Literal["pending", "succeeded", "failed"]
 T = TypeVar("T")
 R = TypeVar("R")
 
-# KEYS, for each call: its claim, its record and, when it has one, its Location's lookup key.
+# KEYS, for each call: its claim, its record and, when it has one, its Location's lookup key;
+# with an intake, its operation's hash and events, then its status token's key and its
+# Idempotency-Key when it has them.
 # ARGV: ttl_ms, then for each call: its token (its correlation id), its fields as a JSON object,
-# and the id its Location leads to ('' when no lookup key follows). A call's record is written
-# when its id is unclaimed (claimed now) or claimed by this very call, and only if no record
-# exists yet; its Location then leads to it, unless it leads to another call already. An id
-# claimed by another call marks that call's record `ambiguous`. One reply per call, in order:
-# 1 when written, 0 when the id belongs to another call.
-# On a cluster, one call per script without its lookup key (keys of one script share a slot);
-# on one server up to RECORD_CHUNK calls, so a burst costs one command per chunk, not per call.
-_RECORD = """
+# the id its Location leads to ('' when no lookup key follows), its intake (JSON, '' for none)
+# and the 202's body kept with it ('' for none). A call's record is written when its id is
+# unclaimed (claimed now) or claimed by this very call, and only if no record exists yet; its
+# Location then leads to it, unless it leads to another call already; its status token only
+# names a call so recorded. An id claimed by another call marks that call's record `ambiguous`.
+# One reply per call, in order: 1 when written, 0 when the id belongs to another call.
+# On a cluster, one call per script without its lookup key or intake (keys of one script share
+# a slot); on one server up to RECORD_CHUNK calls, so a burst costs one command per chunk.
+_RECORD = (
+    LUA_INTAKE
+    + LUA_BIND
+    + """
 local ttl = ARGV[1]
 local written = {}
 local k = 1
-for a = 2, #ARGV, 3 do
+for a = 2, #ARGV, 5 do
   local claim, record, token, leads_to = KEYS[k], KEYS[k + 1], ARGV[a], ARGV[a + 2]
   k = k + 2
   local lookup = nil
@@ -74,10 +91,42 @@ for a = 2, #ARGV, 3 do
     redis.call('PEXPIRE', record, ttl)
     if lookup then redis.call('SET', lookup, leads_to, 'NX', 'PX', ttl) end
   end
+  if ARGV[a + 3] ~= '' then
+    local spec = cjson.decode(ARGV[a + 3])
+    intake(KEYS[k], KEYS[k + 1], spec, ARGV[a + 4])
+    k = k + 2
+    if spec.tk then
+      if ok == 1 then redis.call('SET', KEYS[k], spec.tv, 'PX', spec.tt) end
+      k = k + 1
+    end
+    if spec.io then
+      bind(KEYS[k], spec.io, spec.ic)
+      k = k + 1
+    end
+  end
   written[#written + 1] = ok
 end
 return written
 """
+)
+
+# KEYS: operation, its events. ARGV: intake (JSON), the 202's body. A cluster's intake, in the
+# operation's own slot.
+_INTAKE = (
+    LUA_INTAKE
+    + """
+intake(KEYS[1], KEYS[2], cjson.decode(ARGV[1]), ARGV[2])
+return 1
+"""
+)
+
+# KEYS: an Idempotency-Key. ARGV: its owner, the correlation id. A cluster's binding.
+_BIND = (
+    LUA_BIND
+    + """
+return bind(KEYS[1], ARGV[1], ARGV[2])
+"""
+)
 
 # KEYS: call. ARGV: state. Marks a tracked call done once; never creates a record.
 _FINISH = """
@@ -102,6 +151,7 @@ class TrackedCall:
     correlation_id: str = ""  # the call's identity; empty means the same as wait_id
     traceparent: str = ""  # the sidecar's span of the call: its deliveries are its children
     ambiguous: bool = False  # another call waits on the same id: completions by it are nobody's
+    intake: Intake | None = None  # its operation's first writes, made with the record
 
     @property
     def identity(self) -> str:
@@ -112,6 +162,17 @@ class TrackedCall:
     def operation_id(self) -> str | None:
         """The id the completion was matched on, when it is not the correlation id."""
         return self.wait_id if self.wait_id != self.identity else None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A `SET key value NX PX ttl_ms` made before a call is forwarded (a correlation id, an
+    Idempotency-Key); with `get`, the reply is the value already there (None: claimed now)."""
+
+    key: str
+    value: str
+    ttl_ms: int
+    get: bool = False
 
 
 def location_lookup_path(url: str | URL) -> str:
@@ -178,7 +239,9 @@ class CallTracker:
         self.ttl_ms = int(ttl_s * 1000)
         self._record_script = register(redis, _RECORD)
         self._finish_script = register(redis, _FINISH)
-        self._claims: GroupCommit[tuple[str, str], bool] = GroupCommit(
+        self._intake_script = register(redis, _INTAKE)
+        self._bind_script = register(redis, _BIND)
+        self._claims: GroupCommit[list[Claim], list[Any]] = GroupCommit(
             self._claim_batch, claim_timeout_s
         )
         self._records: GroupCommit[TrackedCall, bool] = GroupCommit(
@@ -187,7 +250,17 @@ class CallTracker:
 
     async def claim(self, wait_id: str, token: str) -> bool:
         """Claim `wait_id` for the call `token` names; False when another call holds it."""
-        return await self._claims.submit((wait_id, token))
+        (reply,) = await self._claims.submit([self.id_claim(wait_id, token)])
+        return bool(reply)
+
+    def id_claim(self, wait_id: str, token: str) -> Claim:
+        """The claim of an id a call waits on (see `claim`)."""
+        return Claim(claim_key(self.prefix, wait_id), token, self.ttl_ms)
+
+    async def claim_all(self, claims: list[Claim]) -> list[Any]:
+        """Make several claims of one call in one round trip (shared with other calls'): each
+        reply is True/None for a plain claim, None/the value held for one with `get`."""
+        return await self._claims.submit(claims)
 
     async def record(self, call: TrackedCall) -> bool:
         """Write a call's record once; False when its id belongs to another call (or it was
@@ -198,16 +271,19 @@ class CallTracker:
         """`record` as a future: no task of its own per call."""
         return self._records.soon(call)
 
-    async def _claim_batch(self, claims: list[tuple[str, str]]) -> list[bool]:
+    async def _claim_batch(self, batch: list[list[Claim]]) -> list[list[Any]]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            for wait_id, token in claims:
-                pipe.set(claim_key(self.prefix, wait_id), token, nx=True, px=self.ttl_ms)
-            replies = await pipe.execute()
-        return [bool(reply) for reply in replies]
+            for claims in batch:
+                for c in claims:
+                    pipe.set(c.key, c.value, nx=True, px=c.ttl_ms, get=c.get)
+            replies = iter(await pipe.execute())
+        return [[next(replies) for _ in claims] for claims in batch]
 
     async def _record_batch(self, calls: list[TrackedCall]) -> list[bool]:
         cluster = is_cluster(self.redis)
-        items = [self._record_item(call, with_lookup=not cluster) for call in calls]
+        if cluster:  # first, so a record found by the dispatcher has its operation beside it
+            await self._write_intakes([c.intake for c in calls if c.intake is not None])
+        items = [self._record_item(call, in_one=not cluster) for call in calls]
         chunk = 1 if cluster else RECORD_CHUNK
         batch = []
         for n in range(0, len(items), chunk):
@@ -220,7 +296,46 @@ class CallTracker:
             await self._write_lookups(
                 [c for c, ok in zip(calls, written, strict=True) if ok and c.upstream_location]
             )
+            await self._write_tokens(
+                [c.intake for c, ok in zip(calls, written, strict=True) if ok and c.intake]
+            )
         return written
+
+    async def _write_intakes(self, intakes: list[Intake]) -> None:
+        """A cluster's intakes: each operation in its slot, then each Idempotency-Key in its."""
+        if not intakes:
+            return
+        await run_scripts(
+            self.redis,
+            self._intake_script,
+            [(self._intake_keys(i), [i.spec(), i.accepted_body]) for i in intakes],
+        )
+        binds = [i for i in intakes if i.idem_digest is not None]
+        await run_scripts(
+            self.redis,
+            self._bind_script,
+            [
+                ([idempotency_key(self.prefix, i.idem_digest or "")], [i.idem_owner, i.identity])
+                for i in binds
+            ],
+        )
+
+    async def _write_tokens(self, intakes: list[Intake]) -> None:
+        """A cluster's status tokens, of calls whose records were written."""
+        tokens = [i for i in intakes if i.token_digest is not None]
+        if not tokens:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for i in tokens:
+                key = status_token_key(self.prefix, i.token_digest or "")
+                pipe.set(key, i.token_value, px=i.token_ttl_ms)
+            await pipe.execute()
+
+    def _intake_keys(self, intake: Intake) -> list[str]:
+        return [
+            operation_key(self.prefix, intake.identity),
+            operation_events_key(self.prefix, intake.identity),
+        ]
 
     async def _write_lookups(self, located: list[TrackedCall]) -> None:
         if not located:
@@ -231,8 +346,9 @@ class CallTracker:
                 pipe.set(key, call.wait_id, nx=True, px=self.ttl_ms)
             await pipe.execute()
 
-    def _record_item(self, call: TrackedCall, *, with_lookup: bool) -> tuple[list[str], list[Any]]:
-        """One call's keys and arguments of the record script."""
+    def _record_item(self, call: TrackedCall, *, in_one: bool) -> tuple[list[str], list[Any]]:
+        """One call's keys and arguments of the record script (`in_one`: with its lookup key
+        and intake, on one server)."""
         fields = {
             "route": call.route,
             "tenant": call.tenant or "",
@@ -245,10 +361,19 @@ class CallTracker:
         }
         keys = [claim_key(self.prefix, call.wait_id), call_key(self.prefix, call.wait_id)]
         leads_to = ""
-        if with_lookup and call.upstream_location:
+        if in_one and call.upstream_location:
             keys.append(self._lookup_key(call.upstream_location))
             leads_to = call.wait_id
-        return keys, [call.identity, orjson.dumps(fields), leads_to]
+        intake = call.intake if in_one else None
+        if intake is None:
+            return keys, [call.identity, orjson.dumps(fields), leads_to, "", ""]
+        keys += self._intake_keys(intake)
+        if intake.token_digest is not None:
+            keys.append(status_token_key(self.prefix, intake.token_digest))
+        if intake.idem_digest is not None:
+            keys.append(idempotency_key(self.prefix, intake.idem_digest))
+        args = [call.identity, orjson.dumps(fields), leads_to, intake.spec(), intake.accepted_body]
+        return keys, args
 
     def _lookup_key(self, upstream_location: str) -> str:
         return location_key(self.prefix, location_lookup_path(upstream_location))

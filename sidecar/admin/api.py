@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from . import catalog, messages, openapi, portal_sessions, subscriptions
+from . import catalog, messages, openapi, operations, portal_sessions, subscriptions
 from .endpoints import Handler, mount
 
 ENDPOINTS: tuple[Handler, ...] = (
@@ -34,6 +34,8 @@ ENDPOINTS: tuple[Handler, ...] = (
     messages.list_messages,
     messages.get_message,
     catalog.event_types,
+    operations.get_operation,
+    operations.expunge_operation,
     openapi.openapi_json,
 )
 

@@ -22,6 +22,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
 ID_RE = re.compile(ID_PATTERN)  # any other id is unknown, without asking Redis
+CORRELATION_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"  # a correlation id (the proxy's rule)
+CORRELATION_RE = re.compile(CORRELATION_PATTERN)
+PATH_PATTERNS = {"correlation_id": CORRELATION_PATTERN}  # path parameters that are not ids
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from ..config import Settings
 from .endpoints import (
     ID_PATTERN,
     MOUNTED,
+    PATH_PATTERNS,
     Access,
     Endpoint,
     Handler,
@@ -106,7 +107,7 @@ def _path_parameters(path: str) -> list[dict[str, Any]]:
             "name": name,
             "in": "path",
             "required": True,
-            "schema": {"type": "string", "pattern": ID_PATTERN},
+            "schema": {"type": "string", "pattern": PATH_PATTERNS.get(name, ID_PATTERN)},
         }
         for name in _PATH_PARAM.findall(path)
     ]
@@ -168,9 +169,9 @@ def openapi_document(settings: Settings, handlers: Sequence[Handler]) -> dict[st
         "info": {
             "title": "sidecar admin API",
             "version": __version__,
-            "description": "Webhook subscriptions, the message log, the event-type catalog and "
-            "portal sessions, on the admin listener. Errors are application/problem+json "
-            "(RFC 9457).",
+            "description": "Webhook subscriptions, the message log, the event-type catalog, "
+            "portal sessions and the timelines of operations, on the admin listener. Errors "
+            "are application/problem+json (RFC 9457).",
         },
         "servers": [{"url": "/"}],
         "tags": [{"name": t} for t in dict.fromkeys(op.tag for op in endpoints)],

@@ -13,6 +13,7 @@ from ..config import Settings
 from ..connections import RedisConnections
 from ..errors import Unavailable
 from ..metrics import Metrics
+from ..operations import Operations
 from ..routing import Runtime
 from ..sources.health import SourceHealth
 from ..tenancy import TenantHasher
@@ -32,6 +33,7 @@ class AdminServices:
     webhooks: WebhookRuntime | None  # None: webhooks do not run (no Redis configured)
     verifier: CredentialVerifier  # asks the upstream about client credentials (tenancy.verify)
     sources: SourceHealth | None = None  # the brokers' reads (None: no source declared)
+    operations: Operations | None = None  # None: no Redis configured
 
     @property
     def settings(self) -> Settings:
@@ -45,6 +47,14 @@ SERVICES = web.AppKey("admin_services", AdminServices)
 def services(request: web.Request) -> AdminServices:
     """The admin services (from the admin app, whichever of its sub-apps answers)."""
     return request.config_dict[SERVICES]
+
+
+def operations_of(request: web.Request) -> Operations:
+    """The operations services; 503 without Redis."""
+    operations = services(request).operations
+    if operations is None:
+        raise Unavailable("operations need redis_url")
+    return operations
 
 
 def webhooks_of(request: web.Request) -> WebhookRuntime:

@@ -251,3 +251,85 @@ class SubscriptionStats(View):
     failed: int
     success_rate: float | None = Field(..., description="0-1; null with no attempts.")
     last_attempt_at: str | None
+
+
+# --- operations ---------------------------------------------------------------------------------
+
+
+class OperationEvent(View):
+    """One step of an operation. Which fields an event has depends on its `kind`."""
+
+    at: str = Field(..., description="ISO 8601, UTC.")
+    kind: Literal[
+        "received",
+        "forwarded",
+        "upstream_answered",
+        "held",
+        "fallback",
+        "completed",
+        "answered",
+        "client_gone",
+        "long_poll",
+        "status_read",
+        "idempotent_attach",
+        "idempotent_replay",
+        "webhook_attempt",
+    ]
+    method: str | None = Field(None, description="received: the request's method.")
+    path: str | None = Field(None, description="received: the request's path.")
+    status: int | None = Field(
+        None,
+        description="upstream_answered, answered, status_read, long_poll (via status), "
+        "idempotent_*: the HTTP status answered; webhook_attempt: the receiver's.",
+    )
+    location: str | None = Field(None, description="upstream_answered: the 202's Location.")
+    reason: str | None = Field(
+        None, description="fallback: budget, prefer, shed, redis, no_id, location."
+    )
+    budget_ms: float | None = Field(None, description="held: how long it may be held.")
+    source: str | None = Field(None, description="completed: stream or poll.")
+    event_type: str | None = Field(None, description="completed: the completion's event type.")
+    outcome: str | None = Field(None, description="answered: sync_success, fallback_async, ...")
+    after_ms: float | None = Field(
+        None, description="Since the call was received (upstream_answered: since forwarded)."
+    )
+    result: str | None = Field(
+        None,
+        description="long_poll: released, timeout, shed, done; webhook_attempt: delivered, "
+        "retry, dead, disabled, failed.",
+    )
+    waited_ms: float | None = Field(None, description="long_poll: how long it was held.")
+    state: str | None = Field(
+        None,
+        description="completed: succeeded or failed; status_read, long_poll (via status): the "
+        "state answered.",
+    )
+    via: str | None = Field(None, description="long_poll, status_read: status (the sidecar's).")
+    message_id: str | None = Field(None, description="webhook_attempt: the message.")
+    subscription: str | None = Field(None, description="webhook_attempt: the subscription.")
+    attempt: int | None = Field(None, description="webhook_attempt: its number.")
+    trigger: str | None = Field(None, description="webhook_attempt: scheduled, manual or recover.")
+    error: str | None = Field(None, description="webhook_attempt: the error class, if any.")
+    duration_ms: float | None = Field(None, description="webhook_attempt: how long it took.")
+
+
+class OperationView(View):
+    """An operation (one synchronised call) and everything that happened to it, oldest first."""
+
+    correlation_id: str
+    operation_id: str | None = Field(
+        None, description="The id its completion carries, when not the correlation id."
+    )
+    route: str
+    state: Literal["pending", "succeeded", "failed", "expired"] = Field(
+        ...,
+        description="expired: the sidecar no longer follows it (its tracking ran out, or it "
+        "could not be tracked) and never learnt its completion.",
+    )
+    created_at: str
+    location: str | None = Field(None, description="The Location the client was given.")
+    owner: str | None = Field(None, description="Operator only: the client's t_... hash.")
+    events: list[OperationEvent]
+    events_dropped: int = Field(
+        0, description="Events left out because the operation's list was full."
+    )

@@ -2,7 +2,9 @@
 environment variables.
 
     types      durations, sizes, addresses, URLs, header names, secrets from files; `Model`
-    routes     a route: match, correlation, wait (stream, poll), respond, webhook events
+    routes     a route: match, correlation, wait (stream, poll), respond, idempotency, webhook
+               events
+    operations the sidecar's own status monitor (path, retention, stored results)
     blocks     process-level blocks: clients, proxy, stream reader, tenancy, readiness, log, Redis
     webhooks   webhook delivery, YAML-declared subscriptions, the portal
     sources    the brokers routes may wait on (`sources:`): Kafka, AMQP, NATS JetStream
@@ -24,11 +26,13 @@ from .loading import (
     load_settings,
     parse_settings,
 )
+from .operations import Operations
 from .routes import (
     EVENT_TYPE_PATTERN,
     HTTP_METHODS,
     Correlation,
     EventType,
+    Idempotency,
     PollWait,
     Respond,
     Route,
@@ -55,8 +59,10 @@ __all__ = [
     "DeclaredSubscription",
     "Duration",
     "EventType",
+    "Idempotency",
     "Log",
     "Model",
+    "Operations",
     "PollWait",
     "Portal",
     "Proxy",

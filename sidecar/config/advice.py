@@ -3,6 +3,7 @@ never fatal."""
 
 from __future__ import annotations
 
+from .routes import compile_path_template
 from .settings import Settings
 
 
@@ -42,4 +43,18 @@ def advice(settings: Settings) -> list[str]:
             "proxy.client: session is ignored: calls, polls and GETs of a Location all go "
             "through the one upstream client, the keep-alive pool (remove the key)"
         )
+    said += _shadowed_by_operations(settings)
     return said
+
+
+def _shadowed_by_operations(settings: Settings) -> list[str]:
+    """Routes whose paths the status monitor answers instead of the upstream."""
+    if settings.redis_url is None:
+        return []  # no status monitor without Redis: those paths reach the upstream
+    probe = settings.operations.path + "/" + "x" * 43
+    return [
+        f"routes[{index}].path: {route.path} also matches the status monitor's paths "
+        f"(operations.path {settings.operations.path}): the sidecar answers those itself"
+        for index, route in enumerate(settings.routes)
+        if compile_path_template(route.path).match(probe)
+    ]

@@ -2,7 +2,8 @@
 
 routes[].correlation     where the id to wait on comes from (request, location, body)
 routes[].wait            stream and/or poll
-routes[].respond         the answers (success/failure status, body, Retry-After)
+routes[].respond         the answers (success/failure status, body, Retry-After, whose Location)
+routes[].idempotency     retries with the same Idempotency-Key attach to (or replay) one call
 routes[].webhook_events  the webhook types its completions are published as
 """
 
@@ -191,6 +192,33 @@ class Respond(Model):
         description="event: the completion's data; location: a GET of the Location. Default event.",
     )
     retry_after: Duration = Field(2.0, description="Retry-After on the fallback 202. Default 2s.")
+    location: Literal["upstream", "sidecar"] = Field(
+        "upstream",
+        description="The Location of the fallback 202. upstream: the API's own (made "
+        "client-facing); sidecar: the sidecar's status monitor, {operations.path}/{token}, "
+        "answered from Redis (for a Location clients cannot use: none at all, internal, or "
+        "needing credentials they lack). A 202 without a Location gets the sidecar's whenever "
+        "Redis is configured. Default upstream.",
+    )
+
+
+MAX_IDEMPOTENCY_KEY = 255  # characters of an Idempotency-Key (what Stripe allows)
+
+
+class Idempotency(Model):
+    """Retries of one command with the same key run it once (`idempotency: {}` turns it on)."""
+
+    header: HeaderName = Field(
+        "Idempotency-Key",
+        description="Request header carrying the client's key (1-255 printable ASCII "
+        "characters, bare or as a quoted string). Default Idempotency-Key.",
+    )
+    ttl: Duration = Field(
+        86400.0,
+        gt=0,
+        description="How long a key is remembered after its first call (its outcome is kept "
+        "at least as long, for replays). Duration. Default 24h.",
+    )
 
 
 EVENT_TYPE_PATTERN = r"^\S{1,200}$"  # no whitespace: a type is one token in logs and filters
@@ -262,6 +290,12 @@ class Route(Model):
         None, description="How to wait. Without it the route is a named pass-through."
     )
     respond: Respond = Field(default_factory=Respond)
+    idempotency: Idempotency | None = Field(
+        None,
+        description="Retries with the same Idempotency-Key (scoped to the caller's credential "
+        "and this route) attach to the running call or replay its outcome; the upstream sees "
+        "the command once. Needs wait and redis_url. Default: off.",
+    )
     webhook_events: WebhookEvents = Field(default_factory=WebhookEvents)
 
     @field_validator("method")

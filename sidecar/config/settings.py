@@ -17,6 +17,7 @@ from pydantic_settings import (
 )
 
 from .blocks import Clients, Log, Proxy, Readiness, RedisSentinel, RedisTls, StreamReader, Tenancy
+from .operations import Operations
 from .routes import Route
 from .sources import Sources, check_sources
 from .types import (
@@ -125,6 +126,7 @@ class Settings(BaseSettings):
     routes: list[Route] = Field(default_factory=list, description="Ordered; first match wins.")
     webhooks: Webhooks = Field(default_factory=Webhooks)
     portal: Portal = Field(default_factory=Portal)
+    operations: Operations = Field(default_factory=Operations)
 
     @classmethod
     def settings_customise_sources(
@@ -201,6 +203,7 @@ def cross_check(raw: Mapping[str, Any]) -> list[str]:
         on_redis = not (isinstance(stream, Mapping) and stream.get("source") is not None)
         if not has_redis and stream and on_redis:
             problems.append(f"routes[{index}].wait.stream: a stream wait needs redis_url")
+        problems += _operations_need(route, index, has_redis)
     # Sources first, then every route's problems in route order.
     linked = check_sources(raw)
     on_routes = [p for p in (*problems, *linked) if p.startswith("routes[")]
@@ -210,4 +213,21 @@ def cross_check(raw: Mapping[str, Any]) -> list[str]:
     webhooks = raw.get("webhooks")
     if not has_redis and isinstance(webhooks, Mapping) and webhooks.get("subscriptions"):
         problems.append("webhooks.subscriptions: webhooks need redis_url")
+    return problems
+
+
+def _operations_need(route: Mapping[str, Any], index: int, has_redis: bool) -> list[str]:
+    """What a route's idempotency and sidecar Location need: a wait, and Redis."""
+    problems = []
+    if route.get("idempotency") is not None:
+        if not route.get("wait"):
+            problems.append(
+                f"routes[{index}].idempotency: needs wait (only synchronised routes hold calls "
+                "retries can attach to)"
+            )
+        if not has_redis:
+            problems.append(f"routes[{index}].idempotency: needs redis_url")
+    respond = route.get("respond")
+    if isinstance(respond, Mapping) and respond.get("location") == "sidecar" and not has_redis:
+        problems.append(f"routes[{index}].respond.location: sidecar needs redis_url")
     return problems

@@ -43,6 +43,7 @@ class CallContext(RequestContext):
     upstream_s: float | None = None
     wait_s: float | None = None
     client_stalled: bool = False  # the client was too slow sending its body
+    idempotency: str | None = None  # what its Idempotency-Key did (new, attach, replay, ...)
 
     @property
     def route_name(self) -> str:

@@ -31,19 +31,33 @@ CLAIM_TIMEOUT_S = 2.0  # longest a claim may delay a call before the sidecar min
 
 async def own_correlation_id(request: web.Request, call: CallContext) -> None:
     """Keep the client's correlation id only if this call can claim it; else mint one."""
-    app = request.app
-    supplied = request.headers.get(app[RUNTIME].settings.correlation_header)
-    if supplied != call.correlation_id:
+    supplied = supplied_id(request, call)
+    if supplied is None:
         return  # minted already (none sent, or malformed): unguessable, claimed when tracked
-    tracker = app[TRACKER]
-    reason = "no_redis"
+    tracker = request.app[TRACKER]
+    claimed: bool | None = False
     if tracker is not None:
         try:  # the claim's batch is bounded by the tracker (CLAIM_TIMEOUT_S): no timer here
-            if await tracker.claim(supplied, supplied):
-                return
-            reason = "in_use"
+            claimed = await tracker.claim(supplied, supplied)
         except REDIS_FAULTS:
-            reason = "redis"
+            claimed = None
+    keep_or_mint(request, call, claimed)
+
+
+def supplied_id(request: web.Request, call: CallContext) -> str | None:
+    """The client's own correlation id, when the call would use it (valid), else None."""
+    supplied = request.headers.get(request.app[RUNTIME].settings.correlation_header)
+    return supplied if supplied == call.correlation_id else None
+
+
+def keep_or_mint(request: web.Request, call: CallContext, claimed: bool | None) -> None:
+    """After the claim of the client's id: keep it (`claimed`), or mint one because it is in
+    use (False) or Redis did not answer (None)."""
+    if claimed:
+        return
+    app = request.app
+    supplied = call.correlation_id
+    reason = "no_redis" if app[TRACKER] is None else "redis" if claimed is None else "in_use"
     call.correlation_id = new_id()
     app[METRICS].correlation_replaced.labels(call.route_name, reason).inc()
     if _replaced_log.ready():

@@ -17,6 +17,8 @@ from ..logs import Every
 from ..metrics import METRICS
 from ..routing import RUNTIME
 from ..state import HUB, TRACKER
+from ..timeline import LONG_POLL
+from .journal import note
 from .polling import start_poll
 from .wait import HELD, Waits, wait_for_completion
 
@@ -52,9 +54,11 @@ async def long_poll(request: web.Request, call: CallContext) -> dict[str, str] |
     route, spec = compiled.route, compiled.route.wait
     headers = {"Preference-Applied": f"wait={prefs.wait_s:g}", "Vary": "Prefer"}
     if tracked.state != "pending":
+        note(request, tracked.identity, LONG_POLL, result="done")
         return headers
     if not request.app[HELD].take(route.name, route.max_waiting):
         call.reason = "long_poll_shed"
+        note(request, tracked.identity, LONG_POLL, result="shed")
         return headers
     loop = asyncio.get_running_loop()
     budget = min(prefs.wait_s, route.budget)
@@ -79,4 +83,7 @@ async def long_poll(request: web.Request, call: CallContext) -> dict[str, str] |
     finally:
         request.app[HELD].release(route.name)
         waits.close()
+    waited_ms = round((call.wait_s or 0) * 1000, 1)
+    result = "released" if verdict else "timeout"
+    note(request, tracked.identity, LONG_POLL, result=result, waited_ms=waited_ms)
     return headers

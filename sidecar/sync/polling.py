@@ -9,6 +9,7 @@ written, then handed to the app's publisher.
 from __future__ import annotations
 
 import logging
+import time
 
 from aiohttp import web
 from yarl import URL
@@ -22,6 +23,9 @@ from ..http.context import CONTEXT, CallContext
 from ..http.pool import POOL
 from ..http.upstream import UPSTREAM_ERRORS
 from ..metrics import METRICS
+from ..operations import OPERATIONS
+from ..operations.records import Outcome
+from ..operations.writer import completed
 from ..routing import RUNTIME
 from ..state import POLLERS, TRACKER
 from ..tracking import TrackedCall
@@ -80,10 +84,12 @@ async def completion_learnt(
     completion: Completion,
     own: TrackedCall | None,
     owned: bool,
+    answer: PollAnswer | None = None,
 ) -> None:
     """Publish a completion the call learnt itself (its own poll) under its own record `own`,
-    whoever else holds its id; mark its tracked record done (once, on every replica) only when
-    that record is this call's (`owned`)."""
+    whoever else holds its id, and record its operation's outcome (with the resource the last
+    poll got, for `body: location`); mark its tracked record done (once, on every replica) only
+    when that record is this call's (`owned`)."""
     tracker = app[TRACKER]
     if tracker is None:
         return
@@ -95,6 +101,21 @@ async def completion_learnt(
                 "could not record a completion",
                 extra={"correlation_id": completion.correlation_id, "error": repr(exc)},
             )
+    ops = app[OPERATIONS]
+    if ops is not None and own is not None:
+        settings = app[RUNTIME].settings
+        resource = None
+        if route.respond.body == "location" and answer is not None and 200 <= answer.status < 300:
+            resource = (answer.body, answer.content_type)
+        ops.writer.later(
+            completed(
+                own.identity,
+                completion.correlation_id,
+                Outcome.of_completion(completion, time.time(), resource),
+                max_result=settings.operations.max_result,
+                events_ttl_ms=int(settings.tracking_ttl * 1000),
+            )
+        )
     await app[PUBLISHER].publish(route, completion, own)
 
 
@@ -122,9 +143,9 @@ async def _poll(
         return None
     if isinstance(track, Track):  # a call's own poll: its record, written by it or not
         owned = await settle(track)
-        await completion_learnt(app, route, result[0], track.record, owned)
+        await completion_learnt(app, route, result[0], track.record, owned, result[1])
     else:  # a long-poll of a tracked call: the record found by its Location is its own
-        await completion_learnt(app, route, result[0], track, track is not None)
+        await completion_learnt(app, route, result[0], track, track is not None, result[1])
     return Verdict(*result)
 
 

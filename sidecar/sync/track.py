@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 from yarl import URL
@@ -21,8 +22,10 @@ from ..logs import Every
 from ..metrics import METRICS
 from ..routing import RUNTIME
 from ..state import HASHER, POLLERS, TRACKER
+from ..timeline import Intake
 from ..tracking import CallTracker, TrackedCall
 from .answers import Accepted
+from .journal import Journal
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +51,16 @@ class Track:
 
 
 def track_later(
-    request: web.Request, call: CallContext, route: Route, wait_id: str, accepted: Accepted
+    request: web.Request,
+    call: CallContext,
+    route: Route,
+    wait_id: str,
+    accepted: Accepted,
+    journal: Journal | None = None,
+    token: str | None = None,
 ) -> Track | None:
-    """Start writing the call's tracking record in the background (None without Redis)."""
+    """Start writing the call's tracking record in the background (None without Redis), with
+    its operation's intake from `journal` (and its status `token`, if it has one)."""
     app = request.app
     tracker = app[TRACKER]
     if tracker is None:
@@ -58,23 +68,32 @@ def track_later(
     credential = request.headers.get(app[RUNTIME].settings.tenancy.credential_header)
     hasher = app[HASHER]
     known = hasher.known(credential)
+    created_at = time.time()
+
+    def intake(tenant: str | None) -> Intake | None:
+        if journal is None or not journal.on:
+            return None
+        return journal.intake(tenant, wait_id, accepted, token=token, created_at=created_at)
+
+    tenant = hasher.tenant_now(credential) if known else None
     record = TrackedCall(
         wait_id=wait_id,
         correlation_id=call.correlation_id,
         route=route.name,
         # The keyed hash of `credential`; while its key is still to be loaded, in the task.
-        tenant=hasher.tenant_now(credential) if known else None,
+        tenant=tenant,
         # Absolute: a webhook receiver does not know the origin the caller used.
         location=str(URL(call.origin).join(URL(accepted.client_location)))
         if accepted.client_location
         else None,
         upstream_location=str(accepted.upstream_location) if accepted.upstream_location else None,
-        created_at=time.time(),
+        created_at=created_at,
         traceparent=call.trace.traceparent if call.trace else "",
+        intake=intake(tenant) if known else None,
     )
     if not known:  # the key is still to be loaded from Redis: a task does both
         track = Track(record, asyncio.get_running_loop().create_future())
-        app[POLLERS].spawn(_write(app, tracker, track, credential))
+        app[POLLERS].spawn(_write(app, tracker, track, credential, intake))
         return track
     # The common case, kept lean: the record joins the next batch; no task of its own.
     written = tracker.record_soon(record)
@@ -137,12 +156,16 @@ def _foreign(app: web.Application, track: Track) -> None:
 
 
 async def _write(
-    app: web.Application, tracker: CallTracker, track: Track, credential: str | None
+    app: web.Application,
+    tracker: CallTracker,
+    track: Track,
+    credential: str | None,
+    intake: Callable[[str | None], Intake | None],
 ) -> None:
     try:
         async with asyncio.timeout(WRITE_TIMEOUT_S):
             tenant = await app[HASHER].tenant(credential)
-            track.record = dataclasses.replace(track.record, tenant=tenant)
+            track.record = dataclasses.replace(track.record, tenant=tenant, intake=intake(tenant))
             written = await tracker.record(track.record)
     except REDIS_FAULTS as exc:
         _untracked(track.record, exc)

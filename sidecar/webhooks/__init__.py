@@ -22,6 +22,7 @@ from aiohttp import web
 from ..completions.publish import PUBLISHER
 from ..connections import REDIS_FAULTS, Client
 from ..metrics import METRICS
+from ..operations import OPERATIONS
 from ..routing import RUNTIME
 from ..sources.health import SOURCE_HEALTH
 from ..state import REDIS, TRACKER
@@ -66,7 +67,7 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     app[PUBLISHER] = runtime
     runtime.metrics.initialise(sorted(known_events(settings)))
     worker = DeliveryWorker(runtime)
-    dispatcher = Dispatcher(runtime, app[RUNTIME])
+    dispatcher = Dispatcher(runtime, app[RUNTIME], app.get(OPERATIONS))
     tasks = TaskSet("webhooks")
     try:
         prepared = await asyncio.wait_for(_prepare(runtime, dispatcher, worker), PREPARE_WAIT_S)
@@ -77,7 +78,9 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks.spawn(worker.run())
     tasks.spawn(supervised("dispatcher", dispatcher.run))
     for name in settings.sources:  # each broker's shared read, acknowledged after the outbox
-        broker = BrokerDispatcher(name, runtime, app[RUNTIME], app[SOURCE_HEALTH])
+        broker = BrokerDispatcher(
+            name, runtime, app[RUNTIME], app[SOURCE_HEALTH], app.get(OPERATIONS)
+        )
         tasks.spawn(supervised(f"dispatcher {name}", broker.run))
     yield
     await tasks.close()

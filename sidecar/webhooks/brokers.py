@@ -17,6 +17,7 @@ import time
 from ..completions.completion import MalformedEvent
 from ..completions.decoder import Decoder
 from ..connections import REDIS_FAULTS, Backoff
+from ..operations import Operations
 from ..routing import Runtime
 from ..sources.base import Received, Source
 from ..sources.health import SourceHealth
@@ -34,10 +35,15 @@ class BrokerDispatcher:
     """Dispatches the completions of one source, read by its webhooks' `SourceLoop`."""
 
     def __init__(
-        self, name: str, webhooks: WebhookRuntime, runtime: Runtime, health: SourceHealth
+        self,
+        name: str,
+        webhooks: WebhookRuntime,
+        runtime: Runtime,
+        health: SourceHealth,
+        operations: Operations | None = None,
     ) -> None:
         self.name, self.runtime = name, runtime
-        self.handoff = Handoff(webhooks, name)
+        self.handoff = Handoff(webhooks, name, runtime, operations)
         self._decoder = Decoder(runtime.settings)
         self._decoder_of = runtime.settings
         self.loop = SourceLoop(name, "webhooks", runtime, health, self.handle, block_s=BLOCK_S)

@@ -5,6 +5,7 @@ Each event is dispatched once across replicas; a crashed replica's pending entri
 shares (an event whose call is not tracked yet stays pending for its grace); an entry is
 acknowledged only once the outbox holds its messages. The brokers' dispatchers are in
 `brokers`.
+The hand-off also records each tracked call's outcome on its operation (see `handoff`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from redis.exceptions import ResponseError
 from ..completions.completion import MalformedEvent
 from ..completions.decoder import Decoder
 from ..config import Settings
+from ..operations import Operations
 from ..routing import Runtime
 from ..tasks import checkpoint
 from .handoff import Handoff, Held
@@ -43,12 +45,15 @@ LINGER_S = 0.02
 class Dispatcher:
     """Turns stream completions into outbox messages."""
 
-    def __init__(self, webhooks: WebhookRuntime, runtime: Runtime) -> None:
+    def __init__(
+        self, webhooks: WebhookRuntime, runtime: Runtime, operations: Operations | None = None
+    ) -> None:
         self.redis, self.runtime = webhooks.redis, runtime
+        self.operations = operations
         self.connections = webhooks.connections
         self.store, self.outbox, self.tracker = webhooks.store, webhooks.outbox, webhooks.tracker
         self.consumer = webhooks.consumer
-        self.handoff = Handoff(webhooks, "redis")
+        self.handoff = Handoff(webhooks, "redis", runtime, operations)
         self._groups: set[str] = set()
         self._last_claim = 0.0
         self._decoder = Decoder(runtime.settings)
@@ -164,3 +169,8 @@ class Dispatcher:
         while True:
             checkpoint()
             await self.run_once()
+
+
+def _entry_time(entry_id: str) -> float:
+    """When a stream entry was written (its id's milliseconds), in epoch seconds."""
+    return int(entry_id.split("-")[0]) / 1000

@@ -27,6 +27,10 @@ from redis.typing import EncodableT, FieldT
 from ..completions.completion import Event, Status
 from ..config import Route
 from ..logs import Every
+from ..operations import Operations
+from ..operations.records import Outcome
+from ..operations.writer import completed
+from ..routing import Runtime
 from ..tenancy import OPERATOR
 from ..timestamps import iso
 from ..tracking import TrackedCall
@@ -38,6 +42,7 @@ from .runtime import WebhookRuntime
 logger = logging.getLogger(__name__)
 
 UNTRACKED_GRACE_S = 4.0
+OUTCOME_TRIES = 5  # flushes an outcome may wait for its operation (its intake may trail it)
 
 
 @dataclass(slots=True)
@@ -52,6 +57,8 @@ class Held:
     identity: str  # the message's identity when its call is not tracked: `<stream>/<position>`
     token: Any = None  # what the reader needs to acknowledge it
     first_seen: float = 0.0  # monotonic
+    recorded: bool = False  # its operation's outcome is written (or there is none to write)
+    tries: int = 0  # flushes its outcome waited for its operation
 
 
 DEAD_KEPT = 10_000  # completions set aside, kept for inspection (approximate)
@@ -61,7 +68,14 @@ _dead_log = Every()
 class Handoff:
     """Completions held for the outbox, released once written."""
 
-    def __init__(self, webhooks: WebhookRuntime, source: str) -> None:
+    def __init__(
+        self,
+        webhooks: WebhookRuntime,
+        source: str,
+        runtime: Runtime,
+        operations: Operations | None = None,
+    ) -> None:
+        self.runtime, self.operations = runtime, operations
         self.store, self.outbox, self.tracker = webhooks.store, webhooks.outbox, webhooks.tracker
         self.redis, self.prefix, self.metrics = webhooks.redis, webhooks.prefix, webhooks.metrics
         self.pending: dict[Hashable, Held] = {}
@@ -101,6 +115,7 @@ class Handoff:
         """Keep a completion until its call is tracked (or its grace is over)."""
         if held.key not in self.pending:
             held.first_seen = time.monotonic()
+            held.recorded = self.operations is None
             self.pending[held.key] = held
             self._gauge.set(len(self.pending))
 
@@ -114,13 +129,17 @@ class Handoff:
         items = list(self.pending.values())
         anyone = await self.store.anyone()
         tracked: list[TrackedCall | None] = [None] * len(items)
-        if anyone:  # nobody subscribed: nothing to look up, every completion is done
+        # The tracked calls, when anything needs them: a subscription (fan-out goes to the
+        # call's owner), or an operation whose correlation id is not the completion's id.
+        if anyone or any(not i.recorded and i.route.correlation.source != "request" for i in items):
             tracked = await self.tracker.get_many([i.event.correlation_id for i in items])
+        await self._record_outcomes(items, tracked)
         now = time.monotonic()
         ready: list[tuple[Held, TrackedCall | None]] = [
             (item, call)
             for item, call in zip(items, tracked, strict=True)
-            if not anyone or call is not None or now - item.first_seen > UNTRACKED_GRACE_S
+            if ((call is not None or not anyone) and item.recorded)
+            or now - item.first_seen > UNTRACKED_GRACE_S
         ]
         # Only the owners this batch concerns are read: its callers and the operator.
         tenants = {call.tenant for _, call in ready if call is not None and call.tenant}
@@ -156,6 +175,37 @@ class Handoff:
                 extra={"completions": len(ready), "messages": len(messages), "new": count},
             )
         return [item for item, _ in ready]
+
+    async def _record_outcomes(self, items: list[Held], tracked: list[TrackedCall | None]) -> None:
+        """Each completion's outcome on the operation waiting on it (one batch; the first
+        writer of an outcome wins), so the status monitor and idempotent retries learn
+        completions that came after a fallback 202. An operation not found yet (its intake
+        trails its event) is tried again with the next flushes, a few times."""
+        if self.operations is None:
+            return
+        settings = self.runtime.settings
+        todo = []
+        for item, call in zip(items, tracked, strict=True):
+            if item.recorded:
+                continue
+            if call is not None:
+                cid = call.identity
+            elif item.route.correlation.source == "request":
+                cid = item.event.correlation_id  # a call's own id is what its event carries
+            else:
+                continue  # its correlation id is in its tracking record, not written yet
+            outcome = Outcome.of_event(item.event, item.status, item.completed_at)
+            update = completed(
+                cid,
+                item.event.correlation_id,
+                outcome,
+                max_result=settings.operations.max_result,
+                events_ttl_ms=int(settings.tracking_ttl * 1000),
+            )
+            todo.append((item, self.operations.writer.soon(update)))
+        for item, written in todo:
+            item.tries += 1
+            item.recorded = bool(await written) or item.tries >= OUTCOME_TRIES
 
     async def _record_dead(self) -> None:
         """Write the completions set aside since the last flush (a Redis fault keeps them)."""

@@ -105,4 +105,6 @@ export const api = {
     }),
   messages: (query) => call("GET", "/messages", {}, { query }),
   message: (messageId) => call("GET", "/messages/{message_id}", { message_id: messageId }),
+  operation: (id) => call("GET", "/operations/{correlation_id}", { correlation_id: id }),
+  expungeOperation: (id) => call("DELETE", "/operations/{correlation_id}", { correlation_id: id }),
 };

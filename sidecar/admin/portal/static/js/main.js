@@ -13,6 +13,7 @@ import {
 } from "./views/endpoints.js";
 import { renderEventTypes } from "./views/event-types.js";
 import { renderMessage, renderMessages } from "./views/messages.js";
+import { renderOperation, renderOperations } from "./views/operations.js";
 import { renderSignIn } from "./views/sign-in.js";
 import { renderVerify } from "./views/verify.js";
 
@@ -29,6 +30,8 @@ const ROUTES = [
   [/^#\/endpoints$/, renderEndpoints, "Endpoints"],
   [/^#\/messages\/([^/]+)$/, renderMessage, "Message"],
   [/^#\/messages$/, renderMessages, "Messages"],
+  [/^#\/operations\/([^/]+)$/, renderOperation, "Operation"],
+  [/^#\/operations$/, renderOperations, "Operations"],
   [/^#\/event-types$/, renderEventTypes, "Event types"],
   [/^#\/verify$/, renderVerify, "Verify a signature"],
 ];

@@ -304,6 +304,16 @@ function notFound(root, id) {
   );
 }
 
+/** The operation a completion's message tells of: a link to its timeline (none for tests). */
+function operationRow(message) {
+  const cid = message.payload?.correlation_id;
+  if (message.trigger === "test" || typeof cid !== "string" || !cid) return null;
+  return [
+    h("dt", {}, "Operation"),
+    h("dd", {}, h("a", { href: `#/operations/${encodeURIComponent(cid)}` }, cid)),
+  ];
+}
+
 export async function renderMessage(root, ctx, id) {
   let message;
   try {
@@ -405,6 +415,7 @@ export async function renderMessage(root, ctx, id) {
       stateValue,
       nextTerm,
       nextValue,
+      operationRow(message),
     ),
   );
   drawNext(message);
