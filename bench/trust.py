@@ -39,6 +39,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -189,6 +190,7 @@ class Stack:
         if self.proc is not None:
             stop_process(self.proc, 15)
         self.redis.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
     @property
     def pid(self) -> int:
@@ -220,7 +222,8 @@ class Stack:
 
 @contextlib.asynccontextmanager
 async def running(side: Side, upstream: str, webhooks: dict[str, Any]) -> AsyncIterator[Stack]:
-    """A fresh redis-server and sidecar for `side`, stopped (and removed) on exit."""
+    """A fresh redis-server and sidecar for `side`, stopped (and removed) on exit; an error
+    while the sidecar has died carries the end of its log."""
     stack = Stack(side, upstream, webhooks)
     try:
         await asyncio.to_thread(stack.start_processes)
@@ -230,7 +233,14 @@ async def running(side: Side, upstream: str, webhooks: dict[str, Any]) -> AsyncI
             raise RuntimeError(
                 f"the sidecar did not become ready: {' | '.join(stack.log_tail())}"
             ) from None
-        yield stack
+        try:
+            yield stack
+        except Exception as exc:
+            if stack.alive():
+                raise
+            code = stack.proc.returncode if stack.proc else None
+            tail = " | ".join(stack.log_tail())
+            raise RuntimeError(f"{exc!r}; the sidecar exited ({code}): {tail}") from exc
     finally:
         await asyncio.to_thread(stack.stop_processes)
 
