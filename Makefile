@@ -91,5 +91,15 @@ bench-profile: install
 bench-clients: install
 	$(BIN)/python -m bench.upstream_clients --instructions $(BENCH_ARGS)
 
+# What invented tenants and slow clients cost a real one (docs/benchmarks.md): a real tenant's
+# webhook delay behind 400 invented tarpit tenants, Redis bytes after a test-data flood, RSS,
+# pass-through latency and the operator's pages with 30,000 subscriptions; each side on its own
+# throwaway redis-server and sidecar (~20 min); docs/bench/trust-rows.json and .md.
+# BENCH_ARGS="--other PATH" measures another checkout (with its own .venv) beside this one;
+# "--quick" is a 1-minute smoke run; "--rows 1" runs one row.
+.PHONY: bench-trust
+bench-trust: install
+	$(BIN)/python -m bench.trust $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache node_modules
