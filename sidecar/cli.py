@@ -112,9 +112,28 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{path}: OK, {len(settings.routes)} route(s); upstream {settings.upstream}")
     if settings.routes:
         print(routes_table(settings))
+    if settings.clients.max_connections == "auto":
+        print(auto_connections(settings))
     for said in advice(settings):
         print(f"warning: {said}", file=sys.stderr)
     return 0
+
+
+def auto_connections(settings: Settings) -> str:
+    """What `clients.max_connections: auto` comes to on the machine `sidecar check` runs on,
+    said to be that machine's: the one that runs the sidecar derives its own at start."""
+    from .process import client_connections, raise_to_hard_limit, reserved_files
+
+    limit = raise_to_hard_limit()  # as `sidecar run` does; this process ends right after
+    reserve = reserved_files(settings)
+    kept = ", ".join(f"{what} {n}" for what, n in reserve.items())
+    each = " in each worker" if settings.workers != 1 else ""
+    return (
+        f"clients.max_connections: auto comes to {client_connections(settings, limit)} per "
+        f"listener{each} on this machine (the check machine's open-files limit {limit}, "
+        f"raised to its hard limit as `sidecar run` does, less {sum(reserve.values())} kept "
+        f"for {kept}); where the sidecar runs, its own limit decides, stated at start"
+    )
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

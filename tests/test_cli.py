@@ -71,13 +71,14 @@ def test_check_valid_file_prints_the_routes(
         "warning: tenancy.hash_key is unset: credential hashes derive from a random key in "
         "Redis; set it, or clients lose their subscriptions when that changes",
     ]
-    assert out == (
-        f"{path}: OK, 3 route(s); upstream http://api:8000\n"
-        "ROUTE          METHOD  PATH          WAIT                      BUDGET  CORRELATION\n"
-        "create-user    POST    /api/users    stream:users.events+poll  10s     request\n"
-        "create-report  POST    /api/reports  poll                      30s     location\n"
-        "get-user       GET     /users/{id}   pass-through              10s     request\n"
-    )
+    assert out.splitlines()[:-1] == [
+        f"{path}: OK, 3 route(s); upstream http://api:8000",
+        "ROUTE          METHOD  PATH          WAIT                      BUDGET  CORRELATION",
+        "create-user    POST    /api/users    stream:users.events+poll  10s     request",
+        "create-report  POST    /api/reports  poll                      30s     location",
+        "get-user       GET     /users/{id}   pass-through              10s     request",
+    ]
+    assert out.splitlines()[-1].startswith("clients.max_connections: auto comes to ")
 
 
 def test_check_warns_that_the_session_client_is_ignored(
@@ -94,9 +95,42 @@ def test_check_warns_that_the_session_client_is_ignored(
 def test_check_without_routes_prints_no_table(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    path = write(tmp_path, "upstream: http://api:8000\n")
+    path = write(tmp_path, "upstream: http://api:8000\nclients: {max_connections: 5000}\n")
     assert main(["check", "--config", str(path)]) == 0
     assert capsys.readouterr().out == f"{path}: OK, 0 route(s); upstream http://api:8000\n"
+
+
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [
+        (
+            "upstream: http://api:8000\n",
+            "clients.max_connections: auto comes to 18744 per listener on this machine (the "
+            "check machine's open-files limit 20000, raised to its hard limit as `sidecar run` "
+            "does, less 1256 kept for the upstream pool 1000, the rest 256); where the sidecar "
+            "runs, its own limit decides, stated at start",
+        ),
+        (
+            "upstream: http://api:8000\nredis_url: redis://r:6379/0\nworkers: 2\n"
+            "proxy: {max_connections: 200}\n",
+            "clients.max_connections: auto comes to 19432 per listener in each worker on this "
+            "machine (the check machine's open-files limit 20000, raised to its hard limit as "
+            "`sidecar run` does, less 568 kept for the upstream pool 200, Redis 80, webhook "
+            "deliveries 32, the rest 256); where the sidecar runs, its own limit decides, stated "
+            "at start",
+        ),
+    ],
+)
+def test_check_says_what_auto_connections_come_to_on_the_check_machine(
+    config: str,
+    said: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr("sidecar.process.raise_to_hard_limit", lambda: 20_000)
+    assert main(["check", "-c", str(write(tmp_path, config))]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == said
 
 
 def test_check_reference_config(capsys: pytest.CaptureFixture[str]) -> None:
@@ -130,8 +164,8 @@ def test_check_uses_sidecar_config_env(
     path = write(tmp_path, "upstream: http://from-env-path:8000\n", "elsewhere.yaml")
     monkeypatch.setenv("SIDECAR_CONFIG", str(path))
     assert main(["check"]) == 0
-    assert capsys.readouterr().out == (
-        f"{path}: OK, 0 route(s); upstream http://from-env-path:8000\n"
+    assert capsys.readouterr().out.splitlines()[0] == (
+        f"{path}: OK, 0 route(s); upstream http://from-env-path:8000"
     )
 
 
