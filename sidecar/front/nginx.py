@@ -193,6 +193,7 @@ def _target_maps(plan: FrontPlan) -> list[str]:
             "# Long-polls: a GET with Prefer: wait=N, held by the sidecar when it names a",
             "# tracked Location (else passed on by it).",
             f'map "$request_method $http_prefer" {by_prefer} {{',
+            f'    "GET "  {by_route};  # no Prefer at all: no regex to run',
             f"    {quoted(LONG_POLL)}  {SIDECAR};",
             f"    default {by_route};",
             "}",
