@@ -10,6 +10,7 @@ from pydantic import BeforeValidator, Field, SecretStr, model_validator
 
 from .types import (
     ByteSize,
+    CountOrAuto,
     Duration,
     HeaderName,
     HttpUrl,
@@ -153,7 +154,7 @@ class Clients(Model):
     idle_timeout: Duration = Field(
         75.0, gt=0, description="How long an idle keep-alive connection is kept. Default 75s."
     )
-    max_connections: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+    max_connections: CountOrAuto = Field(
         "auto",
         description="Client connections per process and listener; past it new ones are closed "
         "at once (counted, logged at most once a second). auto: what the open-files limit "
