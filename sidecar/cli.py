@@ -157,7 +157,7 @@ def sidecar_address(listen: str) -> str:
 def cmd_export(args: argparse.Namespace) -> int:
     """Write the configuration of a front (nginx) that sends the sidecar only what it answers
     and everything else straight to the API, from the config's route table."""
-    from .front import FrontOptions, plan_front, render_nginx
+    from .front import FrontOptions, option_problems, plan_front, render_nginx
 
     path = _config_path(args.config)
     settings = _load_or_exit(path)
@@ -169,7 +169,6 @@ def cmd_export(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    plan = plan_front(settings)
     options = FrontOptions(
         listen=args.listen,
         sidecar=sidecar,
@@ -177,6 +176,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         trust_forwarded=args.trust_forwarded,
         source=str(path),
     )
+    for problem in option_problems(options):
+        print(problem, file=sys.stderr)
+    if option_problems(options):
+        return 2
+    plan = plan_front(settings)
     text = render_nginx(plan, options)
     if args.output and args.output != "-":
         Path(args.output).write_text(text, encoding="utf-8")

@@ -8,7 +8,7 @@ costs no Python at all (`sidecar export nginx`).
     nginx    the plan as an nginx `http`-level include (upstreams, maps, one server)
 """
 
-from .nginx import FrontOptions, render_nginx
+from .nginx import FrontOptions, option_problems, render_nginx
 from .plan import FrontPlan, plan_front
 
-__all__ = ["FrontOptions", "FrontPlan", "plan_front", "render_nginx"]
+__all__ = ["FrontOptions", "FrontPlan", "option_problems", "plan_front", "render_nginx"]

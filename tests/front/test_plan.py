@@ -133,6 +133,8 @@ VARIANTS: list[tuple[dict[str, Any], dict[str, Any]]] = [
         {"trust_forwarded": True, "server_name": "api.example.com", "listen": "[::1]:8081"},
     ),
     ({"upstream": "http://[::1]:8000"}, {"sidecar": "[::1]:8080"}),
+    # A template that would end a comment and a directive, were it written as it is.
+    ({"routes": [{"name": "odd", "path": '/a\n}"; b\\{x}', "wait": POLL}]}, {}),
 ]
 
 
