@@ -1,4 +1,5 @@
-"""nginx for the proxy benchmark: the fast upstream, and the 1-worker reverse proxy anchor.
+"""nginx for the proxy benchmark: the fast upstream, the 1-worker reverse proxy anchor, and the
+front `sidecar export nginx` writes.
 
 Each instance runs from its own config in a temporary directory (`daemon off`, `master_process
 off`: one process that is the worker), on a port of 127.0.0.1; nothing of the system's nginx
@@ -85,6 +86,22 @@ def write_config(
         body = _PROXY.format(port=port, upstream=upstream)
     text = _COMMON.format(
         dir=directory, nofile=nofile, connections=max(1024, nofile - 100), body=body
+    )
+    path = directory / "nginx.conf"
+    path.write_text(text)
+    return path
+
+
+def write_front(directory: Path, include: str, *, nofile: int = 20000) -> Path:
+    """An nginx.conf in `directory` whose `http` block is `include` (what `sidecar export
+    nginx` writes), saved beside it as front.conf."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "front.conf").write_text(include)
+    text = _COMMON.format(
+        dir=directory,
+        nofile=nofile,
+        connections=max(1024, nofile - 100),
+        body=f"  include {directory / 'front.conf'};",
     )
     path = directory / "nginx.conf"
     path.write_text(text)

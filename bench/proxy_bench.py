@@ -4,11 +4,12 @@
 All on 127.0.0.1, in one run so the figures compare side by side, repeated `--runs` times (each
 run starts everything afresh) to show the spread:
 
-1. pass-through: req/s of a path no route names, through the sidecar (`sidecar run`), the
-   minimal aiohttp proxy (`bench/minimal_proxy.py`) and nginx (1 worker), each one process
-   pinned to a core of its own, with `wrk -t1 -c50` (or an aiohttp client) and the upstream on
-   the other core(s); the upstream alone first, to show it is not the limit. CPU per request =
-   the proxy process's user+sys time (psutil) / requests completed.
+1. pass-through (`bench/passthrough.py`): req/s of a path no route names, through the sidecar
+   (`sidecar run`), the minimal aiohttp proxy (`bench/minimal_proxy.py`), nginx (1 worker) and
+   nginx running the front `sidecar export nginx` writes (1 worker, the sidecar beside it),
+   each one process pinned to a core of its own, with `wrk -t1 -c50` (or an aiohttp client) and
+   the upstream on the other core(s); the upstream alone first, to show it is not the limit.
+   CPU per request = the proxy process's user+sys time (psutil) / requests completed.
 2. synchronised intake: N calls (default 9,000) on a stream route, 500 connections at a time
    (one `wrk -c500` POSTing each, else aiohttp), keeping at most 1,000 sent but not yet held;
    sidecar CPU from the first call until `sidecar_waiting_requests` reaches N (the 202 received
@@ -42,23 +43,17 @@ from typing import Any
 import aiohttp
 import redis.asyncio as aioredis
 
-from devtools.redis_server import free_port
-
 from . import loadgen, nginx
 from .harness import (
     ROOT,
     cpu_seconds,
     latency_summary,
-    pinned,
     publish_all,
     publish_at_rate,
-    python_command,
     rss_bytes,
-    spawn,
-    stop_process,
-    wait_http,
     waiting_now,
 )
+from .passthrough import bench_passthrough, measure
 from .proxy_rig import (
     BATCH,
     DOCS,
@@ -76,91 +71,6 @@ from .proxy_rig import (
 )
 
 FD_MARGIN = 1500  # descriptors a sidecar needs beside its client sockets (upstream pool, Redis)
-
-
-# --------------------------------------------------------------------------------------------
-# 1. pass-through
-# --------------------------------------------------------------------------------------------
-
-
-SATURATED = 0.9  # a proxy below this share of its core was held back by the load side
-ATTEMPTS = 3  # loads per proxy at most, while it stays below SATURATED
-
-
-async def measure(env: Env, url: str, pid: int | None, seconds: float) -> dict[str, Any]:
-    """Warm up 1 s, then a closed-loop load of `seconds`; the proxy's CPU per request.
-
-    Throughput compares proxies only while each keeps its core busy: on this shared machine the
-    load side is sometimes slowed for seconds, and the proxy then idles. So a load that left the
-    proxy below `SATURATED` is repeated (up to `ATTEMPTS` in all) and the busiest kept.
-    """
-    await loadgen.closed_loop(url, connections=50, seconds=1, cores=env.load_cores, workdir=env.tmp)
-    best: dict[str, Any] = {}
-    for attempt in range(1, ATTEMPTS + 1):
-        cpu0 = cpu_seconds(pid) if pid else 0.0
-        t0 = time.perf_counter()
-        result = await loadgen.closed_loop(
-            url, connections=50, seconds=seconds, cores=env.load_cores, workdir=env.tmp
-        )
-        wall = time.perf_counter() - t0
-        out: dict[str, Any] = result.as_dict()
-        out["attempts"] = attempt
-        if not pid:
-            return out
-        cpu = cpu_seconds(pid) - cpu0
-        out["cpu_us_per_request"] = cpu / max(1, result.requests) * 1e6
-        out["cpu_utilisation"] = cpu / wall  # 1.0 = one core busy all the time
-        if not best or out["cpu_utilisation"] > best["cpu_utilisation"]:
-            best = out
-        if out["cpu_utilisation"] >= SATURATED:
-            break
-    best["attempts"] = attempt
-    return best
-
-
-async def bench_passthrough(
-    env: Env, procs: list[subprocess.Popen[bytes]], seconds: float
-) -> dict[str, Any]:
-    """req/s and CPU per request: upstream alone, sidecar, minimal proxy, nginx."""
-    rows: dict[str, Any] = {}
-    rows["upstream"] = await measure(env, f"{env.upstream}/pass", None, seconds)
-    print("  upstream alone", _brief(rows["upstream"]), flush=True)
-    async with running(Sidecar(env, env.proxy_cores, env.optional_keys.get("clients", ""))) as sc:
-        rows["sidecar"] = await measure(env, f"{sc.base}/pass", sc.pid, seconds)
-    print("  sidecar", _brief(rows["sidecar"]), flush=True)
-    port = free_port()
-    command = python_command(
-        "-m", "bench.minimal_proxy", "--port", str(port), "--upstream", env.upstream
-    )
-    with (env.tmp / "minimal-proxy.log").open("wb") as log:  # clients hanging up are logged
-        minimal = spawn(pinned(command, env.proxy_cores), cwd=ROOT, stderr=log)
-    try:
-        await wait_http(f"http://127.0.0.1:{port}/pass")
-        rows["minimal"] = await measure(env, f"http://127.0.0.1:{port}/pass", minimal.pid, seconds)
-    finally:
-        stop_process(minimal)
-    print("  minimal proxy", _brief(rows["minimal"]), flush=True)
-    if nginx.binary():
-        port = free_port()
-        config = nginx.write_config(
-            env.tmp / "nginx-proxy", port=port, upstream=env.upstream_port, nofile=env.fd_limit
-        )
-        proxy = spawn(pinned(nginx.command(config), env.proxy_cores))
-        try:
-            await wait_http(f"http://127.0.0.1:{port}/pass")
-            rows["nginx"] = await measure(env, f"http://127.0.0.1:{port}/pass", proxy.pid, seconds)
-        finally:
-            stop_process(proxy)
-        print("  nginx", _brief(rows["nginx"]), flush=True)
-    else:
-        print("  nginx is not installed: its row is left out", flush=True)
-    return rows
-
-
-def _brief(row: dict[str, Any]) -> str:
-    cpu = f", {row['cpu_us_per_request']:.0f} µs CPU/req" if "cpu_us_per_request" in row else ""
-    util = f", {row['cpu_utilisation']:.0%} of a core" if "cpu_utilisation" in row else ""
-    return f"{row['rps']:,.0f} req/s ({row['errors']} errors){cpu}{util}"
 
 
 # --------------------------------------------------------------------------------------------

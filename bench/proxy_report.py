@@ -52,6 +52,14 @@ def _ratio(run: Run, other: str, valid_only: bool = False) -> float | None:
     return float(sidecar["rps"] / anchor["rps"])
 
 
+def front_ratio(run: Run) -> float | None:
+    """nginx front req/s / nginx alone req/s, when both kept their core busy."""
+    front, alone = _pt(run, "front"), _pt(run, "nginx")
+    if not front or not alone or not (_saturated(front) and _saturated(alone)):
+        return None
+    return float(front["rps"] / alone["rps"])
+
+
 def _saturated(row: dict[str, Any]) -> bool:
     return float(row.get("cpu_utilisation", 0.0)) >= SATURATED
 
@@ -191,6 +199,23 @@ def print_table(report: dict[str, Any]) -> None:
             both_busy = _ratio(run, anchor, valid_only=True) is not None
             ratios.append(_x(_ratio(run, anchor)) + ("" if both_busy else " (not saturated)"))
         print(f"| {i} | " + " | ".join(cells) + f" | {ratios[0]} | {ratios[1]} |")
+    fronts = [r for r in runs if "front" in r["passthrough"]]
+    if fronts:
+        print("\n## Pass-through through the nginx front (`sidecar export nginx`), per run\n")
+        print("| run | nginx alone | nginx front | front / nginx, req/s | nginx µs / front µs | "
+              "the sidecar meanwhile |")  # fmt: skip
+        print("|---|---|---|---|---|---|")
+        for i, run in enumerate(fronts, 1):
+            pt = run["passthrough"]
+            front, alone = pt["front"], pt.get("nginx")
+            rps = front_ratio(run)
+            busy = "" if rps is not None else " (not saturated)"
+            raw = front["rps"] / alone["rps"] if alone else None
+            cpu = alone["cpu_us_per_request"] / front["cpu_us_per_request"] if alone else None
+            print(
+                f"| {i} | {_cell(alone)} | {_cell(front)} | {_x(raw)}{busy} | {_x(cpu)} | "
+                f"{front['sidecar_calls']:.0f} calls, {front['sidecar_cpu_s'] * 1000:.0f} ms CPU |"
+            )
     print("\n## Synchronised calls (per run)\n")
     print("| run | intake | event→answer, 1,000 held | event→answer, N held | capacity |")
     print("|---|---|---|---|---|")
@@ -273,7 +298,8 @@ def write_chart(report: dict[str, Any], path: Path) -> Path | None:
     runs = report["runs"]
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 5.2))
     names = [("upstream", "upstream alone"), ("nginx", "nginx 1 worker"),
-             ("minimal", "minimal aiohttp"), ("sidecar", "sidecar")]  # fmt: skip
+             ("front", "nginx front"), ("minimal", "minimal aiohttp"),
+             ("sidecar", "sidecar")]  # fmt: skip
     labels, medians, lows, highs, cpus = [], [], [], [], []
     for key, label in names:
         values = [r["passthrough"][key]["rps"] for r in runs if key in r["passthrough"]]
@@ -290,7 +316,10 @@ def write_chart(report: dict[str, Any], path: Path) -> Path | None:
             if "cpu_us_per_request" in r["passthrough"].get(key, {})
         ]
         cpus.append(statistics.median(cpu) if cpu else None)
-    colours = ["#bbbbbb", "#59a14f", "#4e79a7", "#f28e2b"][-len(labels) :]
+    palette = {"upstream alone": "#bbbbbb", "nginx 1 worker": "#59a14f",
+               "nginx front": "#76b7b2", "minimal aiohttp": "#4e79a7",
+               "sidecar": "#f28e2b"}  # fmt: skip
+    colours = [palette[label] for label in labels]
     bars = ax1.bar(labels, medians, yerr=[lows, highs], capsize=5, color=colours)
     for bar, med, cpu_us in zip(bars, medians, cpus, strict=True):
         note = f"{med:,.0f}/s" + (f"\n{cpu_us:.0f} µs CPU/req" if cpu_us else "")

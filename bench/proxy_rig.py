@@ -218,8 +218,12 @@ async def environment(args: argparse.Namespace) -> Any:
     try:
         start_upstream(env, procs)
         await wait_http(f"{env.upstream}/pass")
+        # A connection cap, when the sidecar has one, must not be what is measured: where it
+        # derives its cap from the open-files limit (`auto`, the default) the defaults are run,
+        # else the cap is set to the limit.
+        auto, _ = probe_key(env, "clients: {max_connections: auto}")
         accepted, _ = probe_key(env, f"clients: {{max_connections: {env.fd_limit}}}")
-        if accepted:  # a connection cap, when the sidecar has one, must not be what we measure
+        if accepted and not auto:
             env.optional_keys["clients"] = f"clients: {{max_connections: {env.fd_limit}}}"
         yield env, r
     finally:

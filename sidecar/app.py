@@ -29,6 +29,7 @@ from .http.pool import POOL
 from .http.upstream import create_pool
 from .metrics import METRICS, Metrics
 from .operations import OPERATIONS, Operations
+from .process import client_connections
 from .proxy import ProxyListener, proxy_handler
 from .routing import RUNTIME, Runtime
 from .sources.base import quiet_libraries
@@ -140,11 +141,13 @@ async def pollers_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def client_guard(app: web.Application, listener: str) -> ClientGuard:
     """The client limits of one of the app's listeners (`proxy`, `admin`)."""
+    settings = app[RUNTIME].settings
     return ClientGuard(
         listener,
-        app[RUNTIME].settings.clients,
+        settings.clients,
         lambda: app[RUNTIME].settings.correlation_header,
         app[METRICS],
+        client_connections(settings),
     )
 
 

@@ -1,4 +1,4 @@
-"""Command line: `sidecar run | check | schema | receiver`, `--version`."""
+"""Command line: `sidecar run | check | schema | export nginx | receiver`, `--version`."""
 
 from __future__ import annotations
 
@@ -112,15 +112,101 @@ def cmd_check(args: argparse.Namespace) -> int:
     print(f"{path}: OK, {len(settings.routes)} route(s); upstream {settings.upstream}")
     if settings.routes:
         print(routes_table(settings))
+    if settings.clients.max_connections == "auto":
+        print(auto_connections(settings))
     for said in advice(settings):
         print(f"warning: {said}", file=sys.stderr)
     return 0
+
+
+def auto_connections(settings: Settings) -> str:
+    """What `clients.max_connections: auto` comes to on the machine `sidecar check` runs on,
+    said to be that machine's: the one that runs the sidecar derives its own at start."""
+    from .process import client_connections, raise_to_hard_limit, reserved_files
+
+    limit = raise_to_hard_limit()  # as `sidecar run` does; this process ends right after
+    reserve = reserved_files(settings)
+    kept = ", ".join(f"{what} {n}" for what, n in reserve.items())
+    each = " in each worker" if settings.workers != 1 else ""
+    return (
+        f"clients.max_connections: auto comes to {client_connections(settings, limit)} per "
+        f"listener{each} on this machine (the check machine's open-files limit {limit}, "
+        f"raised to its hard limit as `sidecar run` does, less {sum(reserve.values())} kept "
+        f"for {kept}); where the sidecar runs, its own limit decides, stated at start"
+    )
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
     """Print the config's JSON Schema."""
     print(json.dumps(json_schema(), indent=2, sort_keys=False))
     return 0
+
+
+def sidecar_address(listen: str) -> str:
+    """Where a front on the same host reaches the proxy listener `listen` (a wildcard address
+    becomes the loopback one)."""
+    host, _, port = listen.rpartition(":")
+    bare = host.strip("[]")
+    if bare in ("", "0.0.0.0"):
+        return f"127.0.0.1:{port}"
+    if bare == "::":
+        return f"[::1]:{port}"
+    return listen
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the configuration of a front (nginx) that sends the sidecar only what it answers
+    and everything else straight to the API, from the config's route table."""
+    from .front import FrontOptions, option_problems, plan_front, render_nginx
+
+    path = _config_path(args.config)
+    settings = _load_or_exit(path)
+    sidecar = args.sidecar or sidecar_address(settings.listen)
+    if sidecar_address(args.listen) == sidecar_address(sidecar):
+        print(
+            f"--listen {args.listen} is the sidecar's own address: give the front another "
+            "(or move the sidecar's listen, and say where with --sidecar)",
+            file=sys.stderr,
+        )
+        return 2
+    options = FrontOptions(
+        listen=args.listen,
+        sidecar=sidecar,
+        server_name=args.server_name,
+        trust_forwarded=args.trust_forwarded,
+        source=str(path),
+    )
+    for problem in option_problems(options):
+        print(problem, file=sys.stderr)
+    if option_problems(options):
+        return 2
+    plan = plan_front(settings)
+    text = render_nginx(plan, options)
+    if args.output and args.output != "-":
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    for said in export_advice(settings, plan.synchronised != [] or plan.long_polls):
+        print(f"warning: {said}", file=sys.stderr)
+    return 0
+
+
+def export_advice(settings: Settings, sends_the_sidecar_calls: bool) -> list[str]:
+    """What the sidecar's config should change to run behind the front."""
+    said = []
+    if not settings.proxy.trust_forwarded_headers:
+        said.append(
+            "proxy.trust_forwarded_headers is false: behind the front the sidecar would send "
+            "the API the front's address as X-Forwarded-For on the calls it takes; set it to "
+            "true and let only the front reach the sidecar (listen on 127.0.0.1 or a private "
+            "address)"
+        )
+    if not sends_the_sidecar_calls:
+        said.append(
+            "no route waits and redis_url is unset: the front sends the sidecar nothing but "
+            "paths with dot segments"
+        )
+    return said
 
 
 RECEIVER_EXTRA_MISSING = (
@@ -162,6 +248,34 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
     p = sub.add_parser("schema", help="print the config's JSON Schema")
     p.set_defaults(func=cmd_schema)
+    export = sub.add_parser("export", help="write a front's configuration for the routes")
+    kinds = export.add_subparsers(dest="front", required=True)
+    p = kinds.add_parser(
+        "nginx",
+        help="an nginx include: synchronised routes, long-polls and the status monitor to the "
+        "sidecar, everything else straight to the API",
+    )
+    p.add_argument(
+        "-c", "--config", help=f"config file (default $SIDECAR_CONFIG, else {DEFAULT_CONFIG_PATH})"
+    )
+    p.add_argument("-o", "--output", help="write it to this file (default: standard output)")
+    p.add_argument(
+        "--listen",
+        default="0.0.0.0:80",
+        help="nginx's listen: host:port or port (default %(default)s)",
+    )
+    p.add_argument(
+        "--sidecar",
+        help="host:port at which nginx reaches the sidecar's proxy listener (default: its "
+        "listen, a wildcard address as the loopback one)",
+    )
+    p.add_argument("--server-name", default="_", help="nginx's server_name (default %(default)s)")
+    p.add_argument(
+        "--trust-forwarded",
+        action="store_true",
+        help="keep clients' X-Forwarded-* (the front is behind a load balancer you trust)",
+    )
+    p.set_defaults(func=cmd_export)
     # Listed for --help only: main() hands everything after `receiver` to the receiver's parser.
     sub.add_parser(
         "receiver",

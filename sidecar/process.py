@@ -1,8 +1,10 @@
 """What `sidecar run` sets for the whole process at start, once, before it serves: things a
 library must not do behind its embedder's back, so the app itself (`create_app`) never does them.
 
-    open files      the soft limit raised to the hard one, and a warning when even that cannot
-                    hold `clients.max_connections` plus the upstream pool
+    open files      the soft limit raised to the hard one; `clients.max_connections: auto`
+                    derived from it (what the limit holds besides the upstream pool, Redis,
+                    webhook deliveries, brokers and the rest) and stated in one line, or a
+                    warning when the limit cannot hold an explicit number
     memory          glibc's mmap threshold fixed, so a burst of large events is given back
     collector       once started, what startup made is frozen out of the collector's way and
                     the youngest generation is collected less often (`settle_memory`)
@@ -29,34 +31,90 @@ from .config import Settings
 
 logger = logging.getLogger("sidecar.server")
 
-SPARE_FILES = 256  # Redis, logs, the admin listener's few clients, the event loop itself
+# What a process needs open besides its clients' connections, by whom (the reserve of
+# `clients.max_connections: auto`, and what the warning about an explicit number counts):
+SPARE_FILES = 256  # the rest: logs, listening sockets, the admin listener's few clients, DNS,
+#                    the event loop itself, the workers' metric files
+REDIS_FILES = 80  # one server or a Sentinel-guarded primary: the shared pool
+#                   (connections.POOL_SIZE, 64), the blocking readers, the probe, the sentinels
+REDIS_CLUSTER_FILES = 800  # `redis_cluster: true`: three primaries, up to 256 pooled connections
+#                            to each, and the readers'
+SOURCE_FILES = 16  # per broker a route waits on: its two reads, each to a few brokers
+UNLIMITED_FILES = 1_048_576  # an unlimited open-files limit counts as Linux's default ceiling
 
 
-def files_wanted(settings: Settings) -> int:
-    """Open files a busy process may need: every client connection the proxy listener admits,
-    every pooled upstream connection, and a spare for the rest."""
-    return settings.clients.max_connections + settings.proxy.max_connections + SPARE_FILES
+def reserved_files(settings: Settings) -> dict[str, int]:
+    """Open files a busy process may need besides its client connections, by what needs
+    them: every pooled upstream connection, Redis, webhook deliveries (with Redis), the
+    brokers routes wait on, and a spare for the rest."""
+    reserve = {"the upstream pool": settings.proxy.max_connections}
+    if settings.redis_url is not None:
+        reserve["Redis"] = REDIS_CLUSTER_FILES if settings.cluster_mode else REDIS_FILES
+        reserve["webhook deliveries"] = settings.webhooks.concurrency
+    if settings.sources_used:
+        reserve["brokers"] = SOURCE_FILES * len(settings.sources_used)
+    reserve["the rest"] = SPARE_FILES
+    return reserve
 
 
-def raise_open_files_limit(settings: Settings) -> None:
-    """Raise the soft open-files limit to the hard one, and warn when even that is too low for
-    `clients.max_connections` (past the limit accept() fails and connections are dropped)."""
+def derive_max_connections(limit: int, settings: Settings) -> int:
+    """`clients.max_connections: auto` under the open-files `limit`: what the limit holds
+    besides `reserved_files`, so accept() never fails for want of a descriptor; at least a
+    quarter of the limit when the reserve takes more (a limit too low for the upstream pool
+    is warned about at start)."""
+    return max(limit - sum(reserved_files(settings).values()), limit // 4, 1)
+
+
+def open_files_limit() -> int:
+    """The process's soft open-files limit now (an unlimited one as `UNLIMITED_FILES`)."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return UNLIMITED_FILES if soft == resource.RLIM_INFINITY else soft
+
+
+def raise_to_hard_limit() -> int:
+    """Raise the soft open-files limit to the hard one, where the system allows it (macOS
+    refuses an unlimited one); the limit then."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = files_wanted(settings)
-    if soft < hard:
+    if soft != hard and (hard == resource.RLIM_INFINITY or soft < hard):
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
-    if soft != resource.RLIM_INFINITY and soft < wanted:
+    return open_files_limit()
+
+
+def client_connections(settings: Settings, limit: int | None = None) -> int:
+    """What `clients.max_connections` comes to in this process: the number given, or `auto`
+    derived from `limit` (default: the open-files limit now, which `sidecar run` has raised
+    before any listener is made)."""
+    given = settings.clients.max_connections
+    if given != "auto":
+        return given
+    return derive_max_connections(open_files_limit() if limit is None else limit, settings)
+
+
+def raise_open_files_limit(settings: Settings) -> int:
+    """At start: raise the soft open-files limit to the hard one, and say what that means for
+    client connections: with `auto`, the number it comes to, in one line; a warning when the
+    limit cannot hold them beside the reserve (past the limit accept() fails and connections
+    are dropped). Returns the connections allowed per listener."""
+    limit = raise_to_hard_limit()
+    reserve = reserved_files(settings)
+    reserved = sum(reserve.values())
+    allowed = client_connections(settings, limit)
+    auto = settings.clients.max_connections == "auto"
+    if auto:
+        kept = ", ".join(f"{what} {n}" for what, n in reserve.items())
+        logger.info(
+            f"clients.max_connections: auto, {allowed} per listener: the open-files limit "
+            f"{limit} less {reserved} kept for {kept}",
+            extra={"max_connections": allowed, "open_files_limit": limit, "reserved": reserve},
+        )
+    if allowed + reserved > limit:
         logger.warning(
             "the open-files limit is below what clients.max_connections needs; lower "
-            "max_connections or raise the limit (ulimit -n)",
-            extra={
-                "limit": soft,
-                "wanted": wanted,
-                "max_connections": settings.clients.max_connections,
-            },
+            f"{'proxy.' if auto else ''}max_connections or raise the limit (ulimit -n)",
+            extra={"limit": limit, "wanted": allowed + reserved, "max_connections": allowed},
         )
+    return allowed
 
 
 # The collector's first generation is collected after this many new objects (CPython's default:

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import pytest
@@ -109,11 +109,19 @@ class SidecarProcess:
         return "\n".join(self.raw_stderr)
 
 
-async def spawn(config_path: Path) -> asyncio.subprocess.Process:
+# `sidecar run` under an open-files limit of its own (soft and hard, so it cannot raise it).
+LIMITED = (
+    "import resource, sys; n = int(sys.argv[1]); "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)); "
+    "from sidecar.cli import main; sys.exit(main(sys.argv[2:]))"
+)
+
+
+async def spawn(config_path: Path, open_files: int | None = None) -> asyncio.subprocess.Process:
+    limited = ("-c", LIMITED, str(open_files)) if open_files else ("-m", "sidecar.cli")
     return await asyncio.create_subprocess_exec(
         sys.executable,
-        "-m",
-        "sidecar.cli",
+        *limited,
         "run",
         "-c",
         str(config_path),
@@ -154,7 +162,13 @@ async def wait_ready(sidecar: SidecarProcess, http: aiohttp.ClientSession) -> No
     )
 
 
-StartProcess = Callable[[dict[str, Any]], Awaitable[SidecarProcess]]
+class StartProcess(Protocol):
+    """Start `sidecar run` with `config` (under an open-files limit of `open_files`, when
+    given) and wait until it serves."""
+
+    def __call__(
+        self, config: dict[str, Any], *, open_files: int | None = None
+    ) -> Awaitable[SidecarProcess]: ...
 
 
 @contextlib.asynccontextmanager
@@ -165,11 +179,11 @@ async def sidecar_processes(
     killed on exit."""
     started: list[SidecarProcess] = []
 
-    async def start(config: dict[str, Any]) -> SidecarProcess:
+    async def start(config: dict[str, Any], *, open_files: int | None = None) -> SidecarProcess:
         path = tmp_path / f"sidecar-{uuid.uuid4().hex[:8]}.yaml"  # several may start at once
         write_config(path, config)
         sidecar = SidecarProcess(
-            proc=await spawn(path),
+            proc=await spawn(path, open_files),
             config_path=path,
             proxy_url=f"http://{config['listen']}",
             admin_url=f"http://{config['admin_listen']}",

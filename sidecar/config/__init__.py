@@ -40,6 +40,7 @@ from .routes import (
     Wait,
     WebhookEvents,
     compile_path_template,
+    path_template_parts,
 )
 from .settings import Settings
 from .sources import KINDS, LIBRARIES, Source, SourceTls, kafka_servers, nats_servers
@@ -90,4 +91,5 @@ __all__ = [
     "parse_duration",
     "parse_settings",
     "parse_size",
+    "path_template_parts",
 ]

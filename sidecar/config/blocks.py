@@ -10,6 +10,7 @@ from pydantic import BeforeValidator, Field, SecretStr, model_validator
 
 from .types import (
     ByteSize,
+    CountOrAuto,
     Duration,
     HeaderName,
     HttpUrl,
@@ -153,11 +154,13 @@ class Clients(Model):
     idle_timeout: Duration = Field(
         75.0, gt=0, description="How long an idle keep-alive connection is kept. Default 75s."
     )
-    max_connections: int = Field(
-        10_000,
-        ge=1,
+    max_connections: CountOrAuto = Field(
+        "auto",
         description="Client connections per process and listener; past it new ones are closed "
-        "at once (counted, logged at most once a second). Default 10000.",
+        "at once (counted, logged at most once a second). auto: what the open-files limit "
+        "holds once the sidecar has raised it to the hard limit, less the files the upstream "
+        "pool (proxy.max_connections), Redis, webhook deliveries, the brokers and the rest "
+        "need; stated at start. Default auto.",
     )
     max_connections_per_address: int = Field(
         0,

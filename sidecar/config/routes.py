@@ -24,11 +24,14 @@ HTTP_METHODS = frozenset(
 _TEMPLATE_VAR = re.compile(r"\{([^{}]*)\}")
 
 
-def compile_path_template(template: str) -> re.Pattern[str]:
-    """Regex for `/api/users/{id}/activate`: each `{name}` matches one path segment."""
+def path_template_parts(template: str) -> list[tuple[str, bool]]:
+    """`/api/users/{id}/activate` as its parts in order: literal text `(text, False)` and
+    placeholders `(name, True)`, each of which stands for one path segment. The one reading of a
+    template: the route table's regexes and an exported front's are both built from it."""
     if not template.startswith("/"):
         raise ValueError(f"invalid path {template!r} (must start with '/')")
-    pattern, last, names = "", 0, set()
+    parts: list[tuple[str, bool]] = []
+    last, names = 0, set()
     for match in _TEMPLATE_VAR.finditer(template):
         name = match.group(1)
         if not name.isidentifier():
@@ -36,12 +39,21 @@ def compile_path_template(template: str) -> re.Pattern[str]:
         if name in names:
             raise ValueError(f"invalid path {template!r} (placeholder {{{name}}} twice)")
         names.add(name)
-        pattern += re.escape(template[last : match.start()]) + f"(?P<{name}>[^/]+)"
+        parts += [(template[last : match.start()], False), (name, True)]
         last = match.end()
     rest = template[last:]
-    if "{" in rest or "}" in rest or "{" in pattern.replace("(?P<", ""):
+    if "{" in rest or "}" in rest or any("{" in text for text, named in parts if not named):
         raise ValueError(f"invalid path {template!r} (unbalanced braces)")
-    return re.compile("^" + pattern + re.escape(rest) + "$")
+    return [*parts, (rest, False)]
+
+
+def compile_path_template(template: str) -> re.Pattern[str]:
+    """Regex for `/api/users/{id}/activate`: each `{name}` matches one path segment."""
+    pattern = "".join(
+        f"(?P<{text}>[^/]+)" if named else re.escape(text)
+        for text, named in path_template_parts(template)
+    )
+    return re.compile("^" + pattern + "$")
 
 
 class Correlation(Model):

@@ -1,6 +1,6 @@
-"""The scalar types of the config file: durations, sizes, addresses, URLs, header names, JSON
-pointers, HTTP statuses, secrets read from files; and `Model`, the base of every block (unknown
-keys are errors, values are frozen)."""
+"""The scalar types of the config file: durations, sizes, counts or `auto`, addresses, URLs,
+header names, JSON pointers, HTTP statuses, secrets read from files; and `Model`, the base of
+every block (unknown keys are errors, values are frozen)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -17,6 +17,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainValidator,
     WithJsonSchema,
 )
 
@@ -190,6 +191,29 @@ def parse_size(value: object) -> int:
         if match:
             return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
     raise ValueError(f"invalid size {value!r} (use 10MiB, 512KiB, 1GB or bytes)")
+
+
+def parse_count_or_auto(value: object) -> int | Literal["auto"]:
+    """A count of at least 1 (a number, or its digits), or `auto`, said in one problem."""
+    if value == "auto":
+        return "auto"
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError(f"invalid count {value!r} (a whole number of at least 1, or auto)")
+
+
+CountOrAuto = Annotated[
+    int | Literal["auto"],
+    PlainValidator(parse_count_or_auto),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "const": "auto"}],
+            "description": "A whole number of at least 1, or auto.",
+        }
+    ),
+]
 
 
 ByteSize = Annotated[

@@ -6,9 +6,10 @@ aiohttp's protocol gets three things added (`GuardedRequestHandler`):
                      of their first byte, else 408 problem+json and the connection is closed (a
                      trickling client holds a socket for seconds, not minutes); a new
                      connection that sends nothing at all within it is closed silently
-    connection cap   past `clients.max_connections` open connections, a new one is closed at
-                     once, counted and logged at most once a second (file descriptors are never
-                     exhausted, so asyncio never spins on a failing accept()); likewise past
+    connection cap   past `clients.max_connections` open connections (`auto`: what the
+                     open-files limit holds, `process.client_connections`), a new one is closed
+                     at once, counted and logged at most once a second (file descriptors are
+                     never exhausted, so asyncio never spins on a failing accept()); likewise past
                      `clients.max_connections_per_address` from one client address, when set
     bad requests     a request aiohttp cannot parse is answered 400 problem+json with the
                      correlation header, logged at WARNING without a traceback, at most once a
@@ -50,9 +51,11 @@ class ClientGuard:
         limits: Clients,
         correlation_header: Callable[[], str],
         metrics: Metrics,
+        max_connections: int,
     ) -> None:
         self.listener = listener
         self.limits = limits
+        self.max_connections = max_connections  # `limits.max_connections`, `auto` resolved
         self.correlation_header = correlation_header
         self.refused = metrics.client_refused.labels(listener)
         self.timeouts = metrics.client_timeouts
@@ -70,13 +73,13 @@ class ClientGuard:
         """Count a new connection (from `address`, when the per-address cap is on); False
         (refused, counted, logged) past a cap."""
         limits = self.limits
-        if self.connections >= limits.max_connections:
+        if self.connections >= self.max_connections:
             self.refused.inc()
             return _refused(
                 self._refused_log,
                 "client connection refused: too many open",
                 listener=self.listener,
-                max_connections=limits.max_connections,
+                max_connections=self.max_connections,
             )
         if address is not None:
             held = self._by_address.get(address, 0)

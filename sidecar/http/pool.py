@@ -86,7 +86,9 @@ class UpstreamResponse:
         self.release()
 
 
-def _host_header(url: URL) -> str:
+def host_header(url: URL) -> str:
+    """The `Host` the upstream is sent: its host, and its port unless the scheme's default
+    (an exported front sends the same)."""
     host = url.raw_host or ""
     if ":" in host:  # IPv6
         host = f"[{host}]"
@@ -292,7 +294,7 @@ class UpstreamPool:
         headers: Mapping[str, str],
         body: bytes | AsyncIterator[bytes] | None,
     ) -> bytes:
-        lines = [f"{method} {url.raw_path_qs or '/'} HTTP/1.1", f"Host: {_host_header(url)}"]
+        lines = [f"{method} {url.raw_path_qs or '/'} HTTP/1.1", f"Host: {host_header(url)}"]
         has_length = False
         for name, value in headers.items():
             lower = name.lower()

@@ -48,3 +48,23 @@ def test_the_budget_keys_take_sizes_and_durations() -> None:
 )
 def test_budget_mistakes_are_named(text: str, expected: str) -> None:
     assert problems_of(text) == [expected]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("auto", "auto"), ("5000", 5000), ("'7'", 7), ("1", 1)],
+)
+def test_max_connections_is_a_count_or_auto(value: str, expected: object) -> None:
+    assert settings_of(f"clients: {{max_connections: {value}}}").clients.max_connections == expected
+
+
+def test_max_connections_defaults_to_auto() -> None:
+    assert settings_of("{}").clients.max_connections == "auto"
+
+
+@pytest.mark.parametrize("value", ["lots", "0", "-3", "2.5", "true"])
+def test_max_connections_mistakes_are_one_problem(value: str) -> None:
+    shown = {"lots": "'lots'", "true": "True"}.get(value, value)
+    assert problems_of(f"clients: {{max_connections: {value}}}") == [
+        f"clients.max_connections: invalid count {shown} (a whole number of at least 1, or auto)"
+    ]
