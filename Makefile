@@ -29,9 +29,13 @@ node_modules/.package-lock.json: package-lock.json
 	npm ci --no-audit --no-fund
 	@touch $@
 
+# The suite runs in PYTEST_WORKERS processes (pytest-xdist; most tests wait on sockets, so more
+# workers than cores pay off); PYTEST_WORKERS=0 runs it in this process.
+PYTEST_WORKERS ?= 3
+
 test: install
 	$(DEPS) --test
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 lint: install node_modules/.package-lock.json
 	$(BIN)/ruff check .
