@@ -1,8 +1,8 @@
 """The wiring diagram: `create_app(settings)` builds the proxy app and its resources, in order.
 
 Startup runs the cleanup contexts top to bottom; shutdown undoes them in reverse:
-HTTP client → Redis → call tracking → operations → completion hub and readers (Redis
-Streams, brokers) → pollers → webhooks → admin server.
+HTTP client → Redis → call tracking → its backlog of late writes → operations → completion hub
+and readers (Redis Streams, brokers) → pollers → webhooks → admin server.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from .sources.health import SOURCE_HEALTH, SourceHealth
 from .sources.loop import SourceLoop, feed_waiters
 from .sources.redis_streams import RedisStreamReader
 from .state import ADMIN_URL, HASHER, HEALTH, HUB, POLLERS, REDIS, TRACKER
+from .sync.backlog import tracking_backlog_ctx
 from .sync.wait import HELD, HeldCalls
 from .tasks import TaskSet
 from .tenancy import TenantHasher
@@ -210,6 +211,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.cleanup_ctx.append(http_ctx)
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(tracking_ctx)
+    app.cleanup_ctx.append(tracking_backlog_ctx)
     app.cleanup_ctx.append(operations_ctx)
     app.cleanup_ctx.append(hub_ctx)
     app.cleanup_ctx.append(pollers_ctx)

@@ -94,6 +94,41 @@ class Metrics:
             ["listener"],
             registry=r,
         )
+        self.redis_faults = Counter(
+            "sidecar_redis_faults",
+            "Redis faults met (Redis away, slow, read-only or failing over), by where: call, "
+            "tracking, tracking_backlog, completion_reader, loop.",
+            ["where"],
+            registry=r,
+        )
+        self.tracking_backlog = Counter(
+            "sidecar_tracking_backlog",
+            "Tracking records whose write failed on a Redis fault, by outcome: kept (to write "
+            "again), written (late, once Redis answered), dropped.",
+            ["outcome"],
+            registry=r,
+        )
+        self.tracking_backlog_dropped = Counter(
+            "sidecar_tracking_backlog_dropped",
+            "Kept tracking records given up, by reason: full, expired, foreign (the id is "
+            "another call's by then), error, shutdown.",
+            ["reason"],
+            registry=r,
+        )
+        self.tracking_backlog_size = Gauge(
+            "sidecar_tracking_backlog_size",
+            "Tracking records kept now, waiting for Redis.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.readiness = Gauge(
+            "sidecar_readiness",
+            "1 for the state /readyz answered last: ready, degraded (200, naming what is "
+            "missing), not_ready (503); 0 for the others.",
+            ["state"],
+            multiprocess_mode="livemax",
+            registry=r,
+        )
         self.client_connections = Gauge(
             "sidecar_client_connections",
             "Client connections open now, by listener (proxy, admin).",

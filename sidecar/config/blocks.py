@@ -128,6 +128,26 @@ class Readiness(Model):
     )
 
 
+class TrackingBacklog(Model):
+    """Tracking records whose write failed on a Redis fault, kept in this process's memory and
+    written once Redis answers again, so a call made during a Redis outage still reaches its
+    client's webhooks."""
+
+    max_calls: int = Field(
+        10_000,
+        ge=0,
+        le=1_000_000,
+        description="Most records kept (about 1 KB each); when full the oldest is dropped. 0: "
+        "none kept (such calls' completions reach operator subscriptions only). Default 10000.",
+    )
+    max_age: Duration = Field(
+        300.0,
+        gt=0,
+        description="A record not written within this is dropped (its completion has likely "
+        "been handed to operator subscriptions already). Default 5m.",
+    )
+
+
 class Log(Model):
     """Logging."""
 
