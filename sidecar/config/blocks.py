@@ -115,10 +115,12 @@ class Readiness(Model):
     """What `/readyz` requires."""
 
     require_redis: bool = Field(
-        True,
-        description="Not ready while Redis does not answer (or the completion reader is not "
-        "connected). false: /readyz still names the problem but answers 200, so a load balancer "
-        "keeps sending calls, which fall back to 202 until Redis is back. Default true.",
+        False,
+        description="true: not ready (503) while Redis does not answer (or the completion reader "
+        "is not connected), so every replica leaves the load balancer at once during a Redis "
+        'outage. false: /readyz names the problem but answers 200 "ready (degraded)": the '
+        "replica still serves (pass-through works, synchronised calls fall back to 202, their "
+        "tracking is written once Redis is back). Default false.",
     )
     require_sources: bool = Field(
         True,
