@@ -7,6 +7,7 @@ and readers (Redis Streams, brokers) → pollers → webhooks → admin server.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -27,6 +28,7 @@ from .http.budget import BUDGET, ByteBudget
 from .http.listener import ClientGuard, GuardedAppRunner
 from .http.pool import POOL
 from .http.upstream import create_pool
+from .logs import LoopFaults
 from .metrics import METRICS, Metrics
 from .operations import OPERATIONS, Operations
 from .process import client_connections
@@ -69,6 +71,9 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         app[REDIS] = app[HEALTH] = None
         yield
         return
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(LoopFaults(app[METRICS].redis_faults.labels("loop").inc, previous))
     connections = app[REDIS] = RedisConnections(app[RUNTIME].settings)
     await connections.open()
     health = app[HEALTH] = RedisHealth(connections, app[METRICS])
@@ -77,6 +82,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await tasks.close()
     await connections.aclose()
+    loop.set_exception_handler(previous)
 
 
 async def tracking_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -135,7 +141,7 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
 async def pollers_ctx(app: web.Application) -> AsyncIterator[None]:
     """Owner of the calls' background work (Location pollers, tracking writes), which may
     outlive the calls that started them."""
-    app[POLLERS] = TaskSet("pollers")
+    app[POLLERS] = TaskSet("pollers", app[METRICS].redis_faults.labels("background").inc)
     yield
     await app[POLLERS].close()
 

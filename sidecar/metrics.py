@@ -25,6 +25,7 @@ OUTCOMES = (
     "upstream_error",
     "client_gone",
     "rejected",
+    "redis_fault",
     "internal_error",
 )
 

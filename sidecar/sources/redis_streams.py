@@ -115,6 +115,7 @@ class RedisStreamReader:
                 if cancelling():
                     raise asyncio.CancelledError from exc
                 self._up[n] = False
+                self.metrics.redis_faults.labels("completion_reader").inc()
                 if self.hub.connected.is_set() or not self._said_down:
                     logger.warning(
                         "completion reader lost Redis; reconnecting quietly",
