@@ -122,6 +122,13 @@ class Metrics:
             multiprocess_mode="livesum",
             registry=r,
         )
+        self.stale_consumers_removed = Counter(
+            "sidecar_stale_consumers_removed",
+            "Consumers of replicas that are gone removed from the consumer groups, by group: "
+            "dispatch (completion streams), delivery (subscriptions' queues).",
+            ["group"],
+            registry=r,
+        )
         self.readiness = Gauge(
             "sidecar_readiness",
             "1 for the state /readyz answered last: ready, degraded (200, naming what is "
