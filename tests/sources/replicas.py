@@ -44,8 +44,8 @@ def replica_config(
 
 
 async def ready(http: aiohttp.ClientSession, sidecar: SidecarProcess) -> None:
-    """`/readyz` answers "ready" (not degraded): Redis answers and every read of the source is connected (for
-    Kafka, the group has placed this replica)."""
+    """`/readyz` answers "ready" (not degraded): Redis answers and every read of the source is
+    connected (for Kafka, the group has placed this replica)."""
     async with asyncio.timeout(READY_TIMEOUT_S):
         while True:
             async with http.get(f"{sidecar.admin_url}/readyz") as resp:
