@@ -147,7 +147,11 @@ class TrackingBacklog:
             intake = kept.intake(tenant) if kept.intake is not None else None
             kept.record = dataclasses.replace(kept.record, tenant=tenant, intake=intake)
             kept.credential = kept.intake = None
-        return await self.tracker.record(kept.record)
+        if await self.tracker.record(kept.record):
+            return True
+        # Already there: this call's own (an earlier try whose answer was lost), or another's.
+        found = await self.tracker.get(kept.record.wait_id)
+        return found is not None and found.identity == kept.record.identity
 
     def _expire(self) -> None:
         max_age_s = self._settings().tracking_backlog.max_age

@@ -149,3 +149,27 @@ async def test_the_backlog_is_bounded_and_says_what_it_dropped(
     await asyncio.to_thread(own_redis.start)
     await until(lambda: metric(client, "sidecar_tracking_backlog_size") == 0, timeout_s=10)
     assert metric(client, "sidecar_tracking_backlog_total", outcome="written") == 2
+
+
+async def test_a_record_kept_longer_than_its_max_age_is_dropped(
+    fake_api: FakeApiFactory,
+    start_sidecar: SidecarFactory,
+    own_redis: RedisServer,
+    key_prefix: str,
+) -> None:
+    client = await start(
+        fake_api,
+        start_sidecar,
+        own_redis.url,
+        key_prefix,
+        tracking_backlog={"max_age": "200ms"},
+    )
+    await client.app[HASHER].tenant(CLIENT)
+    await asyncio.to_thread(own_redis.stop)
+    await until(lambda: metric(client, "sidecar_redis_up") == 0)
+    resp = await client.post("/jobs", headers={"Authorization": CLIENT, "Prefer": "respond-async"})
+    assert resp.status == 202
+    assert metric(client, "sidecar_tracking_backlog_size") == 1
+    dropped = {"reason": "expired"}
+    await until(lambda: metric(client, "sidecar_tracking_backlog_dropped_total", **dropped) == 1)
+    assert metric(client, "sidecar_tracking_backlog_size") == 0
