@@ -33,7 +33,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from .config import Settings
 from .faults import REDIS_FAULTS as REDIS_FAULTS
@@ -112,6 +112,8 @@ async def detect_cluster(url: str, kwargs: dict[str, Any]) -> bool | None:
             info = await client.info("cluster")
         return bool(info.get("cluster_enabled"))
     except REDIS_FAULTS:
+        return None
+    except ResponseError:  # a Redis that refuses INFO: then it is not known either
         return None
     finally:
         await client.aclose()
