@@ -98,7 +98,7 @@ class Metrics:
         self.redis_faults = Counter(
             "sidecar_redis_faults",
             "Redis faults met (Redis away, slow, read-only or failing over), by where: call, "
-            "tracking, tracking_backlog, completion_reader, loop.",
+            "tracking, tracking_backlog, completion_reader, webhook_loop, background, loop.",
             ["where"],
             registry=r,
         )

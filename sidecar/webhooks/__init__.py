@@ -79,14 +79,15 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     if not prepared:  # Redis is down: start anyway (calls degrade to 202) and keep trying
         tasks.spawn(_prepare_until_done(runtime, dispatcher, worker))
     tasks.spawn(worker.run())
-    tasks.spawn(supervised("dispatcher", dispatcher.run))
+    fault = app[METRICS].redis_faults.labels("webhook_loop").inc
+    tasks.spawn(supervised("dispatcher", dispatcher.run, fault))
     sweeper = ConsumerSweeper(runtime.redis, settings, runtime.consumer, app[METRICS])
-    tasks.spawn(supervised("consumers", sweeper.run))
+    tasks.spawn(supervised("consumers", sweeper.run, fault))
     for name in settings.sources:  # each broker's shared read, acknowledged after the outbox
         broker = BrokerDispatcher(
             name, runtime, app[RUNTIME], app[SOURCE_HEALTH], app.get(OPERATIONS)
         )
-        tasks.spawn(supervised(f"dispatcher {name}", broker.run))
+        tasks.spawn(supervised(f"dispatcher {name}", broker.run, fault))
     yield
     await tasks.close()
     streams = [(s, dispatch_group(runtime.prefix)) for s in app[RUNTIME].settings.stream_keys]

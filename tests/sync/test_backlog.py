@@ -116,6 +116,8 @@ async def test_a_call_made_while_redis_is_down_reaches_its_clients_webhook(
     assert metric(client, "sidecar_tracking_backlog_total", outcome="written") == 1
     assert metric(client, "sidecar_tracking_backlog_total", outcome="dropped") == 0
     assert metric(client, "sidecar_redis_faults_total", where="tracking") >= 1
+    assert metric(client, "sidecar_redis_faults_total", where="webhook_loop") >= 1
+    assert metric(client, "sidecar_redis_faults_total", where="completion_reader") >= 1
 
 
 async def test_the_backlog_is_bounded_and_says_what_it_dropped(
