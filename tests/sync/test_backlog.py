@@ -5,7 +5,7 @@ the backlog is bounded, counted and said."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -25,13 +25,13 @@ CLIENT = "Bearer key-a"
 
 
 @pytest.fixture
-def kept_redis() -> AsyncIterator[RedisServer]:
+def kept_redis() -> Iterator[RedisServer]:
     """A redis-server of this test's own that keeps its data across a restart (AOF)."""
     try:
         server = RedisServer(persist=True).start()
     except RedisUnavailable as exc:
         pytest.fail(str(exc), pytrace=False)
-    yield server  # type: ignore[misc]
+    yield server
     server.close()
 
 
