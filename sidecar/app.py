@@ -1,12 +1,13 @@
 """The wiring diagram: `create_app(settings)` builds the proxy app and its resources, in order.
 
 Startup runs the cleanup contexts top to bottom; shutdown undoes them in reverse:
-HTTP client → Redis → call tracking → operations → completion hub and readers (Redis
-Streams, brokers) → pollers → webhooks → admin server.
+HTTP client → Redis → call tracking → its backlog of late writes → operations → completion hub
+and readers (Redis Streams, brokers) → pollers → webhooks → admin server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 
@@ -27,6 +28,7 @@ from .http.budget import BUDGET, ByteBudget
 from .http.listener import ClientGuard, GuardedAppRunner
 from .http.pool import POOL
 from .http.upstream import create_pool
+from .logs import LoopFaults
 from .metrics import METRICS, Metrics
 from .operations import OPERATIONS, Operations
 from .process import client_connections
@@ -37,6 +39,7 @@ from .sources.health import SOURCE_HEALTH, SourceHealth
 from .sources.loop import SourceLoop, feed_waiters
 from .sources.redis_streams import RedisStreamReader
 from .state import ADMIN_URL, HASHER, HEALTH, HUB, POLLERS, REDIS, TRACKER
+from .sync.backlog import tracking_backlog_ctx
 from .sync.wait import HELD, HeldCalls
 from .tasks import TaskSet
 from .tenancy import TenantHasher
@@ -68,6 +71,9 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
         app[REDIS] = app[HEALTH] = None
         yield
         return
+    loop = asyncio.get_running_loop()
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(LoopFaults(app[METRICS].redis_faults.labels("loop").inc, previous))
     connections = app[REDIS] = RedisConnections(app[RUNTIME].settings)
     await connections.open()
     health = app[HEALTH] = RedisHealth(connections, app[METRICS])
@@ -76,6 +82,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await tasks.close()
     await connections.aclose()
+    loop.set_exception_handler(previous)
 
 
 async def tracking_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -134,7 +141,7 @@ async def hub_ctx(app: web.Application) -> AsyncIterator[None]:
 async def pollers_ctx(app: web.Application) -> AsyncIterator[None]:
     """Owner of the calls' background work (Location pollers, tracking writes), which may
     outlive the calls that started them."""
-    app[POLLERS] = TaskSet("pollers")
+    app[POLLERS] = TaskSet("pollers", app[METRICS].redis_faults.labels("background").inc)
     yield
     await app[POLLERS].close()
 
@@ -210,6 +217,7 @@ def create_app(settings: Settings, registry: CollectorRegistry | None = None) ->
     app.cleanup_ctx.append(http_ctx)
     app.cleanup_ctx.append(redis_ctx)
     app.cleanup_ctx.append(tracking_ctx)
+    app.cleanup_ctx.append(tracking_backlog_ctx)
     app.cleanup_ctx.append(operations_ctx)
     app.cleanup_ctx.append(hub_ctx)
     app.cleanup_ctx.append(pollers_ctx)

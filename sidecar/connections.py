@@ -33,19 +33,17 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.commands.core import AsyncScript
 from redis.crc import key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, ResponseError
 
 from .config import Settings
+from .faults import REDIS_FAULTS as REDIS_FAULTS
 from .metrics import Metrics
 from .tasks import cancelling, checkpoint
 
 logger = logging.getLogger(__name__)
 
 ROLE_CHECK_S = 1.0  # how often a loop on a Sentinel-guarded primary asks where it is
-REDIS_FAULTS: tuple[type[Exception], ...] = (RedisError, RedisClusterException, OSError)
-"""What a Redis command raises when Redis is away, slow (TimeoutError is an OSError) or its
-topology changes (redis-py's cluster client raises `RedisClusterException`, not a
-`RedisError`, when it reaches no node)."""
+
 
 CONNECT_TIMEOUT_S = 2.0  # TCP (and TLS) connect to Redis
 COMMAND_TIMEOUT_S = 5.0  # longest a (non-blocking) command may take before it counts as a fault
@@ -114,6 +112,8 @@ async def detect_cluster(url: str, kwargs: dict[str, Any]) -> bool | None:
             info = await client.info("cluster")
         return bool(info.get("cluster_enabled"))
     except REDIS_FAULTS:
+        return None
+    except ResponseError:  # a Redis that refuses INFO: then it is not known either
         return None
     finally:
         await client.aclose()

@@ -109,6 +109,12 @@ class Unavailable(SidecarError):
     status, code, title, outcome = 503, "unavailable", "Service unavailable", "internal_error"
 
 
+class RedisFault(Unavailable):
+    """Redis is away, slow, read-only or failing over: the deployment's fault, not a bug."""
+
+    outcome = "redis_fault"
+
+
 class Overloaded(SidecarError):
     """Refused because a budget of the whole process is spent (its request was not read)."""
 

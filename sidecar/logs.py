@@ -6,17 +6,22 @@ JSON formatter emits them as keys. The per-call access line goes to the `sidecar
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
+from .faults import REDIS_FAULTS
 from .timestamps import iso
 from .trace import TraceFields
+
+logger = logging.getLogger(__name__)
 
 _RESERVED = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
     "message",
@@ -115,6 +120,42 @@ class Every:
         """How many were held back since the last line, and start counting anew."""
         skipped, self.skipped = self.skipped, 0
         return skipped
+
+
+LoopHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
+
+
+class LoopFaults:
+    """The event loop's exception handler while Redis is in use: an exception nobody awaited
+    (a connection's read cut by a failover, a future left with a Redis error) that is a Redis
+    fault is counted through `count` and said in one WARNING line a second, without
+    traceback; anything else goes to the handler it replaced (by default the loop's own: an
+    ERROR with the traceback)."""
+
+    def __init__(self, count: Callable[[], object], previous: LoopHandler | None) -> None:
+        self.count, self.previous = count, previous
+        self._every = Every()
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, REDIS_FAULTS) or isinstance(
+            getattr(exc, "__cause__", None), REDIS_FAULTS
+        ):
+            self.count()
+            if self._every.ready():
+                logger.warning(
+                    "Redis fault outside any request or loop (a connection cut); counted",
+                    extra={
+                        "error": f"{exc.__class__.__name__}: {exc}",
+                        "context": context.get("message", ""),
+                        "since_last_line": self._every.take_skipped(),
+                    },
+                )
+            return
+        if self.previous is not None:
+            self.previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
 
 
 class WorkerField(logging.Filter):

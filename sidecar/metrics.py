@@ -25,6 +25,7 @@ OUTCOMES = (
     "upstream_error",
     "client_gone",
     "rejected",
+    "redis_fault",
     "internal_error",
 )
 
@@ -92,6 +93,48 @@ class Metrics:
             "sidecar_internal_errors",
             "Requests that met a bug of ours (answered 500 problem+json), by listener.",
             ["listener"],
+            registry=r,
+        )
+        self.redis_faults = Counter(
+            "sidecar_redis_faults",
+            "Redis faults met (Redis away, slow, read-only or failing over), by where: call, "
+            "tracking, tracking_backlog, completion_reader, webhook_loop, background, loop.",
+            ["where"],
+            registry=r,
+        )
+        self.tracking_backlog = Counter(
+            "sidecar_tracking_backlog",
+            "Tracking records whose write failed on a Redis fault, by outcome: kept (to write "
+            "again), written (late, once Redis answered), dropped.",
+            ["outcome"],
+            registry=r,
+        )
+        self.tracking_backlog_dropped = Counter(
+            "sidecar_tracking_backlog_dropped",
+            "Kept tracking records given up, by reason: full, expired, foreign (the id is "
+            "another call's by then), error, shutdown.",
+            ["reason"],
+            registry=r,
+        )
+        self.tracking_backlog_size = Gauge(
+            "sidecar_tracking_backlog_size",
+            "Tracking records kept now, waiting for Redis.",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.stale_consumers_removed = Counter(
+            "sidecar_stale_consumers_removed",
+            "Consumers of replicas that are gone removed from the consumer groups, by group: "
+            "dispatch (completion streams), delivery (subscriptions' queues).",
+            ["group"],
+            registry=r,
+        )
+        self.readiness = Gauge(
+            "sidecar_readiness",
+            "1 for the state /readyz answered last: ready, degraded (200, naming what is "
+            "missing), not_ready (503); 0 for the others.",
+            ["state"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.client_connections = Gauge(

@@ -5,22 +5,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
+
+from .faults import REDIS_FAULTS
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 RECANCEL_S = 0.25
+FAULT_LINE_EVERY_S = 1.0
 
 
 class TaskSet:
-    """Tracks tasks; failures are logged; `close()` cancels and awaits whatever is left."""
+    """Tracks tasks; failures are logged (a bug with its traceback; a Redis fault as one
+    WARNING a second, counted through `on_fault`); `close()` cancels and awaits whatever is
+    left."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, on_fault: Callable[[], object] | None = None) -> None:
         self.name = name
+        self.on_fault = on_fault  # called for each task ended by a Redis fault (a metric)
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._said_fault = -FAULT_LINE_EVERY_S
 
     def spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
         """Start `coro` as a tracked task."""
@@ -31,10 +39,21 @@ class TaskSet:
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error(
-                "background task failed", extra={"tasks": self.name}, exc_info=task.exception()
-            )
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, REDIS_FAULTS):  # the deployment's: one line a second, no traceback
+            if self.on_fault is not None:
+                self.on_fault()
+            now = time.monotonic()
+            if now - self._said_fault >= FAULT_LINE_EVERY_S:
+                self._said_fault = now
+                logger.warning(
+                    "background task stopped by a Redis fault",
+                    extra={"tasks": self.name, "error": f"{exc.__class__.__name__}: {exc}"},
+                )
+        elif exc is not None:
+            logger.error("background task failed", extra={"tasks": self.name}, exc_info=exc)
 
     def __len__(self) -> int:
         return len(self._tasks)

@@ -50,7 +50,7 @@ async def test_readyz_and_the_log_never_show_a_query_password(
             nonlocal body
             async with http.get(readyz) as resp:
                 body = await resp.text()
-                return resp.status == 503 and "Redis does not answer" in body
+                return resp.status == 200 and "Redis does not answer" in body  # degraded
 
         await until_true(reports_redis, what=lambda: body)
     assert "password=***" in body

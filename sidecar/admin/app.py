@@ -13,6 +13,7 @@ from aiohttp import web
 from ..http.boundary import problem_middleware
 from ..http.context import RequestContext
 from ..http.headers import correlation_id
+from ..metrics import METRICS
 from . import health
 from .api import ENDPOINTS, api_app
 from .endpoints import MOUNTED, mount
@@ -48,6 +49,7 @@ def create_admin_app(services: AdminServices) -> web.Application:
     """The admin application over the proxy app's `services`."""
     admin = web.Application(middlewares=[problem_middleware(AdminListener(services))])
     admin[SERVICES] = services
+    admin[METRICS] = services.metrics  # the boundary counts Redis faults here too
     admin[MOUNTED] = ADMIN_ENDPOINTS
     mount(admin, OWN)
     admin.add_subapp("/admin/api", api_app())

@@ -14,6 +14,7 @@ from .services import services
 from .views import Health, Readiness
 
 HEALTH = "health"
+STATES = ("ready", "degraded", "not_ready")  # of `sidecar_readiness{state}`
 
 
 @endpoint(
@@ -44,7 +45,9 @@ async def healthz(request: web.Request) -> web.Response:
 )
 async def readyz(request: web.Request) -> web.Response:
     """Ready when the config is loaded and, if configured, Redis answers, the completion
-    reader is connected and every broker source is read; else 503 with the reasons."""
+    reader is connected and every broker source is read. What is missing is named; it makes
+    the answer 503 only when `readiness` requires it (else "ready (degraded)": the replica
+    still serves, calls fall back to 202)."""
     found = services(request)
     reasons: dict[str, str] = {}
     sources: dict[str, str] = {}
@@ -63,9 +66,15 @@ async def readyz(request: web.Request) -> web.Response:
         **({} if readiness.require_sources else sources),
     }
     reasons.update(sources)
-    if not reasons:
+    state = "ready"
+    if reasons:
+        state = "degraded" if len(tolerated) == len(reasons) else "not_ready"
+    gauge = found.metrics.readiness
+    for each in STATES:
+        gauge.labels(each).set(1 if each == state else 0)
+    if state == "ready":
         return answer(Readiness(status="ready", reasons=reasons))
-    if len(tolerated) == len(reasons):
+    if state == "degraded":
         return answer(Readiness(status="ready (degraded)", reasons=reasons))
     return answer(Readiness(status="not ready", reasons=reasons), 503)
 

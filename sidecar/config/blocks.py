@@ -115,16 +115,38 @@ class Readiness(Model):
     """What `/readyz` requires."""
 
     require_redis: bool = Field(
-        True,
-        description="Not ready while Redis does not answer (or the completion reader is not "
-        "connected). false: /readyz still names the problem but answers 200, so a load balancer "
-        "keeps sending calls, which fall back to 202 until Redis is back. Default true.",
+        False,
+        description="true: not ready (503) while Redis does not answer (or the completion reader "
+        "is not connected), so every replica leaves the load balancer at once during a Redis "
+        'outage. false: /readyz names the problem but answers 200 "ready (degraded)": the '
+        "replica still serves (pass-through works, synchronised calls fall back to 202, their "
+        "tracking is written once Redis is back). Default false.",
     )
     require_sources: bool = Field(
         True,
         description="Not ready while a broker source (sources:) is not read. false: /readyz "
         "names it but answers 200; calls on its routes fall back to 202 until it is back. "
         "Default true.",
+    )
+
+
+class TrackingBacklog(Model):
+    """Tracking records whose write failed on a Redis fault, kept in this process's memory and
+    written once Redis answers again, so a call made during a Redis outage still reaches its
+    client's webhooks."""
+
+    max_calls: int = Field(
+        10_000,
+        ge=0,
+        le=1_000_000,
+        description="Most records kept (about 1 KB each); when full the oldest is dropped. 0: "
+        "none kept (such calls' completions reach operator subscriptions only). Default 10000.",
+    )
+    max_age: Duration = Field(
+        300.0,
+        gt=0,
+        description="A record not written within this is dropped (its completion has likely "
+        "been handed to operator subscriptions already). Default 5m.",
     )
 
 

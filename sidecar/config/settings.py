@@ -16,7 +16,17 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from .blocks import Clients, Log, Proxy, Readiness, RedisSentinel, RedisTls, StreamReader, Tenancy
+from .blocks import (
+    Clients,
+    Log,
+    Proxy,
+    Readiness,
+    RedisSentinel,
+    RedisTls,
+    StreamReader,
+    Tenancy,
+    TrackingBacklog,
+)
 from .operations import Operations
 from .routes import Route
 from .sources import Sources, check_sources
@@ -113,6 +123,7 @@ class Settings(BaseSettings):
     tracking_ttl: Duration = Field(
         86400.0, gt=0, description="How long a 202'd call is remembered in Redis. Default 24h."
     )
+    tracking_backlog: TrackingBacklog = Field(default_factory=TrackingBacklog)
     proxy: Proxy = Field(default_factory=Proxy)
     clients: Clients = Field(default_factory=Clients)
     stream_reader: StreamReader = Field(default_factory=StreamReader)

@@ -6,9 +6,12 @@ ends (`end`: metrics, the access log). Between the two, whatever the handler doe
     answers                              → passed on, with the correlation header
     SidecarError                         → its problem+json answer, outcome of its class
     aiohttp HTTPException ≥ 400          → problem+json (404, 405, 413 of the framework), rejected
-    Redis fault that reached us          → 503 problem+json, internal_error, logged (no traceback)
+    Redis fault that reached us          → 503 problem+json, redis_fault, counted in
+                                           sidecar_redis_faults_total,
+                                           one WARNING a second (no traceback)
     the client went away                 → nothing to answer, client_gone
-    anything else (a bug of ours)        → 500 problem+json, internal_error, logged with traceback
+    anything else (a bug of ours, a       → 500 problem+json, internal_error, logged with traceback
+    Redis error such as WRONGTYPE too)
 
 Every answer carries the correlation header and every problem its `correlation_id` (and the
 `operation_id` when a call has one). An error after an answer's headers were sent cannot become
@@ -27,11 +30,14 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from ..connections import REDIS_FAULTS
-from ..errors import InternalError, SidecarError, Unavailable, error_response
+from ..errors import InternalError, RedisFault, SidecarError, error_response
+from ..logs import Every
+from ..metrics import METRICS
 from .context import CONTEXT, CallContext, RequestContext
 from .listener import close_after_answer
 
 logger = logging.getLogger(__name__)
+_fault_log = Every()
 
 CLIENT_GONE = (ConnectionResetError, aiohttp.ClientConnectionResetError, asyncio.CancelledError)
 _FRAMEWORK_CODES = {
@@ -108,11 +114,19 @@ def _as_error(exc: Exception, request: web.Request, context: RequestContext) -> 
     if isinstance(exc, web.HTTPException) and exc.status >= 400:
         return framework_error(exc, request)
     if isinstance(exc, REDIS_FAULTS):
-        logger.warning(
-            "Redis fault while answering",
-            extra={**_fields(request, context), "error": exc.__class__.__name__},
-        )
-        return Unavailable(f"Redis is unavailable ({exc.__class__.__name__})")
+        metrics = request.config_dict.get(METRICS)
+        if metrics is not None:
+            metrics.redis_faults.labels("request").inc()
+        if _fault_log.ready():  # one line a second while Redis is away, not one per request
+            logger.warning(
+                "Redis fault while answering",
+                extra={
+                    **_fields(request, context),
+                    "error": f"{exc.__class__.__name__}: {exc}",
+                    "since_last_line": _fault_log.take_skipped(),
+                },
+            )
+        return RedisFault(f"Redis is unavailable ({exc.__class__.__name__})")
     if isinstance(exc, web.HTTPException):  # a redirect raised on purpose
         raise exc
     logger.exception("unexpected error", extra=_fields(request, context))

@@ -24,7 +24,7 @@ from ..tasks import cancelling, checkpoint
 logger = logging.getLogger(__name__)
 
 BACKOFF_INITIAL_S = 0.1
-BACKOFF_MAX_S = 5.0
+BACKOFF_MAX_S = 0.5  # one connection attempt per process: readiness is back this soon
 
 
 def entry_age_s(entry_id: str) -> float:
@@ -115,6 +115,7 @@ class RedisStreamReader:
                 if cancelling():
                     raise asyncio.CancelledError from exc
                 self._up[n] = False
+                self.metrics.redis_faults.labels("completion_reader").inc()
                 if self.hub.connected.is_set() or not self._said_down:
                     logger.warning(
                         "completion reader lost Redis; reconnecting quietly",

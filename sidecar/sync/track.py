@@ -25,6 +25,7 @@ from ..state import HASHER, POLLERS, TRACKER
 from ..timeline import Intake
 from ..tracking import CallTracker, TrackedCall
 from .answers import Accepted
+from .backlog import BACKLOG
 from .journal import Journal
 
 logger = logging.getLogger(__name__)
@@ -108,7 +109,7 @@ def _settled(app: web.Application, done: asyncio.Future[bool], track: Track) -> 
         return
     exc = None if done.cancelled() else done.exception()
     if done.cancelled() or isinstance(exc, REDIS_FAULTS):
-        _untracked(track.record, exc)
+        _untracked(app, track.record, exc)
         outcome.set_result(False)
     elif exc is not None:
         outcome.set_exception(exc)
@@ -119,10 +120,22 @@ def _settled(app: web.Application, done: asyncio.Future[bool], track: Track) -> 
         outcome.set_result(written)
 
 
-def _untracked(record: TrackedCall, exc: BaseException | None) -> None:
+def _untracked(
+    app: web.Application,
+    record: TrackedCall,
+    exc: BaseException | None,
+    credential: str | None = None,
+    intake: Callable[[str | None], Intake | None] | None = None,
+) -> None:
+    """A Redis fault: the record is kept to write once Redis answers (with the `credential`
+    and `intake` when its tenant is still to be derived)."""
+    app[METRICS].redis_faults.labels("tracking").inc()
+    backlog = app[BACKLOG]
+    if backlog is not None:
+        backlog.keep(record, credential, intake)
     if _untracked_log.ready():
         logger.warning(
-            "could not track the call in Redis (its webhooks go to operator subscriptions)",
+            "could not track the call in Redis; kept to write when Redis answers",
             extra={
                 "route": record.route,
                 "correlation_id": record.identity,
@@ -168,7 +181,10 @@ async def _write(
             track.record = dataclasses.replace(track.record, tenant=tenant, intake=intake(tenant))
             written = await tracker.record(track.record)
     except REDIS_FAULTS as exc:
-        _untracked(track.record, exc)
+        if track.record.tenant is None and credential is not None:
+            _untracked(app, track.record, exc, credential, intake)
+        else:
+            _untracked(app, track.record, exc)
         track.written.set_result(False)
         return
     if not written:

@@ -7,13 +7,15 @@ completion), `attempt` (one signed POST), `retry` (when an attempt is made again
 (fair slots), `outcome` (recording what an attempt led to), `runtime` (the services, built
 once), `supervise`, `delivery` (the workers' loops), `handoff` (completions held until their
 call is tracked, then written to the outbox), `dispatcher` (Redis completion streams → outbox),
-`brokers` (each broker source's shared read → outbox).
+`brokers` (each broker source's shared read → outbox), `consumers` (dead replicas' consumers
+removed from the groups).
 `webhooks_ctx` runs them. The HTTP API over them lives in `sidecar.admin`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -29,6 +31,7 @@ from ..state import REDIS, TRACKER
 from ..tasks import TaskSet
 from .attempt import create_webhook_session
 from .brokers import BrokerDispatcher
+from .consumers import ConsumerSweeper
 from .delivery import DeliveryWorker
 from .dispatcher import Dispatcher
 from .fanout import known_events
@@ -76,17 +79,22 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     if not prepared:  # Redis is down: start anyway (calls degrade to 202) and keep trying
         tasks.spawn(_prepare_until_done(runtime, dispatcher, worker))
     tasks.spawn(worker.run())
-    tasks.spawn(supervised("dispatcher", dispatcher.run))
+    fault = app[METRICS].redis_faults.labels("webhook_loop").inc
+    tasks.spawn(supervised("dispatcher", dispatcher.run, fault))
+    sweeper = ConsumerSweeper(runtime.redis, settings, runtime.consumer, app[METRICS])
+    tasks.spawn(supervised("consumers", sweeper.run, fault))
     for name in settings.sources:  # each broker's shared read, acknowledged after the outbox
         broker = BrokerDispatcher(
             name, runtime, app[RUNTIME], app[SOURCE_HEALTH], app.get(OPERATIONS)
         )
-        tasks.spawn(supervised(f"dispatcher {name}", broker.run))
+        tasks.spawn(supervised(f"dispatcher {name}", broker.run, fault))
     yield
     await tasks.close()
     streams = [(s, dispatch_group(runtime.prefix)) for s in app[RUNTIME].settings.stream_keys]
     queues = [(q, DELIVERY_GROUP) for q in sorted(worker.read_from)]
     await _leave_groups(runtime.redis, [*streams, *queues], runtime.consumer)
+    with contextlib.suppress(*REDIS_FAULTS):
+        await sweeper.leave()
     await session.close()
 
 

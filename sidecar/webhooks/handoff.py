@@ -26,6 +26,7 @@ from redis.typing import EncodableT, FieldT
 
 from ..completions.completion import Event, Status
 from ..config import Route
+from ..connections import REDIS_FAULTS
 from ..logs import Every
 from ..operations import Operations
 from ..operations.records import Outcome
@@ -122,7 +123,17 @@ class Handoff:
     async def flush(self) -> list[Held]:
         """Write every held completion whose call is tracked (or whose grace is over) to the
         outbox; those, released, are returned for the reader to acknowledge. Raises Redis
-        faults, and then nothing is released."""
+        faults, and then nothing is released and every grace starts again: a call's tracking
+        record kept while Redis was away is written once it answers (sync/backlog.py)."""
+        try:
+            return await self._flush()
+        except REDIS_FAULTS:
+            now = time.monotonic()
+            for held in self.pending.values():
+                held.first_seen = now
+            raise
+
+    async def _flush(self) -> list[Held]:
         if not self.pending:
             await self._record_dead()
             return []

@@ -16,10 +16,12 @@ logger = logging.getLogger(__name__)
 QUIET_AFTER_S = 10.0  # a loop that ran this long without a fault starts a new episode
 
 
-async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
+async def supervised(
+    name: str, loop: Callable[[], Awaitable[None]], on_fault: Callable[[], object] | None = None
+) -> None:
     """Run `loop` forever; back off (with jitter) on Redis faults and on bugs. A run of Redis
-    faults is logged once (no traceback) until the loop has run well again; a bug is logged
-    each time, with its traceback."""
+    faults is logged once (no traceback) until the loop has run well again, each counted
+    through `on_fault`; a bug is logged each time, with its traceback."""
     backoff = Backoff(0.1, 5.0)
     faulty = False
     while True:
@@ -30,6 +32,8 @@ async def supervised(name: str, loop: Callable[[], Awaitable[None]]) -> None:
         except REDIS_FAULTS as exc:
             if cancelling():
                 raise asyncio.CancelledError from exc
+            if on_fault is not None:
+                on_fault()
             if time.monotonic() - started > QUIET_AFTER_S:
                 faulty = False
                 backoff.reset()

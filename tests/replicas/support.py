@@ -446,9 +446,10 @@ async def ready(http: aiohttp.ClientSession, sidecar: SidecarProcess) -> None:
     async def answers() -> bool:
         nonlocal why
         async with http.get(f"{sidecar.admin_url}/readyz") as resp:
-            if resp.status == 200:
-                return True
             why = await resp.text()
+            # "ready", not "ready (degraded)": Redis answers and the completion reader is in.
+            if resp.status == 200 and (await resp.json())["status"] == "ready":
+                return True
         return False
 
     await until_true(

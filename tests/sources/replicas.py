@@ -44,12 +44,12 @@ def replica_config(
 
 
 async def ready(http: aiohttp.ClientSession, sidecar: SidecarProcess) -> None:
-    """`/readyz` answers 200: Redis answers and every read of the source is connected (for
-    Kafka, the group has placed this replica)."""
+    """`/readyz` answers "ready" (not degraded): Redis answers and every read of the source is
+    connected (for Kafka, the group has placed this replica)."""
     async with asyncio.timeout(READY_TIMEOUT_S):
         while True:
             async with http.get(f"{sidecar.admin_url}/readyz") as resp:
-                if resp.status == 200:
+                if resp.status == 200 and (await resp.json())["status"] == "ready":
                     return
             await asyncio.sleep(0.05)
 
