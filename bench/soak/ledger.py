@@ -75,10 +75,32 @@ def log_counts(paths: list[Path]) -> dict[str, int]:
     return dict(counts)
 
 
+def undelivered(load: Load, completions: Completions, receiver: Receiver) -> list[str]:
+    """The correlation ids of our calls' completions that some subscription has not received."""
+    ours = {call.cid: call.client for call in load.calls}
+    return [
+        cid
+        for cid in completions.seen
+        if cid in ours
+        and not (
+            (f"client-{ours[cid]}", cid) in receiver.delivered
+            and (OPERATOR, cid) in receiver.delivered
+        )
+    ]
+
+
 def deliveries(
-    load: Load, completions: Completions, receiver: Receiver, dead_letters: int
+    load: Load,
+    completions: Completions,
+    receiver: Receiver,
+    dead_letters: int,
+    lost_by_redis: set[str] | None = None,
 ) -> dict[str, Any]:
-    """The expected/delivered/duplicates/missing balance, per kind of subscription."""
+    """The expected/delivered/duplicates/missing balance, per kind of subscription.
+
+    Dropped: what the sidecar dead-lettered, and completions whose stream entry Redis itself
+    lost (`lost_by_redis`) before the sidecar could read them."""
+    lost_by_redis = lost_by_redis or set()
     ours = {call.cid: call for call in load.calls}
     completed = [cid for cid in completions.seen if cid in ours]
     expected = delivered = duplicates = operator_only = 0
@@ -95,23 +117,31 @@ def deliveries(
                 delays_s.append(receiver.first_delivery[(name, cid)] - completions.seen[cid][1])
                 duplicates += sum(got.values()) - 1
                 continue
-            if name == client and (OPERATOR, cid) in receiver.delivered:
+            if cid in lost_by_redis:
+                missing_by["lost by Redis: the stream entry is gone"] += 1
+            elif name == client and (OPERATOR, cid) in receiver.delivered:
                 operator_only += 1
                 missing_by["client: went to the operator only (call not tracked)"] += 1
             else:
                 missing_by[f"{'operator' if name == OPERATOR else 'client'}: not delivered"] += 1
             if len(missing_examples) < 5:
                 missing_examples.append(f"{name} {cid}")
+    lost = missing_by.pop("lost by Redis: the stream entry is gone", 0)
     not_delivered = sum(missing_by.values())
-    dropped = min(dead_letters, not_delivered)
+    dead = min(dead_letters, not_delivered)
+    dropped = dead + lost
+    reasons = [
+        f"{dead} dead-lettered by the sidecar" if dead else "",
+        f"{lost} lost by Redis (the completion's stream entry is gone)" if lost else "",
+    ]
     return {
         "completions_of_our_calls": len(completed),
         "expected": expected,
         "delivered": delivered,
         "duplicates": duplicates,
         "dropped": dropped,
-        "dropped_reason": "dead-lettered (the sidecar's dead-letter stream)" if dropped else "",
-        "missing": not_delivered - dropped,
+        "dropped_reason": "; ".join(r for r in reasons if r),
+        "missing": not_delivered - dead,
         "missing_by": dict(missing_by),
         "client_missing": sum(v for k, v in missing_by.items() if k.startswith("client")),
         "operator_missing": sum(v for k, v in missing_by.items() if k.startswith(OPERATOR)),

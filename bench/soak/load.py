@@ -183,13 +183,13 @@ class Completions:
     """The example API's outbox relay: reads the events the API publishes on its own Redis and
     writes each to the shared Redis's stream, in order, retrying through that Redis's faults (as
     a backend's outbox would). What it has written is what was published, by correlation id:
-    (event type, when)."""
+    (event type, when, stream entry id)."""
 
     source_url: str
     target_url: str
     stream: str
     maxlen: int = 100_000
-    seen: dict[str, tuple[str, float]] = field(default_factory=dict)
+    seen: dict[str, tuple[str, float, str]] = field(default_factory=dict)
     read_errors: int = 0
     write_retries: int = 0
 
@@ -219,10 +219,30 @@ class Completions:
     async def publish(self, target: aioredis.Redis, fields: dict[bytes, bytes]) -> None:
         while True:
             try:
-                await target.xadd(self.stream, fields, maxlen=self.maxlen, approximate=True)  # type: ignore[arg-type]
+                entry_id = await target.xadd(
+                    self.stream,
+                    fields,  # type: ignore[arg-type]
+                    maxlen=self.maxlen,
+                    approximate=True,
+                )
                 break
             except (RedisError, OSError):
                 self.write_retries += 1
                 await asyncio.sleep(0.2)
         cid = fields.get(b"correlation_id", b"").decode()
-        self.seen.setdefault(cid, (fields.get(b"type", b"").decode(), time.monotonic()))
+        kind = fields.get(b"type", b"").decode()
+        self.seen.setdefault(cid, (kind, time.monotonic(), entry_id.decode()))
+
+    async def gone(self, cids: list[str]) -> set[str]:
+        """Those of `cids` whose stream entry the shared Redis no longer holds (lost to a
+        SIGKILL before the AOF was written, or to a failover), read at the end."""
+        target = aioredis.Redis.from_url(self.target_url, socket_timeout=10)
+        try:
+            pipe = target.pipeline(transaction=False)
+            for cid in cids:
+                entry_id = self.seen[cid][2]
+                pipe.xrange(self.stream, entry_id, entry_id)
+            found = await pipe.execute()
+        finally:
+            await target.aclose()
+        return {cid for cid, entries in zip(cids, found, strict=True) if not entries}

@@ -202,7 +202,7 @@ async def drain(load: Load, completions: Completions, receiver: Receiver, bound_
     """Wait until every expected delivery has arrived, or `bound_s`; the time waited."""
     began = time.monotonic()
     while time.monotonic() - began < bound_s:
-        if book.deliveries(load, completions, receiver, 0)["missing"] == 0:
+        if not book.undelivered(load, completions, receiver):
             break
         receiver.changed.clear()
         with contextlib.suppress(TimeoutError):
@@ -296,6 +296,9 @@ async def soak(options: Options) -> dict[str, Any]:
                     used / len(load.calls) / 1024, 2
                 )
             dead = int(state.get("dead-letter stream entries", 0))
+            lost: set[str] = set()
+            with contextlib.suppress(RedisError, OSError):
+                lost = await completions.gone(book.undelivered(load, completions, receiver))
             result = {
                 "configuration": configuration(options, stack, duration_s),
                 "calls": book.calls_summary(load.calls),
@@ -309,7 +312,7 @@ async def soak(options: Options) -> dict[str, Any]:
                     "published": len(completions.seen),
                     "relay write retries (shared Redis away)": completions.write_retries,
                 },
-                "deliveries": book.deliveries(load, completions, receiver, dead),
+                "deliveries": book.deliveries(load, completions, receiver, dead, lost),
                 "drained_s": round(drained_s, 1),
                 "receiver": dict(receiver.outcomes),
                 "end_state": state,

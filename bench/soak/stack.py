@@ -356,14 +356,14 @@ class Stack:
         }
 
     async def start(self) -> None:
-        """Redis, then the API, then every replica; each ready before the next."""
+        """Redis, then the API, then every replica at once; each step ready before the next."""
         await self.redis.start()
         await asyncio.to_thread(self.api_redis.start)
         self.start_api()
         await wait_http(f"{self.api_url}/healthz", lambda: self.api and self.api.poll() is None)
         for replica in self.replicas:
             replica.config_path.write_text(yaml.safe_dump(self.replica_config(replica)))
-            await self.start_replica(replica)
+        await asyncio.gather(*(self.start_replica(replica) for replica in self.replicas))
 
     def start_api(self) -> None:
         self.api = spawn(
