@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from .stack import Stack
 
+REDIS_START_S = 90.0  # a restarted Redis loads its AOF first: seconds on a busy machine
 KINDS = ("replica-kill", "replica-stop", "redis-term", "redis-kill", "failover")
 
 # The full schedule, as fractions of the load's duration; `short` is the test suite's.
@@ -123,7 +124,7 @@ class Faults:
             sentinels = stack.redis.sentinels
             if sentinels is not None:  # back as a replica once another is primary, as it would
                 fault.note = await self.promoted(server.port)
-            await asyncio.to_thread(server.start)
+            await asyncio.to_thread(server.start, REDIS_START_S)
             fault.note += f"started again after {time.monotonic() - began:.0f}s (AOF)"
         elif fault.kind == "failover":
             sentinels = stack.redis.sentinels

@@ -57,6 +57,7 @@ class Options:
     fsync: str = "everysec"
     seed: int = 22
     label: str = ""
+    workdir: Path | None = None  # configs and logs (default: a new temporary directory)
     webhooks: dict[str, Any] = field(
         default_factory=lambda: {
             "timeout": "3s",
@@ -244,6 +245,7 @@ async def soak(options: Options) -> dict[str, Any]:
         with_sentinel=options.sentinel,
         fsync=options.fsync,
         webhooks=options.webhooks,
+        workdir=options.workdir,
     )
     receiver = Receiver(options.fail_ratio, options.hang_ratio, options.hang_s, options.seed)
     runner = web.AppRunner(receiver.app(), shutdown_timeout=1.0)

@@ -287,9 +287,10 @@ class Stack:
         with_sentinel: bool,
         fsync: str,
         webhooks: dict[str, Any],
+        workdir: Path | None = None,
     ) -> None:
         self.checkout = checkout
-        self.tmp = Path(tempfile.mkdtemp(prefix="sidecar-soak-"))
+        self.tmp = workdir or Path(tempfile.mkdtemp(prefix="sidecar-soak-"))
         self.redis = Redis(fsync, with_sentinel)
         self.prefix = f"soak-{secrets.token_hex(4)}"
         self.events_stream = f"{self.prefix}.events"

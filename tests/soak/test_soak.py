@@ -7,6 +7,8 @@ sidecar's own is a 5xx."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench.soak import Options, soak
@@ -15,7 +17,9 @@ from bench.soak.ledger import markdown
 pytestmark = pytest.mark.timeout(150)
 
 
-async def test_under_faults_nothing_is_missing_and_no_answer_of_ours_is_a_5xx() -> None:
+async def test_under_faults_nothing_is_missing_and_no_answer_of_ours_is_a_5xx(
+    tmp_path: Path,
+) -> None:
     ledger = await soak(
         Options(
             minutes=0.67,
@@ -25,6 +29,7 @@ async def test_under_faults_nothing_is_missing_and_no_answer_of_ours_is_a_5xx() 
             drain_s=20.0,
             stop_for_s=10.0,
             label="test suite (short)",
+            workdir=tmp_path,
         )
     )
     shown = markdown(ledger)
