@@ -62,7 +62,9 @@ def parse_args(argv: list[str] | None) -> tuple[Options, Path]:
 async def main_async(options: Options) -> dict[str, object]:
     task = asyncio.current_task()
     assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C too: the run's finally stops everything
+        loop.add_signal_handler(sig, task.cancel)
     return await soak(options)
 
 

@@ -113,6 +113,8 @@ class Load:
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=CALL_TIMEOUT_S * 2 + 5)
+        for task in list(self._in_flight):  # none should be left: each call is bounded
+            task.cancel()
 
     async def one(self, http: aiohttp.ClientSession) -> None:
         client = self.rng.randrange(self.clients)

@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import platform
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -32,6 +33,11 @@ from .receiver import Receiver
 from .stack import EVENT_FAILURE, EVENT_SUCCESS, ROOT, Checkout, Stack
 
 SCRAPE_EVERY_S = 2.0
+
+
+def say(began: float, what: str) -> None:
+    """One progress line on stderr: seconds since the run began, and what happened."""
+    print(f"soak +{time.monotonic() - began:5.1f}s: {what}", file=sys.stderr, flush=True)
 
 
 @dataclass
@@ -237,8 +243,10 @@ def configuration(options: Options, stack: Stack, duration_s: float) -> dict[str
 
 async def soak(options: Options) -> dict[str, Any]:
     """Run one soak and return its ledger (a dict, JSON-ready)."""
+    began = time.monotonic()
     checkout = Checkout(options.checkout.resolve())
     await asyncio.to_thread(checkout.inspect)
+    say(began, f"measuring {checkout.root} ({checkout.commit})")
     stack = Stack(
         checkout,
         replicas=options.replicas,
@@ -254,6 +262,7 @@ async def soak(options: Options) -> dict[str, Any]:
     schedule = {"full": FULL, "short": SHORT, "none": []}[options.faults]
     try:
         await stack.start()
+        say(began, f"Redis, the API and {options.replicas} replicas ready")
         await runner.setup()
         port = free_port()
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -287,9 +296,12 @@ async def soak(options: Options) -> dict[str, Any]:
             started = time.monotonic()
             fault_task = asyncio.create_task(faults.run(started, duration_s))
             tasks.append(fault_task)
+            say(began, f"load for {duration_s:.0f}s, faults: {options.faults}")
             await load.run(http, duration_s)
             await asyncio.wait([fault_task], timeout=60)
+            say(began, f"load done: {len(load.calls)} calls; draining (<= {options.drain_s:g}s)")
             drained_s = await drain(load, completions, receiver, options.drain_s)
+            say(began, f"drained in {drained_s:.1f}s; reading the end state")
             await asyncio.sleep(SCRAPE_EVERY_S + 0.5)  # one more scrape of the final counters
             state = await end_state(stack, watch)
             used = await used_memory(stack.redis.url)
@@ -327,6 +339,7 @@ async def soak(options: Options) -> dict[str, Any]:
                 "faults": [asdict(f) for f in faults.done],
                 "logs_directory": str(stack.tmp),
             }
+            say(began, "ledger ready")
             return result
     finally:
         for task in tasks:

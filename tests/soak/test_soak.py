@@ -1,4 +1,4 @@
-"""The soak's short variant, in the suite: the harness of `make soak` (bench/soak/) run for 40 s
+"""The soak's short variant, in the suite: the harness of `make soak` (bench/soak/) run for 36 s
 at 20 calls/s (bursts of 5x) on 3 replicas of this checkout sharing a Redis with AOF, with one
 replica SIGKILLed and restarted, one Redis restart (SIGTERM, AOF) and one replica SIGSTOPped and
 resumed, against a receiver that verifies every signature and fails 3 % and hangs 1 % of
@@ -22,7 +22,7 @@ async def test_under_faults_nothing_is_missing_and_no_answer_of_ours_is_a_5xx(
 ) -> None:
     ledger = await soak(
         Options(
-            minutes=0.67,
+            minutes=0.6,
             rate=20.0,
             burst_every_s=20.0,
             faults="short",
