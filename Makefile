@@ -105,5 +105,15 @@ bench-clients: install
 bench-trust: install
 	$(BIN)/python -m bench.trust $(BENCH_ARGS)
 
+# The soak (docs/soak.md): 3 replicas sharing a Redis with AOF, the users example API, 50 calls/s
+# with 5x bursts, a receiver that verifies every signature and fails 3 % and hangs 1 % of
+# deliveries, and faults on a schedule (replica SIGKILL and SIGSTOP, Redis SIGTERM and SIGKILL);
+# about 10 minutes; prints the ledger and writes docs/soak/soak.json and .md; fails when a delivery
+# is missing. SOAK_ARGS="--minutes 2" is shorter; "--sentinel" runs a Sentinel set with
+# failovers; "--other PATH" runs the replicas of another checkout (its own .venv).
+.PHONY: soak
+soak: install
+	$(BIN)/python -m bench.soak $(SOAK_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache node_modules
