@@ -7,7 +7,8 @@ completion), `attempt` (one signed POST), `retry` (when an attempt is made again
 (fair slots), `outcome` (recording what an attempt led to), `runtime` (the services, built
 once), `supervise`, `delivery` (the workers' loops), `handoff` (completions held until their
 call is tracked, then written to the outbox), `dispatcher` (Redis completion streams → outbox),
-`brokers` (each broker source's shared read → outbox).
+`brokers` (each broker source's shared read → outbox), `breaker` (each endpoint's circuit
+breaker), `retention` (the logs trimmed by age).
 `webhooks_ctx` runs them. The HTTP API over them lives in `sidecar.admin`.
 """
 
@@ -34,6 +35,8 @@ from .dispatcher import Dispatcher
 from .fanout import known_events
 from .keys import DELIVERY_GROUP, dispatch_group
 from .metrics import WebhookMetrics
+from .planner import LINGER_FACTOR
+from .retention import LogTrimmer
 from .runtime import WEBHOOKS, WebhookRuntime
 from .supervise import supervised
 from .targets import TargetPolicy
@@ -54,7 +57,8 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     config = settings.webhooks
     policy = TargetPolicy.from_settings(config)
-    session = create_webhook_session(policy, config.concurrency)
+    # Room for the attempts lingering past breaker.linger_after besides those holding a slot.
+    session = create_webhook_session(policy, config.concurrency * (1 + LINGER_FACTOR))
     runtime = WebhookRuntime(
         settings,
         connections,
@@ -77,6 +81,8 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
         tasks.spawn(_prepare_until_done(runtime, dispatcher, worker))
     tasks.spawn(worker.run())
     tasks.spawn(supervised("dispatcher", dispatcher.run))
+    trimmer = LogTrimmer(runtime.redis, runtime.prefix, config, runtime.store, runtime.metrics)
+    tasks.spawn(supervised("log-trim", trimmer.run))
     for name in settings.sources:  # each broker's shared read, acknowledged after the outbox
         broker = BrokerDispatcher(
             name, runtime, app[RUNTIME], app[SOURCE_HEALTH], app.get(OPERATIONS)
