@@ -51,15 +51,23 @@ RETENTION_MAX_S = 90 * 86400.0
 SEVEN_DAYS_S = 7 * 86400.0
 
 
+def _shown(seconds: float) -> str:
+    """A duration as a user would write it: 2161h, 90m, 30s, 500ms."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds * 1000:g}ms" if 0 < seconds < 1 else f"{seconds:g}s"
+
+
 def _check_retention(value: float) -> float:
     if not RETENTION_MIN_S <= value <= RETENTION_MAX_S:
-        raise ValueError(f"must be between 1s and 2160h (90 days), not {value:g}s")
+        raise ValueError(f"must be between 1s and 2160h (90 days), not {_shown(value)}")
     return value
 
 
 def _check_open_for(value: float) -> float:
     if not 0 < value <= 86400:
-        raise ValueError(f"must be more than 0s and at most 24h, not {value:g}s")
+        raise ValueError(f"must be more than 0s and at most 24h, not {_shown(value)}")
     return value
 
 
