@@ -46,6 +46,7 @@ class DeclaredSubscription(Model):
         return value
 
 
+LINGERING_PER_SLOT = 3  # attempts past breaker.linger_after, per slot of concurrency
 RETENTION_MIN_S = 1.0
 RETENTION_MAX_S = 90 * 86400.0
 SEVEN_DAYS_S = 7 * 86400.0
@@ -236,6 +237,12 @@ class Webhooks(Model):
                 "else an attempt still in flight would be made a second time"
             )
         return self
+
+    @property
+    def delivery_connections(self) -> int:
+        """Connections webhook attempts may have open at once: the slots, and the attempts
+        lingering past breaker.linger_after."""
+        return self.concurrency * (1 + LINGERING_PER_SLOT)
 
     @property
     def claim_after_s(self) -> float:

@@ -35,7 +35,6 @@ from .dispatcher import Dispatcher
 from .fanout import known_events
 from .keys import DELIVERY_GROUP, dispatch_group
 from .metrics import WebhookMetrics
-from .planner import LINGER_FACTOR
 from .retention import LogTrimmer
 from .runtime import WEBHOOKS, WebhookRuntime
 from .supervise import supervised
@@ -58,7 +57,7 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     config = settings.webhooks
     policy = TargetPolicy.from_settings(config)
     # Room for the attempts lingering past breaker.linger_after besides those holding a slot.
-    session = create_webhook_session(policy, config.concurrency * (1 + LINGER_FACTOR))
+    session = create_webhook_session(policy, config.delivery_connections)
     runtime = WebhookRuntime(
         settings,
         connections,

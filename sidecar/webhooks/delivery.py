@@ -284,9 +284,9 @@ class DeliveryWorker:
 
     def _spawn(self, owner: str, sub_id: str, entry_id: str, fields: dict[bytes, bytes]) -> None:
         self.slots.take(owner, sub_id)
-        task = asyncio.create_task(self._handle(owner, sub_id, entry_id, fields))
+        lingered: list[bool] = []  # its hang counted already: its timeout is not counted again
+        task = asyncio.create_task(self._handle(owner, sub_id, entry_id, fields, lingered))
         self._tasks.add(task)
-        lingered: list[bool] = []
 
         def linger() -> None:  # still in flight: a failure, and its global slot given back
             if self.slots.linger(owner, sub_id):
@@ -312,7 +312,12 @@ class DeliveryWorker:
             logger.error("delivery failed unexpectedly", exc_info=task.exception())
 
     async def _handle(
-        self, owner: str, sub_id: str, entry_id: str, fields: dict[bytes, bytes]
+        self,
+        owner: str,
+        sub_id: str,
+        entry_id: str,
+        fields: dict[bytes, bytes],
+        lingered: list[bool],
     ) -> None:
         message_id = fields[b"m"].decode()
         attempt, trigger = int(fields[b"n"]), fields[b"t"].decode()
@@ -347,5 +352,6 @@ class DeliveryWorker:
             self.config.timeout,
             trace=span.headers() if span else None,
         )
-        self.slots.mark(sub.id, delivered=result.delivered, slow=is_slow(result), owner=owner)
+        slow = is_slow(result) and not lingered
+        self.slots.mark(sub.id, delivered=result.delivered, slow=slow, owner=owner)
         await self.outcomes.record(entry_id, message_id, msg, sub, attempt, trigger, result)

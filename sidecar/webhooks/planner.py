@@ -13,14 +13,16 @@ queue as may start at once, under three caps per process:
 
 An attempt still in flight after `breaker.linger_after` counts as a failure of its endpoint
 and gives its global and endpoint slots back (it stays counted against its owner's share), up
-to `LINGER_FACTOR` x `concurrency` such attempts: a receiver that hangs now and then keeps its
+to `LINGERING_PER_SLOT` x `concurrency` such attempts: a receiver that hangs now and then keeps its
 throughput, and hanging receivers cannot hold every slot for the whole timeout (one that hangs
 every time opens its breaker after `breaker.failures` hangs).
 
 A read is planned round-robin across owners (a fresh starting owner each time), so a backlog of
-one tenant never delays another's first message; every other read puts first the owners with
-an endpoint whose last attempt here was delivered, so a crowd of endpoints nobody has seen
-answer (invented tenants' tarpits) cannot push a working one to the back of a long line.
+one tenant never delays another's first message. Endpoints known to deliver (their last attempt
+here was delivered) are kept apart from the others (new, or failing): those take at most 3/4 of
+the global slots (`PROVEN_SHARE`; all of them below 8), and every other read puts the owners of
+proven endpoints first, so a crowd of endpoints nobody has seen answer (invented tenants'
+tarpits) can neither take every slot nor push a working endpoint to the back of a long line.
 `Slots` is pure bookkeeping: no I/O.
 """
 
@@ -30,9 +32,10 @@ import itertools
 from dataclasses import dataclass
 
 from ..config import Webhooks
+from ..config.webhooks import LINGERING_PER_SLOT
 from .breaker import Breakers
 
-LINGER_FACTOR = 3  # attempts lingering past linger_after, per global slot
+PROVEN_SHARE = 4  # 1/4 of the slots is kept for endpoints known to deliver
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +66,7 @@ def per_tenant_slots(config: Webhooks) -> int:
 
 class Slots:
     """The attempts in flight in this process, per owner and per subscription, against the
-    caps; and which endpoints are slow."""
+    caps."""
 
     def __init__(self, config: Webhooks, breakers: Breakers | None = None) -> None:
         self.concurrency = config.concurrency
@@ -72,9 +75,15 @@ class Slots:
         self.breakers = breakers or Breakers(config)
         self.in_flight = 0  # holding a global slot
         self.lingering = 0  # in flight past linger_after, global slot given back
-        self.linger_cap = LINGER_FACTOR * config.concurrency
+        self.linger_cap = LINGERING_PER_SLOT * config.concurrency
+        # Attempts of endpoints not known to deliver (new, failing) hold at most this many
+        # (all of them below 8 slots: too few to set some apart).
+        reserved = config.concurrency // PROVEN_SHARE if config.concurrency >= 8 else 0
+        self.unproven_cap = config.concurrency - reserved
+        self.unproven = 0
         self._by_sub: dict[str, int] = {}
         self._by_owner: dict[str, int] = {}
+        self._unproven_by_sub: dict[str, int] = {}
         self._turn = itertools.count()
 
     def free(self) -> int:
@@ -95,13 +104,28 @@ class Slots:
 
     def can_start(self, owner: str, sub_id: str) -> bool:
         """True when one more attempt of this owner's subscription fits every cap."""
-        return self.free() > 0 and self.sub_free(sub_id) > 0 and self.owner_free(owner) > 0
+        return (
+            self.free() > 0
+            and self.sub_free(sub_id) > 0
+            and self.owner_free(owner) > 0
+            and (self.unproven < self.unproven_cap or self.breakers.proven(sub_id))
+        )
 
     def take(self, owner: str, sub_id: str) -> None:
         """An attempt starts."""
         self.in_flight += 1
         self._by_sub[sub_id] = self._by_sub.get(sub_id, 0) + 1
         self._by_owner[owner] = self._by_owner.get(owner, 0) + 1
+        if not self.breakers.proven(sub_id):
+            self.unproven += 1
+            self._unproven_by_sub[sub_id] = self._unproven_by_sub.get(sub_id, 0) + 1
+
+    def _leave_global(self, sub_id: str) -> None:
+        self.in_flight -= 1
+        _less(self._by_sub, sub_id)
+        if sub_id in self._unproven_by_sub:
+            self.unproven -= 1
+            _less(self._unproven_by_sub, sub_id)
 
     def linger(self, owner: str, sub_id: str) -> bool:
         """An attempt is still in flight past `linger_after`: it counts as a failure of its
@@ -111,9 +135,8 @@ class Slots:
         self.breakers.hung(sub_id, owner)
         if self.lingering >= self.linger_cap:
             return False
-        self.in_flight -= 1
+        self._leave_global(sub_id)
         self.lingering += 1
-        _less(self._by_sub, sub_id)
         return True
 
     def give_back(self, owner: str, sub_id: str, *, lingered: bool = False) -> None:
@@ -121,8 +144,7 @@ class Slots:
         if lingered:
             self.lingering -= 1
         else:
-            self.in_flight -= 1
-            _less(self._by_sub, sub_id)
+            self._leave_global(sub_id)
         _less(self._by_owner, owner)
 
     def mark(self, sub_id: str, *, delivered: bool, slow: bool, owner: str = "") -> None:
@@ -152,6 +174,7 @@ class Slots:
                 owners.sort(key=lambda o: not proven(by_owner[o][0][1]))
         planned: list[PlannedRead] = []
         taken: dict[str, int] = {}
+        unproven_free = self.unproven_cap - self.unproven
         while free > 0 and owners:
             for owner in list(owners):
                 candidates = by_owner[owner]
@@ -161,6 +184,11 @@ class Slots:
                     continue
                 member, sub, score = candidates.pop(0)
                 count = min(self.sub_free(sub), owner_free, free)
+                if not self.breakers.proven(sub):
+                    count = min(count, unproven_free)
+                    if count <= 0:
+                        continue
+                    unproven_free -= count
                 planned.append(PlannedRead(member, owner, sub, score, count))
                 taken[owner] = taken.get(owner, 0) + count
                 free -= count

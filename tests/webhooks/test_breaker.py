@@ -16,12 +16,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from sidecar.config import Webhooks
+from sidecar.metrics import METRICS
 from sidecar.webhooks import WEBHOOKS
 from sidecar.webhooks.breaker import Breakers
 from sidecar.webhooks.outbox import Message
 
+from ..admin_support import OP, StartAdmin
 from ..conftest import FakeApiFactory, SidecarFactory
-from ..helpers import metric, until
+from ..helpers import until
 
 
 @dataclass
@@ -130,32 +132,49 @@ async def test_a_receiver_that_fails_and_hangs_now_and_then_keeps_its_throughput
 
 
 async def test_a_receiver_that_is_down_gets_every_message_once_it_recovers(
-    start: Start, receivers: Receivers, caplog: pytest.LogCaptureFixture
+    start_admin: StartAdmin, receivers: Receivers, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, "sidecar.webhooks.breaker")
     # Five retries 50 ms apart: without a breaker every message would be dead within a second.
-    client = await start(
-        schedule=["50ms"] * 5, breaker={"failures": 3, "open_for": ["300ms", "600ms"]}
+    admin = await start_admin(
+        webhooks={
+            "allow_private_targets": True,
+            "schedule": ["50ms"] * 5,
+            "breaker": {"failures": 3, "open_for": ["300ms", "600ms"]},
+        }
     )
-    store = client.app[WEBHOOKS].store
-    down = await store.create("t_a", receivers.url("down", "down"), ["*"])
-    ids = await send(client, "t_a", down.id, "d", 20)
-    await until(lambda: metric(client, "sidecar_webhook_breakers_open") == 1, timeout_s=5)
-    assert metric(client, "sidecar_webhook_breaker_transitions_total", to="open") == 1
+    registry = admin.app[METRICS].registry
+
+    def sample(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    def opened() -> float:
+        return sample("sidecar_webhook_breaker_transitions_total", to="open")
+
+    runtime = admin.app[WEBHOOKS]
+    down = await runtime.store.create("t_a", receivers.url("down", "down"), ["*"])
+    now = int(time.time() * 1000)
+    ids = {f"msg_d{n:05d}" for n in range(20)}
+    await runtime.outbox.enqueue_many(
+        [Message(mid, "t_a", down.id, "job.done", b"{}", now) for mid in sorted(ids)]
+    )
+    await until(lambda: sample("sidecar_webhook_breakers_open") == 1, timeout_s=5)
+    assert opened() == 1
+    stats = await admin.call("GET", f"/subscriptions/{down.id}/stats", OP)
+    assert stats.body["breaker"] in ("open", "half_open")
     # Open, then one probe per half-open: its messages wait; few attempts were made. (Without
     # the breaker, every message had made its six attempts and was dead in about 1.5 s.)
-    await until(
-        lambda: metric(client, "sidecar_webhook_breaker_transitions_total", to="open") >= 4,
-        timeout_s=5,
-    )
+    await until(lambda: opened() >= 4, timeout_s=5)
     made = receivers.requests["down"]
     assert made <= 3 + 4 + 3, made  # the failures that opened it, those in flight, the probes
-    assert metric(client, "sidecar_webhook_dead_letters_total") == 0
+    assert sample("sidecar_webhook_dead_letters_total") == 0
     receivers.up.set()
     await until(lambda: receivers.got("down") == 20, timeout_s=10)
     assert receivers.delivered["down"] == ids
-    assert metric(client, "sidecar_webhook_breakers_open") == 0
-    assert metric(client, "sidecar_webhook_breaker_transitions_total", to="closed") == 1
+    assert sample("sidecar_webhook_breakers_open") == 0
+    assert sample("sidecar_webhook_breaker_transitions_total", to="closed") == 1
+    stats = await admin.call("GET", f"/subscriptions/{down.id}/stats", OP)
+    assert stats.body["breaker"] == "closed"
     lines = [r for r in caplog.records if r.name == "sidecar.webhooks.breaker"]
     assert [r.getMessage() for r in lines][:3] == [
         "webhook endpoint breaker open",

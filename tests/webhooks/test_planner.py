@@ -135,6 +135,19 @@ def test_every_other_read_puts_an_endpoint_known_to_deliver_first() -> None:
     assert picks[0] != ["z"] and picks[1] == ["z"]  # the others round-robin
 
 
+def test_endpoints_not_known_to_deliver_leave_a_quarter_of_the_slots_to_those_that_do() -> None:
+    s = slots(concurrency=8, per_subscription=4, per_tenant=8)
+    s.mark("z1", delivered=True, slow=False)
+    rows = ready(*(f"t{n}|t{n}s" for n in range(10)))
+    assert sum(p.count for p in s.plan(rows)) == 6  # new endpoints: 3/4 of 8
+    for n in range(6):
+        s.take(f"t{n}", f"t{n}s")
+    assert not s.can_start("t7", "t7s") and s.can_start("z", "z1")
+    assert [(p.sub, p.count) for p in s.plan([*rows, (b"z|z1", 99.0)])] == [("z1", 2)]
+    assert s.linger("t0", "t0s")  # a lingering attempt holds no slot of either kind
+    assert s.can_start("t7", "t7s")
+
+
 def test_a_full_process_plans_nothing() -> None:
     s = slots(concurrency=1, per_subscription=1)
     s.take("a", "a1")
