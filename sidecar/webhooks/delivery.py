@@ -284,13 +284,16 @@ class DeliveryWorker:
 
     def _spawn(self, owner: str, sub_id: str, entry_id: str, fields: dict[bytes, bytes]) -> None:
         self.slots.take(owner, sub_id)
-        lingered: list[bool] = []  # its hang counted already: its timeout is not counted again
+        # Once it lingers its hang is counted (its timeout is not, again): "counted", and
+        # "released" when its slots were given back (room permitting).
+        lingered: list[str] = []
         task = asyncio.create_task(self._handle(owner, sub_id, entry_id, fields, lingered))
         self._tasks.add(task)
 
         def linger() -> None:  # still in flight: a failure, and its global slot given back
-            if self.slots.linger(owner, sub_id):
-                lingered.append(True)
+            released = self.slots.linger(owner, sub_id)
+            lingered.append("released" if released else "counted")
+            if released:
                 self._wake.set()
 
         timer = asyncio.get_running_loop().call_later(self.config.breaker.linger_after, linger)
@@ -302,11 +305,11 @@ class DeliveryWorker:
         owner: str,
         sub_id: str,
         timer: asyncio.TimerHandle,
-        lingered: list[bool],
+        lingered: list[str],
     ) -> None:
         timer.cancel()
         self._tasks.discard(task)
-        self.slots.give_back(owner, sub_id, lingered=bool(lingered))
+        self.slots.give_back(owner, sub_id, lingered="released" in lingered)
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error("delivery failed unexpectedly", exc_info=task.exception())
@@ -317,7 +320,7 @@ class DeliveryWorker:
         sub_id: str,
         entry_id: str,
         fields: dict[bytes, bytes],
-        lingered: list[bool],
+        lingered: list[str],
     ) -> None:
         message_id = fields[b"m"].decode()
         attempt, trigger = int(fields[b"n"]), fields[b"t"].decode()
