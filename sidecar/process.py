@@ -50,7 +50,7 @@ def reserved_files(settings: Settings) -> dict[str, int]:
     reserve = {"the upstream pool": settings.proxy.max_connections}
     if settings.redis_url is not None:
         reserve["Redis"] = REDIS_CLUSTER_FILES if settings.cluster_mode else REDIS_FILES
-        reserve["webhook deliveries"] = settings.webhooks.concurrency
+        reserve["webhook deliveries"] = settings.webhooks.delivery_connections
     if settings.sources_used:
         reserve["brokers"] = SOURCE_FILES * len(settings.sources_used)
     reserve["the rest"] = SPARE_FILES

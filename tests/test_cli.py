@@ -113,10 +113,10 @@ def test_check_without_routes_prints_no_table(
         (
             "upstream: http://api:8000\nredis_url: redis://r:6379/0\nworkers: 2\n"
             "proxy: {max_connections: 200}\n",
-            "clients.max_connections: auto comes to 19432 per listener in each worker on this "
+            "clients.max_connections: auto comes to 19336 per listener in each worker on this "
             "machine (the check machine's open-files limit 20000, raised to its hard limit as "
-            "`sidecar run` does, less 568 kept for the upstream pool 200, Redis 80, webhook "
-            "deliveries 32, the rest 256); where the sidecar runs, its own limit decides, stated "
+            "`sidecar run` does, less 664 kept for the upstream pool 200, Redis 80, webhook "
+            "deliveries 128, the rest 256); where the sidecar runs, its own limit decides, stated "
             "at start",
         ),
     ],

@@ -48,11 +48,11 @@ REDIS = {"redis_url": "redis://127.0.0.1:6379/0"}
         ({}, {"the upstream pool": 1000, "the rest": 256}),
         (
             REDIS,
-            {"the upstream pool": 1000, "Redis": 80, "webhook deliveries": 32, "the rest": 256},
+            {"the upstream pool": 1000, "Redis": 80, "webhook deliveries": 128, "the rest": 256},
         ),
         (
             {**REDIS, "redis_cluster": True, "webhooks": {"concurrency": 8}},
-            {"the upstream pool": 1000, "Redis": 800, "webhook deliveries": 8, "the rest": 256},
+            {"the upstream pool": 1000, "Redis": 800, "webhook deliveries": 32, "the rest": 256},
         ),
         (
             {
@@ -82,8 +82,8 @@ def test_the_redis_reserve_holds_the_shared_pool_and_its_readers() -> None:
     ("limit", "raw", "allowed"),
     [
         (20_000, {}, 18_744),  # 20,000 - 1,000 pooled upstream connections - 256
-        (20_000, REDIS, 18_632),  # and Redis (80), webhook deliveries (32)
-        (20_000, {**REDIS, "workers": 4}, 18_632),  # per worker: the limit is per process
+        (20_000, REDIS, 18_536),  # and Redis (80), webhook deliveries (4 x 32)
+        (20_000, {**REDIS, "workers": 4}, 18_536),  # per worker: the limit is per process
         (600, {"proxy": {"max_connections": 100}}, 244),
         (1_024, {}, 256),  # below the reserve: a quarter of the limit (and a warning at start)
         (20_000, {"clients": {"max_connections": 5_000}}, 5_000),  # a number is kept as it is
@@ -133,19 +133,19 @@ def start_with(limit: int, raw: dict[str, Any]) -> dict[str, Any]:
 
 def test_auto_is_said_in_one_line_at_start() -> None:
     started = start_with(20_000, {"redis_url": "redis://r:6379/0"})
-    assert started["allowed"] == 18_632
+    assert started["allowed"] == 18_536
     assert started["said"] == [
         {
             "level": "INFO",
-            "message": "clients.max_connections: auto, 18632 per listener: the open-files limit "
-            "20000 less 1368 kept for the upstream pool 1000, Redis 80, webhook deliveries 32, "
+            "message": "clients.max_connections: auto, 18536 per listener: the open-files limit "
+            "20000 less 1464 kept for the upstream pool 1000, Redis 80, webhook deliveries 128, "
             "the rest 256",
-            "max_connections": 18_632,
+            "max_connections": 18_536,
             "open_files_limit": 20_000,
             "reserved": {
                 "the upstream pool": 1000,
                 "Redis": 80,
-                "webhook deliveries": 32,
+                "webhook deliveries": 128,
                 "the rest": 256,
             },
         }

@@ -7,7 +7,7 @@
     DELETE /subscriptions/{id}                  it and its attempts log
     POST   /subscriptions/{id}/rotate-secret    new secret; the old one signs 24 h more
     GET    /subscriptions/{id}/secret           the signing secret (not for read-only sessions)
-    GET    /subscriptions/{id}/stats            recent attempts and success rate
+    GET    /subscriptions/{id}/stats            recent attempts, success rate, breaker state
     POST   /subscriptions/{id}/test             queue a test message
 
 The operator creates operator-owned subscriptions and sees everyone's; a client sees only its
@@ -300,6 +300,7 @@ async def subscription_stats(request: web.Request) -> web.Response:
             failed=len(attempts) - succeeded,
             success_rate=round(succeeded / len(attempts), 4) if attempts else None,
             last_attempt_at=attempts[0]["time"] if attempts else None,
+            breaker=runtime.breakers.state(sub.id),
         )
     )
 

@@ -251,6 +251,11 @@ class SubscriptionStats(View):
     failed: int
     success_rate: float | None = Field(..., description="0-1; null with no attempts.")
     last_attempt_at: str | None
+    breaker: str = Field(
+        "closed",
+        description="Its circuit breaker on the replica that answered: closed, open (its "
+        "messages wait), half_open (one probe).",
+    )
 
 
 # --- operations ---------------------------------------------------------------------------------

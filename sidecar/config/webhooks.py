@@ -46,6 +46,91 @@ class DeclaredSubscription(Model):
         return value
 
 
+LINGERING_PER_SLOT = 3  # attempts past breaker.linger_after, per slot of concurrency
+RETENTION_MIN_S = 1.0
+RETENTION_MAX_S = 90 * 86400.0
+SEVEN_DAYS_S = 7 * 86400.0
+
+
+def _shown(seconds: float) -> str:
+    """A duration as a user would write it: 2161h, 90m, 30s, 500ms."""
+    for unit, size in (("h", 3600), ("m", 60)):
+        if seconds and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds * 1000:g}ms" if 0 < seconds < 1 else f"{seconds:g}s"
+
+
+def _check_retention(value: float) -> float:
+    if not RETENTION_MIN_S <= value <= RETENTION_MAX_S:
+        raise ValueError(f"must be between 1s and 2160h (90 days), not {_shown(value)}")
+    return value
+
+
+def _check_open_for(value: float) -> float:
+    if not 0 < value <= 86400:
+        raise ValueError(f"must be more than 0s and at most 24h, not {_shown(value)}")
+    return value
+
+
+RetentionTime = Annotated[Duration, AfterValidator(_check_retention)]
+OpenTime = Annotated[Duration, AfterValidator(_check_open_for)]
+
+
+class Retention(Model):
+    """How long delivery records are kept in Redis: what storage grows with."""
+
+    messages: RetentionTime = Field(
+        SEVEN_DAYS_S,
+        description="How long a message (its payload, headers and its own attempts) is kept "
+        "after its last attempt, for the message view and redelivery. 1s to 2160h. "
+        "Default 7 days (168h).",
+    )
+    attempts: RetentionTime = Field(
+        SEVEN_DAYS_S,
+        description="How long an attempt stays in the logs (the message log of each owner and "
+        "of everyone, a subscription's attempts, dead letters); older entries are trimmed, "
+        "besides the logs' count bounds. 1s to 2160h. Default 7 days (168h).",
+    )
+
+
+class Breaker(Model):
+    """The circuit breaker of each endpoint (per process): closed, open, half-open."""
+
+    enabled: bool = Field(
+        True,
+        description="false: every endpoint always gets per_subscription slots. Default true.",
+    )
+    failures: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="Failed attempts in a row (timeouts, refused connections, 5xx, 429; an "
+        "attempt in flight past linger_after counts at once), none older than window, that "
+        "open the breaker. Default 5.",
+    )
+    window: Duration = Field(
+        60.0,
+        gt=0,
+        le=86400,
+        description="Failures older than this are forgotten. Default 60s.",
+    )
+    open_for: list[OpenTime] = Field(
+        default_factory=lambda: [5.0, 30.0, 120.0, 300.0],
+        min_length=1,
+        max_length=20,
+        description="How long the breaker stays open before one probe attempt (half-open): "
+        "the n-th for the n-th opening in a row, the last repeated; a delivered probe closes "
+        "it. Default 5s,30s,2m,5m.",
+    )
+    linger_after: Duration = Field(
+        2.0,
+        gt=0,
+        description="An attempt still in flight after this long gives its process-wide slot "
+        "back (it still counts against its owner's and its endpoint's), up to 3 x concurrency "
+        "such attempts, so hanging receivers cannot hold every slot. Default 2s.",
+    )
+
+
 class Webhooks(Model):
     """Webhook delivery settings."""
 
@@ -72,8 +157,8 @@ class Webhooks(Model):
     per_subscription: int = Field(
         4,
         ge=1,
-        description="Deliveries in flight per subscription (1 while its receiver is failing: "
-        "timeouts, refused connections, 5xx, 429). Default 4.",
+        description="Deliveries in flight per subscription while its breaker is closed (1 "
+        "while half-open, none while open). Default 4.",
     )
     per_tenant: int = Field(
         0,
@@ -132,6 +217,14 @@ class Webhooks(Model):
         ge=100,
         description="Dead letters kept (approximate). Default 100000.",
     )
+    retention: Retention = Field(
+        default_factory=Retention,
+        description="How long messages and attempts are kept (Redis storage grows with it).",
+    )
+    breaker: Breaker = Field(
+        default_factory=Breaker,
+        description="Each endpoint's circuit breaker: failing endpoints wait without slots.",
+    )
     subscriptions: list[DeclaredSubscription] = Field(
         default_factory=list, description="Operator-owned subscriptions."
     )
@@ -144,6 +237,12 @@ class Webhooks(Model):
                 "else an attempt still in flight would be made a second time"
             )
         return self
+
+    @property
+    def delivery_connections(self) -> int:
+        """Connections webhook attempts may have open at once: the slots, and the attempts
+        lingering past breaker.linger_after."""
+        return self.concurrency * (1 + LINGERING_PER_SLOT)
 
     @property
     def claim_after_s(self) -> float:

@@ -8,7 +8,8 @@ completion), `attempt` (one signed POST), `retry` (when an attempt is made again
 once), `supervise`, `delivery` (the workers' loops), `handoff` (completions held until their
 call is tracked, then written to the outbox), `dispatcher` (Redis completion streams → outbox),
 `brokers` (each broker source's shared read → outbox), `consumers` (dead replicas' consumers
-removed from the groups).
+removed from the groups), `breaker` (each endpoint's circuit breaker), `retention` (the logs
+trimmed by age).
 `webhooks_ctx` runs them. The HTTP API over them lives in `sidecar.admin`.
 """
 
@@ -37,6 +38,7 @@ from .dispatcher import Dispatcher
 from .fanout import known_events
 from .keys import DELIVERY_GROUP, dispatch_group
 from .metrics import WebhookMetrics
+from .retention import LogTrimmer
 from .runtime import WEBHOOKS, WebhookRuntime
 from .supervise import supervised
 from .targets import TargetPolicy
@@ -57,7 +59,8 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     config = settings.webhooks
     policy = TargetPolicy.from_settings(config)
-    session = create_webhook_session(policy, config.concurrency)
+    # Room for the attempts lingering past breaker.linger_after besides those holding a slot.
+    session = create_webhook_session(policy, config.delivery_connections)
     runtime = WebhookRuntime(
         settings,
         connections,
@@ -83,6 +86,8 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks.spawn(supervised("dispatcher", dispatcher.run, fault))
     sweeper = ConsumerSweeper(runtime.redis, settings, runtime.consumer, app[METRICS])
     tasks.spawn(supervised("consumers", sweeper.run, fault))
+    trimmer = LogTrimmer(runtime.redis, runtime.prefix, config, runtime.store, runtime.metrics)
+    tasks.spawn(supervised("log-trim", trimmer.run, fault))
     for name in settings.sources:  # each broker's shared read, acknowledged after the outbox
         broker = BrokerDispatcher(
             name, runtime, app[RUNTIME], app[SOURCE_HEALTH], app.get(OPERATIONS)

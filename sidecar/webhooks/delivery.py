@@ -69,7 +69,7 @@ class DeliveryWorker:
         )
         self.claim_idle_s = config.claim_after_s
         self.due_interval_s = min(max(min(config.schedule) / 4, 0.01), 0.5)
-        self.slots = Slots(config)
+        self.slots = Slots(config, webhooks.breakers)
         self._tasks: set[asyncio.Task[None]] = set()
         # Attempts taken over from a dead process, waiting for a slot (made first), by sub.
         self._claimed: dict[str, list[tuple[str, str, dict[bytes, bytes]]]] = {}
@@ -261,6 +261,7 @@ class DeliveryWorker:
         """Re-mark queues holding work and owners with retries due, in case a process died
         between writing an entry and indexing it."""
         subs = await self.store.snapshot()
+        self.slots.breakers.forget_except(s.id for s in subs)
         owners = sorted({s.owner for s in subs})
         async with self.redis.pipeline(transaction=False) as pipe:
             for sub in subs:
@@ -283,19 +284,43 @@ class DeliveryWorker:
 
     def _spawn(self, owner: str, sub_id: str, entry_id: str, fields: dict[bytes, bytes]) -> None:
         self.slots.take(owner, sub_id)
-        task = asyncio.create_task(self._handle(owner, sub_id, entry_id, fields))
+        # Once it lingers its hang is counted (its timeout is not, again): "counted", and
+        # "released" when its slots were given back (room permitting).
+        lingered: list[str] = []
+        task = asyncio.create_task(self._handle(owner, sub_id, entry_id, fields, lingered))
         self._tasks.add(task)
-        task.add_done_callback(lambda done: self._done(done, owner, sub_id))
 
-    def _done(self, task: asyncio.Task[None], owner: str, sub_id: str) -> None:
+        def linger() -> None:  # still in flight: a failure, and its global slot given back
+            released = self.slots.linger(owner, sub_id)
+            lingered.append("released" if released else "counted")
+            if released:
+                self._wake.set()
+
+        timer = asyncio.get_running_loop().call_later(self.config.breaker.linger_after, linger)
+        task.add_done_callback(lambda done: self._done(done, owner, sub_id, timer, lingered))
+
+    def _done(
+        self,
+        task: asyncio.Task[None],
+        owner: str,
+        sub_id: str,
+        timer: asyncio.TimerHandle,
+        lingered: list[str],
+    ) -> None:
+        timer.cancel()
         self._tasks.discard(task)
-        self.slots.give_back(owner, sub_id)
+        self.slots.give_back(owner, sub_id, lingered="released" in lingered)
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error("delivery failed unexpectedly", exc_info=task.exception())
 
     async def _handle(
-        self, owner: str, sub_id: str, entry_id: str, fields: dict[bytes, bytes]
+        self,
+        owner: str,
+        sub_id: str,
+        entry_id: str,
+        fields: dict[bytes, bytes],
+        lingered: list[str],
     ) -> None:
         message_id = fields[b"m"].decode()
         attempt, trigger = int(fields[b"n"]), fields[b"t"].decode()
@@ -330,5 +355,6 @@ class DeliveryWorker:
             self.config.timeout,
             trace=span.headers() if span else None,
         )
-        self.slots.mark(sub.id, delivered=result.delivered, slow=is_slow(result))
+        slow = is_slow(result) and not lingered
+        self.slots.mark(sub.id, delivered=result.delivered, slow=slow, owner=owner)
         await self.outcomes.record(entry_id, message_id, msg, sub, attempt, trigger, result)

@@ -9,13 +9,13 @@ Cluster slot, while different owners spread across the cluster.
     {prefix}:wh:{owner}:q:{id}           stream, consumer group `delivery`: the subscription's
                                          queue of attempts to make (`m` message, `n` attempt,
                                          `t` trigger); an entry is deleted once handled
-    {prefix}:wh:{owner}:msg:{mid}        hash, TTL 7 days: one message (subscription, type, body,
-                                         state, attempts, last answer)
-    {prefix}:wh:{owner}:msg:{mid}:log    list, newest first, TTL 7 days: the message's attempts
-    {prefix}:wh:{owner}:attempts:{id}    list, newest first, the last 1000: a subscription's
-                                         attempts log
-    {prefix}:wh:{owner}:log              stream, MAXLEN ~ 10000: the owner's attempts, newest
-                                         last (the portal's message log)
+    {prefix}:wh:{owner}:msg:{mid}        hash, TTL retention.messages: one message (subscription,
+                                         type, body, state, attempts, last answer)
+    {prefix}:wh:{owner}:msg:{mid}:log    list, newest first, TTL retention.messages: its attempts
+    {prefix}:wh:{owner}:attempts:{id}    list, newest first, the last 1000 (and none older than
+                                         retention.attempts): a subscription's attempts log
+    {prefix}:wh:{owner}:log              stream, MAXLEN ~ 10000, MINID retention.attempts: the
+                                         owner's attempts, newest last (the portal's message log)
     {prefix}:wh:{owner}:due              sorted set, score = due time (ms): scheduled retries,
                                          as `sub|message|attempt|trigger`
     {prefix}:wh:{owner}:tests            sorted set: the owner's test sends of the last minute

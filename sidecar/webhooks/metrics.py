@@ -76,6 +76,27 @@ class WebhookMetrics:
             registry=r,
         )
 
+        self.breakers_open = Gauge(
+            "sidecar_webhook_breakers_open",
+            "Endpoints whose circuit breaker is open or half-open in this process (their "
+            "messages wait without taking a slot).",
+            multiprocess_mode="livesum",
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            "sidecar_webhook_breaker_transitions",
+            "Circuit breaker changes of state, by the state entered (open, half_open, closed).",
+            ["to"],
+            registry=r,
+        )
+        self.trimmed = Counter(
+            "sidecar_webhook_log_entries_trimmed",
+            "Log entries older than webhooks.retention.attempts trimmed, by log (owner, all, "
+            "subscription, dead).",
+            ["log"],
+            registry=r,
+        )
+
     def initialise(self, event_types: list[str]) -> None:
         """Create the series of known event types at 0 (see `Metrics.initialise`)."""
         for event_type in event_types:
@@ -89,3 +110,7 @@ class WebhookMetrics:
             self.dead_completions.labels(reason)
         for queue in ("outbox", "scheduled"):
             self.queue_depth.labels(queue)
+        for state in ("open", "half_open", "closed"):
+            self.breaker_transitions.labels(state)
+        for log in ("owner", "all", "subscription", "dead"):
+            self.trimmed.labels(log)

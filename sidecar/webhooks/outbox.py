@@ -29,7 +29,7 @@ from .keys import (
     ready_key,
 )
 
-MESSAGE_TTL_S = 7 * 24 * 3600
+MESSAGE_TTL_S = 7 * 24 * 3600  # the default of webhooks.retention.messages
 
 # KEYS: msg, queue. ARGV: sub, type, body, created_ms, trigger, ttl_s, message_id, group,
 # traceparent (of the call the message tells of; may be empty).
@@ -115,7 +115,7 @@ class Message:
     created_ms: int
     trigger: str = "scheduled"
     traceparent: str = ""  # the call's span: each delivery is sent as a child of it
-    ttl_s: int = MESSAGE_TTL_S  # how long it is kept after its last attempt
+    ttl_s: int | None = None  # kept this long after its last attempt (None: the outbox's)
 
 
 def message_id_for(correlation_id: str, call_identity: str, sub_id: str) -> str:
@@ -132,9 +132,10 @@ def ready_member(owner: str, sub_id: str) -> str:
 class Outbox:
     """Enqueues messages, requeues attempts, and moves due retries back to their queues."""
 
-    def __init__(self, redis: Client, prefix: str) -> None:
+    def __init__(self, redis: Client, prefix: str, ttl_s: int = MESSAGE_TTL_S) -> None:
         self.redis = redis
         self.prefix = prefix
+        self.ttl_s = ttl_s  # webhooks.retention.messages
         self._enqueue = register(redis, _ENQUEUE)
         self._requeue = register(redis, _REQUEUE)
         self._move = register(redis, _MOVE_DUE)
@@ -149,7 +150,7 @@ class Outbox:
         body: bytes,
         created_ms: int | None = None,
         trigger: str = "scheduled",
-        ttl_s: int = MESSAGE_TTL_S,
+        ttl_s: int | None = None,
     ) -> bool:
         """Create the message and queue its first attempt; False when it already existed."""
         created = created_ms if created_ms is not None else int(time.time() * 1000)
@@ -175,7 +176,7 @@ class Outbox:
                     m.body,
                     m.created_ms,
                     m.trigger,
-                    m.ttl_s,
+                    m.ttl_s or self.ttl_s,
                     m.message_id,
                     DELIVERY_GROUP,
                     m.traceparent,
@@ -187,7 +188,7 @@ class Outbox:
         new = [m for m, reply in zip(messages, replies, strict=True) if reply]
         await self.mark_ready(
             ((m.owner, m.sub_id) for m in new),
-            owners={m.message_id: (m.owner, m.ttl_s) for m in new},
+            owners={m.message_id: (m.owner, m.ttl_s or self.ttl_s) for m in new},
         )
         return len(new)
 

@@ -20,6 +20,7 @@ from ..config import Route, Settings
 from ..connections import REDIS_FAULTS, Client, RedisConnections
 from ..tenancy import OPERATOR
 from ..tracking import CallTracker, TrackedCall
+from .breaker import Breakers
 from .fanout import candidates, messages_for
 from .messages import MessageLog
 from .metrics import WebhookMetrics
@@ -57,7 +58,8 @@ class WebhookRuntime:
         self.policy = policy
         self.metrics = metrics
         self.store = SubscriptionStore(self.redis, self.prefix)
-        self.outbox = Outbox(self.redis, self.prefix)
+        self.outbox = Outbox(self.redis, self.prefix, int(settings.webhooks.retention.messages))
+        self.breakers = Breakers(settings.webhooks, metrics)
         self.messages = MessageLog(self.redis, self.prefix, self.store)
         self.resolver: AbstractResolver = DefaultResolver()  # unfiltered: to judge a new URL
         self.quotas = Quotas(self.redis, self.prefix, settings.webhooks)

@@ -91,18 +91,61 @@ def test_attempts_in_flight_count_against_every_cap() -> None:
     assert (s.free(), s.sub_free("a1"), s.owner_free("a"), s.in_flight) == (4, 2, 3, 0)
 
 
-def test_a_slow_endpoint_gets_one_slot_until_it_delivers() -> None:
+def test_a_failure_keeps_an_endpoints_slots_until_its_breaker_opens() -> None:
     s = slots(concurrency=10, per_subscription=4, per_tenant=10)
-    s.mark("a1", delivered=False, slow=False)  # e.g. a 404: not slow
+    s.mark("a1", delivered=False, slow=False)  # e.g. a 404: not a failure of the endpoint
+    s.mark("a1", delivered=False, slow=True)  # a 5xx: one failure does not cost its slots
     assert s.sub_cap("a1") == 4
-    s.mark("a1", delivered=False, slow=True)  # a timeout, a refused connection, a 5xx
-    assert s.sub_cap("a1") == 1
-    assert [p.count for p in s.plan(ready("a|a1"))] == [1]
-    s.take("a", "a1")
-    assert s.plan(ready("a|a1")) == []  # its one slot is taken
-    s.give_back("a", "a1")
-    s.mark("a1", delivered=True, slow=False)
     assert [p.count for p in s.plan(ready("a|a1"))] == [4]
+    for _ in range(4):  # five failures in a row (breaker.failures) open it
+        s.mark("a1", delivered=False, slow=True)
+    assert s.sub_cap("a1") == 0
+    assert s.plan(ready("a|a1", "b|b1")) == [PlannedRead("b|b1", "b", "b1", 1.0, 4)]
+
+
+def test_a_lingering_attempt_gives_its_global_slot_back_but_not_its_owners() -> None:
+    s = slots(concurrency=2, per_subscription=1, per_tenant=2)
+    s.take("a", "a1")
+    s.take("a", "a2")
+    assert s.free() == 0
+    assert s.linger("a", "a1")
+    assert (s.free(), s.lingering, s.owner_free("a"), s.sub_free("a1")) == (1, 1, 0, 1)
+    assert owners(s.plan(ready("a|a3", "b|b1"))) == ["b"]  # a's share is still taken
+    s.give_back("a", "a1", lingered=True)
+    assert (s.free(), s.lingering, s.owner_free("a")) == (1, 0, 1)
+
+
+def test_lingering_is_bounded() -> None:
+    s = slots(concurrency=1, per_subscription=1, per_tenant=1)
+    assert s.linger_cap == 3
+    for n in range(3):
+        s.take(f"o{n}", f"s{n}")
+        assert s.linger(f"o{n}", f"s{n}")
+    s.take("o3", "s3")
+    assert not s.linger("o3", "s3")  # no room: it keeps its slot
+    assert s.free() == 0
+
+
+def test_every_other_read_puts_an_endpoint_known_to_deliver_first() -> None:
+    s = slots(concurrency=1, per_subscription=1, per_tenant=1)
+    s.mark("z1", delivered=True, slow=False)
+    rows = ready(*(f"t{n}|t{n}s" for n in range(50)), "z|z1")
+    picks = [owners(s.plan(rows)) for _ in range(4)]
+    assert picks.count(["z"]) == 2  # the proven one on every other read
+    assert picks[0] != ["z"] and picks[1] == ["z"]  # the others round-robin
+
+
+def test_endpoints_not_known_to_deliver_leave_a_quarter_of_the_slots_to_those_that_do() -> None:
+    s = slots(concurrency=8, per_subscription=4, per_tenant=8)
+    s.mark("z1", delivered=True, slow=False)
+    rows = ready(*(f"t{n}|t{n}s" for n in range(10)))
+    assert sum(p.count for p in s.plan(rows)) == 6  # new endpoints: 3/4 of 8
+    for n in range(6):
+        s.take(f"t{n}", f"t{n}s")
+    assert not s.can_start("t7", "t7s") and s.can_start("z", "z1")
+    assert [(p.sub, p.count) for p in s.plan([*rows, (b"z|z1", 99.0)])] == [("z1", 2)]
+    assert s.linger("t0", "t0s")  # a lingering attempt holds no slot of either kind
+    assert s.can_start("t7", "t7s")
 
 
 def test_a_full_process_plans_nothing() -> None:
