@@ -140,7 +140,7 @@ async def _messages(
     if not op.wait_id or not op.tracked_at:
         return []
     owners = {op.tenant or OPERATOR, OPERATOR} if caller == OPERATOR else {caller}
-    subs = [s for s in await runtime.store.snapshot() if s.owner in owners]
+    subs = [s for found in (await runtime.store.of_owners(owners)).values() for s in found]
     out = []
     for sub in subs:
         message_id = message_id_for(op.wait_id, op.tracked_at, sub.id)

@@ -119,6 +119,10 @@ class Breakers:
             ep = self._endpoints[sub_id] = _Endpoint(owner=owner)
         self._failed(sub_id, ep)
 
+    def known(self) -> list[str]:
+        """The endpoints this process keeps a breaker for."""
+        return list(self._endpoints)
+
     def forget_except(self, sub_ids: Iterable[str]) -> None:
         """Drop the breakers of endpoints that no longer exist."""
         keep = set(sub_ids)

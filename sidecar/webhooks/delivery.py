@@ -6,11 +6,13 @@ Loops per process, each run by `supervise.supervised`:
                the global, per-owner and per-endpoint caps) and starts an attempt per entry
     bell       wakes the reader on enqueues (on any replica)
     claim      XAUTOCLAIM of attempts a dead process left pending longer than `claim_after`,
-               which exceeds the per-attempt timeout, so a live attempt is never duplicated; a
+               which exceeds the per-attempt timeout, so a live attempt is never duplicated,
+               in the queues of the read index only (`sweep`), a bounded part a step; a
                claimed attempt whose endpoint has no free slot is held, and made before
                anything new is read for that endpoint, so a backlog does not put it last
     due        moves due retries back to their queues (`outbox`), samples queue depths
-    reconcile  repairs the ready and due indexes if a process died between two writes
+    reconcile  repairs the ready, due and read indexes if a process died between two writes,
+               a bounded part of the subscriptions a tick (`sweep`)
 
 An attempt is one signed POST (`attempt`); what follows from it is decided in `retry` and
 written by `outcome`.
@@ -31,9 +33,8 @@ from ..trace import current, from_traceparent
 from .attempt import post_once
 from .keys import (
     DELIVERY_GROUP,
+    all_subscriptions_key,
     bell_key,
-    due_key,
-    dues_key,
     message_key,
     queue_key,
     ready_key,
@@ -45,12 +46,12 @@ from .planner import Slots
 from .retry import is_slow
 from .runtime import WebhookRuntime
 from .supervise import supervised
+from .sweep import CLAIM_STEP_S, RECONCILE_S, Sweep
 
 logger = logging.getLogger(__name__)
 
 READY_SCAN = 2000  # queues considered per read
 IDLE_WAIT_S = 1.0  # longest the reader sleeps without a bell or a freed slot
-RECONCILE_S = 10.0
 DEPTH_SAMPLE_S = 2.0
 
 
@@ -70,6 +71,7 @@ class DeliveryWorker:
         self.claim_idle_s = config.claim_after_s
         self.due_interval_s = min(max(min(config.schedule) / 4, 0.01), 0.5)
         self.slots = Slots(config, webhooks.breakers)
+        self.sweep = Sweep(self.redis, self.prefix)
         self._tasks: set[asyncio.Task[None]] = set()
         # Attempts taken over from a dead process, waiting for a slot (made first), by sub.
         self._claimed: dict[str, list[tuple[str, str, dict[bytes, bytes]]]] = {}
@@ -143,10 +145,11 @@ class DeliveryWorker:
         if not planned:
             return claimed > 0
         async with self.redis.pipeline(transaction=False) as pipe:
+            self.sweep.note_reads(pipe, (read.member for read in planned))
             for read in planned:
                 queue = queue_key(self.prefix, read.owner, read.sub)
                 pipe.xreadgroup(DELIVERY_GROUP, self.consumer, {queue: ">"}, count=read.count)
-            replies = await pipe.execute(raise_on_error=False)
+            replies = (await pipe.execute(raise_on_error=False))[1:]
         started = 0
         for read, reply in zip(planned, replies, strict=True):
             owner, sub = read.owner, read.sub
@@ -167,33 +170,41 @@ class DeliveryWorker:
         return started + claimed > 0
 
     async def _claim_forever(self) -> None:
+        interval_s = min(max(self.claim_idle_s / 2, 0.2), 30.0)
         while True:
             checkpoint()
-            await asyncio.sleep(min(max(self.claim_idle_s / 2, 0.2), 30.0))
+            done = self.sweep.claim_pass_done
+            await asyncio.sleep(interval_s if done else min(interval_s, CLAIM_STEP_S))
             await self.claim_once()
 
     async def claim_once(self) -> int:
-        """Take over attempts another (dead) process left pending too long; how many. Each
-        endpoint takes up to its slot count, whether or not a slot is free now: one that is not
-        is held and made at the endpoint's next free slot, before anything new."""
-        snapshot = await self.store.snapshot()
-        room = {s.id: self.slots.sub_cap(s.id) - len(self._claimed.get(s.id, ())) for s in snapshot}
-        subs = [s for s in snapshot if room[s.id] > 0]
+        """Take over attempts another (dead) process left pending too long in the next part of
+        the read index; how many. Each endpoint takes up to its slot count, whether or not a
+        slot is free now: one that is not is held and made at the endpoint's next free slot,
+        before anything new."""
         await self._keep_claimed()
-        if not subs:
+        queues = await self.sweep.claim_batch()
+        if not queues:
             return 0
+        rooms = [self.slots.sub_cap(q.sub) - len(self._claimed.get(q.sub, ())) for q in queues]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for sub in subs:
-                pipe.xautoclaim(
-                    queue_key(self.prefix, sub.owner, sub.id),
-                    DELIVERY_GROUP,
-                    self.consumer,
-                    min_idle_time=int(self.claim_idle_s * 1000),
-                    count=room[sub.id],
-                )
-            replies = await pipe.execute(raise_on_error=False)
-        claimed = 0
-        for sub, reply in zip(subs, replies, strict=True):
+            for q, room in zip(queues, rooms, strict=True):
+                queue = queue_key(self.prefix, q.owner, q.sub)
+                pipe.xlen(queue)
+                if room > 0:
+                    pipe.xautoclaim(
+                        queue,
+                        DELIVERY_GROUP,
+                        self.consumer,
+                        min_idle_time=int(self.claim_idle_s * 1000),
+                        count=room,
+                    )
+            replies = iter(await pipe.execute(raise_on_error=False))
+        lengths, claimed = [], 0
+        for q, room in zip(queues, rooms, strict=True):
+            length = next(replies)
+            lengths.append((q, length if isinstance(length, int) else 1))  # unknown: kept
+            reply = next(replies) if room > 0 else None
             if isinstance(reply, Exception) or not reply:
                 continue  # no queue (or group) yet
             for entry_id, fields in reply[1]:
@@ -201,11 +212,12 @@ class DeliveryWorker:
                     continue  # deleted meanwhile
                 logger.info(
                     "claimed an abandoned attempt",
-                    extra={"sub": sub.id, "entry": entry_id.decode()},
+                    extra={"sub": q.sub, "entry": entry_id.decode()},
                 )
-                self.read_from.add(queue_key(self.prefix, sub.owner, sub.id))
-                self._claimed.setdefault(sub.id, []).append((sub.owner, entry_id.decode(), fields))
+                self.read_from.add(queue_key(self.prefix, q.owner, q.sub))
+                self._claimed.setdefault(q.sub, []).append((q.owner, entry_id.decode(), fields))
                 claimed += 1
+        await self.sweep.seen(lengths)
         self._start_claimed()
         return claimed
 
@@ -239,17 +251,9 @@ class DeliveryWorker:
             await asyncio.sleep(self.due_interval_s)
 
     async def _sample_depth(self) -> None:
-        subs = await self.store.snapshot()
-        owners = sorted({s.owner for s in subs})
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sub in subs:
-                pipe.xlen(queue_key(self.prefix, sub.owner, sub.id))
-            for owner in owners:
-                pipe.zcard(due_key(self.prefix, owner))
-            replies = await pipe.execute(raise_on_error=False)
-        counts = [int(r) if isinstance(r, int) else 0 for r in replies]
-        self.metrics.queue_depth.labels("outbox").set(sum(counts[: len(subs)]))
-        self.metrics.queue_depth.labels("scheduled").set(sum(counts[len(subs) :]))
+        queued, scheduled = await self.sweep.depth()
+        self.metrics.queue_depth.labels("outbox").set(queued)
+        self.metrics.queue_depth.labels("scheduled").set(scheduled)
 
     async def _reconcile_forever(self) -> None:
         while True:
@@ -257,28 +261,19 @@ class DeliveryWorker:
             await asyncio.sleep(RECONCILE_S)
             await self.reconcile()
 
-    async def reconcile(self) -> None:
+    async def reconcile(self) -> bool:
         """Re-mark queues holding work and owners with retries due, in case a process died
-        between writing an entry and indexing it."""
-        subs = await self.store.snapshot()
-        self.slots.breakers.forget_except(s.id for s in subs)
-        owners = sorted({s.owner for s in subs})
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for sub in subs:
-                pipe.xlen(queue_key(self.prefix, sub.owner, sub.id))
-            for owner in owners:
-                pipe.zrange(due_key(self.prefix, owner), 0, 0, withscores=True)
-            replies = await pipe.execute(raise_on_error=False)
-        lengths, firsts = replies[: len(subs)], replies[len(subs) :]
-        busy = [
-            (s.owner, s.id)
-            for s, n in zip(subs, lengths, strict=True)
-            if isinstance(n, int) and n > 0
-        ]
-        await self.outbox.mark_ready(busy)
-        dues = {o: int(f[0][1]) for o, f in zip(owners, firsts, strict=True) if f}
-        if dues:
-            await self.redis.zadd(dues_key(self.prefix), dues)
+        between writing an entry and indexing it: the next part of the subscriptions; True
+        when this ended a pass over all of them."""
+        done = await self.sweep.reconcile_step(self.outbox)
+        if done:  # once a pass: drop the breakers of endpoints deleted meanwhile
+            known = self.slots.breakers.known()
+            if known:
+                owners = await self.redis.hmget(all_subscriptions_key(self.prefix), known)  # type: ignore[misc]
+                self.slots.breakers.forget_except(
+                    s for s, o in zip(known, owners, strict=True) if o is not None
+                )
+        return done
 
     # -- attempts ---------------------------------------------------------------------------
 

@@ -26,6 +26,11 @@ Cluster slot, while different owners spread across the cluster.
     {prefix}:wh:ready                    sorted set: `owner|id` of queues holding work (score:
                                          the last enqueue, µs), what delivery workers read
     {prefix}:wh:dues                     sorted set: owner → its earliest scheduled retry (ms)
+    {prefix}:wh:read                     hash: `owner|id` of queues some consumer has read
+                                         from → when (µs), or 0 when the reconciler found work
+                                         there; the only queues that can hold an attempt in
+                                         flight (what the claimer walks); a queue found empty
+                                         leaves it
     {prefix}:wh:bell                     stream, MAXLEN 1: rung on every enqueue (wakes readers)
     {prefix}:wh:dead                     stream, MAXLEN ~ outbox_maxlen: dead letters
     {prefix}:wh:dead-completions         stream, MAXLEN ~ 10000: completions set aside (stream,
@@ -139,6 +144,11 @@ def version_key(prefix: str) -> str:
 def ready_key(prefix: str) -> str:
     """Sorted set of `owner|sub` whose queue holds work."""
     return f"{wh(prefix)}:ready"
+
+
+def read_index_key(prefix: str) -> str:
+    """Hash of `owner|sub` queues read from (or found holding work) → when, in µs."""
+    return f"{wh(prefix)}:read"
 
 
 def dues_key(prefix: str) -> str:

@@ -32,6 +32,7 @@ from .signing import new_secret
 
 ROTATION_GRACE_S = 24 * 3600.0  # the old secret keeps signing this long after a rotation
 MAX_CACHED_OWNERS = 10_000  # owners whose subscriptions a process keeps for fan-out
+MAX_CACHED_SUBSCRIPTIONS = 10_000  # subscriptions a process keeps for its deliveries
 
 # KEYS: the subscription hash. ARGV: field, value, ... Set only while it exists.
 _PATCH = """
@@ -158,7 +159,10 @@ class SubscriptionStore:
         self._patch = register(redis, _PATCH)
         self._create = register(redis, _CREATE)
         self._snapshot: tuple[bytes | None, list[Subscription]] | None = None
-        self._by_id: dict[str, Subscription] = {}
+        # Subscriptions as read while the set was at `_read_at[0]` (None: not known yet), the
+        # most recently read last: what a delivery uses without reading it again.
+        self._read: OrderedDict[str, Subscription] = OrderedDict()
+        self._read_at: tuple[bytes | None] | None = None
         self._owners: OrderedDict[str, list[Subscription]] = OrderedDict()
         self._owners_version: bytes | None = None
         self._anyone: tuple[bytes | None, bool] | None = None
@@ -238,8 +242,21 @@ class SubscriptionStore:
 
     async def get_owned(self, owner: str, sub_id: str) -> Subscription | None:
         """The subscription `owner` has under this id, or None."""
+        at = self._read_at
         raw = await self.redis.hgetall(subscription_key(self.prefix, owner, sub_id))  # type: ignore[misc]
-        return Subscription.from_fields(raw) if raw else None
+        if not raw:
+            return None
+        sub = Subscription.from_fields(raw)
+        if at is not None and at == self._read_at:
+            # Read after the version `at` was read (see `cached`), so at least as new.
+            self._remember(sub)
+        return sub
+
+    def _remember(self, sub: Subscription) -> None:
+        self._read[sub.id] = sub
+        self._read.move_to_end(sub.id)
+        while len(self._read) > MAX_CACHED_SUBSCRIPTIONS:
+            self._read.popitem(last=False)
 
     async def get(self, sub_id: str) -> Subscription | None:
         """The subscription, whoever owns it, or None."""
@@ -347,14 +364,19 @@ class SubscriptionStore:
             # reloads; a stale view lasts at most until then.
             subs = await self.list_for(None)
             self._snapshot = (version, subs)
-            self._by_id = {s.id: s for s in subs}
+            self._read_at, self._read = (version,), OrderedDict()
+            for sub in subs[-MAX_CACHED_SUBSCRIPTIONS:]:
+                self._read[sub.id] = sub
         return self._snapshot[1]
 
     def cached(self, sub_id: str, version: bytes | None) -> Subscription | None:
-        """The subscription from the last snapshot if it is still at `version`, else None."""
-        if self._snapshot is None or self._snapshot[0] != version:
+        """The subscription as last read (by `get_owned` or a snapshot) if nothing changed
+        since, i.e. the set is still at `version` (read before calling), else None. A version
+        that moved empties what was read; reads made from then on are kept under it."""
+        if self._read_at != (version,):
+            self._read_at, self._read = (version,), OrderedDict()
             return None
-        return self._by_id.get(sub_id)
+        return self._read.get(sub_id)
 
     async def update(self, sub: Subscription, **changes: Any) -> Subscription | None:
         """Write only the changed fields (url, events, description, enabled, secrets), and only

@@ -25,24 +25,34 @@ CONFIG = Webhooks(allow_private_targets=True, schedule=[0.05, 0.1, 0.1], timeout
 
 
 @contextlib.asynccontextmanager
-async def worker(
-    redis: aioredis.Redis, prefix: str, redis_url: str
+async def built(
+    redis: aioredis.Redis, prefix: str, redis_url: str, config: Webhooks = CONFIG
 ) -> AsyncIterator[DeliveryWorker]:
-    """A delivery worker of `prefix` (webhooks: CONFIG) running until the block ends."""
-    policy = TargetPolicy.from_settings(CONFIG)
+    """A delivery worker of `prefix`, built but not started (its loops are called by hand)."""
+    policy = TargetPolicy.from_settings(config)
     session = create_webhook_session(policy, 8)
-    settings = Settings(key_prefix=prefix, webhooks=CONFIG, redis_url=redis_url)
+    settings = Settings(key_prefix=prefix, webhooks=config, redis_url=redis_url)
     tracker = CallTracker(redis, prefix, settings.tracking_ttl)
     metrics = WebhookMetrics(CollectorRegistry())
     connections = RedisConnections(settings)
     runtime = WebhookRuntime(settings, connections, tracker, session, policy, metrics)
-    w = DeliveryWorker(runtime)
-    task = asyncio.create_task(w.run())
     try:
-        yield w
+        yield DeliveryWorker(runtime)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         await session.close()
         await connections.aclose()
+
+
+@contextlib.asynccontextmanager
+async def worker(
+    redis: aioredis.Redis, prefix: str, redis_url: str, config: Webhooks = CONFIG
+) -> AsyncIterator[DeliveryWorker]:
+    """A delivery worker of `prefix` (webhooks: `config`) running until the block ends."""
+    async with built(redis, prefix, redis_url, config) as w:
+        task = asyncio.create_task(w.run())
+        try:
+            yield w
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -100,3 +100,20 @@ async def test_the_cached_snapshot_is_used_only_while_nothing_changed(
     changed = await redis.get(version_key(key_prefix))
     assert changed != version and store.cached(sub.id, changed) is None
     assert [s.enabled for s in await store.snapshot()] == [False]
+
+
+async def test_a_subscription_read_once_is_reused_until_anything_changes(
+    redis: aioredis.Redis, key_prefix: str
+) -> None:
+    store = SubscriptionStore(redis, key_prefix)
+    sub = await SubscriptionStore(redis, key_prefix).create("t_a", "http://127.0.0.1:1/a", ["*"])
+    version = await redis.get(version_key(key_prefix))
+    assert store.cached(sub.id, version) is None  # never read here
+    assert await store.get_owned(sub.owner, sub.id) == sub
+    assert store.cached(sub.id, version) == sub  # no whole snapshot needed
+    await SubscriptionStore(redis, key_prefix).update(sub, enabled=False)  # another replica
+    changed = await redis.get(version_key(key_prefix))
+    assert store.cached(sub.id, changed) is None
+    fresh = await store.get_owned(sub.owner, sub.id)
+    assert fresh is not None and not fresh.enabled
+    assert store.cached(sub.id, changed) == fresh
