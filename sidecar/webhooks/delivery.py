@@ -29,6 +29,7 @@ from ..connections import PrimaryCheck, close
 from ..tasks import checkpoint
 from ..trace import current, from_traceparent
 from .attempt import post_once
+from .fence import run_each
 from .keys import (
     DELIVERY_GROUP,
     bell_key,
@@ -40,7 +41,7 @@ from .keys import (
     version_key,
 )
 from .outbox import create_group, group_lost
-from .outcome import OutcomeWriter
+from .outcome import INCOMPLETE, LOST, Claim, OutcomeWriter
 from .planner import Slots
 from .retry import is_slow
 from .runtime import WebhookRuntime
@@ -65,14 +66,14 @@ class DeliveryWorker:
         self.consumer, self.policy = webhooks.consumer, webhooks.policy
         self.store, self.outbox = webhooks.store, webhooks.outbox
         self.outcomes = OutcomeWriter(
-            self.redis, self.prefix, config, self.outbox, self.store, self.metrics
+            self.redis, self.prefix, config, self.consumer, self.store, self.metrics
         )
         self.claim_idle_s = config.claim_after_s
         self.due_interval_s = min(max(min(config.schedule) / 4, 0.01), 0.5)
         self.slots = Slots(config)
         self._tasks: set[asyncio.Task[None]] = set()
         # Attempts taken over from a dead process, waiting for a slot (made first), by sub.
-        self._claimed: dict[str, list[tuple[str, str, dict[bytes, bytes]]]] = {}
+        self._claimed: dict[str, list[tuple[Claim, dict[bytes, bytes]]]] = {}
         self._wake = asyncio.Event()
         self.read_from: set[str] = set()  # queues this consumer joined (left at shutdown)
 
@@ -91,6 +92,7 @@ class DeliveryWorker:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self.outcomes.close()
 
     async def ensure_group(self) -> None:
         """Nothing to create up front: each queue's group is made with its first entry."""
@@ -99,9 +101,9 @@ class DeliveryWorker:
         """Start the held taken-over attempts that now have a slot; how many."""
         started = 0
         for sub_id, held in list(self._claimed.items()):
-            while held and self.slots.can_start(held[0][0], sub_id):
-                owner, entry_id, fields = held.pop(0)
-                self._spawn(owner, sub_id, entry_id, fields)
+            while held and self.slots.can_start(held[0][0].owner, sub_id):
+                claim, fields = held.pop(0)
+                self._spawn(claim, fields, None, None)
                 started += 1
             if not held:
                 del self._claimed[sub_id]
@@ -142,11 +144,21 @@ class DeliveryWorker:
         planned = [p for p in self.slots.plan(rows) if p.sub not in self._claimed]
         if not planned:
             return claimed > 0
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for read in planned:
-                queue = queue_key(self.prefix, read.owner, read.sub)
-                pipe.xreadgroup(DELIVERY_GROUP, self.consumer, {queue: ">"}, count=read.count)
-            replies = await pipe.execute(raise_on_error=False)
+        # One script per queue: its entries with their messages; and the subscriptions' version.
+        calls = [
+            (
+                [queue_key(self.prefix, read.owner, read.sub)],
+                [
+                    DELIVERY_GROUP,
+                    self.consumer,
+                    read.count,
+                    message_key(self.prefix, read.owner, ""),
+                ],
+            )
+            for read in planned
+        ]
+        replies = await run_each(self.redis, self.outcomes.fence.read, calls)
+        version = await self.redis.get(version_key(self.prefix))
         started = 0
         for read, reply in zip(planned, replies, strict=True):
             owner, sub = read.owner, read.sub
@@ -156,13 +168,16 @@ class DeliveryWorker:
                     raise reply
                 await create_group(self.redis, queue, DELIVERY_GROUP, "0")
                 continue
-            entries = [e for _stream, items in reply or [] for e in items]
-            if not entries:
+            if isinstance(reply, Exception):
+                raise reply
+            if not reply:
                 await self.outbox.unready(read.member, read.score)
                 continue
             self.read_from.add(queue)
-            for entry_id, fields in entries:
-                self._spawn(owner, sub, entry_id.decode(), fields)
+            for entry_id, flat, raw in reply:
+                # A new entry read by this consumer: its delivery count is 1.
+                claim = Claim(owner, sub, entry_id.decode(), 1)
+                self._spawn(claim, _pairs(flat), _message(raw), version)
                 started += 1
         return started + claimed > 0
 
@@ -192,20 +207,36 @@ class DeliveryWorker:
                     count=room[sub.id],
                 )
             replies = await pipe.execute(raise_on_error=False)
-        claimed = 0
-        for sub, reply in zip(subs, replies, strict=True):
-            if isinstance(reply, Exception) or not reply:
-                continue  # no queue (or group) yet
-            for entry_id, fields in reply[1]:
-                if not fields:
-                    continue  # deleted meanwhile
-                logger.info(
-                    "claimed an abandoned attempt",
-                    extra={"sub": sub.id, "entry": entry_id.decode()},
+        taken = [
+            (sub, entry_id.decode(), fields)
+            for sub, reply in zip(subs, replies, strict=True)
+            if not isinstance(reply, Exception) and reply  # no queue (or group) yet
+            for entry_id, fields in reply[1]
+            if fields  # deleted meanwhile
+        ]
+        if not taken:
+            return 0
+        # Each claim's fence token: the entry's delivery count now (the claim raised it).
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sub, entry_id, _fields in taken:
+                pipe.xpending_range(
+                    queue_key(self.prefix, sub.owner, sub.id),
+                    DELIVERY_GROUP,
+                    min=entry_id,
+                    max=entry_id,
+                    count=1,
+                    consumername=self.consumer,
                 )
-                self.read_from.add(queue_key(self.prefix, sub.owner, sub.id))
-                self._claimed.setdefault(sub.id, []).append((sub.owner, entry_id.decode(), fields))
-                claimed += 1
+            pending = await pipe.execute(raise_on_error=False)
+        claimed = 0
+        for (sub, entry_id, fields), rows in zip(taken, pending, strict=True):
+            if isinstance(rows, Exception) or not rows:
+                continue  # taken out or over meanwhile
+            logger.info("claimed an abandoned attempt", extra={"sub": sub.id, "entry": entry_id})
+            self.read_from.add(queue_key(self.prefix, sub.owner, sub.id))
+            claim = Claim(sub.owner, sub.id, entry_id, int(rows[0]["times_delivered"]))
+            self._claimed.setdefault(sub.id, []).append((claim, fields))
+            claimed += 1
         self._start_claimed()
         return claimed
 
@@ -216,13 +247,14 @@ class DeliveryWorker:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for sub_id, held in self._claimed.items():
-                for owner, entry_id, _fields in held:
+                for claim, _fields in held:
+                    # JUSTID leaves the delivery count, the claim's fence token, as it is.
                     pipe.xclaim(
-                        queue_key(self.prefix, owner, sub_id),
+                        queue_key(self.prefix, claim.owner, sub_id),
                         DELIVERY_GROUP,
                         self.consumer,
                         min_idle_time=0,
-                        message_ids=[entry_id],
+                        message_ids=[claim.entry_id],
                         justid=True,
                     )
             await pipe.execute(raise_on_error=False)
@@ -281,9 +313,16 @@ class DeliveryWorker:
 
     # -- attempts ---------------------------------------------------------------------------
 
-    def _spawn(self, owner: str, sub_id: str, entry_id: str, fields: dict[bytes, bytes]) -> None:
+    def _spawn(
+        self,
+        claim: Claim,
+        fields: dict[bytes, bytes],
+        msg: dict[str, bytes] | None,
+        version: bytes | None,
+    ) -> None:
+        owner, sub_id = claim.owner, claim.sub_id
         self.slots.take(owner, sub_id)
-        task = asyncio.create_task(self._handle(owner, sub_id, entry_id, fields))
+        task = asyncio.create_task(self._handle(claim, fields, msg, version))
         self._tasks.add(task)
         task.add_done_callback(lambda done: self._done(done, owner, sub_id))
 
@@ -295,26 +334,43 @@ class DeliveryWorker:
             logger.error("delivery failed unexpectedly", exc_info=task.exception())
 
     async def _handle(
-        self, owner: str, sub_id: str, entry_id: str, fields: dict[bytes, bytes]
+        self,
+        claim: Claim,
+        fields: dict[bytes, bytes],
+        msg: dict[str, bytes] | None,
+        version: bytes | None,
     ) -> None:
+        """Make one attempt of a claimed entry, and record it. `msg` and `version` come with an
+        entry read by the read script; a claimed one has them read here."""
+        owner, sub_id = claim.owner, claim.sub_id
         message_id = fields[b"m"].decode()
         attempt, trigger = int(fields[b"n"]), fields[b"t"].decode()
         mkey = message_key(self.prefix, owner, message_id)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(mkey)
-            pipe.get(version_key(self.prefix))
-            raw, version = await pipe.execute()
-        msg = {k.decode(): v for k, v in raw.items()}
-        if msg and int(msg.get("attempts") or 0) >= attempt:
+        if msg is None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(mkey)
+                pipe.get(version_key(self.prefix))
+                raw, version = await pipe.execute()
+            msg = {k.decode(): v for k, v in raw.items()}
+        if not all(field in msg for field in WHOLE):
+            # Lost by Redis, or left without its body: it can never be sent. Dead, not retried.
+            reason = INCOMPLETE if msg else LOST
+            detail = (
+                f"the message's record is missing {', '.join(f for f in WHOLE if f not in msg)}"
+                if msg
+                else "the message's record is gone from Redis"
+            )
+            await self.outcomes.bury(claim, message_id, msg, attempt - 1, reason, detail)
+            return
+        if int(msg.get("attempts") or 0) >= attempt:
             # Already made and recorded: a replayed entry (e.g. a group created again from the
             # stream's start) must not send the message again.
-            await self.outcomes.finish_entry(owner, sub_id, entry_id)
+            await self.outcomes.finish_entry(owner, sub_id, claim.entry_id)
             return
         sub = self.store.cached(sub_id, version) or await self.store.get_owned(owner, sub_id)
-        if not msg or sub is None or not sub.enabled:
-            if msg:
-                await self.redis.hset(mkey, "state", "skipped")  # type: ignore[misc]
-            await self.outcomes.finish_entry(owner, sub_id, entry_id)
+        if sub is None or not sub.enabled:
+            await self.redis.hset(mkey, "state", "skipped")  # type: ignore[misc]
+            await self.outcomes.finish_entry(owner, sub_id, claim.entry_id)
             return
         # The attempt is a span of the call's trace: its lines and its request say so.
         call_span = from_traceparent(msg.get("trace", b"").decode())
@@ -331,4 +387,17 @@ class DeliveryWorker:
             trace=span.headers() if span else None,
         )
         self.slots.mark(sub.id, delivered=result.delivered, slow=is_slow(result))
-        await self.outcomes.record(entry_id, message_id, msg, sub, attempt, trigger, result)
+        await self.outcomes.record(claim, message_id, msg, sub, attempt, trigger, result)
+
+
+WHOLE = ("body", "sub", "type", "created_ms")  # a message without these cannot be sent
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A flat [field, value, ...] reply as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _message(flat: list[bytes]) -> dict[str, bytes]:
+    """A message hash read as a flat [field, value, ...] reply, by field name."""
+    return {k.decode(): v for k, v in zip(flat[::2], flat[1::2], strict=True)}

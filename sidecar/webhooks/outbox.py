@@ -45,9 +45,9 @@ return 1
 """
 
 # KEYS: msg, queue. ARGV: message_id, attempt, trigger, group. One more attempt, now, of a
-# message that still exists.
+# message that still exists with its body (one buried without it cannot be sent).
 _REQUEUE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'body') == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'queued')
 redis.pcall('XGROUP', 'CREATE', KEYS[2], ARGV[4], '0', 'MKSTREAM')
 redis.call('XADD', KEYS[2], '*', 'm', ARGV[1], 'n', ARGV[2], 't', ARGV[3])
@@ -195,7 +195,7 @@ class Outbox:
         self, owner: str, sub_id: str, message_id: str, attempt: int, trigger: str
     ) -> bool:
         """Queue one more attempt of an existing message now (manual redelivery, recovery);
-        False when the message is gone."""
+        False when the message is gone, or has lost its body."""
         queued = await self._requeue(
             keys=[
                 message_key(self.prefix, owner, message_id),

@@ -26,14 +26,22 @@ CONFIG = Webhooks(allow_private_targets=True, schedule=[0.05, 0.1, 0.1], timeout
 
 @contextlib.asynccontextmanager
 async def worker(
-    redis: aioredis.Redis, prefix: str, redis_url: str
+    redis: aioredis.Redis,
+    prefix: str,
+    redis_url: str,
+    config: Webhooks = CONFIG,
+    registry: CollectorRegistry | None = None,
 ) -> AsyncIterator[DeliveryWorker]:
-    """A delivery worker of `prefix` (webhooks: CONFIG) running until the block ends."""
-    policy = TargetPolicy.from_settings(CONFIG)
+    """A delivery worker of `prefix` (webhooks: `config`, CONFIG unless told; its metrics on
+    `registry`, a fresh one unless told) running until the block ends."""
+    policy = TargetPolicy.from_settings(config)
     session = create_webhook_session(policy, 8)
-    settings = Settings(key_prefix=prefix, webhooks=CONFIG, redis_url=redis_url)
+    # Copied in unchecked: a test may freeze an attempt past its claim (timeout > claim_after).
+    settings = Settings(key_prefix=prefix, webhooks=CONFIG, redis_url=redis_url).model_copy(
+        update={"webhooks": config}
+    )
     tracker = CallTracker(redis, prefix, settings.tracking_ttl)
-    metrics = WebhookMetrics(CollectorRegistry())
+    metrics = WebhookMetrics(registry or CollectorRegistry())
     connections = RedisConnections(settings)
     runtime = WebhookRuntime(settings, connections, tracker, session, policy, metrics)
     w = DeliveryWorker(runtime)
