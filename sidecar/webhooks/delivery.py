@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from contextlib import suppress
+from typing import Any
 
 from redis.exceptions import ResponseError
 
@@ -29,7 +30,6 @@ from ..connections import PrimaryCheck, close
 from ..tasks import checkpoint
 from ..trace import current, from_traceparent
 from .attempt import post_once
-from .fence import run_each
 from .keys import (
     DELIVERY_GROUP,
     bell_key,
@@ -42,7 +42,7 @@ from .keys import (
 )
 from .outbox import create_group, group_lost
 from .outcome import INCOMPLETE, LOST, Claim, OutcomeWriter
-from .planner import Slots
+from .planner import PlannedRead, Slots
 from .retry import is_slow
 from .runtime import WebhookRuntime
 from .supervise import supervised
@@ -75,6 +75,12 @@ class DeliveryWorker:
         # Attempts taken over from a dead process, waiting for a slot (made first), by sub.
         self._claimed: dict[str, list[tuple[Claim, dict[bytes, bytes]]]] = {}
         self._wake = asyncio.Event()
+        self.recording = 0  # attempts started and not yet recorded (at most twice concurrency)
+        # The ready set as last read: read again when the bell rang (something was enqueued,
+        # on any replica) or it is older than IDLE_WAIT_S, not before every read.
+        self._ready: list[tuple[bytes, float]] = []
+        self._ready_at = -IDLE_WAIT_S
+        self._bell_rang = True
         self.read_from: set[str] = set()  # queues this consumer joined (left at shutdown)
 
     # -- loops ------------------------------------------------------------------------------
@@ -129,6 +135,7 @@ class DeliveryWorker:
                 reply = await reader.xread({bell_key(self.prefix): last}, block=1000, count=1)
                 for _stream, entries in reply or []:
                     last = entries[-1][0].decode()
+                    self._bell_rang = True
                     self._wake.set()
                 await primary.ensure()
         finally:
@@ -138,29 +145,33 @@ class DeliveryWorker:
         """One planned read (after the taken-over attempts waiting for a slot); True when it
         started at least one attempt."""
         claimed = self._start_claimed()
-        if self.slots.free() <= 0:
+        if self.slots.free() <= 0 or self.recording >= 2 * self.config.concurrency:
             return claimed > 0
-        rows = await self.redis.zrange(ready_key(self.prefix), 0, READY_SCAN - 1, withscores=True)
-        planned = [p for p in self.slots.plan(rows) if p.sub not in self._claimed]
+        now = time.monotonic()
+        if self._bell_rang or now - self._ready_at > IDLE_WAIT_S:
+            self._bell_rang, self._ready_at = False, now
+            self._ready = await self.redis.zrange(
+                ready_key(self.prefix), 0, READY_SCAN - 1, withscores=True
+            )
+        planned = [p for p in self.slots.plan(self._ready) if p.sub not in self._claimed]
         if not planned:
             return claimed > 0
-        # One script per queue: its entries with their messages; and the subscriptions' version.
-        calls = [
-            (
-                [queue_key(self.prefix, read.owner, read.sub)],
-                [
-                    DELIVERY_GROUP,
-                    self.consumer,
-                    read.count,
-                    message_key(self.prefix, read.owner, ""),
-                ],
-            )
-            for read in planned
-        ]
-        replies = await run_each(self.redis, self.outcomes.fence.read, calls)
-        version = await self.redis.get(version_key(self.prefix))
+        # One script per queue: its entries with their messages; and the subscriptions'
+        # version (in the first script on one server), with the outcomes of the attempts that
+        # freed the slots: one round trip.
+        fence, one_server = self.outcomes.fence, self.outcomes.one_server
+        version_at = version_key(self.prefix)
+        calls = [self._read_call(read, n == 0 and one_server) for n, read in enumerate(planned)]
+        replies: list[Any] = await asyncio.gather(
+            *(fence.trips.script(fence.read, keys, args) for keys, args in calls),
+            *(() if one_server else (fence.trips.command("GET", version_at),)),
+            return_exceptions=True,
+        )
+        version = None if one_server else replies.pop()
+        if isinstance(version, BaseException):
+            raise version
         started = 0
-        for read, reply in zip(planned, replies, strict=True):
+        for n, (read, reply) in enumerate(zip(planned, replies, strict=True)):
             owner, sub = read.owner, read.sub
             queue = queue_key(self.prefix, owner, sub)
             if isinstance(reply, ResponseError):
@@ -168,8 +179,13 @@ class DeliveryWorker:
                     raise reply
                 await create_group(self.redis, queue, DELIVERY_GROUP, "0")
                 continue
-            if isinstance(reply, Exception):
+            if isinstance(reply, BaseException):
                 raise reply
+            if n == 0 and one_server:
+                version = reply[0] or None
+            reply = reply[1:]
+            if len(reply) < read.count:  # drained: not read again before the bell says so
+                self._forget(read.member)
             if not reply:
                 await self.outbox.unready(read.member, read.score)
                 continue
@@ -180,6 +196,19 @@ class DeliveryWorker:
                 self._spawn(claim, _pairs(flat), _message(raw), version)
                 started += 1
         return started + claimed > 0
+
+    def _read_call(self, read: PlannedRead, with_version: bool) -> tuple[list[str], list[Any]]:
+        """The read script's keys and args for one planned read."""
+        keys = [queue_key(self.prefix, read.owner, read.sub)]
+        if with_version:
+            keys.append(version_key(self.prefix))
+        args = [DELIVERY_GROUP, self.consumer, read.count, message_key(self.prefix, read.owner, "")]
+        return keys, args
+
+    def _forget(self, member: str) -> None:
+        """Drop a queue found drained from the ready set as last read."""
+        raw = member.encode()
+        self._ready = [row for row in self._ready if row[0] != raw]
 
     async def _claim_forever(self) -> None:
         while True:
@@ -320,15 +349,15 @@ class DeliveryWorker:
         msg: dict[str, bytes] | None,
         version: bytes | None,
     ) -> None:
-        owner, sub_id = claim.owner, claim.sub_id
-        self.slots.take(owner, sub_id)
-        task = asyncio.create_task(self._handle(claim, fields, msg, version))
+        slot = Slot(self, claim.owner, claim.sub_id)
+        task = asyncio.create_task(self._handle(claim, fields, msg, version, slot))
         self._tasks.add(task)
-        task.add_done_callback(lambda done: self._done(done, owner, sub_id))
+        task.add_done_callback(lambda done: self._done(done, slot))
 
-    def _done(self, task: asyncio.Task[None], owner: str, sub_id: str) -> None:
+    def _done(self, task: asyncio.Task[None], slot: Slot) -> None:
         self._tasks.discard(task)
-        self.slots.give_back(owner, sub_id)
+        slot.give_back()
+        self.recording -= 1
         self._wake.set()
         if not task.cancelled() and task.exception() is not None:
             logger.error("delivery failed unexpectedly", exc_info=task.exception())
@@ -339,9 +368,11 @@ class DeliveryWorker:
         fields: dict[bytes, bytes],
         msg: dict[str, bytes] | None,
         version: bytes | None,
+        slot: Slot,
     ) -> None:
         """Make one attempt of a claimed entry, and record it. `msg` and `version` come with an
-        entry read by the read script; a claimed one has them read here."""
+        entry read by the read script; a claimed one has them read here. The endpoint's slot is
+        given back once the receiver answered: the record goes with the next batch meanwhile."""
         owner, sub_id = claim.owner, claim.sub_id
         message_id = fields[b"m"].decode()
         attempt, trigger = int(fields[b"n"]), fields[b"t"].decode()
@@ -387,7 +418,28 @@ class DeliveryWorker:
             trace=span.headers() if span else None,
         )
         self.slots.mark(sub.id, delivered=result.delivered, slow=is_slow(result))
+        slot.give_back()
         await self.outcomes.record(claim, message_id, msg, sub, attempt, trigger, result)
+
+
+class Slot:
+    """One attempt's place under the caps, taken when it starts, given back once (when its
+    receiver answered, or when it ends without an attempt)."""
+
+    __slots__ = ("held", "owner", "sub_id", "worker")
+
+    def __init__(self, worker: DeliveryWorker, owner: str, sub_id: str) -> None:
+        self.worker, self.owner, self.sub_id = worker, owner, sub_id
+        worker.slots.take(owner, sub_id)
+        worker.recording += 1
+        self.held = True
+
+    def give_back(self) -> None:
+        """Free the place (once) and wake the reader."""
+        if self.held:
+            self.held = False
+            self.worker.slots.give_back(self.owner, self.sub_id)
+            self.worker._wake.set()
 
 
 WHOLE = ("body", "sub", "type", "created_ms")  # a message without these cannot be sent

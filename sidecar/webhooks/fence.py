@@ -26,16 +26,18 @@ from typing import Any
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from ..connections import Client, is_cluster, register, run_scripts
+from ..connections import Client, is_cluster, register
 
-# KEYS: queue. ARGV: group, consumer, count, the owner's message key prefix (`…:msg:`).
-# Reads up to `count` new entries and each one's message: {{id, {field, value, ...},
-# {message field, value, ...}}, ...}.
+# KEYS: queue[, the subscriptions' version (one server only)]. ARGV: group, consumer, count,
+# the owner's message key prefix (`…:msg:`). Reads up to `count` new entries and each one's
+# message: {version or false, {id, {field, value, ...}, {message field, value, ...}}, ...}.
 _READ = """
+local version = false
+if KEYS[2] then version = redis.call('GET', KEYS[2]) end
 local reply = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', ARGV[3],
   'STREAMS', KEYS[1], '>')
-if not reply then return {} end
-local out = {}
+if not reply then return {version} end
+local out = {version}
 for _, entry in ipairs(reply[1][2]) do
   local fields, m = entry[2], nil
   for i = 1, #fields, 2 do if fields[i] == 'm' then m = fields[i + 1] end end
@@ -112,33 +114,44 @@ if KEYS[6] then redis.call('XADD', KEYS[6], 'MAXLEN', '~', ARGV[17], '*', 'a', A
 return 1
 """
 
-Call = tuple[Sequence[Any], Sequence[Any]]
+# One call of a batch: a script with its keys and args, or (script None) a plain command.
+Call = tuple[AsyncScript | None, Sequence[Any], Sequence[Any]]
 
 
-class ScriptBatch:
-    """Runs the calls of one script made while a batch is on its way as the next batch: one
-    round trip for every outcome that ended meanwhile, however many there are."""
+class RoundTrip:
+    """Sends the delivery's calls made while a round trip is on its way (the outcomes of the
+    attempts that ended, the reads for the slots they freed) together as the next one: one
+    round trip for all of them, however many. Each caller gets its own reply, or its own
+    error; a fault of the round trip itself is every caller's."""
 
-    def __init__(self, redis: Client, script: AsyncScript) -> None:
-        self.redis, self.script = redis, script
+    def __init__(self, redis: Client) -> None:
+        self.redis = redis
         self._calls: list[tuple[Call, asyncio.Future[Any]]] = []
         self._flushing: asyncio.Task[None] | None = None
 
-    async def run(self, keys: Sequence[Any], args: Sequence[Any]) -> Any:
-        """The script's reply to (keys, args), run with the others of its batch."""
+    async def script(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        """The script's reply to (keys, args), with the others of its round trip."""
+        return await self._run((script, keys, args))
+
+    async def command(self, *args: Any) -> Any:
+        """A command's reply, with the others of its round trip."""
+        return await self._run((None, (), args))
+
+    async def _run(self, call: Call) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._calls.append(((keys, args), future))
+        self._calls.append((call, future))
         if self._flushing is None:
             self._flushing = asyncio.create_task(self._flush())
         return await future
 
     async def _flush(self) -> None:
         try:
+            await asyncio.sleep(0)  # the calls made in the same turn of the loop go along
             while self._calls:
                 batch, self._calls = self._calls, []
                 try:
-                    replies = await run_scripts(self.redis, self.script, [c for c, _ in batch])
-                except Exception as exc:  # every caller of the batch learns the fault
+                    replies = await send(self.redis, [call for call, _ in batch])
+                except Exception as exc:  # every caller of the round trip learns the fault
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(exc)
@@ -148,7 +161,11 @@ class ScriptBatch:
                         future.cancel()
                     raise
                 for (_, future), reply in zip(batch, replies, strict=True):
-                    if not future.done():
+                    if future.done():
+                        continue
+                    if isinstance(reply, Exception):
+                        future.set_exception(reply)
+                    else:
                         future.set_result(reply)
         finally:
             self._flushing = None
@@ -157,44 +174,51 @@ class ScriptBatch:
             self._calls.clear()
 
     async def close(self) -> None:
-        """Stop the batch on its way (its callers are cancelled with it)."""
+        """Stop the round trip on its way (its callers are cancelled with it)."""
         if self._flushing is not None:
             self._flushing.cancel()
             await asyncio.gather(self._flushing, return_exceptions=True)
 
 
 class Fence:
-    """The delivery's scripts, bound to one Redis."""
+    """The delivery's scripts, bound to one Redis, and its round trips."""
 
     def __init__(self, redis: Client) -> None:
         self.read = register(redis, _READ)
         self.bury = register(redis, _BURY)
-        self.records = ScriptBatch(redis, register(redis, _RECORD))
+        self.record = register(redis, _RECORD)
+        self.trips = RoundTrip(redis)
 
 
-async def run_each(redis: Client, script: AsyncScript, calls: Sequence[Call]) -> list[Any]:
-    """Run `script` for each (keys, args) in one round trip on one server (concurrently on a
-    cluster); each call's reply, or the error it met (the others are not held back by it)."""
-    if not calls:
-        return []
+async def send(redis: Client, calls: Sequence[Call]) -> list[Any]:
+    """Every call in one pipeline on one server (concurrently on a cluster, each script on the
+    node of its keys): each call's reply, or the error it met. A Redis that lost its scripts
+    (restarted, flushed) answers NOSCRIPT: they are loaded and those calls sent again."""
     if is_cluster(redis):
-        return list(
-            await asyncio.gather(
-                *(script(keys=list(k), args=list(a)) for k, a in calls), return_exceptions=True
-            )
-        )
-    replies = await _evalsha_each(redis, script, calls)
+        return list(await asyncio.gather(*(_one(redis, c) for c in calls), return_exceptions=True))
+    replies = await _pipelined(redis, calls)
     missing = [n for n, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
-    if missing:  # a Redis that lost its scripts (restarted, flushed): load it, send those again
-        await redis.script_load(script.script)
-        again = await _evalsha_each(redis, script, [calls[n] for n in missing])
+    if missing:
+        for text in {id(c[0]): c[0].script for c in (calls[n] for n in missing) if c[0]}.values():
+            await redis.script_load(text)
+        again = await _pipelined(redis, [calls[n] for n in missing])
         for n, reply in zip(missing, again, strict=True):
             replies[n] = reply
     return replies
 
 
-async def _evalsha_each(redis: Client, script: AsyncScript, calls: Sequence[Call]) -> list[Any]:
+async def _one(redis: Client, call: Call) -> Any:
+    script, keys, args = call
+    if script is None:
+        return await redis.execute_command(*args)
+    return await script(keys=list(keys), args=list(args))
+
+
+async def _pipelined(redis: Client, calls: Sequence[Call]) -> list[Any]:
     async with redis.pipeline(transaction=False) as pipe:
-        for keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        for script, keys, args in calls:
+            if script is None:
+                pipe.execute_command(*args)
+            else:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))

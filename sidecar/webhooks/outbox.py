@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from redis.exceptions import ResponseError
 
-from ..connections import Client, register, run_scripts
+from ..connections import Client, is_cluster, register, run_scripts
 from .keys import (
     DELIVERY_GROUP,
     bell_key,
@@ -31,10 +31,12 @@ from .keys import (
 
 MESSAGE_TTL_S = 7 * 24 * 3600
 
-# KEYS: msg, queue. ARGV: sub, type, body, created_ms, trigger, ttl_s, message_id, group,
-# traceparent (of the call the message tells of; may be empty).
+# KEYS: msg, queue[, the message's owner-of key (one server only)]. ARGV: sub, type, body,
+# created_ms, trigger, ttl_s, message_id, group, traceparent (of the call the message tells
+# of; may be empty), owner.
 _ENQUEUE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if KEYS[3] then redis.call('SET', KEYS[3], ARGV[10], 'EX', ARGV[6]) end
 redis.call('HSET', KEYS[1], 'sub', ARGV[1], 'type', ARGV[2], 'body', ARGV[3],
   'created_ms', ARGV[4], 'trigger', ARGV[5], 'state', 'queued', 'attempts', '0',
   'trace', ARGV[9], 'ttl', ARGV[6])
@@ -163,11 +165,14 @@ class Outbox:
         were new (the others already existed)."""
         if not messages:
             return 0
+        # On one server the owner-of key is written by the script (a cluster: another slot).
+        one_server = not is_cluster(self.redis)
         calls = [
             (
                 [
                     message_key(self.prefix, m.owner, m.message_id),
                     queue_key(self.prefix, m.owner, m.sub_id),
+                    *([message_owner_key(self.prefix, m.message_id)] if one_server else []),
                 ],
                 [
                     m.sub_id,
@@ -179,6 +184,7 @@ class Outbox:
                     m.message_id,
                     DELIVERY_GROUP,
                     m.traceparent,
+                    m.owner,
                 ],
             )
             for m in messages
@@ -187,7 +193,7 @@ class Outbox:
         new = [m for m, reply in zip(messages, replies, strict=True) if reply]
         await self.mark_ready(
             ((m.owner, m.sub_id) for m in new),
-            owners={m.message_id: (m.owner, m.ttl_s) for m in new},
+            owners=None if one_server else {m.message_id: (m.owner, m.ttl_s) for m in new},
         )
         return len(new)
 

@@ -88,10 +88,11 @@ class OutcomeWriter:
         self.consumer, self.store, self.metrics = consumer, store, metrics
         self.one_server = not is_cluster(redis)
         self.fence = Fence(redis)
+        self._disabling: set[str] = set()  # subscriptions being disabled now
 
     async def close(self) -> None:
         """Stop the batch of outcomes on its way."""
-        await self.fence.records.close()
+        await self.fence.trips.close()
 
     async def finish_entry(self, owner: str, sub_id: str, entry_id: str) -> None:
         """Take a queue entry out without an attempt (its message was made already)."""
@@ -341,12 +342,22 @@ class OutcomeWriter:
             OWNER_LOG_KEPT,
             ALL_LOG_KEPT,
         )
-        verdict, failing = await self.fence.records.run(keys, args)
+        verdict, failing = await self.fence.trips.script(self.fence.record, keys, args)
         return verdict.decode(), float(failing or 0)
 
     async def _disable(self, sub: Subscription, reason: str, why: str) -> None:
-        if await self.store.update(sub, enabled=False, disabled_reason=reason) is None:
+        # Once: outcomes of one endpoint recorded close together may each find it failing.
+        if sub.id in self._disabling:
             return
+        self._disabling.add(sub.id)
+        try:
+            current = await self.store.get_owned(sub.owner, sub.id)
+            if current is None or not current.enabled:
+                return
+            if await self.store.update(current, enabled=False, disabled_reason=reason) is None:
+                return
+        finally:
+            self._disabling.discard(sub.id)
         self.metrics.disabled.labels(reason).inc()
         logger.warning(
             "webhook subscription disabled",
