@@ -19,6 +19,10 @@ first (as the proxy does on a 202), so the dispatcher never waits out its grace 
    dispatcher's fan-out does), so the delivery stage is measured without the dispatcher.
 
 `--profile PATH` runs the sidecar under cProfile (slower; for finding what dominates).
+`--instructions` runs the sidecar under `valgrind --tool=callgrind` (about 50x slower) and reports,
+instead of the timed phases, the instructions the sidecar executes per delivery in the two
+throughput phases (`--completions`, 300 is plenty), less its idle background over the same time:
+a cost figure that a busy shared machine does not move, where seconds move by 2x.
 `--count-commands` runs the throughput phases under Redis `MONITOR` (`redis-cli`, to a file) and
 reports the sidecar's Redis commands per delivery: those it sent (an `EVALSHA` is one) and those its
 scripts ran, by command (MONITOR slows Redis: take deliveries/s from a run without it).
@@ -60,6 +64,7 @@ from sidecar.webhooks.keys import dispatch_group, queue_key
 from sidecar.webhooks.outbox import Outbox, message_id_for
 from sidecar.webhooks.store import Subscription, SubscriptionStore
 
+from .call_instructions import TOTALS
 from .harness import ROOT, wait_http
 
 ROUTE = "bench-hook"
@@ -397,6 +402,62 @@ class Bench:
             await self.outbox.enqueue(message_id, sub.owner, sub.id, EVENT, body, int(now * 1000))
 
 
+class Instructions:
+    """The sidecar under callgrind, collecting only between `--zero` and `--dump`."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.out = tmp / "callgrind"
+        self.pid = 0
+
+    def wrap(self, command: list[str]) -> list[str]:
+        return [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={self.out}.%p",
+            *command,
+        ]
+
+    def control(self, *args: str) -> None:
+        subprocess.run(
+            ["callgrind_control", *args, str(self.pid)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def dumped(self) -> int:
+        """Instructions since the last zeroing (dumped now)."""
+        before = set(self.out.parent.glob(f"{self.out.name}.*"))
+        self.control("--dump")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for path in set(self.out.parent.glob(f"{self.out.name}.*")) - before:
+                match = TOTALS.search(path.read_bytes())
+                if match:
+                    return int(match.group(1))
+            time.sleep(0.2)
+        raise RuntimeError("callgrind wrote no dump")
+
+    async def per_delivery(self, load: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """Run `load` counting; its result with the instructions per delivery (the background
+        counted alone, idle, for as long as the load took, taken out)."""
+        self.control("--zero")
+        started = time.monotonic()
+        result = await load()
+        took = time.monotonic() - started
+        total = self.dumped()
+        self.control("--zero")
+        await asyncio.sleep(min(took, 30.0))
+        idle = self.dumped() * took / min(took, 30.0)
+        delivered = max(int(result["delivered"]), 1)
+        return result | {
+            "instructions": total,
+            "background": round(idle),
+            "instructions_per_delivery": (total - idle) / delivered,
+        }
+
+
 async def wait_groups(r: aioredis.Redis, stream: str, prefix: str, timeout_s: float = 20) -> None:
     """Until the dispatcher's consumer group exists (it starts at `$`: earlier events are lost)."""
     deadline = time.monotonic() + timeout_s
@@ -474,10 +535,12 @@ async def run(args: argparse.Namespace) -> int:
             await store.create("operator", f"http://127.0.0.1:{hook_port}/hook/{i}", ["*"])
             for i in range(args.subscriptions)
         ]
-        proc = spawn(sidecar_command(config, args.profile), log_path)
+        counting = Instructions(tmp) if args.instructions else None
+        command = sidecar_command(config, args.profile)
+        proc = spawn(counting.wrap(command) if counting else command, log_path)
         pid, redis_port = proc.pid, int(r.connection_pool.connection_kwargs.get("port", 6379))
-        await wait_http(f"{admin}/readyz")
-        await wait_groups(r, stream, prefix)
+        await wait_http(f"{admin}/readyz", timeout_s=600 if counting else 20)
+        await wait_groups(r, stream, prefix, timeout_s=600 if counting else 20)
         bench = Bench(
             r,
             prefix,
@@ -502,16 +565,26 @@ async def run(args: argparse.Namespace) -> int:
         )
         results: dict[str, Any] = {"warmup": await bench.latency(100, args.warmup_s)}
         print("warmup", results["warmup"], flush=True)
-        results["latency"] = await bench.latency(args.rate, args.seconds)
-        print("latency", results["latency"], flush=True)
-        results["throughput"] = await bench.throughput(args.completions)
-        print("throughput", results["throughput"], flush=True)
-        results["delivery"] = await bench.delivery_only(args.completions)
-        print("delivery only", results["delivery"], flush=True)
-        print_table(results, hooks.concurrency, hooks.per_subscription, len(subs))
-        phases = (results["latency"], results["throughput"], results["delivery"])
-        status = 0 if all(p["complete"] and not p["duplicates"] for p in phases) else 1
-        print("OK" if status == 0 else "INCOMPLETE (see above)")
+        if counting is not None:
+            counting.pid = proc.pid
+            counting.control("--instr=on")
+            for name, load in (
+                ("throughput", lambda: bench.throughput(args.completions)),
+                ("delivery", lambda: bench.delivery_only(args.completions)),
+            ):
+                results[name] = await counting.per_delivery(load)
+                print(
+                    f"| instructions per delivery, {name} ({args.completions} at once) | "
+                    f"{results[name]['instructions_per_delivery'] / 1e6:.3f} M "
+                    f"(complete: {results[name]['complete']}) |",
+                    flush=True,
+                )
+            phases = (results["throughput"], results["delivery"])
+            status = 0 if all(p["complete"] and not p["duplicates"] for p in phases) else 1
+            print("OK" if status == 0 else "INCOMPLETE (see above)")
+        else:
+            config_shown = (hooks.concurrency, hooks.per_subscription, len(subs))
+            status = await timed(bench, args, results["warmup"], config_shown)
     finally:
         if proc is not None:
             stop(proc)
@@ -529,6 +602,26 @@ async def run(args: argparse.Namespace) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.profile:
         print(f"cProfile of the sidecar written to {args.profile}")
+    return status
+
+
+async def timed(
+    bench: Bench, args: argparse.Namespace, warmup: dict[str, Any], config: tuple[int, int, int]
+) -> int:
+    """The timed phases (after the warm-up), printed; 0 when each was complete, once."""
+    concurrency, per_sub, subs = config
+    results: dict[str, Any] = {}
+    results["latency"] = await bench.latency(args.rate, args.seconds)
+    print("latency", results["latency"], flush=True)
+    results["throughput"] = await bench.throughput(args.completions)
+    print("throughput", results["throughput"], flush=True)
+    results["delivery"] = await bench.delivery_only(args.completions)
+    print("delivery only", results["delivery"], flush=True)
+    results["warmup"] = warmup
+    print_table(results, concurrency, per_sub, subs)
+    phases = (results["latency"], results["throughput"], results["delivery"])
+    status = 0 if all(p["complete"] and not p["duplicates"] for p in phases) else 1
+    print("OK" if status == 0 else "INCOMPLETE (see above)")
     return status
 
 
@@ -596,6 +689,11 @@ def main() -> None:
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="longest wait per phase")
     parser.add_argument("--profile", metavar="PATH", help="run the sidecar under cProfile")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instructions per delivery under callgrind instead of the timed phases",
+    )
     parser.add_argument(
         "--count-commands",
         action="store_true",
