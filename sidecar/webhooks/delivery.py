@@ -3,7 +3,8 @@
 Loops per process, each run by `supervise.supervised`:
 
     read       plans a read of the ready queues (`planner`: round-robin across owners, within
-               the global, per-owner and per-endpoint caps) and starts an attempt per entry
+               the global, per-owner and per-endpoint caps) and starts an attempt per entry;
+               the ready set is read again only when the bell rang (or after IDLE_WAIT_S)
     bell       wakes the reader on enqueues (on any replica)
     claim      XAUTOCLAIM of attempts a dead process left pending longer than `claim_after`,
                which exceeds the per-attempt timeout, so a live attempt is never duplicated; a
@@ -13,7 +14,10 @@ Loops per process, each run by `supervise.supervised`:
     reconcile  repairs the ready and due indexes if a process died between two writes
 
 An attempt is one signed POST (`attempt`); what follows from it is decided in `retry` and
-written by `outcome`.
+written by `outcome`, only while the attempt's claim holds (`fence`). An endpoint's slot is
+given back once its receiver answered; the reads for the freed slots (entries with their
+messages, one script per queue) and the outcomes of the attempts that ended go to Redis
+together, in one round trip. A message whose record Redis lost is dead-lettered, not sent.
 """
 
 from __future__ import annotations
