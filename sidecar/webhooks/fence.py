@@ -48,40 +48,52 @@ end
 return out
 """
 
-# KEYS: queue, message, message log, subscription's attempts, owner's log, owner's due set,
-# subscription[, every owner's log (one server only)].
-# ARGV: entry, group, consumer, token (delivery count), state, attempt, headers, ttl_s, line,
-# summary, everyone's line, due member ('' for none), due ms, delivered (1/0), now,
-# attempts kept, message attempts kept, owner log kept, every owner's log kept.
-# Returns {'ok', failing since (0: not failing, -1: subscription gone)}, {'stale', 0} or
-# {'lost', 0}.
+# The outcomes of one owner's attempts, one after the other.
+# KEYS: per outcome (7): queue, message, message log, subscription's attempts, owner's log,
+# owner's due set, subscription; then, on one server only, every owner's log.
+# ARGV: group, consumer, attempts kept, message attempts kept, owner log kept, every owner's log
+# kept; then per outcome (13): entry, token (delivery count), state, attempt, headers, ttl_s,
+# line, summary, everyone's line, due member ('' for none), due ms, delivered (1/0), now.
+# Returns per outcome {'ok', failing since (0: not failing, -1: subscription gone)},
+# {'stale', 0} or {'lost', 0}.
 _RECORD = """
-if redis.call('HEXISTS', KEYS[2], 'body') == 0 then return {'lost', '0'} end
-local ok, pending = pcall(redis.call, 'XPENDING', KEYS[1], ARGV[2], ARGV[1], ARGV[1], 1, ARGV[3])
-if not ok or #pending == 0 or tostring(pending[1][4]) ~= ARGV[4] then
-  return {'stale', '0'}
+local group, consumer = ARGV[1], ARGV[2]
+local kept, kept_msg = tonumber(ARGV[3]) - 1, tonumber(ARGV[4]) - 1
+local n = math.floor(#KEYS / 7)
+local everyone = nil
+if #KEYS > n * 7 then everyone = KEYS[#KEYS] end
+local function record(k, a)
+  local queue, msg, mlog, attempts, log, due, sub = k[1], k[2], k[3], k[4], k[5], k[6], k[7]
+  if redis.call('HEXISTS', msg, 'body') == 0 then return {'lost', '0'} end
+  local ok, pending = pcall(redis.call, 'XPENDING', queue, group, a[1], a[1], 1, consumer)
+  if not ok or #pending == 0 or tostring(pending[1][4]) ~= a[2] then return {'stale', '0'} end
+  redis.call('XACK', queue, group, a[1])
+  redis.call('XDEL', queue, a[1])
+  redis.call('LPUSH', attempts, a[7])
+  redis.call('LTRIM', attempts, 0, kept)
+  redis.call('HSET', msg, 'state', a[3], 'attempts', a[4], 'headers', a[5])
+  redis.call('EXPIRE', msg, a[6])
+  redis.call('LPUSH', mlog, a[7])
+  redis.call('LTRIM', mlog, 0, kept_msg)
+  redis.call('EXPIRE', mlog, a[6])
+  redis.call('XADD', log, 'MAXLEN', '~', ARGV[5], '*', 'a', a[8])
+  if everyone then redis.call('XADD', everyone, 'MAXLEN', '~', ARGV[6], '*', 'a', a[9]) end
+  if a[10] ~= '' then redis.call('ZADD', due, a[11], a[10]) end
+  if redis.call('EXISTS', sub) == 0 then return {'ok', '-1'} end
+  local since = redis.call('HGET', sub, 'failing_since') or '0'
+  if a[12] == '1' then
+    if since ~= '0' then redis.call('HSET', sub, 'failing_since', '0') end
+    return {'ok', '0'}
+  end
+  if (tonumber(since) or 0) > 0 then return {'ok', since} end
+  redis.call('HSET', sub, 'failing_since', a[13])
+  return {'ok', a[13]}
 end
-redis.call('XACK', KEYS[1], ARGV[2], ARGV[1])
-redis.call('XDEL', KEYS[1], ARGV[1])
-redis.call('LPUSH', KEYS[4], ARGV[9])
-redis.call('LTRIM', KEYS[4], 0, tonumber(ARGV[16]) - 1)
-redis.call('HSET', KEYS[2], 'state', ARGV[5], 'attempts', ARGV[6], 'headers', ARGV[7])
-redis.call('EXPIRE', KEYS[2], ARGV[8])
-redis.call('LPUSH', KEYS[3], ARGV[9])
-redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[17]) - 1)
-redis.call('EXPIRE', KEYS[3], ARGV[8])
-redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[18], '*', 'a', ARGV[10])
-if KEYS[8] then redis.call('XADD', KEYS[8], 'MAXLEN', '~', ARGV[19], '*', 'a', ARGV[11]) end
-if ARGV[12] ~= '' then redis.call('ZADD', KEYS[6], ARGV[13], ARGV[12]) end
-if redis.call('EXISTS', KEYS[7]) == 0 then return {'ok', '-1'} end
-local since = redis.call('HGET', KEYS[7], 'failing_since') or '0'
-if ARGV[14] == '1' then
-  if since ~= '0' then redis.call('HSET', KEYS[7], 'failing_since', '0') end
-  return {'ok', '0'}
+local out = {}
+for i = 0, n - 1 do
+  out[i + 1] = record({unpack(KEYS, i * 7 + 1, i * 7 + 7)}, {unpack(ARGV, 7 + i * 13, 19 + i * 13)})
 end
-if (tonumber(since) or 0) > 0 then return {'ok', since} end
-redis.call('HSET', KEYS[7], 'failing_since', ARGV[15])
-return {'ok', ARGV[15]}
+return out
 """
 
 # KEYS: queue, message, message log, subscription's attempts, owner's log[, every owner's
@@ -127,6 +139,9 @@ class RoundTrip:
     def __init__(self, redis: Client) -> None:
         self.redis = redis
         self._calls: list[tuple[Call, asyncio.Future[Any]]] = []
+        # Calls of a script that takes many at once, by (script, group): each one call's keys
+        # and args with its future, and what the group's call starts and ends with.
+        self._grouped: dict[tuple[int, str], Grouped] = {}
         self._flushing: asyncio.Task[None] | None = None
 
     async def script(self, script: AsyncScript, keys: Sequence[Any], args: Sequence[Any]) -> Any:
@@ -137,18 +152,45 @@ class RoundTrip:
         """A command's reply, with the others of its round trip."""
         return await self._run((None, (), args))
 
+    async def grouped(
+        self,
+        script: AsyncScript,
+        group: str,
+        keys: Sequence[Any],
+        args: Sequence[Any],
+        shared: tuple[Sequence[Any], Sequence[Any]],
+    ) -> Any:
+        """The reply to one (keys, args) of a script that takes many: the calls of one `group`
+        (one owner: one hash tag) in a round trip are one call, `shared` args first and
+        `shared` keys last; its reply is the list of theirs, in order."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        found = self._grouped.get((id(script), group))
+        if found is None:
+            found = self._grouped[(id(script), group)] = Grouped(script, shared)
+        found.keys.extend(keys)
+        found.args.extend(args)
+        found.futures.append(future)
+        self._start()
+        return await future
+
     async def _run(self, call: Call) -> Any:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._calls.append((call, future))
+        self._start()
+        return await future
+
+    def _start(self) -> None:
         if self._flushing is None:
             self._flushing = asyncio.create_task(self._flush())
-        return await future
 
     async def _flush(self) -> None:
         try:
             await asyncio.sleep(0)  # the calls made in the same turn of the loop go along
-            while self._calls:
+            while self._calls or self._grouped:
                 batch, self._calls = self._calls, []
+                for grouped in self._grouped.values():
+                    batch.append((grouped.call(), grouped.future()))
+                self._grouped = {}
                 try:
                     replies = await send(self.redis, [call for call, _ in batch])
                 except Exception as exc:  # every caller of the round trip learns the fault
@@ -171,13 +213,53 @@ class RoundTrip:
             self._flushing = None
             for _, future in self._calls:  # cancelled with calls left: they end too
                 future.cancel()
+            for grouped in self._grouped.values():
+                for future in grouped.futures:
+                    future.cancel()
             self._calls.clear()
+            self._grouped = {}
 
     async def close(self) -> None:
         """Stop the round trip on its way (its callers are cancelled with it)."""
         if self._flushing is not None:
             self._flushing.cancel()
             await asyncio.gather(self._flushing, return_exceptions=True)
+
+
+class Grouped:
+    """The calls of one group of a script that takes many at once, gathered for one call."""
+
+    def __init__(self, script: AsyncScript, shared: tuple[Sequence[Any], Sequence[Any]]) -> None:
+        self.script, self.shared = script, shared
+        self.keys: list[Any] = []
+        self.args: list[Any] = []
+        self.futures: list[asyncio.Future[Any]] = []
+
+    def call(self) -> Call:
+        """The one call: every call's keys then the shared ones; the shared args then every
+        call's."""
+        shared_keys, shared_args = self.shared
+        return (self.script, [*self.keys, *shared_keys], [*shared_args, *self.args])
+
+    def future(self) -> asyncio.Future[Any]:
+        """A future whose result, the list of replies, is handed out to each call's future
+        (and whose error to each)."""
+        whole: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        futures = self.futures
+
+        def hand_out(done: asyncio.Future[Any]) -> None:
+            for n, future in enumerate(futures):
+                if future.done():
+                    continue
+                if done.cancelled():
+                    future.cancel()
+                elif done.exception() is not None:
+                    future.set_exception(done.exception())  # type: ignore[arg-type]
+                else:
+                    future.set_result(done.result()[n])
+
+        whole.add_done_callback(hand_out)
+        return whole
 
 
 class Fence:

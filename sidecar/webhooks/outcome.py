@@ -89,6 +89,18 @@ class OutcomeWriter:
         self.one_server = not is_cluster(redis)
         self.fence = Fence(redis)
         self._disabling: set[str] = set()  # subscriptions being disabled now
+        # What every call of the outcome script starts (args) and ends (keys) with.
+        self._shared = (
+            [all_log_key(prefix)] if self.one_server else [],
+            [
+                DELIVERY_GROUP,
+                consumer,
+                ATTEMPTS_KEPT,
+                MESSAGE_ATTEMPTS_KEPT,
+                OWNER_LOG_KEPT,
+                ALL_LOG_KEPT,
+            ],
+        )
 
     async def close(self) -> None:
         """Stop the batch of outcomes on its way."""
@@ -303,8 +315,8 @@ class OutcomeWriter:
         ttl_s: int,
         now: float,
     ) -> tuple[str, float]:
-        """The owner's script, batched with the other outcomes: its verdict (ok, stale, lost)
-        and the time the endpoint has been failing since (0: it is not)."""
+        """The owner's script, with the owner's other outcomes of the round trip: its verdict
+        (ok, stale, lost) and the time the endpoint has been failing since (0: it is not)."""
         owner, prefix, sub_id = claim.owner, self.prefix, claim.sub_id
         keys = [
             queue_key(prefix, owner, sub_id),
@@ -316,15 +328,10 @@ class OutcomeWriter:
             subscription_key(prefix, owner, sub_id),
         ]
         summary = {k: v for k, v in log.items() if k not in DETAIL_ONLY}
-        if self.one_server:  # no slots to keep apart: the operator's log in the same script
-            keys.append(all_log_key(prefix))
-            everyone = orjson.dumps(summary | {"owner": owner})
-        else:
-            everyone = b""
+        # On one server (no slots to keep apart) the operator's log is in the same script.
+        everyone = orjson.dumps(summary | {"owner": owner}) if self.one_server else b""
         args = (
             claim.entry_id,
-            DELIVERY_GROUP,
-            self.consumer,
             claim.token,
             state,
             attempt,
@@ -337,12 +344,11 @@ class OutcomeWriter:
             due[1],
             "1" if state == "delivered" else "0",
             repr(now),
-            ATTEMPTS_KEPT,
-            MESSAGE_ATTEMPTS_KEPT,
-            OWNER_LOG_KEPT,
-            ALL_LOG_KEPT,
         )
-        verdict, failing = await self.fence.trips.script(self.fence.record, keys, args)
+        # The owner's outcomes of one round trip are one script call.
+        verdict, failing = await self.fence.trips.grouped(
+            self.fence.record, owner, keys, args, self._shared
+        )
         return verdict.decode(), float(failing or 0)
 
     async def _disable(self, sub: Subscription, reason: str, why: str) -> None:
