@@ -14,7 +14,7 @@ the latest writes) can never be sent: it is buried (a `dead` record that says wh
 body) instead of recorded, so no partial record is created and nothing retries it.
 
 Every script touches one owner's keys (one hash tag, one cluster slot), plus, on one server
-only, the operator's log of every owner.
+only, the operator's log of every owner and the subscriptions' version.
 """
 
 from __future__ import annotations
