@@ -19,6 +19,13 @@ first (as the proxy does on a 202), so the dispatcher never waits out its grace 
    dispatcher's fan-out does), so the delivery stage is measured without the dispatcher.
 
 `--profile PATH` runs the sidecar under cProfile (slower; for finding what dominates).
+`--instructions` runs the sidecar under `valgrind --tool=callgrind` (about 50x slower) and reports,
+instead of the timed phases, the instructions the sidecar executes per delivery in the two
+throughput phases (`--completions`, 300 is plenty), less its idle background over the same time:
+a cost figure that a busy shared machine does not move, where seconds move by 2x.
+`--count-commands` runs the throughput phases under Redis `MONITOR` (`redis-cli`, to a file) and
+reports the sidecar's Redis commands per delivery: those it sent (an `EVALSHA` is one) and those its
+scripts ran, by command (MONITOR slows Redis: take deliveries/s from a run without it).
 Every delivery's Standard Webhooks signature is verified with the `standardwebhooks` library
 (after each phase, off the timed path), and its payload checked. Every loop is bounded; the script
 stops what it started and deletes its Redis keys on exit.
@@ -57,6 +64,7 @@ from sidecar.webhooks.keys import dispatch_group, queue_key
 from sidecar.webhooks.outbox import Outbox, message_id_for
 from sidecar.webhooks.store import Subscription, SubscriptionStore
 
+from .call_instructions import TOTALS
 from .harness import ROOT, wait_http
 
 ROUTE = "bench-hook"
@@ -159,6 +167,60 @@ def entry_ms(entry_id: bytes | str) -> int:
     return int(text.split("-")[0])
 
 
+class CommandCount:
+    """The sidecar's Redis commands during one phase, from `redis-cli monitor` into a file: a
+    line `[db host:port] "CMD" ...` is a command a client sent, `[db lua] "CMD"` one a script ran
+    (shown right after the script's own line, so it is the same client's)."""
+
+    def __init__(self, redis_url: str, sidecar: psutil.Process, redis_port: int) -> None:
+        self.redis_url, self.sidecar, self.redis_port = redis_url, sidecar, redis_port
+        self.path = Path(tempfile.mkstemp(prefix="sidecar-whbench-monitor-")[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self) -> None:
+        with self.path.open("wb") as out:
+            self.proc = subprocess.Popen(["redis-cli", "-u", self.redis_url, "monitor"], stdout=out)
+
+    async def start(self) -> None:
+        self._spawn()
+        await asyncio.sleep(0.3)  # "OK" once it is attached
+
+    def stop(self, deliveries: int) -> dict[str, Any]:
+        assert self.proc is not None
+        ports = {
+            f"127.0.0.1:{c.laddr.port}"
+            for c in self.sidecar.net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == self.redis_port
+        }
+        self.proc.terminate()
+        self.proc.wait()
+        sent: dict[str, int] = {}
+        scripted: dict[str, int] = {}
+        ours = False
+        with self.path.open("rb") as lines:
+            for raw in lines:
+                head, _, rest = raw.partition(b"] ")
+                client = head.rpartition(b" ")[2].decode(errors="replace")
+                command = rest.split(b" ", 1)[0].strip(b'"\n').decode(errors="replace").upper()
+                if client == "lua":
+                    if ours:
+                        scripted[command] = scripted.get(command, 0) + 1
+                    continue
+                ours = client in ports
+                if ours:
+                    sent[command] = sent.get(command, 0) + 1
+        self.path.unlink(missing_ok=True)
+        per = 1 / max(deliveries, 1)
+        return {
+            "sent_per_delivery": sum(sent.values()) * per,
+            "scripted_per_delivery": sum(scripted.values()) * per,
+            "sent": {k: round(v * per, 3) for k, v in sorted(sent.items(), key=lambda x: -x[1])},
+            "scripted": {
+                k: round(v * per, 3) for k, v in sorted(scripted.items(), key=lambda x: -x[1])
+            },
+        }
+
+
 class Bench:
     def __init__(
         self,
@@ -170,7 +232,9 @@ class Bench:
         route: Route,
         sidecar: psutil.Process,
         timeout_s: float,
+        counter: Callable[[], CommandCount] | None = None,
     ) -> None:
+        self.counter = counter
         self.redis, self.prefix, self.stream = redis, prefix, stream
         self.receiver, self.subs, self.route, self.sidecar = receiver, subs, route, sidecar
         self.tracker = CallTracker(redis, prefix, 3600)
@@ -272,11 +336,15 @@ class Bench:
         await self.track(cids)
         self.receiver.expect(n * len(self.subs))
         outbox0, _ = await self.queue_stats()
+        counting = self.counter() if self.counter is not None else None
+        if counting is not None:
+            await counting.start()
         cpu0 = await self.cpu()
         start = time.perf_counter()
         first_ms = await publish(cids)
         published_s = time.perf_counter() - start
         complete = await self.wait_all()
+        commands = counting.stop(len(self.receiver.arrivals)) if counting is not None else None
         times = sorted(self.receiver.arrivals.values())
         elapsed = (times[-1] if times else time.perf_counter()) - start
         cpu1 = await self.cpu()
@@ -295,6 +363,7 @@ class Bench:
             "sidecar_cpu_us": (cpu1[0] - cpu0[0]) * per,
             "redis_cpu_us": (cpu1[1] - cpu0[1]) * per,
             "bench_cpu_us": (cpu1[2] - cpu0[2]) * per,
+            **({"redis_commands": commands} if commands is not None else {}),
             **self.check(n),
         }
 
@@ -331,6 +400,62 @@ class Bench:
         for sub in self.subs:
             message_id = message_id_for(cid, "bench", sub.id)
             await self.outbox.enqueue(message_id, sub.owner, sub.id, EVENT, body, int(now * 1000))
+
+
+class Instructions:
+    """The sidecar under callgrind, collecting only between `--zero` and `--dump`."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.out = tmp / "callgrind"
+        self.pid = 0
+
+    def wrap(self, command: list[str]) -> list[str]:
+        return [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            f"--callgrind-out-file={self.out}.%p",
+            *command,
+        ]
+
+    def control(self, *args: str) -> None:
+        subprocess.run(
+            ["callgrind_control", *args, str(self.pid)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+    def dumped(self) -> int:
+        """Instructions since the last zeroing (dumped now)."""
+        before = set(self.out.parent.glob(f"{self.out.name}.*"))
+        self.control("--dump")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for path in set(self.out.parent.glob(f"{self.out.name}.*")) - before:
+                match = TOTALS.search(path.read_bytes())
+                if match:
+                    return int(match.group(1))
+            time.sleep(0.2)
+        raise RuntimeError("callgrind wrote no dump")
+
+    async def per_delivery(self, load: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        """Run `load` counting; its result with the instructions per delivery (the background
+        counted alone, idle, for as long as the load took, taken out)."""
+        self.control("--zero")
+        started = time.monotonic()
+        result = await load()
+        took = time.monotonic() - started
+        total = self.dumped()
+        self.control("--zero")
+        await asyncio.sleep(min(took, 30.0))
+        idle = self.dumped() * took / min(took, 30.0)
+        delivered = max(int(result["delivered"]), 1)
+        return result | {
+            "instructions": total,
+            "background": round(idle),
+            "instructions_per_delivery": (total - idle) / delivered,
+        }
 
 
 async def wait_groups(r: aioredis.Redis, stream: str, prefix: str, timeout_s: float = 20) -> None:
@@ -410,9 +535,12 @@ async def run(args: argparse.Namespace) -> int:
             await store.create("operator", f"http://127.0.0.1:{hook_port}/hook/{i}", ["*"])
             for i in range(args.subscriptions)
         ]
-        proc = spawn(sidecar_command(config, args.profile), log_path)
-        await wait_http(f"{admin}/readyz")
-        await wait_groups(r, stream, prefix)
+        counting = Instructions(tmp) if args.instructions else None
+        command = sidecar_command(config, args.profile)
+        proc = spawn(counting.wrap(command) if counting else command, log_path)
+        pid, redis_port = proc.pid, int(r.connection_pool.connection_kwargs.get("port", 6379))
+        await wait_http(f"{admin}/readyz", timeout_s=600 if counting else 20)
+        await wait_groups(r, stream, prefix, timeout_s=600 if counting else 20)
         bench = Bench(
             r,
             prefix,
@@ -422,6 +550,11 @@ async def run(args: argparse.Namespace) -> int:
             settings.routes[0],
             psutil.Process(proc.pid),
             args.timeout,
+            (
+                (lambda: CommandCount(redis_url, psutil.Process(pid), redis_port))
+                if args.count_commands
+                else None
+            ),
         )
         print(
             f"# {time.strftime('%Y-%m-%d %H:%M %Z')}; {os.cpu_count()} cores, Python "
@@ -432,16 +565,26 @@ async def run(args: argparse.Namespace) -> int:
         )
         results: dict[str, Any] = {"warmup": await bench.latency(100, args.warmup_s)}
         print("warmup", results["warmup"], flush=True)
-        results["latency"] = await bench.latency(args.rate, args.seconds)
-        print("latency", results["latency"], flush=True)
-        results["throughput"] = await bench.throughput(args.completions)
-        print("throughput", results["throughput"], flush=True)
-        results["delivery"] = await bench.delivery_only(args.completions)
-        print("delivery only", results["delivery"], flush=True)
-        print_table(results, hooks.concurrency, hooks.per_subscription, len(subs))
-        phases = (results["latency"], results["throughput"], results["delivery"])
-        status = 0 if all(p["complete"] and not p["duplicates"] for p in phases) else 1
-        print("OK" if status == 0 else "INCOMPLETE (see above)")
+        if counting is not None:
+            counting.pid = proc.pid
+            counting.control("--instr=on")
+            for name, load in (
+                ("throughput", lambda: bench.throughput(args.completions)),
+                ("delivery", lambda: bench.delivery_only(args.completions)),
+            ):
+                results[name] = await counting.per_delivery(load)
+                print(
+                    f"| instructions per delivery, {name} ({args.completions} at once) | "
+                    f"{results[name]['instructions_per_delivery'] / 1e6:.3f} M "
+                    f"(complete: {results[name]['complete']}) |",
+                    flush=True,
+                )
+            phases = (results["throughput"], results["delivery"])
+            status = 0 if all(p["complete"] and not p["duplicates"] for p in phases) else 1
+            print("OK" if status == 0 else "INCOMPLETE (see above)")
+        else:
+            config_shown = (hooks.concurrency, hooks.per_subscription, len(subs))
+            status = await timed(bench, args, results["warmup"], config_shown)
     finally:
         if proc is not None:
             stop(proc)
@@ -459,6 +602,26 @@ async def run(args: argparse.Namespace) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     if args.profile:
         print(f"cProfile of the sidecar written to {args.profile}")
+    return status
+
+
+async def timed(
+    bench: Bench, args: argparse.Namespace, warmup: dict[str, Any], config: tuple[int, int, int]
+) -> int:
+    """The timed phases (after the warm-up), printed; 0 when each was complete, once."""
+    concurrency, per_sub, subs = config
+    results: dict[str, Any] = {}
+    results["latency"] = await bench.latency(args.rate, args.seconds)
+    print("latency", results["latency"], flush=True)
+    results["throughput"] = await bench.throughput(args.completions)
+    print("throughput", results["throughput"], flush=True)
+    results["delivery"] = await bench.delivery_only(args.completions)
+    print("delivery only", results["delivery"], flush=True)
+    results["warmup"] = warmup
+    print_table(results, concurrency, per_sub, subs)
+    phases = (results["latency"], results["throughput"], results["delivery"])
+    status = 0 if all(p["complete"] and not p["duplicates"] for p in phases) else 1
+    print("OK" if status == 0 else "INCOMPLETE (see above)")
     return status
 
 
@@ -494,6 +657,16 @@ def print_table(results: dict[str, Any], concurrency: int, per_sub: int, subs: i
                 f"{r['outbox_entries_per_delivery']:.2f} outbox entries per delivery",
             ),
         ]
+        if "redis_commands" in r:
+            c = r["redis_commands"]
+            rows.append(
+                (
+                    f"sidecar's Redis commands per delivery, {name} (MONITOR)",
+                    f"sent {c['sent_per_delivery']:.2f}, run by its scripts "
+                    f"{c['scripted_per_delivery']:.2f}; sent: "
+                    + ", ".join(f"{k} {v:.2f}" for k, v in list(c["sent"].items())[:8]),
+                )
+            )
     verified = ", ".join(p["verified"] for p in (lat, thr, dlv))
     dups = sum(p["duplicates"] for p in (lat, thr, dlv))
     rows.append(("signatures verified (standardwebhooks)", f"{verified}; duplicates {dups}"))
@@ -516,6 +689,16 @@ def main() -> None:
     )
     parser.add_argument("--timeout", type=float, default=120.0, help="longest wait per phase")
     parser.add_argument("--profile", metavar="PATH", help="run the sidecar under cProfile")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="instructions per delivery under callgrind instead of the timed phases",
+    )
+    parser.add_argument(
+        "--count-commands",
+        action="store_true",
+        help="count the sidecar's Redis commands per delivery (MONITOR; slows Redis)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.completions, args.seconds, args.warmup_s = 300, 2.0, 0.5

@@ -173,6 +173,12 @@ async def redeliver(request: web.Request) -> web.Response:
         raise missing
     if not sub.enabled:
         raise Conflict(f"subscription {sub.id!r} is disabled; enable it to redeliver")
+    lost = await runtime.messages.lost_reason(sub.owner, message_id)
+    if lost is not None:
+        raise Conflict(
+            f"message {message_id!r} was dead-lettered ({lost}): Redis lost its payload, "
+            "so it cannot be sent again"
+        )
     queued = await runtime.outbox.redeliver(sub.owner, sub.id, [message_id], "manual")
     if message_id not in queued:
         raise missing

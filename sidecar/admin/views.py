@@ -217,9 +217,17 @@ class MessageDetail(View):
     sub_id: str
     type: str
     created_at: str
-    state: str = Field(..., description="queued, scheduled, delivered, failed or skipped.")
+    state: str = Field(
+        ..., description="queued, scheduled, delivered, failed, skipped or dead (dead-lettered)."
+    )
     trigger: str | None = Field(None, description="What made it: scheduled (a completion) or test.")
     attempts_made: int | None = None
+    dead_reason: str | None = Field(
+        None,
+        description="Why a message was dead-lettered without its last attempt: record_lost (its "
+        "record was lost from Redis during an attempt) or record_incomplete (found without its "
+        "body); it cannot be redelivered. Absent otherwise.",
+    )
     payload: Any = Field(..., description="The JSON body as sent, parsed.")
     body: str = Field(
         "",

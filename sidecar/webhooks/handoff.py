@@ -60,6 +60,7 @@ class Held:
     first_seen: float = 0.0  # monotonic
     recorded: bool = False  # its operation's outcome is written (or there is none to write)
     tries: int = 0  # flushes its outcome waited for its operation
+    call: TrackedCall | None = None  # its tracked call, once found (not looked up again)
 
 
 DEAD_KEPT = 10_000  # completions set aside, kept for inspection (approximate)
@@ -139,11 +140,18 @@ class Handoff:
             return []
         items = list(self.pending.values())
         anyone = await self.store.anyone()
-        tracked: list[TrackedCall | None] = [None] * len(items)
         # The tracked calls, when anything needs them: a subscription (fan-out goes to the
-        # call's owner), or an operation whose correlation id is not the completion's id.
-        if anyone or any(not i.recorded and i.route.correlation.source != "request" for i in items):
-            tracked = await self.tracker.get_many([i.event.correlation_id for i in items])
+        # call's owner), or an operation whose correlation id is not the completion's id. A
+        # call found by an earlier flush is not looked up again.
+        unknown = [i for i in items if i.call is None]
+        if unknown and (
+            anyone
+            or any(not i.recorded and i.route.correlation.source != "request" for i in unknown)
+        ):
+            found = await self.tracker.get_many([i.event.correlation_id for i in unknown])
+            for item, call in zip(unknown, found, strict=True):
+                item.call = call
+        tracked = [i.call for i in items]
         await self._record_outcomes(items, tracked)
         now = time.monotonic()
         ready: list[tuple[Held, TrackedCall | None]] = [

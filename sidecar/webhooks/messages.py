@@ -142,6 +142,13 @@ class MessageLog:
         sub = await self.redis.hget(message_key(self.prefix, owner, message_id), "sub")  # type: ignore[misc]
         return sub is not None and bool(sub.decode() == sub_id)
 
+    async def lost_reason(self, owner: str, message_id: str) -> str | None:
+        """Why the message was dead-lettered without its body (None: it has its body)."""
+        body, reason = await self.redis.hmget(  # type: ignore[misc]
+            message_key(self.prefix, owner, message_id), ["body", "dead_reason"]
+        )
+        return None if body is not None else (reason or b"record_lost").decode()
+
     async def _owner_of(self, message_id: str) -> str | None:
         owner = await self.redis.get(message_owner_key(self.prefix, message_id))
         return owner.decode() if owner else None
@@ -183,6 +190,7 @@ class MessageLog:
             "body": msg.get("body", b"").decode("utf-8", "replace"),
             "headers": headers,
             "attempts": attempts,
+            "dead_reason": msg["dead_reason"].decode() if msg.get("dead_reason") else None,
         }
 
     async def failed_since(self, owner: str, sub_id: str, since_ms: int) -> list[str]:

@@ -60,6 +60,20 @@ class WebhookMetrics:
         self.dead_letters = Counter(
             "sidecar_webhook_dead_letters", "Messages that failed their last attempt.", registry=r
         )
+        self.dead_lettered = Counter(
+            "sidecar_webhook_messages_dead_lettered",
+            "Messages dead-lettered, by reason: retries_exhausted (failed its last attempt), "
+            "record_lost (its record vanished from Redis during its attempt), "
+            "record_incomplete (found without its body before an attempt).",
+            ["reason"],
+            registry=r,
+        )
+        self.stale_outcomes = Counter(
+            "sidecar_webhook_stale_outcomes",
+            "Attempt outcomes dropped because the attempt outlived its claim (another consumer "
+            "took the entry over meanwhile); nothing of them was recorded.",
+            registry=r,
+        )
         self.disabled = Counter(
             "sidecar_webhook_subscriptions_disabled",
             "Subscriptions the sidecar disabled, by reason (gone: the receiver answered 410; "
@@ -104,6 +118,8 @@ class WebhookMetrics:
                 self.attempts.labels(event_type, result)
         for reason in ("gone", "failing"):
             self.disabled.labels(reason)
+        for reason in ("retries_exhausted", "record_lost", "record_incomplete"):
+            self.dead_lettered.labels(reason)
         for quota in QUOTAS:
             self.quota_refusals.labels(quota)
         for reason in ("malformed", "unsendable"):

@@ -14,10 +14,11 @@ import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from redis.exceptions import ResponseError
 
-from ..connections import Client, register, run_scripts
+from ..connections import Client, is_cluster, register, run_scripts
 from .keys import (
     DELIVERY_GROUP,
     bell_key,
@@ -30,24 +31,37 @@ from .keys import (
 )
 
 MESSAGE_TTL_S = 7 * 24 * 3600  # the default of webhooks.retention.messages
+ENQUEUE_BATCH = 100  # messages of one owner per script call (a call blocks Redis while it runs)
 
-# KEYS: msg, queue. ARGV: sub, type, body, created_ms, trigger, ttl_s, message_id, group,
-# traceparent (of the call the message tells of; may be empty).
+# Messages of one owner, one after the other. KEYS: per message `per` keys: msg, queue[, its
+# owner-of key (one server only)]. ARGV: per, group; then per message (9): sub, type, body,
+# created_ms, trigger, ttl_s, message_id, traceparent (of the call the message tells of; may be
+# empty), owner. Returns per message 1 (new) or 0 (it existed).
 _ENQUEUE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-redis.call('HSET', KEYS[1], 'sub', ARGV[1], 'type', ARGV[2], 'body', ARGV[3],
-  'created_ms', ARGV[4], 'trigger', ARGV[5], 'state', 'queued', 'attempts', '0',
-  'trace', ARGV[9], 'ttl', ARGV[6])
-redis.call('EXPIRE', KEYS[1], ARGV[6])
-redis.pcall('XGROUP', 'CREATE', KEYS[2], ARGV[8], '0', 'MKSTREAM')
-redis.call('XADD', KEYS[2], '*', 'm', ARGV[7], 'n', '1', 't', ARGV[5])
-return 1
+local per, group = tonumber(ARGV[1]), ARGV[2]
+local out = {}
+for i = 0, #KEYS / per - 1 do
+  local msg, queue, a = KEYS[i * per + 1], KEYS[i * per + 2], 2 + i * 9
+  if redis.call('EXISTS', msg) == 1 then
+    out[i + 1] = 0
+  else
+    if per == 3 then redis.call('SET', KEYS[i * per + 3], ARGV[a + 9], 'EX', ARGV[a + 6]) end
+    redis.call('HSET', msg, 'sub', ARGV[a + 1], 'type', ARGV[a + 2], 'body', ARGV[a + 3],
+      'created_ms', ARGV[a + 4], 'trigger', ARGV[a + 5], 'state', 'queued', 'attempts', '0',
+      'trace', ARGV[a + 8], 'ttl', ARGV[a + 6])
+    redis.call('EXPIRE', msg, ARGV[a + 6])
+    redis.pcall('XGROUP', 'CREATE', queue, group, '0', 'MKSTREAM')
+    redis.call('XADD', queue, '*', 'm', ARGV[a + 7], 'n', '1', 't', ARGV[a + 5])
+    out[i + 1] = 1
+  end
+end
+return out
 """
 
 # KEYS: msg, queue. ARGV: message_id, attempt, trigger, group. One more attempt, now, of a
-# message that still exists.
+# message that still exists with its body (one buried without it cannot be sent).
 _REQUEUE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('HEXISTS', KEYS[1], 'body') == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'queued')
 redis.pcall('XGROUP', 'CREATE', KEYS[2], ARGV[4], '0', 'MKSTREAM')
 redis.call('XADD', KEYS[2], '*', 'm', ARGV[1], 'n', ARGV[2], 't', ARGV[3])
@@ -164,39 +178,60 @@ class Outbox:
         were new (the others already existed)."""
         if not messages:
             return 0
-        calls = [
-            (
-                [
-                    message_key(self.prefix, m.owner, m.message_id),
-                    queue_key(self.prefix, m.owner, m.sub_id),
-                ],
-                [
-                    m.sub_id,
-                    m.event_type,
-                    m.body,
-                    m.created_ms,
-                    m.trigger,
-                    m.ttl_s or self.ttl_s,
-                    m.message_id,
-                    DELIVERY_GROUP,
-                    m.traceparent,
-                ],
-            )
-            for m in messages
+        # On one server the owner-of key is written by the script (a cluster: another slot).
+        one_server = not is_cluster(self.redis)
+        # One script call per owner (one hash tag), at most ENQUEUE_BATCH messages each.
+        by_owner: dict[str, list[Message]] = {}
+        for m in messages:
+            by_owner.setdefault(m.owner, []).append(m)
+        groups = [
+            group[n : n + ENQUEUE_BATCH]
+            for group in by_owner.values()
+            for n in range(0, len(group), ENQUEUE_BATCH)
         ]
-        replies = await run_scripts(self.redis, self._enqueue, calls)
+        calls = [self._enqueue_call(group, one_server) for group in groups]
+        replies = [
+            flag for reply in await run_scripts(self.redis, self._enqueue, calls) for flag in reply
+        ]
+        messages = [m for group in groups for m in group]
         new = [m for m, reply in zip(messages, replies, strict=True) if reply]
         await self.mark_ready(
             ((m.owner, m.sub_id) for m in new),
-            owners={m.message_id: (m.owner, m.ttl_s or self.ttl_s) for m in new},
+            owners=None
+            if one_server
+            else {m.message_id: (m.owner, m.ttl_s or self.ttl_s) for m in new},
         )
         return len(new)
+
+    def _enqueue_call(self, group: list[Message], one_server: bool) -> tuple[list[str], list[Any]]:
+        """The enqueue script's keys and args for messages of one owner."""
+        keys: list[str] = []
+        args: list[Any] = [3 if one_server else 2, DELIVERY_GROUP]
+        for m in group:
+            keys += (
+                message_key(self.prefix, m.owner, m.message_id),
+                queue_key(self.prefix, m.owner, m.sub_id),
+            )
+            if one_server:
+                keys.append(message_owner_key(self.prefix, m.message_id))
+            args += (
+                m.sub_id,
+                m.event_type,
+                m.body,
+                m.created_ms,
+                m.trigger,
+                m.ttl_s or self.ttl_s,
+                m.message_id,
+                m.traceparent,
+                m.owner,
+            )
+        return keys, args
 
     async def requeue(
         self, owner: str, sub_id: str, message_id: str, attempt: int, trigger: str
     ) -> bool:
         """Queue one more attempt of an existing message now (manual redelivery, recovery);
-        False when the message is gone."""
+        False when the message is gone, or has lost its body."""
         queued = await self._requeue(
             keys=[
                 message_key(self.prefix, owner, message_id),

@@ -88,6 +88,14 @@ class Sweep:
         stamp = time.time_ns() // 1000
         pipe.hset(read_index_key(self.prefix), mapping=dict.fromkeys(members, stamp))
 
+    def note_reads_args(self, members: Iterable[str]) -> list[Any]:
+        """`note_reads` as one command's args, for a round trip that is not a pipeline."""
+        stamp = time.time_ns() // 1000
+        args: list[Any] = ["HSET", read_index_key(self.prefix)]
+        for member in members:
+            args += (member, stamp)
+        return args
+
     async def claim_batch(self) -> list[Queue]:
         """The next part of the read index (about CLAIM_BATCH queues)."""
         cursor, fields = await self.redis.hscan(

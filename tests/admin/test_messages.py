@@ -11,6 +11,9 @@ import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
+from sidecar.webhooks.keys import message_key
+from sidecar.webhooks.runtime import WEBHOOKS
+
 from ..admin_support import OP, A, B, StartAdmin, assert_problem
 from .conftest import Receiver
 
@@ -211,6 +214,32 @@ async def test_redeliver_sends_the_same_message_again(
         await admin.call("POST", f"/subscriptions/{sub['id']}/messages/msg_nope/redeliver", A),
         404,
     )
+
+
+async def test_a_message_whose_payload_redis_lost_shows_why_and_is_not_redelivered(
+    start_admin: StartAdmin, receiver: Receiver
+) -> None:
+    admin = await start_admin(webhooks={"allow_private_targets": True})
+    sub = await admin.create(A, receiver.url())
+    sent = await admin.call("POST", f"/subscriptions/{sub['id']}/test", A)
+    message_id = sent.body["message_id"]
+    await admin.subscription_attempts_until(A, sub["id"], lambda log: len(log) == 1)
+    # What the delivery workers leave of a message Redis lost mid-attempt: dead, with its
+    # reason, and no body.
+    runtime = admin.app[WEBHOOKS]
+    owner = await runtime.store.owner_of(sub["id"])
+    assert owner is not None
+    key = message_key(runtime.prefix, owner, message_id)
+    await runtime.redis.hdel(key, "body")  # type: ignore[misc]
+    await runtime.redis.hset(key, mapping={"state": "dead", "dead_reason": "record_lost"})  # type: ignore[misc]
+    shown = await admin.call("GET", f"/messages/{message_id}", A)
+    assert shown.status == 200, shown.body
+    assert (shown.body["state"], shown.body["dead_reason"]) == ("dead", "record_lost")
+    refused = await admin.call(
+        "POST", f"/subscriptions/{sub['id']}/messages/{message_id}/redeliver", A
+    )
+    assert_problem(refused, 409)
+    assert "record_lost" in refused.body["detail"]
 
 
 async def test_recover_redelivers_the_failed_messages_since_a_time(

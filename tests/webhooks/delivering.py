@@ -26,14 +26,22 @@ CONFIG = Webhooks(allow_private_targets=True, schedule=[0.05, 0.1, 0.1], timeout
 
 @contextlib.asynccontextmanager
 async def built(
-    redis: aioredis.Redis, prefix: str, redis_url: str, config: Webhooks = CONFIG
+    redis: aioredis.Redis,
+    prefix: str,
+    redis_url: str,
+    config: Webhooks = CONFIG,
+    registry: CollectorRegistry | None = None,
 ) -> AsyncIterator[DeliveryWorker]:
-    """A delivery worker of `prefix`, built but not started (its loops are called by hand)."""
+    """A delivery worker of `prefix` (webhooks: `config`, CONFIG unless told; its metrics on
+    `registry`, a fresh one unless told), built but not started (its loops are called by hand)."""
     policy = TargetPolicy.from_settings(config)
     session = create_webhook_session(policy, 8)
-    settings = Settings(key_prefix=prefix, webhooks=config, redis_url=redis_url)
+    # Copied in unchecked: a test may freeze an attempt past its claim (timeout > claim_after).
+    settings = Settings(key_prefix=prefix, webhooks=CONFIG, redis_url=redis_url).model_copy(
+        update={"webhooks": config}
+    )
     tracker = CallTracker(redis, prefix, settings.tracking_ttl)
-    metrics = WebhookMetrics(CollectorRegistry())
+    metrics = WebhookMetrics(registry or CollectorRegistry())
     connections = RedisConnections(settings)
     runtime = WebhookRuntime(settings, connections, tracker, session, policy, metrics)
     try:
@@ -45,10 +53,14 @@ async def built(
 
 @contextlib.asynccontextmanager
 async def worker(
-    redis: aioredis.Redis, prefix: str, redis_url: str, config: Webhooks = CONFIG
+    redis: aioredis.Redis,
+    prefix: str,
+    redis_url: str,
+    config: Webhooks = CONFIG,
+    registry: CollectorRegistry | None = None,
 ) -> AsyncIterator[DeliveryWorker]:
-    """A delivery worker of `prefix` (webhooks: `config`) running until the block ends."""
-    async with built(redis, prefix, redis_url, config) as w:
+    """A delivery worker of `prefix` (as `built`) running until the block ends."""
+    async with built(redis, prefix, redis_url, config, registry) as w:
         task = asyncio.create_task(w.run())
         try:
             yield w

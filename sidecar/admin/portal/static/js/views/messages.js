@@ -250,6 +250,11 @@ export async function renderMessages(root, ctx) {
   append(root, find);
 }
 
+/** The state shown; a message dead-lettered because Redis lost its record says why. */
+function stateText(message) {
+  return message.dead_reason ? `${message.state} (${message.dead_reason})` : message.state;
+}
+
 /** When the next attempt is due, for a message waiting for a scheduled retry; else null. */
 function nextAttempt(message) {
   if (message.state !== "scheduled") return null;
@@ -334,7 +339,7 @@ export async function renderMessage(root, ctx, id) {
   if (!ctx.live()) return;
   clear(root);
   const attemptsArea = h("div");
-  const stateValue = h("dd", {}, message.state);
+  const stateValue = h("dd", {}, stateText(message));
   const nextTerm = h("dt", {}, "Next attempt");
   const nextValue = h("dd");
   const drawNext = (fresh) => {
@@ -461,7 +466,7 @@ export async function renderMessage(root, ctx, id) {
   ctx.every(POLL_MS, async () => {
     const fresh = await api.message(id);
     if (!ctx.live()) return;
-    stateValue.textContent = fresh.state;
+    stateValue.textContent = stateText(fresh);
     drawNext(fresh);
     const key = JSON.stringify(fresh.attempts);
     if (key !== shown) {
