@@ -380,6 +380,56 @@ def write_chart(report: dict[str, Any], path: Path) -> Path | None:
         return None
     runs = report["runs"]
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 5.2))
+    if not any("passthrough" in r for r in runs):  # --sync-only: the intake, beside --other's
+        _intake_bars(ax1, runs, "cpu_us_per_call_net", "µs CPU per call, arrival → held", 250)
+        _intake_bars(ax2, runs, "calls_per_s", "new calls/s one process takes in", 3500)
+    else:
+        _passthrough_panels(ax1, ax2, runs)
+    for side, side_runs, dashed in (("", runs, False), ("other: ", others(runs), True)):
+        _latency_lines(ax3, side, side_runs, dashed)
+    ax3.set_yscale("log")
+    ax3.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax3.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+    ax3.tick_params(axis="y", which="minor", labelsize=7)
+    ax3.axhline(5, color="#e15759", linestyle="--", linewidth=1, label="p99 must")
+    ax3.axhline(2, color="#59a14f", linestyle="--", linewidth=1, label="p99 goal")
+    ax3.set_xlabel("calls held when the completions start")
+    ax3.set_ylabel("event → answer, ms, log scale (median; bars: min to max)")
+    ax3.set_title("event → answer at 1,000 completions/s")
+    ax3.legend(fontsize=8)
+    m = report["machine"]
+    fig.suptitle(
+        f"sidecar proxy benchmark: {len(runs)} run(s), {m['cores']} cores, Python "
+        f"{m['python']}, aiohttp {m['aiohttp']}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _intake_bars(ax: Any, runs: list[Run], key: str, title: str, must: float) -> None:
+    """One intake figure of this checkout and of `--other`'s, median and range over runs."""
+    sides = [("this checkout", runs, "#f28e2b"), ("other", others(runs), "#4e79a7")]
+    for i, (label, side_runs, colour) in enumerate(sides):
+        values = [v for v in (_intake(r, key) for r in side_runs) if v is not None]
+        if not values:
+            continue
+        med = statistics.median(values)
+        err = [[med - min(values)], [max(values) - med]]
+        ax.bar([i], [med], yerr=err, capsize=5, color=colour, label=label)
+        ax.annotate(f"{med:,.0f}", (i, med), ha="center", va="bottom", fontsize=8,
+                    xytext=(0, 3), textcoords="offset points")  # fmt: skip
+    ax.axhline(must, color="#e15759", linestyle="--", linewidth=1, label="must")
+    ax.set_xticks([0, 1], ["this checkout", "other"])
+    ax.set_title(title + " (median; bars: min to max)")
+    ax.legend(fontsize=8)
+
+
+def _passthrough_panels(ax1: Any, ax2: Any, runs: list[Run]) -> None:
+    """Pass-through req/s of each proxy, and the sidecar's ratios to the anchors."""
     names = [("upstream", "upstream alone"), ("nginx", "nginx 1 worker"),
              ("front", "nginx front"), ("minimal", "minimal aiohttp"),
              ("sidecar", "sidecar")]  # fmt: skip
@@ -435,27 +485,3 @@ def write_chart(report: dict[str, Any], path: Path) -> Path | None:
     ax2.set_xlim(-0.6, len(ratios) - 0.4)
     ax2.set_ylabel("sidecar req/s ÷ anchor req/s (each run)")
     ax2.set_title("ratios (red: must, green: goal)")
-
-    for side, side_runs, dashed in (("", runs, False), ("other: ", others(runs), True)):
-        _latency_lines(ax3, side, side_runs, dashed)
-    ax3.set_yscale("log")
-    ax3.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax3.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
-    ax3.tick_params(axis="y", which="minor", labelsize=7)
-    ax3.axhline(5, color="#e15759", linestyle="--", linewidth=1, label="p99 must")
-    ax3.axhline(2, color="#59a14f", linestyle="--", linewidth=1, label="p99 goal")
-    ax3.set_xlabel("calls held when the completions start")
-    ax3.set_ylabel("event → answer, ms, log scale (median; bars: min to max)")
-    ax3.set_title("event → answer at 1,000 completions/s")
-    ax3.legend(fontsize=8)
-    m = report["machine"]
-    fig.suptitle(
-        f"sidecar proxy benchmark: {len(runs)} run(s), {m['cores']} cores, Python "
-        f"{m['python']}, aiohttp {m['aiohttp']}",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
