@@ -38,6 +38,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -87,14 +88,21 @@ async def scrape_cost_us(session: aiohttp.ClientSession, sc: Sidecar, n: int = 2
 
 
 async def bench_sync(
-    env: Env, r: aioredis.Redis, n: int, latency_calls: int, rate: float
+    env: Env,
+    r: aioredis.Redis,
+    n: int,
+    latency_calls: int,
+    rate: float,
+    tree: Path | None = None,
 ) -> dict[str, Any]:
-    """Intake of `n` calls at once (CPU, rate, RSS), then event → answer with them held."""
+    """Intake of `n` calls at once (CPU, rate, RSS), then event → answer with them held (by
+    this checkout, or the one at `tree`)."""
     out: dict[str, Any] = {}
     timeout = aiohttp.ClientTimeout(total=600)
     connector = aiohttp.TCPConnector(limit=0)
+    clients = env.optional_keys.get("clients", "")
     async with (
-        running(Sidecar(env, env.proxy_cores, env.optional_keys.get("clients", ""))) as sc,
+        running(Sidecar(env, env.proxy_cores, clients, tree=tree)) as sc,
         aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
     ):
         # A few calls first (lazy imports, the first pooled connections), not enough to
@@ -181,7 +189,12 @@ async def counters(session: aiohttp.ClientSession, sc: Sidecar) -> dict[str, flo
 
 
 async def bench_capacity(
-    env: Env, r: aioredis.Redis, level: int, rate: float, latency_calls: int
+    env: Env,
+    r: aioredis.Redis,
+    level: int,
+    rate: float,
+    latency_calls: int,
+    tree: Path | None = None,
 ) -> dict[str, Any]:
     """A fresh sidecar holds `level` calls, answers `latency_calls` of them at `rate`/s, then the
     rest at once; 0 errors = every call held, then answered 200."""
@@ -206,7 +219,7 @@ async def bench_capacity(
     out: dict[str, Any] = {"held": level}
     try:
         async with running(
-            Sidecar(env, env.proxy_cores, env.optional_keys.get("clients", ""))
+            Sidecar(env, env.proxy_cores, env.optional_keys.get("clients", ""), tree=tree)
         ) as sc:
             rss0 = rss_bytes(sc.pid)
 
@@ -324,15 +337,29 @@ async def one_run(args: argparse.Namespace, index: int) -> dict[str, Any]:
             "fd_limit": env.fd_limit,
             "optional_keys": env.optional_keys,
         }
-        print("pass-through:", flush=True)
-        run["passthrough"] = await bench_passthrough(env, [], args.seconds)
-        print("synchronised calls:", flush=True)
-        run["sync"] = await bench_sync(env, r, args.intake, args.latency_calls, args.rate)
-        run["capacity"] = []
-        for level in args.hold_levels:
-            result = await bench_capacity(env, r, level, args.rate, args.latency_calls)
-            run["capacity"].append(result)
-            print(f"  capacity {level:,}:", _capacity(result), flush=True)
+        if not args.sync_only:
+            print("pass-through:", flush=True)
+            run["passthrough"] = await bench_passthrough(env, [], args.seconds)
+        # With --other, both checkouts' synchronised calls, one after the other, in turns
+        # (this one first in odd runs, the other first in even ones).
+        sides: list[tuple[str, Path | None]] = [("this", None)]
+        if args.other:
+            sides.append(("other", Path(args.other)))
+            if index % 2:
+                sides.reverse()
+        for side, tree in sides:
+            into = run if side == "this" else run.setdefault("other", {"tree": str(tree)})
+            print(f"synchronised calls ({tree or 'this checkout'}):", flush=True)
+            into["sync"] = await bench_sync(
+                env, r, args.intake, args.latency_calls, args.rate, tree
+            )
+            into["capacity"] = []
+            for level in args.hold_levels:
+                result = await bench_capacity(env, r, level, args.rate, args.latency_calls, tree)
+                into["capacity"].append(result)
+                print(f"  capacity {level:,}:", _capacity(result), flush=True)
+        if args.sync_only:
+            return run
         run["workers"] = await bench_workers(env, args.seconds)
         print("workers:", run["workers"].get("reason") or f"{run['workers']['ratio']:.2f}x")
         return run
@@ -400,6 +427,16 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="a short smoke run")
     parser.add_argument(
+        "--other",
+        metavar="PATH",
+        help="another checkout (with its own .venv): its synchronised rows too, in turns",
+    )
+    parser.add_argument(
+        "--sync-only",
+        action="store_true",
+        help="only the synchronised calls and capacity (no pass-through, no workers)",
+    )
+    parser.add_argument(
         "--without",
         nargs="+",
         choices=("wrk", "nginx"),
@@ -407,6 +444,8 @@ def main() -> None:
         help="act as if these were not installed (to check the fallbacks)",
     )
     args = parser.parse_args()
+    if args.other:
+        args.other = str(Path(args.other).resolve())
     if "wrk" in args.without:
         loadgen.have_wrk = lambda: False
     if "nginx" in args.without:

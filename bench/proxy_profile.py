@@ -188,11 +188,12 @@ async def profile_minimal(env: Env, args: argparse.Namespace, name: str, title: 
         stop_process(proc)
 
 
-# What-if settings of the collector, set by bench/gc_probe.py before the sidecar starts.
+# What-if settings of the collector: bench/gc_probe.py replaces the thresholds the sidecar sets
+# once started (`process.GC_THRESHOLDS`).
 GC_SETTINGS: tuple[tuple[str, list[str]], ...] = (
-    ("default thresholds (700, 10, 10)", []),
-    ("gc.freeze() at startup", ["--freeze"]),
-    ("gc.freeze() + thresholds (50000, 20, 100)", ["--freeze", "--threshold", "50000,20,100"]),
+    ("the sidecar's thresholds (50000, 20, 100)", []),
+    ("CPython's default thresholds (700, 10, 10)", ["--sidecar-threshold", "700,10,10"]),
+    ("thresholds (5000, 10, 100)", ["--sidecar-threshold", "5000,10,100"]),
 )
 
 

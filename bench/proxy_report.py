@@ -35,7 +35,7 @@ class Figure:
 
 
 def _pt(run: Run, name: str) -> dict[str, Any] | None:
-    row: dict[str, Any] | None = run["passthrough"].get(name)
+    row: dict[str, Any] | None = run.get("passthrough", {}).get(name)
     return row
 
 
@@ -92,8 +92,15 @@ def _p99_held(run: Run) -> float | None:
     return float(lat["p99_ms"]) if lat else None
 
 
+def _capacity_latency(run: Run, level: int, key: str) -> float | None:
+    for c in run["capacity"]:
+        if c["held"] == level and c.get("latency"):
+            return float(c["latency"][key])
+    return None
+
+
 def _workers(run: Run) -> float | None:
-    workers = run["workers"]
+    workers = run.get("workers", {})
     return float(workers["ratio"]) if workers.get("available") else None
 
 
@@ -104,22 +111,34 @@ FIGURES = (
            lambda r: _ratio(r, "nginx", valid_only=True), 3),
     Figure("pass-through CPU per request (sidecar)", 120, 80, False, " µs",
            lambda r: (_pt(r, "sidecar") or {}).get("cpu_us_per_request")),
-    Figure("CPU per synchronised call, arrival → held", 300, 150, False, " µs",
+    Figure("CPU per synchronised call, arrival → held", 250, 150, False, " µs",
            lambda r: _intake(r, "cpu_us_per_call_net")),
-    Figure("new synchronised calls/s one process takes in", 2500, 5000, True, "/s",
+    Figure("new synchronised calls/s one process takes in", 3500, 6000, True, "/s",
            lambda r: _intake(r, "calls_per_s")),
     Figure("RSS per held call (9,000 held)", 16, 10, False, " KiB",
            lambda r: _intake(r, "kib_per_held"), 1),
     Figure("held calls per process, 0 errors", 15_000, 30_000, True, "", _max_held),
     Figure("event → answer p99 at 1,000/s, 9,000 held", 5, 2, False, " ms", _p99_held, 2),
+    Figure("event → answer p99 at 1,000/s, 15,000 held", 10, 3, False, " ms",
+           lambda r: _capacity_latency(r, 15_000, "p99_ms"), 2),
+    Figure("event → answer max at 1,000/s, 15,000 held", 25, 25, False, " ms",
+           lambda r: _capacity_latency(r, 15_000, "max_ms"), 1),
     Figure("`workers: 2` vs `workers: 1`, pass-through", 1.7, 1.9, True, "x", _workers, 2),
 )  # fmt: skip
 
 
-def summarise(runs: list[Run]) -> list[dict[str, Any]]:
+SYNC_FIGURES = tuple(f for f in FIGURES if "pass-through" not in f.label)
+
+
+def others(runs: list[Run]) -> list[Run]:
+    """The other checkout's side of each run that measured one (`--other`)."""
+    return [r["other"] for r in runs if "other" in r]
+
+
+def summarise(runs: list[Run], figures: tuple[Figure, ...] = FIGURES) -> list[dict[str, Any]]:
     """Per figure: the values of each run, median, min, max, and how many runs meet must/goal."""
     out = []
-    for fig in FIGURES:
+    for fig in figures:
         values = [v for v in (fig.value(r) for r in runs) if v is not None]
         row: dict[str, Any] = {
             "figure": fig.label,
@@ -141,11 +160,11 @@ def summarise(runs: list[Run]) -> list[dict[str, Any]]:
 
 def _why_missing(fig: Figure, runs: list[Run]) -> str:
     if fig.value is _workers:
-        return str(runs[0]["workers"].get("reason", "not measured"))
+        return str(runs[0].get("workers", {}).get("reason", "not measured"))
     if fig.value is _max_held:
         return "; ".join(c["skipped"] for c in runs[0]["capacity"] if "skipped" in c)
     for anchor in ("nginx", "minimal"):
-        if anchor in fig.label and any(anchor in r["passthrough"] for r in runs):
+        if anchor in fig.label and any(anchor in r.get("passthrough", {}) for r in runs):
             raw = _xs([_ratio(r, anchor) for r in runs])
             cpu = _xs([_cpu_ratio(r, anchor) for r in runs])
             return (
@@ -161,10 +180,11 @@ def print_table(report: dict[str, Any]) -> None:
     """The targets table with the measured values, then the side-by-side figures."""
     runs = report["runs"]
     n = len(runs)
+    figures = FIGURES if any("passthrough" in r for r in runs) else SYNC_FIGURES
     print(f"\n## Figures against the targets ({n} run(s); median, range min to max)\n")
     print("| figure | must | goal | measured (median) | range | runs meeting must / goal |")
     print("|---|---|---|---|---|---|")
-    for fig, row in zip(FIGURES, summarise(runs), strict=True):
+    for fig, row in zip(figures, summarise(runs, figures), strict=True):
         must, goal = fig.fmt(fig.must), fig.fmt(fig.goal)
         cmp = "≥" if fig.higher_is_better else "≤"
         if not row["values"]:
@@ -180,6 +200,12 @@ def print_table(report: dict[str, Any]) -> None:
             f"| {fig.fmt(row['min'])} to {fig.fmt(row['max'])}{valid} | {row['meets_must']}/{n} / "
             f"{row['meets_goal']}/{n} |"
         )
+    before = others(runs)
+    if before:
+        print_beside(runs, before)
+    if figures is SYNC_FIGURES:
+        print_sync_runs(runs)
+        return
     print(
         f"\nThe req/s ratios count only runs where both proxies kept their core >= "
         f"{SATURATED:.0%} busy (else the load side set the pace). CPU-per-request ratios "
@@ -216,6 +242,36 @@ def print_table(report: dict[str, Any]) -> None:
                 f"| {i} | {_cell(alone)} | {_cell(front)} | {_x(raw)}{busy} | {_x(cpu)} | "
                 f"{front['sidecar_calls']:.0f} calls, {front['sidecar_cpu_s'] * 1000:.0f} ms CPU |"
             )
+    print_sync_runs(runs)
+
+
+def print_beside(runs: list[Run], before: list[Run]) -> None:
+    """This checkout's synchronised figures beside the other's, from the same runs."""
+    tree = before[0].get("tree", "the other checkout")
+    print(f"\n## This checkout beside {tree} (same runs, in turns; median, range)\n")
+    print("| figure | must | this checkout | other | this ÷ other (medians) |")
+    print("|---|---|---|---|---|")
+    mine, theirs = summarise(runs, SYNC_FIGURES), summarise(before, SYNC_FIGURES)
+    for fig, a, b in zip(SYNC_FIGURES, mine, theirs, strict=True):
+        cmp = "≥" if fig.higher_is_better else "≤"
+
+        def cell(row: dict[str, Any], fig: Figure = fig) -> str:
+            if not row["values"]:
+                return "n/a"
+            return f"{fig.fmt(row['median'])} ({fig.fmt(row['min'])} to {fig.fmt(row['max'])})"
+
+        ratio = (
+            f"{a['median'] / b['median']:.2f}"
+            if a["values"] and b["values"] and b["median"]
+            else "n/a"
+        )
+        print(f"| {fig.label} | {cmp} {fig.fmt(fig.must)} | {cell(a)} | {cell(b)} | {ratio} |")
+    print("\n### The other checkout, per run\n")
+    print_sync_runs(before)
+
+
+def print_sync_runs(runs: list[Run]) -> None:
+    """The synchronised calls of each run."""
     print("\n## Synchronised calls (per run)\n")
     print("| run | intake | event→answer, 1,000 held | event→answer, N held | capacity |")
     print("|---|---|---|---|---|")
@@ -280,8 +336,35 @@ def write_json(report: dict[str, Any], path: Path) -> Path:
     """The whole report, with the summary, as JSON."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {**report, "summary": summarise(report["runs"])}
+    if others(report["runs"]):
+        data["summary_other"] = summarise(others(report["runs"]), SYNC_FIGURES)
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
     return path
+
+
+def _latency_lines(ax: Any, side: str, runs: list[Run], dashed: bool) -> None:
+    """p50/p90/p99 of event → answer against the calls held, median and range over `runs`."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in runs:
+        for key in ("latency_low", "latency_held"):
+            if r["sync"].get(key):
+                groups.setdefault(key, []).append(r["sync"][key])
+        for c in r["capacity"]:
+            if c.get("latency"):
+                groups.setdefault(f"capacity-{c['held']}", []).append(c["latency"])
+    points = [
+        (statistics.median(p["held_at_start"] for p in group), group) for group in groups.values()
+    ]
+    points.sort(key=lambda point: point[0])
+    for q, style in (("p50_ms", "o"), ("p90_ms", "s"), ("p99_ms", "^")):
+        xs = [x for x, _ in points]
+        meds = [statistics.median(p[q] for p in g) for _, g in points]
+        err = [
+            [m - min(p[q] for p in g) for m, (_, g) in zip(meds, points, strict=True)],
+            [max(p[q] for p in g) - m for m, (_, g) in zip(meds, points, strict=True)],
+        ]
+        fmt = style + ("--" if dashed else "-")
+        ax.errorbar(xs, meds, yerr=err, fmt=fmt, capsize=4, label=side + q[:3], alpha=0.85)
 
 
 def write_chart(report: dict[str, Any], path: Path) -> Path | None:
@@ -297,12 +380,62 @@ def write_chart(report: dict[str, Any], path: Path) -> Path | None:
         return None
     runs = report["runs"]
     fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 5.2))
+    if not any("passthrough" in r for r in runs):  # --sync-only: the intake, beside --other's
+        _intake_bars(ax1, runs, "cpu_us_per_call_net", "µs CPU per call, arrival → held", 250)
+        _intake_bars(ax2, runs, "calls_per_s", "new calls/s one process takes in", 3500)
+    else:
+        _passthrough_panels(ax1, ax2, runs)
+    for side, side_runs, dashed in (("", runs, False), ("other: ", others(runs), True)):
+        _latency_lines(ax3, side, side_runs, dashed)
+    ax3.set_yscale("log")
+    ax3.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax3.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
+    ax3.tick_params(axis="y", which="minor", labelsize=7)
+    ax3.axhline(5, color="#e15759", linestyle="--", linewidth=1, label="p99 must")
+    ax3.axhline(2, color="#59a14f", linestyle="--", linewidth=1, label="p99 goal")
+    ax3.set_xlabel("calls held when the completions start")
+    ax3.set_ylabel("event → answer, ms, log scale (median; bars: min to max)")
+    ax3.set_title("event → answer at 1,000 completions/s")
+    ax3.legend(fontsize=8)
+    m = report["machine"]
+    fig.suptitle(
+        f"sidecar proxy benchmark: {len(runs)} run(s), {m['cores']} cores, Python "
+        f"{m['python']}, aiohttp {m['aiohttp']}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def _intake_bars(ax: Any, runs: list[Run], key: str, title: str, must: float) -> None:
+    """One intake figure of this checkout and of `--other`'s, median and range over runs."""
+    sides = [("this checkout", runs, "#f28e2b"), ("other", others(runs), "#4e79a7")]
+    for i, (label, side_runs, colour) in enumerate(sides):
+        values = [v for v in (_intake(r, key) for r in side_runs) if v is not None]
+        if not values:
+            continue
+        med = statistics.median(values)
+        err = [[med - min(values)], [max(values) - med]]
+        ax.bar([i], [med], yerr=err, capsize=5, color=colour, label=label)
+        ax.annotate(f"{med:,.0f}", (i, med), ha="center", va="bottom", fontsize=8,
+                    xytext=(0, 3), textcoords="offset points")  # fmt: skip
+    ax.axhline(must, color="#e15759", linestyle="--", linewidth=1, label="must")
+    ax.set_xticks([0, 1], ["this checkout", "other"])
+    ax.set_title(title + " (median; bars: min to max)")
+    ax.legend(fontsize=8)
+
+
+def _passthrough_panels(ax1: Any, ax2: Any, runs: list[Run]) -> None:
+    """Pass-through req/s of each proxy, and the sidecar's ratios to the anchors."""
     names = [("upstream", "upstream alone"), ("nginx", "nginx 1 worker"),
              ("front", "nginx front"), ("minimal", "minimal aiohttp"),
              ("sidecar", "sidecar")]  # fmt: skip
     labels, medians, lows, highs, cpus = [], [], [], [], []
     for key, label in names:
-        values = [r["passthrough"][key]["rps"] for r in runs if key in r["passthrough"]]
+        values = [r["passthrough"][key]["rps"] for r in runs if key in r.get("passthrough", {})]
         if not values:
             continue
         labels.append(label)
@@ -313,7 +446,7 @@ def write_chart(report: dict[str, Any], path: Path) -> Path | None:
         cpu = [
             r["passthrough"][key]["cpu_us_per_request"]
             for r in runs
-            if "cpu_us_per_request" in r["passthrough"].get(key, {})
+            if "cpu_us_per_request" in r.get("passthrough", {}).get(key, {})
         ]
         cpus.append(statistics.median(cpu) if cpu else None)
     palette = {"upstream alone": "#bbbbbb", "nginx 1 worker": "#59a14f",
@@ -352,45 +485,3 @@ def write_chart(report: dict[str, Any], path: Path) -> Path | None:
     ax2.set_xlim(-0.6, len(ratios) - 0.4)
     ax2.set_ylabel("sidecar req/s ÷ anchor req/s (each run)")
     ax2.set_title("ratios (red: must, green: goal)")
-
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in runs:
-        for key in ("latency_low", "latency_held"):
-            if r["sync"].get(key):
-                groups.setdefault(key, []).append(r["sync"][key])
-        for c in r["capacity"]:
-            if c.get("latency"):
-                groups.setdefault(f"capacity-{c['held']}", []).append(c["latency"])
-    points = [
-        (statistics.median(p["held_at_start"] for p in group), group) for group in groups.values()
-    ]
-    points.sort(key=lambda point: point[0])
-    for q, style in (("p50_ms", "o-"), ("p90_ms", "s-"), ("p99_ms", "^-")):
-        xs = [x for x, _ in points]
-        meds = [statistics.median(p[q] for p in g) for _, g in points]
-        err = [
-            [m - min(p[q] for p in g) for m, (_, g) in zip(meds, points, strict=True)],
-            [max(p[q] for p in g) - m for m, (_, g) in zip(meds, points, strict=True)],
-        ]
-        ax3.errorbar(xs, meds, yerr=err, fmt=style, capsize=4, label=q[:3], alpha=0.85)
-    ax3.set_yscale("log")
-    ax3.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    ax3.yaxis.set_minor_formatter(matplotlib.ticker.ScalarFormatter())
-    ax3.tick_params(axis="y", which="minor", labelsize=7)
-    ax3.axhline(5, color="#e15759", linestyle="--", linewidth=1, label="p99 must")
-    ax3.axhline(2, color="#59a14f", linestyle="--", linewidth=1, label="p99 goal")
-    ax3.set_xlabel("calls held when the completions start")
-    ax3.set_ylabel("event → answer, ms, log scale (median; bars: min to max)")
-    ax3.set_title("event → answer at 1,000 completions/s")
-    ax3.legend(fontsize=8)
-    m = report["machine"]
-    fig.suptitle(
-        f"sidecar proxy benchmark: {len(runs)} run(s), {m['cores']} cores, Python "
-        f"{m['python']}, aiohttp {m['aiohttp']}",
-        fontsize=10,
-    )
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path

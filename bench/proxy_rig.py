@@ -131,8 +131,10 @@ class Sidecar:
         extra: str = "",
         cprofile: Path | None = None,
         gc_probe: list[str] | None = None,
+        tree: Path | None = None,
     ) -> None:
         self.env, self.cores, self.cprofile, self.gc_probe = env, cores, cprofile, gc_probe
+        self.tree = tree  # another checkout (with its own .venv) to run instead of this one
         self.port, self.admin_port = free_port(), free_port()
         self.config = env.tmp / f"sidecar-{self.port}.yaml"
         self.config.write_text(sidecar_yaml(env, self.port, self.admin_port, extra))
@@ -160,7 +162,9 @@ class Sidecar:
         profiler = ("-m", "cProfile", "-o", str(self.cprofile)) if self.cprofile else ()
         main = ("bench.gc_probe", *self.gc_probe, "--") if self.gc_probe else ("sidecar.cli",)
         command = python_command(*profiler, "-m", *main, "run", "-c", str(self.config))
-        self.proc = spawn(pinned(command, self.cores), cwd=ROOT, stderr=log)
+        if self.tree is not None:
+            command[0] = str(self.tree / ".venv" / "bin" / "python")
+        self.proc = spawn(pinned(command, self.cores), cwd=self.tree or ROOT, stderr=log)
         log.close()
         await wait_http(f"{self.admin}/readyz", timeout_s=30)
         return self

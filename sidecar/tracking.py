@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -175,9 +176,23 @@ class Claim:
     get: bool = False
 
 
+# An absolute URL of a host name or address (no user, no IPv6 literal) and a plain path: its
+# path and query are the rest of the text as it is, no parse needed.
+_PLAIN_URL = re.compile(
+    r"[A-Za-z][A-Za-z0-9+.\-]*://[A-Za-z0-9.\-]+(?::[0-9]{1,5})?(/[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*)"
+)
+
+
 def location_lookup_path(url: str | URL) -> str:
     """The part of a Location used to find its call: raw path and query."""
-    return URL(url, encoded=True).raw_path_qs if isinstance(url, str) else url.raw_path_qs
+    if isinstance(url, URL):
+        return url.raw_path_qs
+    plain = _PLAIN_URL.fullmatch(url)
+    if plain is not None:
+        path = plain.group(1)
+        if "/." not in path and not path.startswith("//") and not path.endswith("?"):
+            return path
+    return URL(url, encoded=True).raw_path_qs
 
 
 class GroupCommit(Generic[T, R]):

@@ -4,6 +4,7 @@ correlation ids."""
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
 import time
 from collections.abc import Iterable, Mapping
@@ -107,11 +108,45 @@ def client_origin(
     return f"{scheme}://{host or 'localhost'}"
 
 
+# A Location that is a plain absolute path ("/jobs/42", "/v1/jobs/42?wait=1"), what most APIs
+# answer: resolved against any base it is the base's scheme and authority followed by the path as
+# it is (nothing to encode or normalise: no percent escapes, dot segments, empty query or
+# fragment), so it is resolved with strings; anything else goes through yarl.
+_PLAIN_PATH = re.compile(r"/[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*")
+
+
+def plain_path(value: str) -> bool:
+    """True when `value` is a plain absolute path (see `_PLAIN_PATH`)."""
+    return (
+        _PLAIN_PATH.fullmatch(value) is not None
+        and "/." not in value
+        and not value.startswith("//")
+        and not value.endswith("?")
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _root(base: str | URL) -> str:
+    """`base`'s scheme and authority as a reference resolved against it writes them (bounded:
+    client origins come from Host headers)."""
+    url = base if isinstance(base, URL) else URL(base)
+    return str(url.join(URL("/", encoded=True)))[:-1]
+
+
+def absolute_location(origin: str, location: str) -> str:
+    """A client-facing Location made absolute against the client's `origin`."""
+    if plain_path(location):
+        return _root(origin) + location
+    return str(URL(origin).join(URL(location)))
+
+
 def rewrite_location(value: str, upstream: URL, origin: str) -> str:
     """Turn the upstream's absolute URL (its own host) into the client-facing one.
 
     Relative references and URLs of other hosts are left alone.
     """
+    if plain_path(value):
+        return value
     try:
         url = URL(value)
     except ValueError:
@@ -123,8 +158,16 @@ def rewrite_location(value: str, upstream: URL, origin: str) -> str:
 
 def upstream_location(value: str, upstream: URL) -> URL:
     """The absolute upstream URL of a Location (relative to the upstream's origin)."""
+    return resolve_location(value, upstream)[0]
+
+
+def resolve_location(value: str, upstream: URL) -> tuple[URL, str | None]:
+    """`upstream_location`, and its text when it came for free (a plain path)."""
+    if plain_path(value):
+        text = _root(upstream) + value
+        return URL(text, encoded=True), text
     url = URL(value, encoded=True)
-    return url if url.is_absolute() else upstream.join(url)
+    return (url if url.is_absolute() else upstream.join(url)), None
 
 
 URL_HEADERS = ("Location", "Content-Location")
@@ -147,6 +190,8 @@ def percent_encoded(value: str) -> str:
 
 def usable_location(value: str) -> bool:
     """True when a `Location` is valid UTF-8 and parses as a URL reference."""
+    if plain_path(value):
+        return True
     if not encodable(value) or any(c in value for c in "\r\n\x00"):
         return False
     try:

@@ -36,6 +36,14 @@ class Accepted:
     body: bytes
     upstream_location: URL | None
     client_location: str | None
+    upstream_text: str | None = None  # `upstream_location` as text, when known already
+
+    @property
+    def upstream_location_text(self) -> str | None:
+        """`upstream_location` as text."""
+        if self.upstream_text is None and self.upstream_location is not None:
+            self.upstream_text = str(self.upstream_location)
+        return self.upstream_text
 
 
 def _headers(applied: list[str]) -> CIMultiDict[str]:

@@ -30,9 +30,9 @@ from ..http.body import read_whole
 from ..http.context import CallContext
 from ..http.headers import (
     end_to_end,
+    resolve_location,
     response_headers,
     rewrite_location,
-    upstream_location,
     usable_location,
 )
 from ..http.pool import UpstreamResponse
@@ -64,7 +64,7 @@ def completion_id(route: Route, call: CallContext, accepted: Accepted) -> str | 
     if source == "location":
         if accepted.upstream_location is None:
             return None
-        match = re.search(route.correlation.pattern, str(accepted.upstream_location))
+        match = re.search(route.correlation.pattern, accepted.upstream_location_text or "")
         return match.group("id") if match else None
     try:
         value = json_pointer(orjson.loads(accepted.body), route.correlation.pointer)
@@ -124,11 +124,12 @@ async def forward_command(
             return Replayed(status=202, reason=upstream.reason, body=body, headers=headers)
         headers = end_to_end(upstream.headers)
         reason = upstream.reason
-    upstream_loc = upstream_location(location, call.upstream) if location else None
-    client_loc = rewrite_location(location, call.upstream, call.origin) if location else None
-    if client_loc is not None:
-        headers["Location"] = client_loc
-    return Accepted(202, reason, headers, body, upstream_loc, client_loc)
+    if not location:
+        return Accepted(202, reason, headers, body, None, None)
+    upstream_loc, upstream_text = resolve_location(location, call.upstream)
+    client_loc = rewrite_location(location, call.upstream, call.origin)
+    headers["Location"] = client_loc
+    return Accepted(202, reason, headers, body, upstream_loc, client_loc, upstream_text)
 
 
 async def synchronise(request: web.Request, call: CallContext) -> web.StreamResponse:

@@ -181,7 +181,7 @@ class Journal:
         if accepted.client_location:
             fields["location"] = accepted.client_location
         if accepted.upstream_location is not None:
-            fields["upstream_location"] = str(accepted.upstream_location)
+            fields["upstream_location"] = accepted.upstream_location_text or ""
         if token is not None:
             fields["token"] = digest(token)
         body = b""

@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 
 from aiohttp import web
-from yarl import URL
 
 from ..config import Route
 from ..connections import REDIS_FAULTS
 from ..http.context import CallContext
+from ..http.headers import absolute_location
 from ..logs import Every
 from ..metrics import METRICS
 from ..routing import RUNTIME
@@ -84,10 +84,10 @@ def track_later(
         # The keyed hash of `credential`; while its key is still to be loaded, in the task.
         tenant=tenant,
         # Absolute: a webhook receiver does not know the origin the caller used.
-        location=str(URL(call.origin).join(URL(accepted.client_location)))
+        location=absolute_location(call.origin, accepted.client_location)
         if accepted.client_location
         else None,
-        upstream_location=str(accepted.upstream_location) if accepted.upstream_location else None,
+        upstream_location=accepted.upstream_location_text,
         created_at=created_at,
         traceparent=call.trace.traceparent if call.trace else "",
         intake=intake(tenant) if known else None,

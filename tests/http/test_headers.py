@@ -10,15 +10,20 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from sidecar.http.headers import (
+    absolute_location,
     client_origin,
     correlation_id,
     end_to_end,
     parse_retry_after,
+    plain_path,
+    resolve_location,
     response_headers,
     rewrite_location,
     upstream_location,
     upstream_request_headers,
+    usable_location,
 )
+from sidecar.tracking import location_lookup_path
 
 UPSTREAM = URL("http://api.internal:8000")
 
@@ -106,6 +111,54 @@ def test_rewrite_location_only_touches_the_upstreams_own_urls(value: str, expect
 def test_upstream_location_resolves_relative_references() -> None:
     assert upstream_location("/users/1", UPSTREAM) == URL("http://api.internal:8000/users/1")
     assert upstream_location("http://x.example/a", UPSTREAM) == URL("http://x.example/a")
+
+
+# Locations on both sides of the string-only resolution of plain paths: what it resolves must be
+# exactly what yarl resolves, and what it leaves to yarl must still be resolved by yarl.
+LOCATIONS = [
+    ("/jobs/42", True),
+    ("/v1/jobs/42?wait=1&x=a/b", True),
+    ("/a;b=1/~c:d@e!$&'()*+,=", True),
+    ("/", True),
+    ("/jobs/../admin", False),  # dot segments are removed by resolution
+    ("/jobs/./42", False),
+    ("/.well-known/x", False),
+    ("//other.example/jobs/1", False),  # a network-path reference names another host
+    ("/jobs/42?", False),  # an empty query is dropped
+    ("/jobs/4%2F2", False),  # percent escapes
+    ("/jobs/42#frag", False),
+    ("/jobs/ä", False),
+    ("jobs/42", False),  # relative to the upstream's path
+    ("http://api.internal:8000/jobs/42", False),
+]
+BASES = [
+    URL("http://api.internal:8000"),
+    URL("http://api.internal:8000/v1/"),
+    URL("http://user:pw@api.internal:80/x"),
+    URL("https://[::1]:8443"),
+]
+
+
+@pytest.mark.parametrize(("value", "plain"), LOCATIONS)
+def test_plain_path_locations_resolve_as_yarl_resolves_them(value: str, plain: bool) -> None:
+    assert plain_path(value) is plain
+    for base in BASES:
+        url, text = resolve_location(value, base)
+        parsed = URL(value, encoded=True)
+        expected = parsed if parsed.is_absolute() else base.join(parsed)
+        assert str(url) == str(expected)
+        assert (url.host, url.port, url.raw_path_qs) == (
+            expected.host,
+            expected.port,
+            expected.raw_path_qs,
+        )
+        assert text == (str(expected) if plain else None)
+        assert location_lookup_path(str(url)) == expected.raw_path_qs
+        origin = str(base.origin())
+        assert absolute_location(origin, value) == str(URL(origin).join(URL(value)))
+    if plain:
+        assert usable_location(value)
+        assert rewrite_location(value, UPSTREAM, "https://pub.example") == value
 
 
 def test_response_headers_rewrite_location_and_content_location() -> None:
