@@ -73,6 +73,7 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     app[PUBLISHER] = runtime
     runtime.metrics.initialise(sorted(known_events(settings)))
     worker = DeliveryWorker(runtime)
+    worker.on_fault = app[METRICS].redis_faults.labels("webhook_loop").inc
     dispatcher = Dispatcher(runtime, app[RUNTIME], app.get(OPERATIONS))
     tasks = TaskSet("webhooks")
     try:

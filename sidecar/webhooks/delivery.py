@@ -27,15 +27,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
 
 from redis.exceptions import ResponseError
 
-from ..connections import PrimaryCheck, close
+from ..connections import REDIS_FAULTS, PrimaryCheck, close
 from ..tasks import checkpoint
 from ..trace import current, from_traceparent
 from .attempt import post_once
+from .fence import WHOLE, message_fields, pairs
 from .keys import (
     DELIVERY_GROUP,
     all_subscriptions_key,
@@ -54,6 +56,8 @@ from .supervise import supervised
 from .sweep import CLAIM_STEP_S, RECONCILE_S, Queue, Sweep
 
 logger = logging.getLogger(__name__)
+
+FAULT_LOG_EVERY_S = 1.0  # at most one line a second for outcomes a Redis fault kept back
 
 READY_SCAN = 2000  # queues considered per read
 IDLE_WAIT_S = 1.0  # longest the reader sleeps without a bell or a freed slot
@@ -88,6 +92,9 @@ class DeliveryWorker:
         self._ready_at = -IDLE_WAIT_S
         self._bell_rang = True
         self.read_from: set[str] = set()  # queues this consumer joined (left at shutdown)
+        # Counts a Redis fault of the loops or of an outcome's write (sidecar_redis_faults_total).
+        self.on_fault: Callable[[], object] | None = None
+        self._fault_logged = -FAULT_LOG_EVERY_S
 
     # -- loops ------------------------------------------------------------------------------
 
@@ -95,11 +102,14 @@ class DeliveryWorker:
         """Run every loop until cancelled; then cancel attempts in flight."""
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(supervised("delivery-read", self._read_forever))
-                group.create_task(supervised("delivery-bell", self._bell_forever))
-                group.create_task(supervised("delivery-claim", self._claim_forever))
-                group.create_task(supervised("delivery-due", self._due_forever))
-                group.create_task(supervised("delivery-reconcile", self._reconcile_forever))
+                for name, loop in (
+                    ("read", self._read_forever),
+                    ("bell", self._bell_forever),
+                    ("claim", self._claim_forever),
+                    ("due", self._due_forever),
+                    ("reconcile", self._reconcile_forever),
+                ):
+                    group.create_task(supervised(f"delivery-{name}", loop, self.on_fault))
         finally:
             for task in self._tasks:
                 task.cancel()
@@ -206,7 +216,7 @@ class DeliveryWorker:
             for entry_id, flat, raw in reply:
                 # A new entry read by this consumer: its delivery count is 1.
                 claim = Claim(owner, sub, entry_id.decode(), 1)
-                self._spawn(claim, _pairs(flat), _message(raw), version)
+                self._spawn(claim, pairs(flat), message_fields(raw), version)
                 started += 1
         return started + claimed > 0
 
@@ -368,8 +378,20 @@ class DeliveryWorker:
         slot.give_back()
         self.recording -= 1
         self._wake.set()
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("delivery failed unexpectedly", exc_info=task.exception())
+        exc = None if task.cancelled() else task.exception()
+        if isinstance(exc, REDIS_FAULTS):  # the entry stays pending: taken over after claim_after
+            if self.on_fault is not None:
+                self.on_fault()
+            now = time.monotonic()
+            if now - self._fault_logged > FAULT_LOG_EVERY_S:
+                self._fault_logged = now
+                logger.warning(
+                    "an attempt's outcome was not recorded (Redis fault); it is made again "
+                    "once its claim lapses",
+                    extra={"sub": slot.sub_id, "error": str(exc)},
+                )
+        elif exc is not None:
+            logger.error("delivery failed unexpectedly", exc_info=exc)
 
     async def _handle(
         self,
@@ -466,16 +488,3 @@ class Slot:
             released = self.lingered == "released"
             self.worker.slots.give_back(self.owner, self.sub_id, lingered=released)
             self.worker._wake.set()
-
-
-WHOLE = ("body", "sub", "type", "created_ms")  # a message without these cannot be sent
-
-
-def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
-    """A flat [field, value, ...] reply as a dict."""
-    return dict(zip(flat[::2], flat[1::2], strict=True))
-
-
-def _message(flat: list[bytes]) -> dict[str, bytes]:
-    """A message hash read as a flat [field, value, ...] reply, by field name."""
-    return {k.decode(): v for k, v in zip(flat[::2], flat[1::2], strict=True)}

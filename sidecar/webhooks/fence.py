@@ -304,3 +304,16 @@ async def _pipelined(redis: Client, calls: Sequence[Call]) -> list[Any]:
             else:
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
+
+
+WHOLE = ("body", "sub", "type", "created_ms")  # a message without these cannot be sent
+
+
+def pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    """A flat [field, value, ...] reply as a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def message_fields(flat: list[bytes]) -> dict[str, bytes]:
+    """A message hash read as a flat [field, value, ...] reply, by field name."""
+    return {k.decode(): v for k, v in zip(flat[::2], flat[1::2], strict=True)}

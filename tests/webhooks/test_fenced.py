@@ -6,13 +6,16 @@ claim another took over while its attempt hung."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import orjson
+import pytest
 import redis.asyncio as aioredis
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from devtools.redis_server import RedisServer, RedisUnavailable
 from sidecar.webhooks.keys import (
     DELIVERY_GROUP,
     due_key,
@@ -174,3 +177,49 @@ async def test_a_stale_worker_does_not_undo_a_delivery_made_after_its_claim_move
             assert await outbox.move_due() == 0
             assert registry.get_sample_value("sidecar_webhook_stale_outcomes_total") == 1
     assert receiver.ids == ["msg_stale", "msg_stale"]  # the held one and the delivery only
+
+
+async def test_an_outcome_a_redis_outage_keeps_back_is_one_counted_warning_then_delivered(
+    aiohttp_server: Any, key_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    try:
+        server = RedisServer(persist=True).start()  # keeps its data across the outage (AOF)
+    except RedisUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    redis = aioredis.from_url(server.url)
+    receiver = Receiver(first_status=204)
+    try:
+        sub, _outbox = await setup(
+            redis, key_prefix, await receiver.url(aiohttp_server), "msg_outage"
+        )
+        config = CONFIG.model_copy(update={"claim_after": 1.5})
+        faults: list[int] = []
+        with caplog.at_level(logging.WARNING, logger="sidecar.webhooks"):
+            async with worker(redis, key_prefix, server.url, config) as w:
+                w.on_fault = lambda: faults.append(1)
+                await asyncio.wait_for(receiver.holding.wait(), 10)
+                server.stop()  # Redis goes away while the receiver holds the attempt
+                receiver.release.set()
+                await asyncio.wait_for(receiver.answered_first.wait(), 10)
+                await until(lambda: w.recording == 0, 10, what="the attempt's end")
+                kept_back = [r for r in caplog.records if "not recorded" in r.getMessage()]
+                assert len(kept_back) == 1
+                assert kept_back[0].levelno == logging.WARNING
+                assert kept_back[0].exc_info is None
+                assert faults
+                server.start()  # back, with what it had: the entry is still pending
+                # Taken over once its claim lapses and made again: delivered, at least once.
+                await until(lambda: len(receiver.ids) >= 2, 15, what="the attempt made again")
+                state = message_key(key_prefix, sub.owner, "msg_outage")
+                await until_true(
+                    lambda: _state_is(redis, state, b"delivered"), 10, what="delivered"
+                )
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert set(receiver.ids) == {"msg_outage"}
+    finally:
+        await redis.aclose()
+        server.close()
+
+
+async def _state_is(redis: aioredis.Redis, key: str, state: bytes) -> bool:
+    return bool(await redis.hget(key, "state") == state)  # type: ignore[misc]
