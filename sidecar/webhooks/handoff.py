@@ -26,7 +26,7 @@ from redis.typing import EncodableT, FieldT
 
 from ..completions.completion import Event, Status
 from ..config import Route
-from ..connections import REDIS_FAULTS
+from ..connections import REDIS_FAULTS, is_cluster
 from ..logs import Every
 from ..operations import Operations
 from ..operations.records import Outcome
@@ -221,10 +221,13 @@ class Handoff:
                 max_result=settings.operations.max_result,
                 events_ttl_ms=int(settings.tracking_ttl * 1000),
             )
-            todo.append((item, self.operations.writer.soon(update)))
-        for item, written in todo:
+            # A tracked call's operation was written with its record (on a cluster, by the
+            # script after it): not found now, it is not coming; an untracked call's may be.
+            tries = OUTCOME_TRIES if call is None else (2 if is_cluster(self.redis) else 1)
+            todo.append((item, tries, self.operations.writer.soon(update)))
+        for item, tries, written in todo:
             item.tries += 1
-            item.recorded = bool(await written) or item.tries >= OUTCOME_TRIES
+            item.recorded = bool(await written) or item.tries >= tries
 
     async def _record_dead(self) -> None:
         """Write the completions set aside since the last flush (a Redis fault keeps them)."""
