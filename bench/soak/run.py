@@ -171,7 +171,8 @@ async def end_state(stack: Stack, watch: Watch) -> dict[str, Any]:
 
 
 async def redis_state(stack: Stack) -> dict[str, Any]:
-    """Message records by state (and those without a body: stuck), dead letters, consumers."""
+    """Message records by state (and those without a body: dead-lettered, or stuck), dead
+    letters, consumers."""
     client = aioredis.Redis.from_url(stack.redis.url, socket_timeout=10)
     states: Counter[str] = Counter()
     try:
@@ -186,8 +187,9 @@ async def redis_state(stack: Stack) -> dict[str, Any]:
                 pipe.hmget(key, "state", "body")
             for msg_state, body in await pipe.execute():
                 states[(msg_state or b"?").decode()] += 1
-                if body is None:
-                    states["no body (stuck)"] += 1
+                if body is None:  # dead-lettered with its reason, or stuck (retried for ever)
+                    label = "dead-lettered" if msg_state == b"dead" else "stuck"
+                    states[f"no body ({label})"] += 1
         dead = await client.xlen(f"{stack.prefix}:wh:dead")
         groups: Any = await client.xinfo_groups(stack.events_stream)
         consumers = sum(
