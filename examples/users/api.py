@@ -335,6 +335,9 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     await app[REDIS].aclose()
 
 
+STOP_WAIT_S = 2.0  # how long the command worker's blocking read may take to end when stopped
+
+
 async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
     """The command worker: its group exists before the first request is accepted."""
     config = app[CONFIG]
@@ -353,8 +356,11 @@ async def worker_ctx(app: web.Application) -> AsyncIterator[None]:
     loop_task = asyncio.create_task(worker.run(), name="users-example-worker")
     yield
     loop_task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await loop_task
+    _, pending = await asyncio.wait({loop_task}, timeout=STOP_WAIT_S)
+    if pending:  # a blocking read that did not end when cancelled: cut its connection
+        await reader.connection_pool.disconnect()
+        loop_task.cancel()
+        await asyncio.wait({loop_task}, timeout=STOP_WAIT_S)
     await worker.close()
     await reader.aclose()
 
