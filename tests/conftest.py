@@ -91,6 +91,17 @@ def own_redis() -> Iterator[RedisServer]:
     server.close()
 
 
+@pytest.fixture
+def kept_redis() -> Iterator[RedisServer]:
+    """A redis-server of this test's own that keeps its data across a restart (AOF)."""
+    try:
+        server = RedisServer(persist=True).start()
+    except RedisUnavailable as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield server
+    server.close()
+
+
 Upstream = Callable[[web.Application], Awaitable[TestServer]]
 
 

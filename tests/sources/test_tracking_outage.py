@@ -6,15 +6,13 @@ until then."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
-import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from devtools.redis_server import RedisServer, RedisUnavailable
+from devtools.redis_server import RedisServer
 from sidecar.state import HASHER
 from sidecar.webhooks import WEBHOOKS
 from sidecar.webhooks.handoff import UNTRACKED_GRACE_S
@@ -25,17 +23,6 @@ from . import support
 from .support import OK, SOURCE, Broker
 
 CLIENT = "Bearer key-a"
-
-
-@pytest.fixture
-def kept_redis() -> Iterator[RedisServer]:
-    """A redis-server of this test's own that keeps its data across a restart (AOF)."""
-    try:
-        server = RedisServer(persist=True).start()
-    except RedisUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.close()
 
 
 async def test_a_broker_completion_of_a_call_made_during_a_redis_outage_reaches_its_client(

@@ -5,7 +5,6 @@ the backlog is bounded, counted and said."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
@@ -14,7 +13,7 @@ import redis.asyncio as aioredis
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from devtools.redis_server import RedisServer, RedisUnavailable
+from devtools.redis_server import RedisServer
 from sidecar.state import HASHER
 from sidecar.webhooks import WEBHOOKS
 
@@ -22,17 +21,6 @@ from ..conftest import FakeApiFactory, SidecarFactory
 from ..helpers import metric, until
 
 CLIENT = "Bearer key-a"
-
-
-@pytest.fixture
-def kept_redis() -> Iterator[RedisServer]:
-    """A redis-server of this test's own that keeps its data across a restart (AOF)."""
-    try:
-        server = RedisServer(persist=True).start()
-    except RedisUnavailable as exc:
-        pytest.fail(str(exc), pytrace=False)
-    yield server
-    server.close()
 
 
 @pytest.fixture
