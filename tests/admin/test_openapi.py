@@ -35,9 +35,8 @@ from .conftest import Receiver
 
 STATIC = Path(__file__).parents[2] / "sidecar" / "admin" / "portal" / "static"
 OPERATIONS = re.compile(r'call\("(GET|POST|PATCH|PUT|DELETE)", "([^"]+)"')
-# The cases the fuzz run draws, the same in every run. Hypothesis seeds a derandomized test from
-# its function's text; this is the seed the run has had since it was written (in the portal's
-# tests, with `portal.admin_url` for `admin.url`), so moving it here changed none of its cases.
+# The cases the fuzz run draws, the same in every run: a fixed Hypothesis seed, so the cases do
+# not change when the test function's text does (a derandomized test otherwise seeds from it).
 FUZZ_SEED = int(
     "24932192648036711305709506850643137928857664038388192497436515214798969838991611"
     "395193056920823091683826284705800675"
