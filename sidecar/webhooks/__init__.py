@@ -87,7 +87,7 @@ async def webhooks_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks.spawn(supervised("dispatcher", dispatcher.run, fault))
     sweeper = ConsumerSweeper(runtime.redis, settings, runtime.consumer, app[METRICS])
     tasks.spawn(supervised("consumers", sweeper.run, fault))
-    trimmer = LogTrimmer(runtime.redis, runtime.prefix, config, runtime.store, runtime.metrics)
+    trimmer = LogTrimmer(runtime.redis, runtime.prefix, config, runtime.metrics)
     tasks.spawn(supervised("log-trim", trimmer.run, fault))
     for name in settings.sources:  # each broker's shared read, acknowledged after the outbox
         broker = BrokerDispatcher(

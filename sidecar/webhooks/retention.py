@@ -37,7 +37,6 @@ from .keys import (
     owner_log_key,
 )
 from .metrics import WebhookMetrics
-from .store import SubscriptionStore
 
 logger = logging.getLogger(__name__)
 
@@ -75,10 +74,9 @@ class LogTrimmer:
         redis: Client,
         prefix: str,
         config: Webhooks,
-        store: SubscriptionStore,
         metrics: WebhookMetrics,
     ) -> None:
-        self.redis, self.prefix, self.store, self.metrics = redis, prefix, store, metrics
+        self.redis, self.prefix, self.metrics = redis, prefix, metrics
         self.retention_s = config.retention.attempts
         self._trim_list = register(redis, _TRIM_LIST)
         self._cursor = 0  # where the pass under way is in the subscriptions

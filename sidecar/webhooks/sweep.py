@@ -82,14 +82,9 @@ class Sweep:
         self.lengths: dict[str, int] = {}
         self._this_pass: set[str] = set()  # read-index members met in the pass under way
 
-    def note_reads(self, pipe: Any, members: Iterable[str]) -> None:
-        """Add to `pipe`, ahead of its reads, that these queues are being read from: from now
-        on the claim walk looks at them until they are found empty."""
-        stamp = time.time_ns() // 1000
-        pipe.hset(read_index_key(self.prefix), mapping=dict.fromkeys(members, stamp))
-
     def note_reads_args(self, members: Iterable[str]) -> list[Any]:
-        """`note_reads` as one command's args, for a round trip that is not a pipeline."""
+        """The command (its args) that notes these queues as read from, to go ahead of their
+        reads: from then on the claim walk looks at them until it finds them empty."""
         stamp = time.time_ns() // 1000
         args: list[Any] = ["HSET", read_index_key(self.prefix)]
         for member in members:

@@ -173,7 +173,7 @@ async def test_the_depth_gauges_count_what_is_queued_scheduled_and_in_flight(
         # b's entry read by a consumer, and its queue then found empty of new work.
         queue = queue_key(key_prefix, b.owner, b.id)
         pipe = redis.pipeline(transaction=False)
-        w.sweep.note_reads(pipe, [ready_member(b.owner, b.id)])
+        pipe.execute_command(*w.sweep.note_reads_args([ready_member(b.owner, b.id)]))
         pipe.xreadgroup(DELIVERY_GROUP, "busy", {queue: ">"})
         await pipe.execute()
         await redis.zrem(ready_key(key_prefix), ready_member(b.owner, b.id))
